@@ -1,0 +1,37 @@
+"""The project's exceptions, under one root class.
+
+Jobs raise a `PermanentJobError` subclass for failures that a retry cannot fix; the job class then skips the
+remaining retries. Any other exception is treated as transient and retried by the job's retry policy.
+"""
+
+
+class RqjobsError(Exception):
+    """Raised for any failure the project itself detects; the root of all project exceptions."""
+
+
+class SettingsError(RqjobsError):
+    """Raised when an environment variable holds a value the project cannot use."""
+
+
+class RedisUnavailable(RqjobsError):
+    """Raised when the Redis server cannot be reached or the embedded one cannot be started."""
+
+
+class UnknownJob(RqjobsError):
+    """Raised when a job name is not one of the registered jobs."""
+
+
+class InvalidJobArguments(RqjobsError):
+    """Raised when a job's arguments do not fit its signature or cannot be stored as JSON."""
+
+
+class UnknownQueue(RqjobsError):
+    """Raised when a queue name is not one of the configured queues."""
+
+
+class PermanentJobError(RqjobsError):
+    """Raised by a job when retrying it cannot help (bad input, a missing resource); it is not retried."""
+
+
+class ForbiddenJob(PermanentJobError):
+    """Raised when a job in Redis names a function outside the registered job modules."""

@@ -1,0 +1,293 @@
+"""Queues, the job registry and the one way jobs are enqueued.
+
+Every job is a plain function in one of the job modules below, listed in that module's `JOBS` tuple and enqueued
+by its dotted path on the queue of its module. Payloads are JSON: the job and queue classes here force the JSON
+serializer whoever creates the job (the CLI, another job, a dependency, rq-scheduler), and the job class refuses to
+run any function that is not a registered job, so a job hash forged in Redis cannot name `os.system`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import DeserializationError
+from rq.job import Job, Retry
+
+from rqjobs.exceptions import ForbiddenJob, InvalidJobArguments, PermanentJobError, UnknownJob, UnknownQueue
+from rqjobs.settings import Settings, get_settings
+
+DEFAULT = 'default'
+WAREHOUSE = 'warehouse'
+STATISTICS = 'statistics'
+ACCESS_LOG = 'access_log'
+MINIMAP = 'minimap'
+MIGRATION = 'migration'
+# A worker given no queue names listens on all of them in this order: short, frequent jobs before long ones.
+QUEUES = (DEFAULT, ACCESS_LOG, STATISTICS, MINIMAP, WAREHOUSE, MIGRATION)
+
+# The project's job modules and the queue each one's jobs go to.
+JOB_MODULES = {
+    'rqjobs.system': DEFAULT,
+    'rqjobs.migration': MIGRATION,
+}
+
+# Transient failures (network, a locked database) get three more tries a minute apart; `PermanentJobError`s none.
+RETRY_MAX = 3
+RETRY_INTERVALS = (60, 60, 60)
+
+
+class JSONSerializer:
+    """Strict JSON: no pickle, no NaN or infinity, unicode kept as sent."""
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(',', ':')).encode('utf-8')
+
+    @staticmethod
+    def loads(data: bytes | str) -> Any:
+        if isinstance(data, bytes):
+            data = data.decode('utf-8')
+        return json.loads(data)
+
+
+class JsonJob(Job):
+    """An rq job that is always JSON and may only run registered job functions."""
+
+    def __init__(self, id: str | None = None, connection: redis.Redis | None = None, serializer=None):
+        super().__init__(id=id, connection=connection, serializer=JSONSerializer)
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        if self.instance is not None:
+            self.retries_left = 0
+            raise ForbiddenJob(f'Job {self.id}: refused, a job may not name an instance method')
+        return self._resolve(self.func_name, f'Job {self.id}')
+
+    @property
+    def success_callback(self):
+        return self._checked_callback('_success_callback', '_success_callback_name', Job.success_callback)
+
+    @property
+    def failure_callback(self):
+        return self._checked_callback('_failure_callback', '_failure_callback_name', Job.failure_callback)
+
+    @property
+    def stopped_callback(self):
+        return self._checked_callback('_stopped_callback', '_stopped_callback_name', Job.stopped_callback)
+
+    def _checked_callback(self, attribute: str, name_attribute: str, original: property):
+        name = getattr(self, name_attribute)
+        if name:
+            setattr(self, attribute, self._resolve(name, f'Job {self.id} callback'))
+        return original.fget(self)
+
+    def _resolve(self, path: str | None, subject: str) -> Callable[..., Any]:
+        try:
+            return _allowed(path, subject)
+        except ForbiddenJob:
+            self.retries_left = 0  # a forged job stays forged: never retry it
+            raise
+
+    def _execute(self) -> Any:
+        try:
+            return super()._execute()
+        except PermanentJobError:
+            self.retries_left = 0  # a retry cannot fix it: fail now instead of three minutes from now
+            raise
+
+    def _deserialize_data(self) -> None:
+        try:
+            super()._deserialize_data()
+        except DeserializationError:
+            self.retries_left = 0  # a payload that is not our JSON never will be
+            raise
+
+
+class JsonQueue(Queue):
+    """An rq queue whose jobs are always `JsonJob`s."""
+
+    job_class = JsonJob
+
+    def __init__(self, name: str = DEFAULT, connection: redis.Redis | None = None, **kwargs):
+        kwargs['job_class'] = JsonJob
+        kwargs['serializer'] = JSONSerializer
+        super().__init__(name, connection=connection, **kwargs)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One registered job: its short name, dotted path, queue and function."""
+
+    name: str
+    path: str
+    queue: str
+    func: Callable[..., Any]
+
+    @property
+    def signature(self) -> str:
+        return f'{self.name}{inspect.signature(self.func)}'
+
+    @property
+    def summary(self) -> str:
+        return (inspect.getdoc(self.func) or '').split('\n', 1)[0]
+
+
+def job_modules(settings: Settings | None = None) -> dict[str, str]:
+    """Return every job module (the project's and `JOBS_EXTRA_MODULES`) with its queue."""
+    settings = settings or get_settings()
+    return {**JOB_MODULES, **dict(settings.extra_job_modules)}
+
+
+def queue_names(settings: Settings | None = None) -> tuple[str, ...]:
+    """Return every queue name: the project's six, then those of `JOBS_EXTRA_MODULES`."""
+    settings = settings or get_settings()
+    return tuple(dict.fromkeys(QUEUES + settings.extra_queues))
+
+
+def registered_jobs(settings: Settings | None = None) -> dict[str, JobSpec]:
+    """Return every registered job by dotted path, importing the job modules on first use."""
+    settings = settings or get_settings()
+    return _load_registry(tuple(job_modules(settings).items()))
+
+
+@functools.cache
+def _load_registry(modules: tuple[tuple[str, str], ...]) -> dict[str, JobSpec]:
+    jobs = {}
+    for module_name, queue in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UnknownJob(f'Job module {module_name} cannot be imported ({exc}); check JOBS_EXTRA_MODULES '
+                             f'and that the module is on the Python path.') from None
+        names = getattr(module, 'JOBS', None)
+        if not isinstance(names, tuple | list):
+            raise UnknownJob(f'Job module {module_name} has no JOBS tuple naming its jobs; add one, for example '
+                             f"JOBS = ('send_report',).")
+        for name in names:
+            func = getattr(module, name, None)
+            if not inspect.isfunction(func) or func.__module__ != module_name:
+                raise UnknownJob(f'{module_name}.JOBS names {name!r}, which is not a function defined in that module.')
+            path = f'{module_name}.{name}'
+            jobs[path] = JobSpec(name=name, path=path, queue=queue, func=func)
+    return jobs
+
+
+def find_job(name: str, settings: Settings | None = None) -> JobSpec:
+    """Return the registered job called `name`: a function name, `module.function` or a full dotted path."""
+    jobs = registered_jobs(settings)
+    if name in jobs:
+        return jobs[name]
+    matches = [spec for spec in jobs.values() if spec.name == name or spec.path.endswith('.' + name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UnknownJob(f'Job name {name!r} is ambiguous; use one of: {", ".join(m.path for m in matches)}.')
+    raise UnknownJob(f'Unknown job {name!r}. Known jobs: {", ".join(sorted(s.name for s in jobs.values()))}.')
+
+
+def _allowed(path: str | None, subject: str) -> Callable[..., Any]:
+    try:
+        spec = registered_jobs().get(path or '')
+    except UnknownJob as exc:
+        raise ForbiddenJob(f'{subject}: refused, the job registry cannot be loaded: {exc}') from None
+    if spec is None:
+        raise ForbiddenJob(f'{subject}: refused to run {path!r}, which is not a registered job '
+                           f'(see `jobs enqueue --help` for the list).')
+    return spec.func
+
+
+def check_arguments(spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Raise `InvalidJobArguments` unless the arguments fit the job's signature and survive JSON."""
+    try:
+        inspect.signature(spec.func).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InvalidJobArguments(f'{exc}; expected {spec.signature}') from None
+    try:
+        JSONSerializer.dumps([list(args), dict(kwargs)])
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobArguments(f'Arguments of {spec.name} must be JSON values (ids and scalars): {exc}') from None
+
+
+def get_queue(name: str, connection: redis.Redis, settings: Settings | None = None) -> JsonQueue:
+    """Return the queue called `name`, refusing names that are not configured."""
+    settings = settings or get_settings()
+    if name not in queue_names(settings):
+        raise UnknownQueue(f'Unknown queue {name!r}. Known queues: {", ".join(queue_names(settings))}.')
+    return JsonQueue(name, connection=connection, default_timeout=settings.job_timeout)
+
+
+def all_queues(connection: redis.Redis, settings: Settings | None = None) -> list[JsonQueue]:
+    """Return every configured queue."""
+    return [get_queue(name, connection, settings) for name in queue_names(settings)]
+
+
+_DEFAULT_RETRY = object()
+
+
+def enqueue(
+    job: str,
+    args: Iterable[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    connection: redis.Redis,
+    queue: str | None = None,
+    job_id: str | None = None,
+    at: datetime | None = None,
+    delay: timedelta | None = None,
+    retry: Retry | None | object = _DEFAULT_RETRY,
+    timeout: int | None = None,
+    description: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> JsonJob:
+    """Enqueue a registered job by name with the project's defaults; return the rq job.
+
+    `at` (a UTC datetime) or `delay` schedule it for later; `retry=None` turns retries off.
+    """
+    settings = settings or get_settings()
+    spec = find_job(job, settings)
+    args, kwargs = list(args), dict(kwargs or {})
+    check_arguments(spec, args, kwargs)
+    if retry is _DEFAULT_RETRY:
+        retry = Retry(max=RETRY_MAX, interval=list(RETRY_INTERVALS))
+    if job_id is not None:
+        _check_job_id(job_id)
+    options = dict(
+        args=args,
+        kwargs=kwargs,
+        timeout=timeout or settings.job_timeout,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.failure_ttl,
+        job_id=job_id,
+        retry=retry,
+        description=description or spec.name,
+        meta=dict(meta or {}),
+    )
+    target = get_queue(queue or spec.queue, connection, settings)
+    if at is not None and delay is not None:
+        raise InvalidJobArguments('Give either a time (at) or a delay, not both.')
+    if delay is not None:
+        return target.enqueue_in(delay, spec.path, **_scheduled(options))
+    if at is not None:
+        return target.enqueue_at(at, spec.path, **_scheduled(options))
+    return target.enqueue_call(spec.path, **options)
+
+
+def _scheduled(options: dict[str, Any]) -> dict[str, Any]:
+    # enqueue_at and enqueue_in call the timeout `job_timeout`, leaving `timeout` free for the job's own kwargs.
+    return {('job_timeout' if key == 'timeout' else key): value for key, value in options.items()}
+
+
+def _check_job_id(job_id: str) -> None:
+    if not job_id or len(job_id) > 128 or not all(c.isalnum() or c in '_-' for c in job_id) or not job_id.isascii():
+        raise InvalidJobArguments(f'Job id {job_id!r} must be 1 to 128 letters, digits, _ or -; '
+                                  f'for example process-warehouse-42.')

@@ -1,0 +1,176 @@
+"""Settings, read once from the environment into a frozen object.
+
+Every variable is documented in README.md with its default. A bad value fails at once with a message that names
+the variable and shows a good value, before any job or command does work with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models import EXAMPLE_URLS, SUPPORTED_SCHEMES
+from rqjobs.exceptions import SettingsError
+
+# Every environment variable the settings read, each documented in README.md.
+VARIABLES = (
+    'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
+    'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
+    'JOBS_EXTRA_MODULES',
+)
+_TRUE = {'1', 'true', 'yes', 'on'}
+_FALSE = {'0', 'false', 'no', 'off'}
+_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
+_QUEUE_NAME = re.compile(r'[a-z][a-z0-9_-]{0,63}')
+_REDIS_SCHEMES = ('redis://', 'rediss://', 'unix://')
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The project's configuration; build it with `Settings.from_env()`."""
+
+    redis_url: str | None = None
+    data_dir: Path = Path('var')
+    database_url: str = ''
+    repo_root: Path = Path('var/repos')
+    update_interval_days: int = 7
+    enable_warehouse_commit: bool = True
+    task_max_size_per_user: int = 5
+    job_timeout: int = 1800
+    soft_time_limit: int = 1500
+    result_ttl: int = 3600
+    failure_ttl: int = 7 * 24 * 3600
+    redis_timeout: float = 5.0
+    extra_job_modules: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from `environ` (default: the process environment) and validate it."""
+        env = os.environ if environ is None else environ
+        data_dir = Path(_get(env, 'JOBS_DATA_DIR') or 'var').expanduser().resolve()
+        redis_url = _redis_url(env)
+        database_url = _get(env, 'DATABASE_URL') or f'sqlite:///{data_dir / "rqjobs.db"}'
+        _check_database_url(database_url)
+        repo_root = Path(_get(env, 'REPO_ROOT') or data_dir / 'repos').expanduser().resolve()
+        job_timeout = _int(env, 'JOB_TIMEOUT', 1800, minimum=10, example='1800')
+        soft_time_limit = _int(env, 'SOFT_TIME_LIMIT', min(1500, job_timeout - 5), minimum=1, example='1500')
+        if soft_time_limit >= job_timeout:
+            raise SettingsError(
+                f'SOFT_TIME_LIMIT ({soft_time_limit}) must be below JOB_TIMEOUT ({job_timeout}), so that a job gets '
+                f'its chance to clean up before it is killed; for example SOFT_TIME_LIMIT=1500 with JOB_TIMEOUT=1800.'
+            )
+        return cls(
+            redis_url=redis_url,
+            data_dir=data_dir,
+            database_url=database_url,
+            repo_root=repo_root,
+            update_interval_days=_int(env, 'UPDATE_INTERVAL', 7, minimum=1, example='7'),
+            enable_warehouse_commit=_bool(env, 'ENABLE_WAREHOUSE_COMMIT', True),
+            task_max_size_per_user=_int(env, 'TASK_MAX_SIZE_PER_USER', 5, minimum=1, example='5'),
+            job_timeout=job_timeout,
+            soft_time_limit=soft_time_limit,
+            result_ttl=_int(env, 'RESULT_TTL', 3600, minimum=0, example='3600'),
+            failure_ttl=_int(env, 'FAILURE_TTL', 7 * 24 * 3600, minimum=60, example='604800'),
+            redis_timeout=_float(env, 'REDIS_TIMEOUT', 5.0, minimum=0.1, example='5'),
+            extra_job_modules=_extra_modules(env),
+        )
+
+    @property
+    def extra_queues(self) -> tuple[str, ...]:
+        """Queue names introduced by `JOBS_EXTRA_MODULES`, in the order they were named."""
+        return tuple(dict.fromkeys(queue for _, queue in self.extra_job_modules))
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the process's settings, read from the environment on first use."""
+    return Settings.from_env()
+
+
+def reset() -> None:
+    """Forget the cached settings, so the next `get_settings()` reads the environment again."""
+    get_settings.cache_clear()
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, safe for logs and error messages."""
+    return re.sub(r'(?<=://)([^:/@]*):[^@/]*@', r'\1:***@', url)
+
+
+def _get(env: Mapping[str, str], name: str) -> str:
+    return env.get(name, '').strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, example: str) -> int:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f'{name}={raw!r} is not a whole number; for example {name}={example}.') from None
+    if value < minimum:
+        raise SettingsError(f'{name}={value} is below its minimum of {minimum}; for example {name}={example}.')
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float, example: str) -> float:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f'{name}={raw!r} is not a number; for example {name}={example}.') from None
+    if not minimum <= value < float('inf'):
+        raise SettingsError(f'{name}={raw} must be at least {minimum}; for example {name}={example}.')
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name).lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f'{name}={raw!r} is not a boolean; use true or false, for example {name}=false.')
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    url = _get(env, 'REDIS_URL')
+    if not url:
+        return None
+    if not url.startswith(_REDIS_SCHEMES):
+        raise SettingsError(
+            f'REDIS_URL={redact_url(url)!r} is not a Redis URL; for example REDIS_URL=redis://127.0.0.1:6379/0 '
+            f'(rediss:// for TLS, unix:///path/to/redis.sock for a socket), or leave it unset for the embedded server.'
+        )
+    return url
+
+
+def _check_database_url(url: str) -> None:
+    if not url.startswith(tuple(f'{scheme}://' for scheme in SUPPORTED_SCHEMES)):
+        raise SettingsError(
+            f'DATABASE_URL={redact_url(url)!r} is not a supported database URL; for example DATABASE_URL={EXAMPLE_URLS}.'
+        )
+
+
+def _extra_modules(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    raw = _get(env, 'JOBS_EXTRA_MODULES')
+    modules = []
+    for item in filter(None, (part.strip() for part in raw.split(','))):
+        module, _, queue = item.partition('=')
+        module, queue = module.strip(), (queue.strip() or 'default')
+        if not all(_NAME.fullmatch(part) for part in module.split('.')) or not _QUEUE_NAME.fullmatch(queue):
+            raise SettingsError(
+                f'JOBS_EXTRA_MODULES entry {item!r} is not MODULE[=QUEUE]; for example '
+                f'JOBS_EXTRA_MODULES=myapp.reports=reports,myapp.mail (queue names: lower-case letters, digits, _ -).'
+            )
+        modules.append((module, queue))
+    return tuple(modules)

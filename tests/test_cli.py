@@ -1,0 +1,149 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from conftest import ROOT, run_jobs_cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def invoke(runner, *args):
+    return runner.invoke(cli.main, list(args), catch_exceptions=False)
+
+
+def test_help_touches_nothing(tmp_path, env):
+    env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
+    env.setenv('JOBS_DATA_DIR', str(tmp_path / 'untouched'))
+    started = time.monotonic()
+    result = run_jobs_cli('--help', env=os.environ.copy())
+    assert result.returncode == 0, result.stderr
+    assert 'enqueue' in result.stdout and 'worker' in result.stdout
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / 'untouched').exists()
+
+
+def test_importing_the_project_touches_nothing(tmp_path, env):
+    env.setenv('JOBS_DATA_DIR', str(tmp_path / 'untouched'))
+    env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
+    code = 'import cli, models, scheduler, rqjobs.queues, rqjobs.worker, rqjobs.system, rqjobs.migration, rqjobs.monitor'
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / 'untouched').exists()
+
+
+@pytest.mark.db
+def test_db_init_is_safe_twice(runner, database):
+    first = invoke(runner, 'db', 'init')
+    second = invoke(runner, 'db', 'init')
+    assert first.exit_code == 0 and second.exit_code == 0
+    assert ': 0 tables created,' in second.output
+
+
+def test_unknown_job_exits_2_listing_known_ones(runner, redis_conn):
+    result = runner.invoke(cli.main, ['enqueue', 'no_such_job'])
+    assert result.exit_code == 2
+    assert "Unknown job 'no_such_job'" in result.output
+    assert 'ping' in result.output and 'create_schema' in result.output
+
+
+def test_wrong_arguments_exit_2_with_the_signature(runner, redis_conn):
+    result = runner.invoke(cli.main, ['enqueue', 'ping', '42'])
+    assert result.exit_code == 2
+    assert 'expected ping()' in result.output
+    result = runner.invoke(cli.main, ['enqueue', 'ping', '--kwarg', 'oops'])
+    assert result.exit_code == 2
+    assert 'NAME=VALUE' in result.output
+    assert redis_conn.llen('rq:queue:default') == 0
+
+
+def test_enqueue_without_a_name_explains(runner):
+    result = runner.invoke(cli.main, ['enqueue'])
+    assert result.exit_code == 2
+    assert 'jobs enqueue --list' in result.output
+
+
+def test_enqueue_list_shows_signatures(runner):
+    result = invoke(runner, 'enqueue', '--list')
+    assert result.exit_code == 0
+    assert 'ping()' in result.output and 'migration' in result.output
+
+
+def test_bad_setting_exits_2_naming_the_variable(runner, env):
+    env.setenv('JOB_TIMEOUT', 'soon')
+    result = runner.invoke(cli.main, ['status'])
+    assert result.exit_code == 2
+    assert 'JOB_TIMEOUT' in result.output and 'JOB_TIMEOUT=1800' in result.output
+
+
+def test_redis_down_fails_fast_with_a_message(env):
+    env.setenv('REDIS_URL', 'redis://user:hunter2@127.0.0.1:1/0')
+    started = time.monotonic()
+    result = run_jobs_cli('status', env=os.environ.copy())
+    assert result.returncode == 1
+    assert time.monotonic() - started < 10
+    assert 'Cannot reach Redis at redis://user:***@127.0.0.1:1/0' in result.stderr
+    assert 'hunter2' not in result.stderr + result.stdout
+    assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.db
+@pytest.mark.slow
+def test_enqueue_worker_status_end_to_end(redis_conn, database):
+    """A job enqueued by `jobs enqueue`, run by a real `jobs worker --burst` process, shows in `jobs status`."""
+    enqueued = run_jobs_cli('enqueue', 'ping', '--json')
+    assert enqueued.returncode == 0, enqueued.stderr
+    job = json.loads(enqueued.stdout)
+    assert job['queue'] == 'default' and job['status'] == 'queued'
+    assert 'Redis: unix://' in enqueued.stderr
+
+    worked = run_jobs_cli('worker', '--burst')
+    assert worked.returncode == 0, worked.stderr
+    assert job['id'] in worked.stderr
+
+    status = run_jobs_cli('status', '--json')
+    assert status.returncode == 0, status.stderr
+    counts = {row['queue']: row for row in json.loads(status.stdout)['queues']}
+    assert counts['default']['finished'] == 1
+    assert counts['default']['queued'] == 0 and counts['default']['failed'] == 0
+
+    human = run_jobs_cli('status')
+    assert human.returncode == 0
+    assert 'QUEUE' in human.stdout and 'default' in human.stdout
+
+
+def test_status_lists_a_live_worker(runner, redis_conn):
+    from rqjobs.worker import build_worker
+
+    worker = build_worker(redis_conn, ['default'], name='w-test')
+    worker.register_birth()
+    try:
+        result = invoke(runner, 'status', '--json')
+        data = json.loads(result.output[result.output.index('{'):])
+        assert [w['name'] for w in data['workers']] == ['w-test']
+        assert data['workers'][0]['queues'] == ['default']
+    finally:
+        worker.register_death()
+
+
+def test_embedded_redis_is_used_without_redis_url(env, tmp_path):
+    env.delenv('REDIS_URL')
+    environ = os.environ.copy()
+    try:
+        first = run_jobs_cli('enqueue', 'ping', env=environ)
+        assert first.returncode == 0, first.stderr
+        assert f'embedded (unix://{tmp_path / "var" / "redis" / "redis.sock"})' in first.stderr
+        status = run_jobs_cli('status', '--json', env=environ)
+        queued = {row['queue']: row['queued'] for row in json.loads(status.stdout)['queues']}
+        assert queued['default'] == 1
+    finally:
+        stopped = run_jobs_cli('redis', 'stop', env=environ)
+    assert stopped.returncode == 0 and 'stopped' in stopped.stdout

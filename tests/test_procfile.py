@@ -1,0 +1,70 @@
+"""The Procfile's processes run under honcho against one Redis: a worker runs jobs, the dashboard shows them."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from rqjobs import queues
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError('timed out')
+
+
+def test_procfile_names_the_three_processes():
+    entries = dict(line.split(':', 1) for line in (ROOT / 'Procfile').read_text().splitlines() if line.strip())
+    assert set(entries) == {'worker', 'scheduler', 'dashboard'}
+    # `jobs` is also a shell builtin; `exec` runs the installed command instead.
+    assert all(command.strip().startswith('exec jobs ') for command in entries.values())
+
+
+@pytest.mark.db
+@pytest.mark.slow
+def test_honcho_runs_worker_scheduler_and_dashboard_on_one_redis(redis_conn, database, tmp_path):
+    port = free_port()
+    environ = dict(os.environ, DASHBOARD_PORT=str(port), PYTHONUNBUFFERED='1',
+                   PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}')
+    job = queues.enqueue('ping', connection=redis_conn)
+    log = open(tmp_path / 'honcho.log', 'w')
+    honcho = subprocess.Popen([sys.executable, '-m', 'honcho', '-f', str(ROOT / 'Procfile'), '-d', str(ROOT), 'start'],
+                              env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: job.get_status() == 'finished')
+        base = f'http://127.0.0.1:{port}/0/data'
+        data = wait_for(lambda: json.load(urllib.request.urlopen(f'{base}/queues.json', timeout=2)))
+        assert {'name': 'default'}.items() <= next(q for q in data['queues'] if q['name'] == 'default').items()
+        shown = json.load(urllib.request.urlopen(f'{base}/job/{job.id}.json', timeout=2))
+        assert shown['status'] == 'finished'
+        assert 'rqjobs.system.ping' in shown['description'] or shown['description'] == 'ping'
+        workers = json.load(urllib.request.urlopen(f'{base}/workers.json', timeout=2))['workers']
+        assert len(workers) == 1
+    finally:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        honcho.wait(timeout=30)
+        log.close()
+    output = (tmp_path / 'honcho.log').read_text()
+    assert 'scheduler.1' in output and 'worker.1' in output and 'dashboard.1' in output

@@ -1,0 +1,84 @@
+from dataclasses import FrozenInstanceError
+from pathlib import Path
+
+import pytest
+
+from rqjobs.exceptions import SettingsError
+from rqjobs.settings import VARIABLES, Settings, get_settings, redact_url
+
+
+def test_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+    assert settings.redis_url is None
+    assert settings.data_dir == tmp_path / 'var'
+    assert settings.database_url == f'sqlite:///{tmp_path / "var" / "rqjobs.db"}'
+    assert settings.repo_root == tmp_path / 'var' / 'repos'
+    assert (settings.update_interval_days, settings.enable_warehouse_commit, settings.task_max_size_per_user) == (
+        7, True, 5)
+    assert (settings.job_timeout, settings.soft_time_limit, settings.result_ttl) == (1800, 1500, 3600)
+    assert settings.extra_job_modules == ()
+
+
+def test_values_are_read(tmp_path):
+    settings = Settings.from_env({
+        'REDIS_URL': 'redis://127.0.0.1:6390/2', 'JOBS_DATA_DIR': str(tmp_path), 'REPO_ROOT': str(tmp_path / 'r'),
+        'UPDATE_INTERVAL': '3', 'ENABLE_WAREHOUSE_COMMIT': 'no', 'TASK_MAX_SIZE_PER_USER': '2', 'JOB_TIMEOUT': '60',
+        'SOFT_TIME_LIMIT': '50', 'RESULT_TTL': '0', 'JOBS_EXTRA_MODULES': 'myapp.reports=reports, myapp.mail',
+    })
+    assert settings.redis_url == 'redis://127.0.0.1:6390/2'
+    assert settings.repo_root == tmp_path / 'r'
+    assert settings.enable_warehouse_commit is False
+    assert (settings.update_interval_days, settings.task_max_size_per_user) == (3, 2)
+    assert (settings.job_timeout, settings.soft_time_limit, settings.result_ttl) == (60, 50, 0)
+    assert settings.extra_job_modules == (('myapp.reports', 'reports'), ('myapp.mail', 'default'))
+    assert settings.extra_queues == ('reports', 'default')
+
+
+@pytest.mark.parametrize('name, value, expected', [
+    ('JOB_TIMEOUT', 'soon', 'JOB_TIMEOUT=1800'),
+    ('JOB_TIMEOUT', '5', 'minimum of 10'),
+    ('UPDATE_INTERVAL', '0', 'UPDATE_INTERVAL=7'),
+    ('TASK_MAX_SIZE_PER_USER', '1.5', 'TASK_MAX_SIZE_PER_USER=5'),
+    ('RESULT_TTL', '-1', 'RESULT_TTL=3600'),
+    ('ENABLE_WAREHOUSE_COMMIT', 'maybe', 'ENABLE_WAREHOUSE_COMMIT=false'),
+    ('REDIS_TIMEOUT', 'nan', 'REDIS_TIMEOUT=5'),
+    ('REDIS_URL', 'localhost:6379', 'REDIS_URL=redis://127.0.0.1:6379/0'),
+    ('DATABASE_URL', 'oracle://scott:tiger@db/x', 'DATABASE_URL=sqlite:///'),
+    ('JOBS_EXTRA_MODULES', 'my-app.tasks', 'JOBS_EXTRA_MODULES=myapp.reports=reports'),
+    ('JOBS_EXTRA_MODULES', 'myapp.tasks=Bad Queue', 'JOBS_EXTRA_MODULES=myapp.reports=reports'),
+])
+def test_bad_values_name_the_variable_and_a_good_example(name, value, expected):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_soft_limit_must_be_below_hard_limit():
+    with pytest.raises(SettingsError, match='SOFT_TIME_LIMIT .* must be below JOB_TIMEOUT'):
+        Settings.from_env({'JOB_TIMEOUT': '100', 'SOFT_TIME_LIMIT': '100'})
+    # A short hard limit alone pulls the default soft limit below it.
+    assert Settings.from_env({'JOB_TIMEOUT': '60'}).soft_time_limit == 55
+
+
+def test_a_password_in_a_bad_url_is_not_shown():
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({'DATABASE_URL': 'oracle://scott:tiger@db/x'})
+    assert 'tiger' not in str(info.value)
+    assert redact_url('redis://:s3cret@host:6379/0') == 'redis://:***@host:6379/0'
+    assert redact_url('postgresql://u:p%40ss@h/db') == 'postgresql://u:***@h/db'
+
+
+def test_settings_are_frozen_and_read_once(env):
+    settings = get_settings()
+    with pytest.raises(FrozenInstanceError):
+        settings.job_timeout = 1
+    env.setenv('JOB_TIMEOUT', '99')
+    assert get_settings() is settings
+
+
+def test_every_variable_is_documented_in_the_readme():
+    readme = (Path(__file__).parent.parent / 'README.md').read_text()
+    missing = [name for name in VARIABLES if f'`{name}`' not in readme]
+    assert not missing
