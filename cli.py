@@ -237,7 +237,6 @@ def status(obj: Context, as_json: bool) -> None:
     }
 
     def human(data):
-        click.echo(f'Redis: {data["redis"]}\n')
         table(data['queues'], ['queue', 'queued', 'started', 'finished', 'failed', 'scheduled', 'deferred'])
         click.echo()
         if data['workers']:

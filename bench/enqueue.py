@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rq import Queue  # noqa: E402
+from rq import Queue
 
-from rqjobs import queues  # noqa: E402
-from rqjobs.embedded import EmbeddedRedis  # noqa: E402
-from rqjobs.settings import Settings  # noqa: E402
+from rqjobs import queues
+from rqjobs.embedded import EmbeddedRedis
+from rqjobs.settings import Settings
 
 
 def timed(function, count: int) -> float:

@@ -10,7 +10,6 @@ from rqjobs.embedded import EmbeddedRedis
 from rqjobs.exceptions import RedisUnavailable
 from rqjobs.settings import Settings, get_settings, redact_url
 
-
 # A dropped connection is retried this many times (0.1 s, 0.2 s apart) before a command fails.
 RETRIES = 2
 

@@ -106,7 +106,7 @@ class EmbeddedRedis:
         (self.directory / 'redis.conf').write_text(config)
         logger.info('embedded redis: starting on %s', self.socket_path)
         result = subprocess.run([server_binary(), str(self.directory / 'redis.conf')], capture_output=True,
-                                text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                                text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.is_running():

@@ -247,11 +247,13 @@ def enqueue(
     timeout: int | None = None,
     description: str | None = None,
     meta: Mapping[str, Any] | None = None,
+    depends_on: Job | str | Sequence[Job | str] | None = None,
     settings: Settings | None = None,
 ) -> JsonJob:
     """Enqueue a registered job by name with the project's defaults; return the rq job.
 
-    `at` (a UTC datetime) or `delay` schedule it for later; `retry=None` turns retries off.
+    `at` (a UTC datetime) or `delay` schedule it for later; `retry=None` turns retries off; `depends_on` (jobs or
+    job ids) holds it back until those jobs have finished.
     """
     settings = settings or get_settings()
     spec = find_job(job, settings)
@@ -261,17 +263,18 @@ def enqueue(
         retry = Retry(max=RETRY_MAX, interval=list(RETRY_INTERVALS))
     if job_id is not None:
         _check_job_id(job_id)
-    options = dict(
-        args=args,
-        kwargs=kwargs,
-        timeout=timeout or settings.job_timeout,
-        result_ttl=settings.result_ttl,
-        failure_ttl=settings.failure_ttl,
-        job_id=job_id,
-        retry=retry,
-        description=description or spec.name,
-        meta=dict(meta or {}),
-    )
+    options = {
+        'args': args,
+        'kwargs': kwargs,
+        'timeout': timeout or settings.job_timeout,
+        'result_ttl': settings.result_ttl,
+        'failure_ttl': settings.failure_ttl,
+        'job_id': job_id,
+        'retry': retry,
+        'description': description or spec.name,
+        'meta': dict(meta or {}),
+        'depends_on': depends_on,
+    }
     target = get_queue(queue or spec.queue, connection, settings)
     if at is not None and delay is not None:
         raise InvalidJobArguments('Give either a time (at) or a delay, not both.')

@@ -155,9 +155,8 @@ def test_a_replayed_commit_record_is_refused(database):
     commit = {'commit_id': 'f' * 40, 'title': 'Fix', 'last_update': FIXED_NOW}
     DocumentCommitRecord.create(warehouse=warehouse, **commit)
 
-    with pytest.raises(IntegrityError):
-        with database.atomic():
-            DocumentCommitRecord.create(warehouse=warehouse, **commit)
+    with pytest.raises(IntegrityError), database.atomic():
+        DocumentCommitRecord.create(warehouse=warehouse, **commit)
     DocumentCommitRecord.create(warehouse=other, **commit)
 
     assert DocumentCommitRecord.select().where(DocumentCommitRecord.warehouse == warehouse).count() == 1

@@ -49,9 +49,9 @@ def test_honcho_runs_worker_scheduler_and_dashboard_on_one_redis(redis_conn, dat
     environ = dict(os.environ, DASHBOARD_PORT=str(port), PYTHONUNBUFFERED='1',
                    PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}')
     job = queues.enqueue('ping', connection=redis_conn)
-    log = open(tmp_path / 'honcho.log', 'w')
-    honcho = subprocess.Popen([sys.executable, '-m', 'honcho', '-f', str(ROOT / 'Procfile'), '-d', str(ROOT), 'start'],
-                              env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / 'honcho.log', 'w') as log:
+        honcho = subprocess.Popen([sys.executable, '-m', 'honcho', '-f', str(ROOT / 'Procfile'), '-d', str(ROOT),
+                                   'start'], env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: job.get_status() == 'finished')
         base = f'http://127.0.0.1:{port}/0/data'
@@ -65,6 +65,5 @@ def test_honcho_runs_worker_scheduler_and_dashboard_on_one_redis(redis_conn, dat
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         honcho.wait(timeout=30)
-        log.close()
     output = (tmp_path / 'honcho.log').read_text()
     assert 'scheduler.1' in output and 'worker.1' in output and 'dashboard.1' in output

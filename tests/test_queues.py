@@ -75,6 +75,16 @@ def test_job_payload_meta_and_result_are_json(redis_conn, database, burst_worker
     assert value['pong'] is True and value['schema_ready'] is True
 
 
+def test_jobs_released_by_a_dependency_are_json(custom_jobs, redis_conn, burst_worker):
+    first = queues.enqueue('add', [1, 1], connection=redis_conn)
+    second = queues.enqueue('add', [2, 2], depends_on=first, connection=redis_conn)
+    assert second.get_status() == JobStatus.DEFERRED
+    burst_worker('custom')
+    assert second.get_status() == JobStatus.FINISHED
+    assert json.loads(zlib.decompress(raw_job(redis_conn, second.id)[b'data']))[0] == 'custom_jobs.add'
+    assert second.return_value() == {'sum': 4}
+
+
 def test_forged_function_name_runs_nothing(redis_conn, burst_worker, tmp_path):
     marker = tmp_path / 'pwned'
     queue = queues.get_queue('default', redis_conn)

@@ -1,6 +1,6 @@
 import json
 import zlib
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from rq.job import JobStatus
@@ -12,7 +12,7 @@ from rqjobs import queues
 @pytest.mark.db
 def test_jobs_created_by_rq_scheduler_are_json_jobs(redis_conn, database, burst_worker):
     rq_scheduler = scheduler.build_scheduler(redis_conn)
-    job = rq_scheduler.schedule(datetime.utcnow() - timedelta(seconds=1), 'rqjobs.system.ping', interval=60,
+    job = rq_scheduler.schedule(datetime.now(timezone.utc) - timedelta(seconds=1), 'rqjobs.system.ping', interval=60,
                                 queue_name='default')
     assert isinstance(job, queues.JsonJob)
     raw = redis_conn.hgetall(f'rq:job:{job.id}')
@@ -30,7 +30,7 @@ def test_jobs_created_by_rq_scheduler_are_json_jobs(redis_conn, database, burst_
 def test_a_forged_scheduled_job_runs_nothing(redis_conn, burst_worker, tmp_path):
     marker = tmp_path / 'pwned'
     rq_scheduler = scheduler.build_scheduler(redis_conn)
-    job = rq_scheduler.schedule(datetime.utcnow() - timedelta(seconds=1), 'os.system', args=[f'touch {marker}'],
+    job = rq_scheduler.schedule(datetime.now(timezone.utc) - timedelta(seconds=1), 'os.system', args=[f'touch {marker}'],
                                 queue_name='default')
     scheduler.run(redis_conn, burst=True)
     burst_worker('default')
