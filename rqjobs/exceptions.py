@@ -33,5 +33,37 @@ class PermanentJobError(RqjobsError):
     """Raised by a job when retrying it cannot help (bad input, a missing resource); it is not retried."""
 
 
+class InvalidSubmission(RqjobsError):
+    """Raised when a warehouse submission is refused (bad address, duplicate, submissions disabled)."""
+
+
+class InvalidRepositoryAddress(PermanentJobError, InvalidSubmission):
+    """Raised when a repository address is not one the project may clone (scheme, characters, path)."""
+
+
+class SecretKeyMissing(InvalidSubmission):
+    """Raised when a credential must be stored but `JOBS_SECRET_KEY` is not set."""
+
+
+class GitError(RqjobsError):
+    """Raised when git fails in a way that a later retry may fix (network, a remote hiccup)."""
+
+
+class RepositoryNotFound(PermanentJobError, GitError):
+    """Raised when the repository or its branch does not exist at the address."""
+
+
+class RepositoryUnauthorized(PermanentJobError, GitError):
+    """Raised when the remote refuses the credentials, or asks for some and none were given."""
+
+
+class RepositoryTooLarge(PermanentJobError, GitError):
+    """Raised when a clone or fetch grows past `GIT_MAX_REPO_SIZE`; the partial clone is removed."""
+
+
+class CloneTimeout(PermanentJobError, GitError):
+    """Raised when a clone or fetch runs past `GIT_CLONE_TIMEOUT`; the partial clone is removed."""
+
+
 class ForbiddenJob(PermanentJobError):
     """Raised when a job in Redis names a function outside the registered job modules."""

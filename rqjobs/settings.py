@@ -20,7 +20,8 @@ from rqjobs.exceptions import SettingsError
 VARIABLES = (
     'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
     'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
-    'JOBS_EXTRA_MODULES',
+    'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_CLONE_TIMEOUT', 'GIT_MAX_REPO_SIZE',
+    'JOBS_SECRET_KEY',
 )
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off'}
@@ -46,6 +47,11 @@ class Settings:
     failure_ttl: int = 7 * 24 * 3600
     redis_timeout: float = 5.0
     extra_job_modules: tuple[tuple[str, str], ...] = field(default=())
+    allow_local_repositories: bool = False
+    git_allow_ssh: bool = False
+    git_clone_timeout: int = 600
+    git_max_repo_size_mb: int = 1024
+    secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +83,11 @@ class Settings:
             failure_ttl=_int(env, 'FAILURE_TTL', 7 * 24 * 3600, minimum=60, example='604800'),
             redis_timeout=_float(env, 'REDIS_TIMEOUT', 5.0, minimum=0.1, example='5'),
             extra_job_modules=_extra_modules(env),
+            allow_local_repositories=_bool(env, 'ALLOW_LOCAL_REPOSITORIES', False),
+            git_allow_ssh=_bool(env, 'GIT_ALLOW_SSH', False),
+            git_clone_timeout=_int(env, 'GIT_CLONE_TIMEOUT', 600, minimum=1, example='600'),
+            git_max_repo_size_mb=_int(env, 'GIT_MAX_REPO_SIZE', 1024, minimum=1, example='1024'),
+            secret_key=_secret_key(env),
         )
 
     @property
@@ -159,6 +170,14 @@ def _check_database_url(url: str) -> None:
         raise SettingsError(
             f'DATABASE_URL={redact_url(url)!r} is not a supported database URL; for example DATABASE_URL={EXAMPLE_URLS}.'
         )
+
+
+def _secret_key(env: Mapping[str, str]) -> str | None:
+    key = _get(env, 'JOBS_SECRET_KEY')
+    if key and len(key) < 16:
+        raise SettingsError('JOBS_SECRET_KEY is too short (under 16 characters); use a long random value, for example '
+                            'JOBS_SECRET_KEY=$(python3 -c "import secrets; print(secrets.token_urlsafe(32))").')
+    return key or None
 
 
 def _extra_modules(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
