@@ -41,7 +41,7 @@ class InvalidRepositoryAddress(PermanentJobError, InvalidSubmission):
     """Raised when a repository address is not one the project may clone (scheme, characters, path)."""
 
 
-class SecretKeyMissing(InvalidSubmission):
+class SecretKeyMissing(PermanentJobError, InvalidSubmission):
     """Raised when a credential must be stored but `JOBS_SECRET_KEY` is not set."""
 
 
