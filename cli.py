@@ -46,7 +46,7 @@ class JobsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (exceptions.SettingsError, exceptions.UnknownJob, exceptions.UnknownQueue,
-                exceptions.InvalidJobArguments) as exc:
+                exceptions.InvalidJobArguments, exceptions.InvalidSubmission) as exc:
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
@@ -219,6 +219,176 @@ def dashboard(obj: Context, bind: str, port: int) -> None:
     os.environ['RQ_DASHBOARD_REDIS_URL'] = connections.redis_url(obj.settings)
     run.main(['--bind', bind, '--port', str(port), '--json'], prog_name='jobs dashboard',
              auto_envvar_prefix='RQ_DASHBOARD')
+
+
+# ---- Warehouses ----
+
+@main.group()
+def warehouse() -> None:
+    """Warehouses: git repositories documented by the warehouse jobs."""
+
+
+@warehouse.command('add')
+@click.argument('url')
+@click.option('--branch', help='Branch to document [default: the repository\'s default branch].')
+@click.option('--user', 'user_id', help='Id of the user who owns the warehouse (counts toward their limit).')
+@click.option('--git-user', help='User name for the repository, if it needs one.')
+@click.option('--token-env', metavar='VAR',
+              help='Name of an environment variable holding the access token (never pass a token as an argument).')
+@click.option('--json', 'as_json', is_flag=True, help='Print the warehouse as JSON.')
+@click.pass_obj
+def warehouse_add(obj: Context, url: str, branch: str | None, user_id: str | None, git_user: str | None,
+                  token_env: str | None, as_json: bool) -> None:
+    """Register the repository at URL and queue it for documentation."""
+    import os
+
+    from rqjobs import warehouse as warehouses
+
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise click.BadParameter(f'environment variable {token_env} is empty or unset; for example '
+                                     f'export GIT_TOKEN=... and pass --token-env GIT_TOKEN.', param_hint='--token-env')
+    row = warehouses.submit_warehouse(url, branch, user_id, git_user, token, connection=obj.redis,
+                                      settings=obj.settings)
+    data = warehouses.describe(row.id, obj.redis)
+    emit(data, as_json, lambda d: click.echo(f'Warehouse {d["id"]} ({d["organization"]}/{d["name"]}) is '
+                                             f'{d["status"]}' + ('; queued.' if d['jobs'] else
+                                                                 '; waiting for room in its owner\'s limit.')))
+
+
+@warehouse.command('list')
+@click.option('--status', type=click.Choice(['Pending', 'Processing', 'Completed', 'Canceled', 'Unauthorized',
+                                             'Failed']), help='Only warehouses in this state.')
+@click.option('--limit', type=click.IntRange(1, 10000), default=100, show_default=True, help='At most this many.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the warehouses as JSON.')
+@click.pass_obj
+def warehouse_list(obj: Context, status: str | None, limit: int, as_json: bool) -> None:
+    """List warehouses, newest first."""
+    from rqjobs import warehouse as warehouses
+
+    rows = warehouses.list_warehouses(status, limit)
+    for row in rows:
+        row['repository'] = f'{row["organization"]}/{row["name"]}'
+        row['version'] = (row['version'] or '')[:10] or None
+    emit(rows, as_json, lambda data: table(data, ['id', 'repository', 'branch', 'status', 'version', 'updated_at'])
+         if data else click.echo('No warehouses. Add one with `jobs warehouse add URL`.'))
+
+
+@warehouse.command('show')
+@click.argument('warehouse_id')
+@click.option('--json', 'as_json', is_flag=True, help='Print the warehouse as JSON.')
+@click.pass_obj
+def warehouse_show(obj: Context, warehouse_id: str, as_json: bool) -> None:
+    """Show a warehouse: state, version, documentation counts, and the progress of its job."""
+    from rqjobs import warehouse as warehouses
+
+    data = warehouses.describe(warehouse_id, obj.redis)
+    data['catalog'] = warehouses.catalog_tree(warehouse_id)
+
+    def human(d):
+        for key in ('id', 'organization', 'name', 'branch', 'address', 'status', 'version', 'classify', 'error',
+                    'pages', 'commits', 'minimap_nodes', 'created_at', 'updated_at'):
+            click.echo(f'{key + ":":<15}{_cell(d[key])}')
+        for job in d['jobs']:
+            progress = job['progress'] or {}
+            click.echo(f'{"job:":<15}{job["id"]} {job["status"]} {progress.get("step", "")} '
+                       f'{progress.get("percent", "")}{"%" if progress else ""}'.rstrip())
+        if d['catalog']:
+            click.echo('catalog:')
+            print_catalog(d['catalog'], depth=1)
+
+    emit(data, as_json, human)
+
+
+def print_catalog(entries: list[dict], depth: int = 0) -> None:
+    for entry in entries:
+        click.echo(f'{"  " * depth}- {entry["title"]} ({entry["url"]})')
+        print_catalog(entry['children'], depth + 1)
+
+
+def print_tree(node: dict, depth: int = 0, limit: list[int] | None = None) -> None:
+    """Print a mind map indented, at most `limit[0]` lines."""
+    limit = limit if limit is not None else [60]
+    if limit[0] <= 0:
+        return
+    limit[0] -= 1
+    click.echo(f'{"  " * depth}{node["title"]}' + (f'  [{node["url"]}]' if node['url'] else ''))
+    for child in node['nodes']:
+        print_tree(child, depth + 1, limit)
+
+
+@warehouse.command('reprocess')
+@click.argument('warehouse_id')
+@click.pass_obj
+def warehouse_reprocess(obj: Context, warehouse_id: str) -> None:
+    """Document a warehouse again from scratch (it goes back to Pending)."""
+    from rqjobs import warehouse as warehouses
+
+    row = warehouses.reprocess(warehouse_id, obj.redis)
+    click.echo(f'Warehouse {row.id} is {row.status} again.')
+
+
+@warehouse.command('remove')
+@click.argument('warehouse_id')
+@click.pass_obj
+def warehouse_remove(obj: Context, warehouse_id: str) -> None:
+    """Remove a warehouse: cancel its queued jobs, delete its clone, soft-delete its row."""
+    from rqjobs import warehouse as warehouses
+
+    warehouses.remove(warehouse_id, obj.redis)
+    click.echo(f'Warehouse {warehouse_id} removed.')
+
+
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Document a generated local repository end to end with a real worker, offline.
+
+    Builds (or reuses) a git repository in five languages under JOBS_DATA_DIR/demo, submits it, runs a worker
+    until its job ends, and prints the catalog, the start of the overview, the mind map and the timings. Local
+    repositories are allowed for this command only.
+    """
+    import os
+
+    from rqjobs import demo as demo_module
+    from rqjobs import migration, queues, settings
+    from rqjobs import warehouse as warehouses
+    from rqjobs import worker as workers
+
+    os.environ['ALLOW_LOCAL_REPOSITORIES'] = 'true'
+    settings.reset()
+    obj: Context = ctx.obj
+    obj.__dict__.pop('settings', None)
+    migration.create_schema()
+    repository = demo_module.build_repository(obj.settings.data_dir / 'demo' / 'inkwell')
+    click.echo(f'Repository: {repository}')
+    existing = [row for row in warehouses.list_warehouses(limit=10000)
+                if (row['organization'], row['name']) == ('demo', 'inkwell')]
+    if existing:
+        row = warehouses.reprocess(existing[0]['id'], obj.redis)
+    else:
+        row = warehouses.submit_warehouse(str(repository), connection=obj.redis, settings=obj.settings)
+    click.echo(f'Warehouse {row.id} submitted; running a worker until its job ends…')
+    workers.run_worker(obj.redis, [queues.WAREHOUSE], burst=True, logging_level='WARNING', settings=obj.settings)
+    job = queues.JsonJob.fetch(warehouses.process_job_id(row.id), connection=obj.redis)
+    data = warehouses.describe(row.id, obj.redis)
+    if data['status'] != 'Completed':
+        raise click.ClickException(f'Warehouse {row.id} ended {data["status"]}: {data["error"]}')
+    result = job.return_value() or {}
+    click.echo(f'\nCompleted {data["organization"]}/{data["name"]} at {data["version"][:12]} '
+               f'({data["classify"]}): {result.get("files")} files, {data["pages"]} pages, {data["commits"]} commits.')
+    click.echo('\nCatalog:')
+    print_catalog(warehouses.catalog_tree(row.id), depth=1)
+    overview = warehouses.page_content(row.id, 'overview') or ''
+    click.echo('\nOverview (start):')
+    for line in overview.splitlines()[:16]:
+        click.echo(f'  {line}')
+    click.echo('\nMind map:')
+    print_tree(warehouses.minimap_of(row.id) or {'title': '(none)', 'url': '', 'nodes': []}, depth=1)
+    timings = ', '.join(f'{name} {seconds:.2f} s' for name, seconds in result.get('timings', {}).items())
+    click.echo(f'\nTimings: {timings}')
 
 
 # ---- Inspection ----

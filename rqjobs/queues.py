@@ -20,8 +20,9 @@ from typing import Any
 import redis
 from rq import Queue
 from rq.exceptions import DeserializationError
-from rq.job import Job, Retry
+from rq.job import Job, Retry, get_current_job
 
+from rqjobs import clock
 from rqjobs.exceptions import ForbiddenJob, InvalidJobArguments, PermanentJobError, UnknownJob, UnknownQueue
 from rqjobs.settings import Settings, get_settings
 
@@ -37,6 +38,7 @@ QUEUES = (DEFAULT, ACCESS_LOG, STATISTICS, MINIMAP, WAREHOUSE, MIGRATION)
 # The project's job modules and the queue each one's jobs go to.
 JOB_MODULES = {
     'rqjobs.system': DEFAULT,
+    'rqjobs.warehouse': WAREHOUSE,
     'rqjobs.migration': MIGRATION,
 }
 
@@ -294,3 +296,29 @@ def _check_job_id(job_id: str) -> None:
     if not job_id or len(job_id) > 128 or not all(c.isalnum() or c in '_-' for c in job_id) or not job_id.isascii():
         raise InvalidJobArguments(f'Job id {job_id!r} must be 1 to 128 letters, digits, _ or -; '
                                   f'for example process-warehouse-42.')
+
+
+def report_progress(step: str, percent: int, **details: Any) -> None:
+    """Record the running job's step and percent in its meta (shown by `jobs` and rq-dashboard); no-op outside a job."""
+    job = get_current_job()
+    if job is None:
+        return
+    job.meta['progress'] = {'step': step, 'percent': max(0, min(100, int(percent))),
+                            'at': clock.utcnow().isoformat(timespec='seconds') + 'Z', **details}
+    job.save_meta()
+
+
+def retries_left() -> int:
+    """Return how many more tries the running job gets after this one (0 outside a job)."""
+    job = get_current_job()
+    return (job.retries_left or 0) if job is not None else 0
+
+
+def live_job_ids(connection: redis.Redis, job_ids: Sequence[str]) -> set[str]:
+    """Return which of `job_ids` are queued, scheduled, deferred or running (one Redis round trip)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(JsonJob.key_for(job_id), 'status')
+        statuses = pipe.execute()
+    live = {b'queued', b'started', b'scheduled', b'deferred'}
+    return {job_id for job_id, status in zip(job_ids, statuses) if status in live}

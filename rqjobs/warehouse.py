@@ -1,0 +1,576 @@
+"""Warehouse jobs (queue `warehouse`): a registered git repository becomes browsable documentation.
+
+A warehouse is submitted as Pending; `process_warehouse` clones it, analyses it, writes its documentation and mind
+map, and leaves it Completed (or Failed / Unauthorized with the reason). At most `TASK_MAX_SIZE_PER_USER`
+warehouses of one user are queued or running at once; the others wait as Pending until one of theirs ends or the
+periodic `schedule_warehouse_processing` finds room. Every warehouse has at most one live job, whose id is derived
+from the warehouse id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+import redis
+from peewee import chunked
+from rq.exceptions import NoSuchJobError
+
+from models import (
+    Document,
+    DocumentCatalog,
+    DocumentCommitRecord,
+    DocumentFileItem,
+    DocumentFileItemSource,
+    DocumentOverview,
+    MiniMap,
+    User,
+    Warehouse,
+    WarehouseStatus,
+    WarehouseType,
+)
+from rqjobs import analysis as analysis_module
+from rqjobs import clock, connections, database, documentation, git, minimap, queues
+from rqjobs.exceptions import (
+    InvalidSubmission,
+    PermanentJobError,
+    RepositoryUnauthorized,
+)
+from rqjobs.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+JOBS = (
+    'process_warehouse',
+    'process_warehouse_update',
+    'schedule_warehouse_processing',
+    'schedule_warehouse_updates',
+    'cleanup_failed_warehouses',
+)
+
+CHANGELOG_COMMITS = 20
+FAILED_RETENTION = timedelta(hours=24)
+UPDATES_PER_RUN = 100
+DISPATCH_LOCK_SECONDS = 30
+SUBMIT_LOCK_SECONDS = 10
+# Pages that describe the layout: written again whenever files are added, removed or renamed.
+STRUCTURE_PAGES = ('overview', 'structure', 'components')
+IN_FLIGHT = (WarehouseStatus.PENDING, WarehouseStatus.PROCESSING)
+REPLACEABLE = (WarehouseStatus.FAILED, WarehouseStatus.UNAUTHORIZED, WarehouseStatus.CANCELED)
+
+
+def process_job_id(warehouse_id: str) -> str:
+    """Return the id of the processing job of a warehouse."""
+    return f'warehouse-{warehouse_id}'
+
+
+def update_job_id(warehouse_id: str) -> str:
+    """Return the id of the update job of a warehouse."""
+    return f'warehouse-update-{warehouse_id}'
+
+
+# ---- Submitting ----
+
+def submit_warehouse(
+    address: str,
+    branch: str | None = None,
+    user_id: str | None = None,
+    git_user_name: str | None = None,
+    git_password: str | None = None,
+    *,
+    connection: redis.Redis | None = None,
+    settings: Settings | None = None,
+) -> Warehouse:
+    """Register a repository as a Pending warehouse and queue it when its owner has room; return the row.
+
+    Refused with `InvalidSubmission` (bad address or branch, unknown user, duplicate, submissions disabled).
+    """
+    settings = settings or get_settings()
+    if not settings.enable_warehouse_commit:
+        raise InvalidSubmission('Submitting warehouses is disabled (ENABLE_WAREHOUSE_COMMIT=false).')
+    parsed = git.parse_address(address, settings)
+    branch = (branch or '').strip()
+    if branch:
+        git.check_branch(branch)
+    username = git_user_name or parsed.username
+    password = git_password or parsed.password
+    secret = git.encrypt_secret(password, settings) if password else None
+    connection = connection or connections.get_redis(settings)
+    lock_name = 'rqjobs:lock:submit:' + hashlib.sha256(
+        f'{parsed.organization}/{parsed.name}@{branch}'.encode()).hexdigest()
+    lock = connection.lock(lock_name, timeout=SUBMIT_LOCK_SECONDS, blocking_timeout=SUBMIT_LOCK_SECONDS)
+    with lock, database.connection(settings) as db_:
+        if user_id is not None and User.get_or_none(User.id == user_id, User.is_deleted == False) is None:
+            raise InvalidSubmission(f'User {user_id} does not exist.')
+        with db_.atomic():
+            _check_duplicate(parsed.organization, parsed.name, branch)
+            warehouse = Warehouse.create(
+                organization_name=parsed.organization, name=parsed.name, address=parsed.url, branch=branch,
+                type=WarehouseType.GIT, status=WarehouseStatus.PENDING, git_user_name=username,
+                git_password=secret, creator=user_id,
+            )
+    logger.info('warehouse %s: submitted %s/%s (branch %s)', warehouse.id, parsed.organization, parsed.name,
+                branch or 'default')
+    dispatch_pending(connection, settings)
+    return warehouse
+
+
+def _check_duplicate(organization: str, name: str, branch: str) -> None:
+    existing = Warehouse.select().where(
+        Warehouse.organization_name == organization, Warehouse.name == name, Warehouse.branch == branch,
+        Warehouse.is_deleted == False,
+    )
+    for row in existing:
+        if row.status == WarehouseStatus.COMPLETED:
+            raise InvalidSubmission(f'Warehouse {organization}/{name} ({branch or "default branch"}) already exists '
+                                    f'as {row.id}; use `jobs warehouse reprocess {row.id}` to refresh it.')
+        if row.status in IN_FLIGHT:
+            raise InvalidSubmission(f'Warehouse {organization}/{name} ({branch or "default branch"}) is already '
+                                    f'queued as {row.id} ({row.status}).')
+        if row.status in REPLACEABLE:
+            # A failed attempt gives way to the new submission; its clone goes with it.
+            _soft_delete(row)
+
+
+def _soft_delete(warehouse: Warehouse) -> None:
+    now = clock.utcnow()
+    Warehouse.update(is_deleted=True, deleted_at=now, updated_at=now).where(Warehouse.id == warehouse.id).execute()
+    git.remove_clone(git.clone_path(warehouse.id))
+
+
+# ---- Dispatching with per-user fairness ----
+
+def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) -> list[str]:
+    """Enqueue Pending warehouses while their owners have room, and Processing ones whose job is gone.
+
+    Returns the ids of the warehouses enqueued. Oldest first; one live job per warehouse, however often it runs.
+    """
+    settings = settings or get_settings()
+    # One dispatcher at a time: two could otherwise both see room for the same user.
+    with connection.lock('rqjobs:lock:dispatch-warehouses', timeout=DISPATCH_LOCK_SECONDS,
+                         blocking_timeout=DISPATCH_LOCK_SECONDS):
+        with database.connection(settings):
+            rows = list(Warehouse.select(Warehouse.id, Warehouse.status, Warehouse.creator)
+                        .where(Warehouse.status.in_(IN_FLIGHT), Warehouse.is_deleted == False)
+                        .order_by(Warehouse.created_at, Warehouse.id).tuples())
+        ids = [row[0] for row in rows]
+        live = queues.live_job_ids(connection, [process_job_id(i) for i in ids] + [update_job_id(i) for i in ids])
+        in_flight: dict[Any, int] = defaultdict(int)
+        for warehouse_id, status, creator in rows:
+            if status == WarehouseStatus.PROCESSING or process_job_id(warehouse_id) in live:
+                in_flight[creator] += 1
+        enqueued = []
+        for warehouse_id, status, creator in rows:
+            if process_job_id(warehouse_id) in live or update_job_id(warehouse_id) in live:
+                continue
+            if status == WarehouseStatus.PENDING:
+                if in_flight[creator] >= settings.task_max_size_per_user:
+                    continue
+                in_flight[creator] += 1
+            else:
+                logger.warning('warehouse %s: Processing without a live job (a worker died?); enqueued again',
+                               warehouse_id)
+            _enqueue_fresh(connection, 'process_warehouse', warehouse_id, process_job_id(warehouse_id), settings)
+            enqueued.append(warehouse_id)
+    return enqueued
+
+
+def _enqueue_fresh(connection: redis.Redis, job: str, warehouse_id: str, job_id: str, settings: Settings) -> None:
+    # A finished or failed job under the same id still exists until its TTL; it makes way for the new one.
+    connection.delete(queues.JsonJob.key_for(job_id))
+    queues.enqueue(job, [warehouse_id], job_id=job_id, connection=connection, settings=settings,
+                   description=f'{job}({warehouse_id})')
+
+
+# ---- Processing ----
+
+def process_warehouse(warehouse_id: str) -> dict:
+    """Clone, analyse and document one warehouse, and build its mind map."""
+    # Safe twice: the clone is fetched rather than made again, and the results replace the previous ones in one
+    # transaction, so a second run leaves one set of documents.
+    settings = get_settings()
+    started = time.monotonic()
+    with database.connection(settings):
+        warehouse = Warehouse.get_or_none(Warehouse.id == warehouse_id, Warehouse.is_deleted == False)
+        if warehouse is None:
+            logger.info('warehouse %s: not found or deleted; nothing to do', warehouse_id)
+            return {'warehouse_id': warehouse_id, 'status': 'missing', 'message': 'warehouse not found or deleted'}
+        if warehouse.status not in IN_FLIGHT:
+            logger.info('warehouse %s: is %s; nothing to do', warehouse_id, warehouse.status)
+            return {'warehouse_id': warehouse_id, 'status': 'skipped',
+                    'message': f'warehouse is {warehouse.status}, not Pending'}
+        _set_status(warehouse_id, WarehouseStatus.PROCESSING, error=None)
+    try:
+        summary = _run_pipeline(warehouse, settings, started, full=True)
+    except Exception as exc:
+        _record_failure(warehouse_id, exc)
+        raise
+    finally:
+        _dispatch_quietly(settings)
+    return summary
+
+
+def process_warehouse_update(warehouse_id: str) -> dict:
+    """Bring a Completed warehouse's documentation up to its branch's newest commit."""
+    # Safe twice: a second run finds no new commit and only moves the timestamp.
+    settings = get_settings()
+    started = time.monotonic()
+    with database.connection(settings):
+        warehouse = Warehouse.get_or_none(Warehouse.id == warehouse_id, Warehouse.is_deleted == False)
+        if warehouse is None:
+            logger.info('warehouse %s: not found or deleted; no update', warehouse_id)
+            return {'warehouse_id': warehouse_id, 'status': 'missing', 'message': 'warehouse not found or deleted'}
+        if warehouse.status != WarehouseStatus.COMPLETED or warehouse.type != WarehouseType.GIT:
+            return {'warehouse_id': warehouse_id, 'status': 'skipped',
+                    'message': f'only Completed git warehouses are updated (this one is {warehouse.type}, '
+                               f'{warehouse.status})'}
+    try:
+        return _run_pipeline(warehouse, settings, started, full=False)
+    except PermanentJobError as exc:
+        # The documentation already there stays readable; the failure is recorded for the operator.
+        _set_status(warehouse_id, _status_for(exc), error=f'update failed: {exc}')
+        raise
+
+
+def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, full: bool) -> dict:
+    timings: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        timings[name] = round(now - mark, 3)
+        mark = now
+
+    queues.report_progress('clone', 5)
+    dest = git.clone_path(warehouse.id, settings)
+    password = git.decrypt_secret(warehouse.git_password, settings) if warehouse.git_password else None
+    new_version = git.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
+                           password=password, settings=settings,
+                           progress=lambda stage, percent: queues.report_progress('clone', 5 + percent * 20 // 100,
+                                                                                  stage=stage))
+    step('clone')
+    old_version = warehouse.version
+    changed = None
+    if not full:
+        if new_version == old_version:
+            _touch(warehouse.id)
+            queues.report_progress('done', 100)
+            return _summary(warehouse, 'unchanged', new_version, timings, started, message='no new commits')
+        changed = git.changed_paths(dest, old_version, new_version) if old_version else None
+        if changed is None:
+            logger.info('warehouse %s: %s is no longer an ancestor of %s (force-push?); regenerating everything',
+                        warehouse.id, old_version, new_version)
+    queues.report_progress('analyse', 30)
+    analysis = analysis_module.analyse(
+        dest, progress=lambda done, total: queues.report_progress('analyse', 30 + 40 * done // max(total, 1)))
+    step('analyse')
+    queues.report_progress('document', 70)
+    since = old_version if changed is not None else None
+    commits = git.recent_commits(dest, CHANGELOG_COMMITS, since=since)
+    context = documentation.Context(f'{warehouse.organization_name}/{warehouse.name}', analysis, commits)
+    pages = documentation.catalog(analysis)
+    structure_changed = changed is None or any(status[0] in 'ADRC' for status in changed.values())
+    tree = minimap.build_tree(context.title, analysis) if structure_changed else None
+    step('document')
+    queues.report_progress('store', 90)
+    counts = _store(warehouse, analysis, context, pages, changed, structure_changed, tree, commits, new_version,
+                    settings)
+    step('store')
+    queues.report_progress('done', 100)
+    status = 'Completed' if full or changed is None else 'updated'
+    return _summary(warehouse, status, new_version, timings, started, files=len(analysis.files),
+                    skipped=sum(analysis.skipped.values()), previous_version=old_version,
+                    changed_files=None if changed is None else len(changed), **counts)
+
+
+def _store(warehouse: Warehouse, analysis, context: documentation.Context, pages: list[documentation.Page],
+           changed: dict[str, str] | None, structure_changed: bool, tree: dict | None, commits: list[dict],
+           version: str, settings: Settings) -> dict:
+    """Write the documentation in one transaction: readers see the old set or the new one, never a mix.
+
+    With `changed` (an update), only pages whose sources (old or new) changed are written again, plus the pages
+    that describe the structure when files were added, removed or renamed.
+    """
+    now = clock.utcnow()
+    written = 0
+    with database.connection(settings) as db_, db_.atomic():
+        old_sources = _sources_by_page(warehouse.id) if changed is not None else {}
+        document = Document.get_or_none(Document.warehouse == warehouse.id)
+        if document is None:
+            document = Document.create(warehouse=warehouse.id, git_path=str(git.clone_path(warehouse.id, settings)),
+                                       status=WarehouseStatus.COMPLETED)
+        existing = {row.url: row for row in DocumentCatalog.select().where(
+            DocumentCatalog.warehouse == warehouse.id, DocumentCatalog.is_deleted == False)}
+        ids: dict[str, str] = {}
+        for page in pages:
+            row = existing.get(page.key)
+            parent_id = ids.get(page.parent) if page.parent else None
+            sources = set(page.sources).union(old_sources.get(page.key, ()))
+            touched = changed is None or not sources.isdisjoint(changed) or (
+                structure_changed and page.key in STRUCTURE_PAGES)
+            if row is not None and not touched:
+                ids[page.key] = row.id
+                continue
+            content = documentation.render(page, context)
+            ids[page.key] = _write_page(warehouse.id, document.id, page, parent_id, content, row)
+            written += 1
+            if page.key == 'overview':
+                DocumentOverview.delete().where(DocumentOverview.document == document.id).execute()
+                DocumentOverview.create(document=document.id, title=context.title, content=content)
+        stale = [row.id for url, row in existing.items() if url not in ids]
+        if stale:
+            DocumentCatalog.delete().where(DocumentCatalog.id.in_(stale)).execute()
+        if tree is not None:
+            MiniMap.delete().where(MiniMap.warehouse == warehouse.id).execute()
+            MiniMap.create(warehouse=warehouse.id, value=tree)
+        if commits:
+            DocumentCommitRecord.insert_many([
+                {'id': _record_id(warehouse.id, c['sha']), 'warehouse': warehouse.id, 'commit_id': c['sha'],
+                 'title': c['title'], 'description': c['description'], 'author': c['author'],
+                 'last_update': c['committed_at'], 'created_at': now} for c in commits
+            ]).on_conflict_ignore().execute()
+        Document.update(last_update=now, updated_at=now, status=WarehouseStatus.COMPLETED).where(
+            Document.id == document.id).execute()
+        Warehouse.update(
+            status=WarehouseStatus.COMPLETED, error=None, version=version, readme=analysis.readme,
+            optimized_directory_structure=analysis.tree, classify=analysis.classification,
+            description=documentation.first_paragraph(analysis.readme, 500) or warehouse.description,
+            updated_at=now,
+        ).where(Warehouse.id == warehouse.id).execute()
+    return {'pages': len(pages), 'pages_written': written, 'pages_removed': len(stale), 'commits': len(commits),
+            'minimap': tree is not None}
+
+
+def _sources_by_page(warehouse_id: str) -> dict[str, set[str]]:
+    rows = (DocumentFileItemSource.select(DocumentCatalog.url, DocumentFileItemSource.address)
+            .join(DocumentFileItem).join(DocumentCatalog)
+            .where(DocumentCatalog.warehouse == warehouse_id).tuples())
+    sources: dict[str, set[str]] = defaultdict(set)
+    for url, address in rows:
+        sources[url].add(address)
+    return sources
+
+
+def _write_page(warehouse_id: str, document_id: str, page: documentation.Page, parent_id: str | None, content: str,
+                row: DocumentCatalog | None) -> str:
+    fields = {'warehouse': warehouse_id, 'document': document_id, 'parent': parent_id, 'name': page.title,
+              'url': page.key, 'description': page.description, 'sort_order': page.order, 'is_completed': True,
+              'dependent_file': page.sources[:200], 'updated_at': clock.utcnow()}
+    if row is None:
+        catalog_id = DocumentCatalog.create(**fields).id
+    else:
+        catalog_id = row.id
+        DocumentCatalog.update(**fields).where(DocumentCatalog.id == catalog_id).execute()
+        DocumentFileItem.delete().where(DocumentFileItem.catalog == catalog_id).execute()
+    item = DocumentFileItem.create(catalog=catalog_id, title=page.title, description=page.description,
+                                   content=content, size=len(content.encode()), metadata={'sources': len(page.sources)})
+    for batch in chunked(page.sources, 500):
+        DocumentFileItemSource.insert_many([
+            {'id': _record_id(item.id, path), 'file_item': item.id, 'address': path, 'name': path.rsplit('/', 1)[-1],
+             'created_at': clock.utcnow()} for path in batch
+        ]).execute()
+    return catalog_id
+
+
+def _record_id(*parts: str) -> str:
+    # Deterministic ids: a replayed insert hits the same key instead of adding a twin.
+    digest = hashlib.sha256('\0'.join(parts).encode('utf-8', 'surrogatepass')).hexdigest()
+    return f'{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}'
+
+
+def _summary(warehouse: Warehouse, status: str, version: str, timings: dict, started: float, message: str = '',
+             **counts: Any) -> dict:
+    timings['total'] = round(time.monotonic() - started, 3)
+    logger.info('warehouse %s: %s at %s in %.1f s', warehouse.id, status, version[:12], timings['total'])
+    return {'warehouse_id': warehouse.id, 'status': status, 'version': version, 'timings': timings,
+            'message': message or f'{warehouse.organization_name}/{warehouse.name} {status.lower()}', **counts}
+
+
+def _status_for(exc: BaseException) -> str:
+    return WarehouseStatus.UNAUTHORIZED if isinstance(exc, RepositoryUnauthorized) else WarehouseStatus.FAILED
+
+
+def _record_failure(warehouse_id: str, exc: BaseException) -> None:
+    """Mark the warehouse Failed (or Unauthorized) unless the job will be tried again."""
+    if not isinstance(exc, PermanentJobError) and queues.retries_left() > 0:
+        _set_status(warehouse_id, WarehouseStatus.PROCESSING,
+                    error=f'{exc} (will retry, {queues.retries_left()} tries left)')
+        logger.warning('warehouse %s: %s; will retry', warehouse_id, exc)
+        return
+    _set_status(warehouse_id, _status_for(exc), error=str(exc) or type(exc).__name__)
+    logger.error('warehouse %s: failed: %s', warehouse_id, exc)
+
+
+def _set_status(warehouse_id: str, status: str, error: str | None) -> None:
+    with database.connection():
+        Warehouse.update(status=status, error=error, updated_at=clock.utcnow()).where(
+            Warehouse.id == warehouse_id).execute()
+
+
+def _touch(warehouse_id: str) -> None:
+    now = clock.utcnow()
+    with database.connection():
+        Document.update(last_update=now, updated_at=now).where(Document.warehouse == warehouse_id).execute()
+        Warehouse.update(updated_at=now, error=None).where(Warehouse.id == warehouse_id).execute()
+
+
+def _dispatch_quietly(settings: Settings) -> None:
+    # The owner's next Pending warehouse starts now rather than at the next periodic run; if this fails, that
+    # periodic run still does it.
+    try:
+        dispatch_pending(connections.get_redis(settings), settings)
+    except Exception:
+        logger.warning('dispatching pending warehouses failed; the periodic run will retry', exc_info=True)
+
+
+# ---- Periodic jobs ----
+
+def schedule_warehouse_processing() -> dict:
+    """Enqueue Pending warehouses (per-user limit) and Processing ones whose job is gone."""
+    # Safe to run any number of times: a warehouse with a live job is never enqueued again.
+    enqueued = dispatch_pending(connections.get_redis())
+    return {'enqueued': len(enqueued), 'warehouse_ids': enqueued}
+
+
+def schedule_warehouse_updates() -> dict:
+    """Enqueue updates of Completed git warehouses whose documentation is older than UPDATE_INTERVAL days."""
+    # Safe to run any number of times: an update with a live job is not enqueued again.
+    settings = get_settings()
+    cutoff = clock.utcnow() - timedelta(days=settings.update_interval_days)
+    with database.connection(settings):
+        due = [row[0] for row in Warehouse.select(Warehouse.id)
+               .join(Document, on=(Document.warehouse == Warehouse.id))
+               .where(Warehouse.status == WarehouseStatus.COMPLETED, Warehouse.type == WarehouseType.GIT,
+                      Warehouse.is_deleted == False, Document.last_update < cutoff)
+               .order_by(Document.last_update).limit(UPDATES_PER_RUN).tuples()]
+    connection = connections.get_redis(settings)
+    live = queues.live_job_ids(connection, [update_job_id(i) for i in due] + [process_job_id(i) for i in due])
+    enqueued = []
+    for warehouse_id in due:
+        if update_job_id(warehouse_id) in live or process_job_id(warehouse_id) in live:
+            continue
+        _enqueue_fresh(connection, 'process_warehouse_update', warehouse_id, update_job_id(warehouse_id), settings)
+        enqueued.append(warehouse_id)
+    return {'due': len(due), 'enqueued': len(enqueued), 'warehouse_ids': enqueued}
+
+
+def cleanup_failed_warehouses() -> dict:
+    """Soft-delete warehouses Failed for more than 24 hours and remove their clones."""
+    # Safe twice: a soft-deleted warehouse is no longer selected, and removing a missing clone is a no-op.
+    cutoff = clock.utcnow() - FAILED_RETENTION
+    with database.connection():
+        failed = list(Warehouse.select().where(Warehouse.status == WarehouseStatus.FAILED,
+                                               Warehouse.is_deleted == False,
+                                               Warehouse.updated_at < cutoff))
+        for warehouse in failed:
+            _soft_delete(warehouse)
+    logger.info('cleanup: %d failed warehouses removed', len(failed))
+    return {'removed': len(failed), 'warehouse_ids': [w.id for w in failed]}
+
+
+# ---- Operator actions (the CLI) ----
+
+def get_warehouse(warehouse_id: str) -> Warehouse:
+    """Return a warehouse that is not deleted, or raise `InvalidSubmission` saying it does not exist."""
+    with database.connection():
+        warehouse = Warehouse.get_or_none(Warehouse.id == warehouse_id, Warehouse.is_deleted == False)
+    if warehouse is None:
+        raise InvalidSubmission(f'Warehouse {warehouse_id} does not exist (or was removed); '
+                                f'`jobs warehouse list` shows the ids.')
+    return warehouse
+
+
+def reprocess(warehouse_id: str, connection: redis.Redis) -> Warehouse:
+    """Set a warehouse back to Pending and queue it; refused while a job of it is queued or running."""
+    get_warehouse(warehouse_id)
+    if queues.live_job_ids(connection, [process_job_id(warehouse_id), update_job_id(warehouse_id)]):
+        raise InvalidSubmission(f'Warehouse {warehouse_id} is already queued or running.')
+    _set_status(warehouse_id, WarehouseStatus.PENDING, error=None)
+    dispatch_pending(connection)
+    return get_warehouse(warehouse_id)
+
+
+def remove(warehouse_id: str, connection: redis.Redis) -> None:
+    """Soft-delete a warehouse, cancel its queued jobs and remove its clone."""
+    warehouse = get_warehouse(warehouse_id)
+    for job_id in (process_job_id(warehouse_id), update_job_id(warehouse_id)):
+        connection.delete(queues.JsonJob.key_for(job_id))
+        for queue in queues.all_queues(connection):
+            queue.remove(job_id)
+    with database.connection():
+        _soft_delete(warehouse)
+
+
+def list_warehouses(status: str | None = None, limit: int = 100) -> list[dict]:
+    """Return warehouses, newest first, as plain dicts."""
+    with database.connection():
+        query = Warehouse.select().where(Warehouse.is_deleted == False)
+        if status:
+            query = query.where(Warehouse.status == status)
+        return [_row(w) for w in query.order_by(Warehouse.created_at.desc()).limit(limit)]
+
+
+def describe(warehouse_id: str, connection: redis.Redis) -> dict:
+    """Return a warehouse with its documentation counts and the progress of its live job."""
+    warehouse = get_warehouse(warehouse_id)
+    with database.connection():
+        data = _row(warehouse)
+        data['error'] = warehouse.error
+        data['pages'] = DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id,
+                                                       DocumentCatalog.is_deleted == False).count()
+        data['commits'] = DocumentCommitRecord.select().where(DocumentCommitRecord.warehouse == warehouse_id).count()
+        tree = MiniMap.get_or_none(MiniMap.warehouse == warehouse_id)
+        data['minimap_nodes'] = minimap.count_nodes(tree.value) if tree else 0
+    data['jobs'] = []
+    for job_id in (process_job_id(warehouse_id), update_job_id(warehouse_id)):
+        try:
+            job = queues.JsonJob.fetch(job_id, connection=connection)
+        except NoSuchJobError:
+            continue
+        data['jobs'].append({'id': job.id, 'status': job.get_status(), 'progress': job.meta.get('progress')})
+    return data
+
+
+def _row(warehouse: Warehouse) -> dict:
+    return {
+        'id': warehouse.id, 'organization': warehouse.organization_name, 'name': warehouse.name,
+        'branch': warehouse.branch, 'status': warehouse.status, 'version': warehouse.version,
+        'classify': warehouse.classify, 'address': warehouse.address,
+        'creator': warehouse.creator_id, 'created_at': warehouse.created_at, 'updated_at': warehouse.updated_at,
+    }
+
+
+def catalog_tree(warehouse_id: str) -> list[dict]:
+    """Return the warehouse's catalog as nested `{title, url, children}` dicts, in order."""
+    with database.connection():
+        rows = list(DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id,
+                                                   DocumentCatalog.is_deleted == False)
+                    .order_by(DocumentCatalog.sort_order))
+    children: dict[str | None, list[DocumentCatalog]] = defaultdict(list)
+    for row in rows:
+        children[row.parent_id].append(row)
+
+    def build(parent: str | None) -> list[dict]:
+        return [{'title': row.name, 'url': row.url, 'children': build(row.id)} for row in children[parent]]
+
+    return build(None)
+
+
+def page_content(warehouse_id: str, url: str) -> str | None:
+    """Return the markdown of one page of a warehouse, or None."""
+    with database.connection():
+        item = (DocumentFileItem.select().join(DocumentCatalog)
+                .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.url == url).first())
+    return item.content if item else None
+
+
+def minimap_of(warehouse_id: str) -> dict | None:
+    """Return the mind map of a warehouse, or None."""
+    with database.connection():
+        row = MiniMap.get_or_none(MiniMap.warehouse == warehouse_id)
+    return row.value if row else None

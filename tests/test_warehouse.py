@@ -1,0 +1,408 @@
+import json
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from rq.job import JobStatus
+
+import cli
+from conftest import commit_files, git, redis_contents
+from models import (
+    Document,
+    DocumentCatalog,
+    DocumentCommitRecord,
+    DocumentFileItem,
+    DocumentFileItemSource,
+    DocumentOverview,
+    MiniMap,
+    User,
+    Warehouse,
+    WarehouseStatus,
+)
+from rqjobs import clock, queues, settings
+from rqjobs import warehouse as warehouses
+from rqjobs.exceptions import InvalidRepositoryAddress, InvalidSubmission, SecretKeyMissing
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture
+def local(env):
+    """Allow local repositories, as the tests and the demo do."""
+    env.setenv('ALLOW_LOCAL_REPOSITORIES', 'true')
+    settings.reset()
+
+
+def fetch(warehouse_id):
+    return Warehouse.get_by_id(warehouse_id)
+
+
+def job_of(redis_conn, warehouse_id):
+    return queues.JsonJob.fetch(warehouses.process_job_id(warehouse_id), connection=redis_conn)
+
+
+def documents_of(warehouse_id):
+    return {
+        'catalog': DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id).count(),
+        'pages': DocumentFileItem.select().join(DocumentCatalog).where(
+            DocumentCatalog.warehouse == warehouse_id).count(),
+        'overviews': DocumentOverview.select().join(Document).where(Document.warehouse == warehouse_id).count(),
+        'documents': Document.select().where(Document.warehouse == warehouse_id).count(),
+        'minimaps': MiniMap.select().where(MiniMap.warehouse == warehouse_id).count(),
+        'commits': DocumentCommitRecord.select().where(DocumentCommitRecord.warehouse == warehouse_id).count(),
+    }
+
+
+def make_user(name='alice'):
+    return User.create(name=name, email=f'{name}@example.invalid', password='x')
+
+
+# ---- Submitting ----
+
+def test_submit_normalises_the_address(redis_conn, database):
+    row = warehouses.submit_warehouse('https://github.com/OpenOrg/My-Repo/', connection=redis_conn)
+    assert (row.organization_name, row.name, row.address) == ('openorg', 'my-repo',
+                                                            'https://github.com/OpenOrg/My-Repo.git')
+    assert fetch(row.id).status == WarehouseStatus.PENDING
+    job = job_of(redis_conn, row.id)
+    assert job.args == [row.id] and job.origin == 'warehouse'
+
+
+def test_submissions_can_be_disabled(redis_conn, database, env):
+    env.setenv('ENABLE_WAREHOUSE_COMMIT', 'false')
+    settings.reset()
+    with pytest.raises(InvalidSubmission, match='ENABLE_WAREHOUSE_COMMIT=false'):
+        warehouses.submit_warehouse('https://github.com/a/b', connection=redis_conn)
+    assert Warehouse.select().count() == 0
+
+
+@pytest.mark.parametrize('address', ['ext::sh -c touch% /tmp/x', 'file:///etc', '/tmp/repo', '-uhttps://x/y/z',
+                                     'http://github.com/a/b', 'https://github.com/a/../b', 'https://github.com/a'])
+def test_bad_addresses_are_refused_before_anything_is_stored(redis_conn, database, address):
+    with pytest.raises(InvalidRepositoryAddress):
+        warehouses.submit_warehouse(address, connection=redis_conn)
+    assert Warehouse.select().count() == 0
+    assert redis_conn.llen('rq:queue:warehouse') == 0
+
+
+def test_bad_branch_and_unknown_user_are_refused(redis_conn, database):
+    with pytest.raises(InvalidSubmission, match='Branch name .* is refused'):
+        warehouses.submit_warehouse('https://github.com/a/b', branch='-x', connection=redis_conn)
+    with pytest.raises(InvalidSubmission, match='does not exist'):
+        warehouses.submit_warehouse('https://github.com/a/b', user_id='nobody', connection=redis_conn)
+    assert Warehouse.select().count() == 0
+
+
+def test_duplicates_follow_the_original_rules(redis_conn, database):
+    first = warehouses.submit_warehouse('https://github.com/a/b', connection=redis_conn)
+    with pytest.raises(InvalidSubmission, match='already queued'):
+        warehouses.submit_warehouse('https://github.com/A/B.git', connection=redis_conn)
+    Warehouse.update(status=WarehouseStatus.COMPLETED).where(Warehouse.id == first.id).execute()
+    with pytest.raises(InvalidSubmission, match='already exists'):
+        warehouses.submit_warehouse('https://github.com/a/b/', connection=redis_conn)
+    # Another branch is another warehouse.
+    warehouses.submit_warehouse('https://github.com/a/b', branch='dev', connection=redis_conn)
+    Warehouse.update(status=WarehouseStatus.FAILED).where(Warehouse.id == first.id).execute()
+    again = warehouses.submit_warehouse('https://github.com/a/b', connection=redis_conn)
+    assert again.id != first.id and fetch(again.id).status == WarehouseStatus.PENDING
+    assert fetch(first.id).is_deleted
+
+
+def test_credentials_are_split_encrypted_and_kept_out_of_redis(redis_conn, database, env):
+    address = 'https://bob:ghp_S3cretToken@github.com/a/private'
+    with pytest.raises(SecretKeyMissing, match='JOBS_SECRET_KEY'):
+        warehouses.submit_warehouse(address, connection=redis_conn)
+    env.setenv('JOBS_SECRET_KEY', 'k' * 32)
+    settings.reset()
+    row = fetch(warehouses.submit_warehouse(address, connection=redis_conn).id)
+    assert row.address == 'https://github.com/a/private.git'
+    assert row.git_user_name == 'bob'
+    assert 'ghp_S3cretToken' not in row.git_password
+    stored = redis_contents(redis_conn)
+    assert row.id.encode() in stored, 'the search must see job payloads'
+    assert b'ghp_S3cretToken' not in stored
+
+
+def test_per_user_limit_keeps_the_rest_pending(redis_conn, database, env):
+    env.setenv('TASK_MAX_SIZE_PER_USER', '2')
+    settings.reset()
+    alice, bob = make_user('alice'), make_user('bob')
+    rows = [warehouses.submit_warehouse(f'https://github.com/a/r{i}', user_id=alice.id, connection=redis_conn)
+            for i in range(4)]
+    bobs = warehouses.submit_warehouse('https://github.com/b/r', user_id=bob.id, connection=redis_conn)
+    for _ in range(5):
+        assert warehouses.schedule_warehouse_processing()['enqueued'] == 0
+    live = queues.live_job_ids(redis_conn, [warehouses.process_job_id(r.id) for r in rows + [bobs]])
+    assert live == {warehouses.process_job_id(r.id) for r in rows[:2] + [bobs]}
+    assert redis_conn.llen('rq:queue:warehouse') == 3
+
+
+# ---- Processing ----
+
+def test_process_documents_a_real_repository(redis_conn, database, local, sample_repo, burst_worker):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    burst_worker('warehouse')
+    job = job_of(redis_conn, row.id)
+    assert job.get_status() == JobStatus.FINISHED
+    result = job.return_value()
+    warehouse = fetch(row.id)
+    assert warehouse.status == WarehouseStatus.COMPLETED, warehouse.error
+    assert warehouse.version == git(sample_repo, 'rev-parse', 'HEAD') == result['version']
+    assert (warehouse.organization_name, warehouse.name) == ('upstream', 'sample')
+    assert 'Sample is a small tool' in warehouse.readme
+    assert warehouse.classify == 'CLITools'
+    assert job.meta['progress']['step'] == 'done' and job.meta['progress']['percent'] == 100
+    assert set(result['timings']) >= {'clone', 'analyse', 'document', 'store', 'total'}
+
+    counts = documents_of(row.id)
+    assert counts == {'catalog': result['pages'], 'pages': result['pages'], 'overviews': 1, 'documents': 1,
+                      'minimaps': 1, 'commits': 3}
+    urls = {c.url for c in DocumentCatalog.select().where(DocumentCatalog.warehouse == row.id)}
+    assert {'overview', 'getting-started', 'structure', 'components'} <= urls
+    started = warehouses.page_content(row.id, 'getting-started')
+    assert 'pip install sample' in started
+    sources = {s.address for s in DocumentFileItemSource.select()}
+    assert 'sample/core.py' in sources and 'README.md' in sources
+    assert 'outside-link' not in sources and 'vendor/lib' not in sources
+    pages = ''.join(item.content for item in DocumentFileItem.select())
+    assert 'root:x:0:0' not in pages, 'the symlink to /etc/passwd was followed'
+    assert 'def greet(self, name: str = ' in pages
+
+    tree = warehouses.minimap_of(row.id)
+    assert tree['title'] == 'upstream/sample' and tree['url'] == ''
+    titles = json.dumps(tree)
+    assert 'sample/core.py' in titles and 'class Greeter' in titles
+
+
+def test_process_twice_leaves_one_set_of_documents(redis_conn, database, local, sample_repo, burst_worker):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    burst_worker('warehouse')
+    first = documents_of(row.id)
+    # A retry of a finished job (the job ran twice) finds nothing to do; a reprocess writes the same set again.
+    assert warehouses.process_warehouse(row.id)['status'] == 'skipped'
+    warehouses.reprocess(row.id, redis_conn)
+    burst_worker('warehouse')
+    assert fetch(row.id).status == WarehouseStatus.COMPLETED
+    assert documents_of(row.id) == first
+
+
+def test_scheduling_many_times_never_makes_two_live_jobs(redis_conn, database, local, sample_repo):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    for _ in range(10):
+        warehouses.schedule_warehouse_processing()
+    assert redis_conn.lrange('rq:queue:warehouse', 0, -1) == [warehouses.process_job_id(row.id).encode()]
+
+
+def test_a_crashed_processing_warehouse_is_enqueued_again(redis_conn, database, local, sample_repo):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    # The worker died and its job vanished; the warehouse still says Processing.
+    redis_conn.flushall()
+    Warehouse.update(status=WarehouseStatus.PROCESSING).where(Warehouse.id == row.id).execute()
+    assert warehouses.schedule_warehouse_processing()['warehouse_ids'] == [row.id]
+    assert warehouses.schedule_warehouse_processing()['enqueued'] == 0
+
+
+def test_a_repository_that_disappears_fails_clearly_without_retry(redis_conn, database, local, sample_repo,
+                                                                   burst_worker):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    moved = sample_repo.with_name('moved-away')
+    sample_repo.rename(moved)
+    burst_worker('warehouse')
+    job = job_of(redis_conn, row.id)
+    assert job.get_status() == JobStatus.FAILED
+    warehouse = fetch(row.id)
+    assert warehouse.status == WarehouseStatus.FAILED
+    assert str(sample_repo) in warehouse.error or 'not found' in warehouse.error.lower()
+
+
+def test_a_clone_over_the_size_cap_fails_and_leaves_nothing(redis_conn, database, local, sample_repo, env,
+                                                            burst_worker):
+    commit_files(sample_repo, {'blob.bin': bytes(range(256)) * 8192 * 3}, 'Add 6 MB')
+    env.setenv('GIT_MAX_REPO_SIZE', '1')
+    settings.reset()
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    burst_worker('warehouse')
+    warehouse = fetch(row.id)
+    assert warehouse.status == WarehouseStatus.FAILED
+    assert 'GIT_MAX_REPO_SIZE' in warehouse.error or 'size' in warehouse.error.lower()
+    assert not (settings.get_settings().repo_root / row.id).exists()
+    assert documents_of(row.id)['catalog'] == 0
+
+
+def test_a_crash_while_storing_keeps_the_last_good_documentation(redis_conn, database, local, sample_repo,
+                                                                  burst_worker, monkeypatch):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    burst_worker('warehouse')
+    before = {item.id: item.content for item in DocumentFileItem.select()}
+    commit_files(sample_repo, {'sample/core.py': 'def changed() -> None:\n    pass\n',
+                               'sample/extra.py': 'X = 1\n'}, 'Rewrite core')
+    Document.update(last_update=clock.utcnow() - timedelta(days=30)).execute()
+
+    from rqjobs import documentation
+    original = documentation.render
+
+    def failing(page, context):
+        if page.key.startswith('components/'):
+            raise RuntimeError('disk full')
+        return original(page, context)
+
+    monkeypatch.setattr(documentation, 'render', failing)
+    with pytest.raises(RuntimeError, match='disk full'):
+        warehouses.process_warehouse_update(row.id)
+    assert {item.id: item.content for item in DocumentFileItem.select()} == before
+    assert fetch(row.id).status == WarehouseStatus.COMPLETED
+
+
+# ---- Updates ----
+
+def completed(redis_conn, sample_repo, burst_worker):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    burst_worker('warehouse')
+    assert fetch(row.id).status == WarehouseStatus.COMPLETED
+    return row
+
+
+def page_versions(warehouse_id):
+    return {c.url: item.id for c in DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id)
+            for item in c.file_items}
+
+
+def test_update_without_new_commits_only_moves_the_timestamp(redis_conn, database, local, sample_repo,
+                                                              burst_worker):
+    row = completed(redis_conn, sample_repo, burst_worker)
+    before = page_versions(row.id)
+    old = Document.get(Document.warehouse == row.id).last_update
+    result = warehouses.process_warehouse_update(row.id)
+    assert result['status'] == 'unchanged'
+    assert page_versions(row.id) == before
+    assert Document.get(Document.warehouse == row.id).last_update > old
+
+
+def test_update_regenerates_only_the_pages_whose_sources_changed(redis_conn, database, local, sample_repo,
+                                                                  burst_worker):
+    row = completed(redis_conn, sample_repo, burst_worker)
+    before = page_versions(row.id)
+    head = commit_files(sample_repo, {'web/app.js': 'export function render(items) {\n  return items;\n}\n'},
+                        'Simplify render')
+    result = warehouses.process_warehouse_update(row.id)
+    assert result['status'] == 'updated' and result['version'] == head
+    after = page_versions(row.id)
+    rewritten = {url for url in after if after[url] != before.get(url)}
+    web_page = next(c.url for c in DocumentCatalog.select() if 'web/app.js' in (c.dependent_file or []))
+    assert rewritten == {web_page}
+    assert result['minimap'] is False
+    assert fetch(row.id).version == head
+    assert DocumentCommitRecord.select().where(DocumentCommitRecord.warehouse == row.id).count() == 4
+
+
+def test_update_with_a_new_file_rewrites_the_structure_pages(redis_conn, database, local, sample_repo,
+                                                             burst_worker):
+    row = completed(redis_conn, sample_repo, burst_worker)
+    before = page_versions(row.id)
+    commit_files(sample_repo, {'sample/extra.py': 'def extra() -> int:\n    return 1\n'}, 'Add extra')
+    result = warehouses.process_warehouse_update(row.id)
+    after = page_versions(row.id)
+    rewritten = {url for url in after if after[url] != before.get(url)}
+    assert {'overview', 'structure', 'components'} <= rewritten
+    assert 'getting-started' not in rewritten
+    assert result['minimap'] is True
+    assert 'sample/extra.py' in json.dumps(warehouses.minimap_of(row.id))
+
+
+def test_a_force_push_regenerates_everything(redis_conn, database, local, sample_repo, burst_worker):
+    row = completed(redis_conn, sample_repo, burst_worker)
+    before = page_versions(row.id)
+    git(sample_repo, 'reset', '-q', '--hard', 'HEAD~2')
+    head = commit_files(sample_repo, {'NEW.md': '# New history\n'}, 'Rewrite history')
+    result = warehouses.process_warehouse_update(row.id)
+    assert result['version'] == head and result['changed_files'] is None
+    after = page_versions(row.id)
+    assert not set(after.values()) & set(before.values())
+
+
+def test_schedule_updates_enqueues_each_due_warehouse_once(redis_conn, database, local, sample_repo,
+                                                           burst_worker):
+    row = completed(redis_conn, sample_repo, burst_worker)
+    assert warehouses.schedule_warehouse_updates()['enqueued'] == 0
+    Document.update(last_update=clock.utcnow() - timedelta(days=8)).execute()
+    assert warehouses.schedule_warehouse_updates()['warehouse_ids'] == [row.id]
+    assert warehouses.schedule_warehouse_updates()['enqueued'] == 0
+    burst_worker('warehouse')
+    job = queues.JsonJob.fetch(warehouses.update_job_id(row.id), connection=redis_conn)
+    assert job.return_value()['status'] == 'unchanged'
+    assert warehouses.schedule_warehouse_updates()['enqueued'] == 0
+
+
+def test_missing_or_deleted_warehouses_are_a_normal_outcome(database):
+    assert warehouses.process_warehouse('no-such-id')['status'] == 'missing'
+    assert warehouses.process_warehouse_update('no-such-id')['status'] == 'missing'
+
+
+# ---- Cleanup ----
+
+def test_cleanup_removes_warehouses_failed_for_a_day(redis_conn, database, local, sample_repo, monkeypatch):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    recent = warehouses.submit_warehouse('https://github.com/a/recent', connection=redis_conn)
+    clone = settings.get_settings().repo_root / row.id
+    clone.mkdir(parents=True)
+    (clone / 'file').write_text('x')
+    now = clock.utcnow()
+    Warehouse.update(status=WarehouseStatus.FAILED, updated_at=now - timedelta(hours=25)).where(
+        Warehouse.id == row.id).execute()
+    Warehouse.update(status=WarehouseStatus.FAILED, updated_at=now - timedelta(hours=1)).where(
+        Warehouse.id == recent.id).execute()
+    assert warehouses.cleanup_failed_warehouses()['warehouse_ids'] == [row.id]
+    assert warehouses.cleanup_failed_warehouses()['removed'] == 0
+    assert fetch(row.id).is_deleted and not clone.exists()
+    assert not fetch(recent.id).is_deleted
+
+
+# ---- Command line ----
+
+def test_cli_add_list_show_reprocess_remove(redis_conn, database, local, sample_repo, burst_worker):
+    runner = CliRunner()
+    added = runner.invoke(cli.main, ['warehouse', 'add', str(sample_repo), '--json'])
+    assert added.exit_code == 0, added.output
+    warehouse_id = json.loads(added.output[added.output.index('{'):])['id']
+    burst_worker('warehouse')
+    listed = runner.invoke(cli.main, ['warehouse', 'list', '--status', 'Completed'])
+    assert listed.exit_code == 0 and warehouse_id in listed.output
+    shown = runner.invoke(cli.main, ['warehouse', 'show', warehouse_id])
+    assert shown.exit_code == 0
+    assert 'Completed' in shown.output and 'Getting started' in shown.output
+    assert 'done 100%' in shown.output
+    again = runner.invoke(cli.main, ['warehouse', 'reprocess', warehouse_id])
+    assert again.exit_code == 0 and 'Pending' in again.output
+    busy = runner.invoke(cli.main, ['warehouse', 'reprocess', warehouse_id])
+    assert busy.exit_code == 2 and 'already queued or running' in busy.output
+    removed = runner.invoke(cli.main, ['warehouse', 'remove', warehouse_id])
+    assert removed.exit_code == 0
+    assert redis_conn.llen('rq:queue:warehouse') == 0
+    gone = runner.invoke(cli.main, ['warehouse', 'show', warehouse_id])
+    assert gone.exit_code == 2 and 'does not exist' in gone.output
+
+
+def test_cli_refuses_bad_input(redis_conn, database, env):
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ['warehouse', 'add', 'ext::sh -c id'])
+    assert result.exit_code == 2 and '::' in result.output
+    result = runner.invoke(cli.main, ['warehouse', 'add', 'https://github.com/a/b', '--token-env', 'NOT_SET_VAR'])
+    assert result.exit_code == 2 and 'NOT_SET_VAR' in result.output
+    result = runner.invoke(cli.main, ['warehouse', 'list', '--limit', '0'])
+    assert result.exit_code == 2
+    result = runner.invoke(cli.main, ['warehouse', 'reprocess', 'nope'])
+    assert result.exit_code == 2 and 'does not exist' in result.output
+    assert Warehouse.select().count() == 0
+
+
+def test_token_from_the_environment_never_reaches_argv_or_redis(redis_conn, database, env):
+    env.setenv('JOBS_SECRET_KEY', 's' * 32)
+    env.setenv('MY_TOKEN', 'tok_abcdef123456')
+    settings.reset()
+    result = CliRunner().invoke(cli.main, ['warehouse', 'add', 'https://github.com/a/b', '--git-user', 'bob',
+                                           '--token-env', 'MY_TOKEN'])
+    assert result.exit_code == 0, result.output
+    row = Warehouse.get()
+    assert row.git_user_name == 'bob' and row.git_password and 'tok_abcdef' not in row.git_password
+    assert 'tok_abcdef' not in result.output
+    assert b'tok_abcdef' not in redis_contents(redis_conn)
