@@ -21,7 +21,7 @@ VARIABLES = (
     'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
     'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
     'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_CLONE_TIMEOUT', 'GIT_MAX_REPO_SIZE',
-    'JOBS_SECRET_KEY',
+    'JOBS_SECRET_KEY', 'ACCESS_LOG_BUFFER_MAX', 'ACCESS_LOG_BATCH_SIZE', 'ACCESS_LOG_MAX_PER_RUN',
 )
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off'}
@@ -52,6 +52,9 @@ class Settings:
     git_clone_timeout: int = 600
     git_max_repo_size_mb: int = 1024
     secret_key: str | None = field(default=None, repr=False)
+    access_log_buffer_max: int = 100_000
+    access_log_batch_size: int = 1000
+    access_log_max_per_run: int = 50_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -88,6 +91,9 @@ class Settings:
             git_clone_timeout=_int(env, 'GIT_CLONE_TIMEOUT', 600, minimum=1, example='600'),
             git_max_repo_size_mb=_int(env, 'GIT_MAX_REPO_SIZE', 1024, minimum=1, example='1024'),
             secret_key=_secret_key(env),
+            access_log_buffer_max=_int(env, 'ACCESS_LOG_BUFFER_MAX', 100_000, minimum=1, example='100000'),
+            access_log_batch_size=_int(env, 'ACCESS_LOG_BATCH_SIZE', 1000, minimum=1, example='1000'),
+            access_log_max_per_run=_int(env, 'ACCESS_LOG_MAX_PER_RUN', 50_000, minimum=1, example='50000'),
         )
 
     @property

@@ -333,9 +333,13 @@ def test_schedule_updates_enqueues_each_due_warehouse_once(redis_conn, database,
     assert warehouses.schedule_warehouse_updates()['enqueued'] == 0
 
 
-def test_missing_or_deleted_warehouses_are_a_normal_outcome(database):
+def test_missing_or_deleted_warehouses_are_a_normal_outcome(redis_conn, database):
     assert warehouses.process_warehouse('no-such-id')['status'] == 'missing'
     assert warehouses.process_warehouse_update('no-such-id')['status'] == 'missing'
+    row = warehouses.submit_warehouse('https://github.com/a/deleted', connection=redis_conn)
+    warehouses.remove(row.id, redis_conn)
+    assert warehouses.process_warehouse(row.id)['status'] == 'missing'
+    assert warehouses.process_warehouse_update(row.id)['status'] == 'missing'
 
 
 # ---- Cleanup ----
