@@ -17,6 +17,9 @@ from rqjobs import exceptions
 from rqjobs.settings import get_settings
 
 EXIT_OK = 0
+EXIT_FAILED = 1
+# `jobs enqueue --wait --timeout S` exits with this when the job did not end in time.
+EXIT_TIMEOUT = 3
 
 
 class Context:
@@ -102,13 +105,123 @@ def db() -> None:
 @db.command('init')
 @click.pass_obj
 def db_init(obj: Context) -> None:
-    """Create the tables and indexes that are missing (safe to run again)."""
+    """Apply pending schema steps and create the first users and roles (safe to run again)."""
     from rqjobs import migration
     from rqjobs.settings import redact_url
 
     result = migration.create_schema()
     click.echo(f'{redact_url(obj.settings.database_url)}: {len(result["created"])} tables created, '
                f'{result["tables"]} present.')
+    users = migration.initialize_users()
+    if users['status'] == 'initialized':
+        click.echo(f'Roles admin and user created; {users["assigned"]} users assigned.')
+    if users.get('password_file'):
+        from pathlib import Path
+
+        path = Path(users['password_file'])
+        click.echo(f'First admin user "admin" created with password {path.read_text().strip()} '
+                   f'(also in {path}, readable only by you; shown once).')
+
+
+@db.command('upgrade')
+@click.pass_obj
+def db_upgrade(obj: Context) -> None:
+    """Apply the pending schema steps, in order (two at once cannot both apply a step)."""
+    from rqjobs import migration
+
+    applied = migration.upgrade()
+    if not applied:
+        click.echo('Schema is up to date.')
+    for step in applied:
+        click.echo(f'Applied step {step["version"]}: {step["name"]}')
+
+
+@db.command('status')
+@click.option('--json', 'as_json', is_flag=True, help='Print the steps as JSON.')
+@click.pass_obj
+def db_status(obj: Context, as_json: bool) -> None:
+    """List the schema steps, applied and pending."""
+    from rqjobs import migration
+
+    steps = migration.schema_status()
+    for step in steps:
+        step['state'] = 'applied' if step['applied_at'] else 'pending'
+    emit(steps, as_json, lambda rows: table(rows, ['version', 'state', 'applied_at', 'name']))
+
+
+@db.command('backup')
+@click.option('--output', type=click.Path(dir_okay=False, writable=True),
+              help='File to write [default: JOBS_DATA_DIR/backups/backup-<UTC time>.jsonl.gz]; never overwritten.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the result as JSON.')
+@click.pass_obj
+def db_backup(obj: Context, output: str | None, as_json: bool) -> None:
+    """Write a consistent backup (no password hashes, no git credentials)."""
+    from rqjobs import migration
+
+    result = migration.backup_data(output)
+    emit(result, as_json, lambda r: click.echo(f'Backup written to {r["path"]} ({sum(r["counts"].values())} rows).'))
+
+
+@db.command('restore')
+@click.argument('path', type=click.Path(exists=True, dir_okay=False))
+@click.option('--replace', is_flag=True, help='Replace the rows of a database that is not empty.')
+@click.pass_obj
+def db_restore(obj: Context, path: str, replace: bool) -> None:
+    """Restore a backup into an empty database, all or nothing (users must set new passwords)."""
+    from rqjobs import migration
+
+    result = migration.restore_data(path, replace=replace)
+    click.echo(f'Restored {sum(result["counts"].values())} rows from {path}.')
+
+
+# ---- Mind maps ----
+
+@main.group('minimap')
+def minimap_group() -> None:
+    """Mind maps of warehouses."""
+
+
+@minimap_group.command('show')
+@click.argument('warehouse_id')
+@click.option('--json', 'as_json', is_flag=True, help='Print the tree as JSON.')
+@click.option('--max-lines', type=click.IntRange(1, 100000), default=500, show_default=True,
+              help='Print at most this many lines of the tree.')
+def minimap_show(warehouse_id: str, as_json: bool, max_lines: int) -> None:
+    """Print a warehouse's mind map as an indented tree."""
+    from rqjobs import minimap
+
+    tree = minimap.stored_tree(warehouse_id)
+    if tree is None:
+        raise click.ClickException(f'Warehouse {warehouse_id} has no mind map; make one with '
+                                   f'`jobs minimap regenerate {warehouse_id}`.')
+    emit(tree, as_json, lambda t: print_tree(t, limit=[max_lines]))
+
+
+@minimap_group.command('regenerate')
+@click.argument('warehouse_id')
+def minimap_regenerate(warehouse_id: str) -> None:
+    """Build a warehouse's mind map again now and replace the stored one."""
+    from rqjobs import minimap
+
+    result = minimap.regenerate_minimap(warehouse_id)
+    if result['status'] != 'regenerated':
+        raise click.ClickException(f'Warehouse {warehouse_id}: {result["message"]}.')
+    click.echo(f'Mind map of {warehouse_id} regenerated: {result["nodes"]} nodes.')
+
+
+@minimap_group.command('validate')
+@click.argument('warehouse_id')
+@click.option('--json', 'as_json', is_flag=True, help='Print the result as JSON.')
+def minimap_validate(warehouse_id: str, as_json: bool) -> None:
+    """Check a stored mind map's shape; exit 1 if it is missing or invalid."""
+    from rqjobs import minimap
+
+    result = minimap.validate_minimap(warehouse_id)
+    emit(result, as_json, lambda r: click.echo(
+        f'Valid: {r["nodes"]} nodes, {r["edges"]} edges, depth {r["depth"]}.' if r['valid']
+        else f'Not valid: {r["error"]}.'))
+    if not result['valid']:
+        raise SystemExit(1)
 
 
 # ---- Jobs ----
@@ -144,30 +257,333 @@ def list_jobs() -> None:
 @click.argument('args', nargs=-1, type=click.UNPROCESSED)
 @click.option('-k', '--kwarg', 'kwargs', multiple=True, metavar='NAME=VALUE', help='A keyword argument (repeatable).')
 @click.option('--queue', help='Put the job on this queue instead of its module\'s queue.')
+@click.option('--at', 'at_text', metavar='TIME', help='Run at this ISO 8601 time (UTC unless an offset is given), '
+              'for example 2026-12-01T02:30.')
+@click.option('--in', 'in_text', metavar='DURATION', help='Run after this delay, for example 90s, 5m, 2h or 1d.')
+@click.option('--retry/--no-retry', default=True, show_default=True,
+              help='Retry on a transient error (3 more tries, 60 s apart).')
+@click.option('--wait', is_flag=True, help='Wait for the job to end, showing its progress, then print its result.')
+@click.option('--timeout', type=click.FloatRange(0.1, 86400), default=None,
+              help=f'With --wait: give up waiting after this many seconds (exit {EXIT_TIMEOUT}) [default: none].')
 @click.option('--list', 'show_list', is_flag=True, help='List the registered jobs with their signatures and exit.')
-@click.option('--json', 'as_json', is_flag=True, help='Print the job as JSON.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the job (or, with --wait, its outcome) as JSON.')
 @click.pass_obj
 def enqueue(obj: Context, job: str | None, args: tuple[str, ...], kwargs: tuple[str, ...], queue: str | None,
+            at_text: str | None, in_text: str | None, retry: bool, wait: bool, timeout: float | None,
             show_list: bool, as_json: bool) -> None:
     """Enqueue JOB (a registered job's name) with ARGS.
 
     Each ARG and VALUE is read as JSON when it parses (42, true, null, "42" for the string) and as a plain string
-    otherwise. Example: jobs enqueue ping
+    otherwise. With --wait the exit status is 0 when the job finished, 1 when it failed or was stopped, and
+    3 when --timeout passed first (the job goes on). Example: jobs enqueue ping --wait
     """
-    from rqjobs import queues
+    from rqjobs import control, queues
 
     if show_list:
         return list_jobs()
     if not job:
         raise click.UsageError('Name the job to enqueue, for example `jobs enqueue ping`; `jobs enqueue --list` '
                                'lists them.')
+    if at_text and in_text:
+        raise click.UsageError('Give either --at or --in, not both.')
+    if timeout is not None and not wait:
+        raise click.UsageError('--timeout goes with --wait.')
+    try:
+        at = control.parse_time(at_text) if at_text else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint='--at') from None
+    try:
+        delay = control.parse_duration(in_text) if in_text else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint='--in') from None
     spec = queues.find_job(job, obj.settings)
     values = [parse_value(arg) for arg in args]
     keywords = parse_kwargs(kwargs)
     queues.check_arguments(spec, values, keywords)
-    rq_job = queues.enqueue(spec.path, values, keywords, queue=queue, connection=obj.redis, settings=obj.settings)
-    emit({'id': rq_job.id, 'job': spec.path, 'queue': rq_job.origin, 'status': rq_job.get_status()}, as_json,
-         lambda data: click.echo(f'Enqueued {spec.name} as job {data["id"]} on queue {data["queue"]}.'))
+    options = {} if retry else {'retry': None}
+    rq_job = queues.enqueue(spec.path, values, keywords, queue=queue, at=at, delay=delay, connection=obj.redis,
+                            settings=obj.settings, **options)
+    if not wait:
+        emit({'id': rq_job.id, 'job': spec.path, 'queue': rq_job.origin, 'status': rq_job.get_status()}, as_json,
+             lambda data: click.echo(f'Enqueued {spec.name} as job {data["id"]} on queue {data["queue"]} '
+                                     f'({data["status"]}).'))
+        return None
+    if not as_json:
+        click.echo(f'Enqueued {spec.name} as job {rq_job.id} on queue {rq_job.origin}; waiting for it to end…',
+                   err=True)
+    wait_for(obj, rq_job.id, timeout, as_json)
+    return None
+
+
+def wait_for(obj: Context, job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Follow a job until it ends, with a progress bar fed by its progress meta; exit with its outcome."""
+    import time
+
+    from rqjobs import monitor
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = 0
+    with click.progressbar(length=100, label='running', file=sys.stderr, show_eta=False) as bar:
+        while True:
+            details = monitor.job_details(obj.redis, job_id)
+            progress = details['progress'] or {}
+            percent = int(progress.get('percent', 0))
+            if percent > shown:
+                bar.update(percent - shown)
+                shown = percent
+            bar.label = progress.get('step') or details['status']
+            if details['status'] in ('finished', 'failed', 'stopped', 'canceled'):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                details = None
+                break
+            time.sleep(0.2)
+    if details is None:
+        message = f'Job {job_id} did not end within {timeout:g} s; it goes on (`jobs job show {job_id}`).'
+        emit({'id': job_id, 'status': 'timeout', 'message': message}, as_json, lambda _: click.echo(message, err=True))
+        raise SystemExit(EXIT_TIMEOUT)
+    if details['status'] == 'finished':
+        emit(details if as_json else details['result'], as_json,
+             lambda result: click.echo(json.dumps(result, indent=2, default=str, ensure_ascii=False)))
+        return
+    emit(details, as_json, lambda d: click.echo(f'Job {job_id} {d["status"]}:\n{d["error"] or ""}'.rstrip(), err=True))
+    raise SystemExit(EXIT_FAILED)
+
+
+# ---- Single jobs ----
+
+@main.group('job')
+def job_group() -> None:
+    """One job: show, cancel, stop or delete it."""
+
+
+@job_group.command('show')
+@click.argument('job_id')
+@click.option('--json', 'as_json', is_flag=True, help='Print the job as JSON.')
+@click.pass_obj
+def job_show(obj: Context, job_id: str, as_json: bool) -> None:
+    """Show a job: status, queue, function, arguments, timings, retries left, progress, result or error."""
+    from rqjobs import control, monitor
+
+    control.fetch(obj.redis, job_id)  # a clear message for an unknown id
+    data = monitor.job_details(obj.redis, job_id)
+
+    def human(d):
+        for key in ('id', 'status', 'queue', 'job', 'args', 'kwargs', 'enqueued_at', 'started_at', 'ended_at',
+                    'worker', 'timeout', 'retries_left', 'progress'):
+            click.echo(f'{key + ":":<14}{_cell(d[key]) if not isinstance(d[key], dict) else json.dumps(d[key])}')
+        if d['result'] is not None:
+            click.echo(f'{"result:":<14}{json.dumps(d["result"], default=str, ensure_ascii=False)}')
+        if d['error']:
+            click.echo(f'error:\n{d["error"]}')
+
+    emit(data, as_json, human)
+
+
+@job_group.command('cancel')
+@click.argument('job_id')
+@click.pass_obj
+def job_cancel(obj: Context, job_id: str) -> None:
+    """Cancel a queued, scheduled or deferred job."""
+    from rqjobs import control
+
+    status = control.cancel_job(obj.redis, job_id)
+    click.echo(f'Job {job_id} ({status}) cancelled.')
+
+
+@job_group.command('stop')
+@click.argument('job_id')
+@click.pass_obj
+def job_stop(obj: Context, job_id: str) -> None:
+    """Stop a running job (its worker kills the work horse; the job ends as stopped)."""
+    from rqjobs import control
+
+    control.stop_job(obj.redis, job_id)
+    click.echo(f'Stop sent to the worker running {job_id}.')
+
+
+@job_group.command('delete')
+@click.argument('job_id')
+@click.pass_obj
+def job_delete(obj: Context, job_id: str) -> None:
+    """Delete a job that is not running, with its result."""
+    from rqjobs import control
+
+    status = control.delete_job(obj.redis, job_id)
+    click.echo(f'Job {job_id} ({status}) deleted.')
+
+
+@main.command()
+@click.argument('job_ids', nargs=-1)
+@click.option('--queue', help='Only failed jobs of this queue.')
+@click.option('--all', 'everything', is_flag=True, help='Requeue every failed job (of --queue, if given).')
+@click.pass_obj
+def requeue(obj: Context, job_ids: tuple[str, ...], queue: str | None, everything: bool) -> None:
+    """Put failed jobs back on their queues: JOB_IDS, or --all."""
+    from rqjobs import control, queues
+
+    if bool(job_ids) == everything:
+        raise click.UsageError('Name the failed jobs to requeue, or pass --all; for example `jobs requeue --all '
+                               '--queue warehouse`.')
+    if queue:
+        queues.get_queue(queue, obj.redis, obj.settings)  # an unknown queue exits 2 listing the known ones
+    done = control.requeue_failed(obj.redis, list(job_ids) if job_ids else None, queue, obj.settings)
+    click.echo(f'{len(done)} failed jobs requeued.')
+
+
+@main.command()
+@click.option('--failed-older-than', metavar='DURATION', help='Delete failed jobs that ended longer ago than this, '
+              'for example 7d.')
+@click.option('--finished', is_flag=True, help='Delete finished jobs and their results.')
+@click.option('--dead-workers', is_flag=True, help='Remove workers that stopped sending heartbeats from the lists.')
+@click.option('--orphan-clones', is_flag=True, help='Delete clone directories of warehouses that no longer exist.')
+@click.option('--dry-run', is_flag=True, help='List what would be removed, remove nothing.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the report as JSON.')
+@click.pass_obj
+def cleanup(obj: Context, failed_older_than: str | None, finished: bool, dead_workers: bool, orphan_clones: bool,
+            dry_run: bool, as_json: bool) -> None:
+    """Trim rq's registries, dead worker entries and orphan clones; nothing is removed without an option."""
+    from rqjobs import control
+
+    if not (failed_older_than or finished or dead_workers or orphan_clones):
+        raise click.UsageError('Say what to clean up: --failed-older-than 7d, --finished, --dead-workers or '
+                               '--orphan-clones (add --dry-run to only list it).')
+    try:
+        older = control.parse_duration(failed_older_than) if failed_older_than else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint='--failed-older-than') from None
+    report = control.cleanup(obj.redis, failed_older_than=older, finished=finished, dead_workers=dead_workers,
+                             orphan_clones=orphan_clones, dry_run=dry_run, settings=obj.settings)
+
+    def human(r):
+        click.echo(('Would remove: ' if dry_run else 'Removed: ') + control.summary(r) + '.')
+        for name, items in r.items():
+            for item in items:
+                click.echo(f'  {name}: {item}')
+
+    emit(report, as_json, human)
+
+
+@main.command('suspend')
+@click.option('--duration', type=click.IntRange(1, 31 * 86400), help='Resume by itself after this many seconds.')
+@click.pass_obj
+def suspend_command(obj: Context, duration: int | None) -> None:
+    """Stop all workers from taking new jobs; running jobs finish."""
+    from rqjobs import control
+
+    control.suspend_workers(obj.redis, duration)
+    click.echo('Workers suspended' + (f' for {duration} s.' if duration else '; `jobs resume` lets them go on.'))
+
+
+@main.command('resume')
+@click.pass_obj
+def resume_command(obj: Context) -> None:
+    """Let suspended workers take jobs again."""
+    from rqjobs import control
+
+    click.echo('Workers resumed.' if control.resume_workers(obj.redis) else 'Workers were not suspended.')
+
+
+# ---- Inspection of workers and jobs ----
+
+@main.group('inspect')
+def inspect_group() -> None:
+    """What the workers are doing and have done."""
+
+
+def limit_option(function):
+    return click.option('--limit', type=click.IntRange(1, 10000), default=50, show_default=True,
+                        help='At most this many rows.')(function)
+
+
+def queue_option(function):
+    return click.option('--queue', help='Only this queue.')(function)
+
+
+def json_option(function):
+    return click.option('--json', 'as_json', is_flag=True, help='Print as JSON.')(function)
+
+
+@inspect_group.command('active')
+@json_option
+@click.pass_obj
+def inspect_active(obj: Context, as_json: bool) -> None:
+    """Running jobs, per worker, with their progress."""
+    from rqjobs import monitor
+
+    rows = monitor.active_jobs(obj.redis)
+    for row in rows:
+        progress = row['progress'] or {}
+        row['step'] = f'{progress.get("step", "")} {progress.get("percent", "")}'.strip() or None
+    emit(rows, as_json, lambda data: table(data, ['worker', 'job_id', 'job', 'queue', 'running_for', 'step'])
+         if data else click.echo('No job is running.'))
+
+
+@inspect_group.command('stats')
+@queue_option
+@json_option
+@click.pass_obj
+def inspect_stats(obj: Context, queue: str | None, as_json: bool) -> None:
+    """Per worker: jobs, busy time, heartbeat; per job: count, failure rate, p50/p95 run time."""
+    from rqjobs import monitor, queues
+
+    if queue:
+        queues.get_queue(queue, obj.redis, obj.settings)
+    data = {'workers': monitor.worker_statistics(obj.redis),
+            'jobs': monitor.job_statistics(obj.redis, obj.settings, queue)}
+
+    def human(d):
+        if d['workers']:
+            table(d['workers'], ['name', 'state', 'successful_jobs', 'failed_jobs', 'busy_seconds', 'last_heartbeat'])
+        else:
+            click.echo('No workers.')
+        click.echo()
+        if d['jobs']:
+            table(d['jobs'], ['job', 'count', 'failed', 'failure_rate', 'p50_seconds', 'p95_seconds'])
+        else:
+            click.echo('No finished or failed jobs kept.')
+
+    emit(data, as_json, human)
+
+
+@inspect_group.command('scheduled')
+@limit_option
+@json_option
+@click.pass_obj
+def inspect_scheduled(obj: Context, limit: int, as_json: bool) -> None:
+    """Everything scheduled: the periodic plan and rq's scheduled jobs (retries, delays)."""
+    import scheduler
+
+    data = scheduler.describe(obj.redis)
+    data['one_off'] = data['one_off'][:limit]
+
+    def human(d):
+        if d['entries']:
+            table([{**e, 'last': (e['last_run'] or {}).get('status')} for e in d['entries']],
+                  ['id', 'when', 'next_run_utc', 'last'])
+        else:
+            click.echo('No plan entries.')
+        if d['one_off']:
+            click.echo()
+            table(d['one_off'], ['id', 'job', 'queue', 'at', 'source'])
+
+    emit(data, as_json, human)
+
+
+@inspect_group.command('failed')
+@queue_option
+@limit_option
+@json_option
+@click.pass_obj
+def inspect_failed(obj: Context, queue: str | None, limit: int, as_json: bool) -> None:
+    """Failed jobs, newest first, with the last line of their error."""
+    from rqjobs import monitor, queues
+
+    if queue:
+        queues.get_queue(queue, obj.redis, obj.settings)
+    rows = monitor.failed_jobs(obj.redis, obj.settings, queue, limit)
+    emit(rows, as_json, lambda data: table(data, ['id', 'job', 'queue', 'failed_at', 'error']) if data
+         else click.echo('No failed jobs.'))
 
 
 # ---- Processes ----
@@ -194,10 +610,60 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool, max_jobs: i
 @click.option('--burst', is_flag=True, help='Enqueue what is due once, then exit.')
 @click.pass_obj
 def scheduler_command(obj: Context, interval: float | None, burst: bool) -> None:
-    """Run the rq-scheduler process."""
+    """Register the periodic plan, then run the rq-scheduler loop (one active scheduler at a time)."""
     import scheduler
 
     scheduler.run(obj.redis, interval=interval or scheduler.POLL_INTERVAL, burst=burst)
+
+
+@main.group('schedule')
+def schedule_group() -> None:
+    """The periodic plan in Redis."""
+
+
+@schedule_group.command('show')
+@click.option('--json', 'as_json', is_flag=True, help='Print the plan as JSON.')
+@click.pass_obj
+def schedule_show(obj: Context, as_json: bool) -> None:
+    """Show every plan entry with its next and last run, and the one-off jobs waiting (retries, delays)."""
+    import scheduler
+
+    data = scheduler.describe(obj.redis)
+
+    def human(d):
+        rows = [{**entry, 'last': (entry['last_run'] or {}).get('status'),
+                 'next_run_utc': entry['next_run_utc'].isoformat(sep=' ', timespec='seconds'),
+                 'next_run_local': entry['next_run_local'].isoformat(sep=' ', timespec='seconds')}
+                for entry in d['entries']]
+        if rows:
+            table(rows, ['id', 'when', 'next_run_utc', 'next_run_local', 'last'])
+        else:
+            click.echo('No plan entries. Create them with `jobs schedule register`.')
+        if d['one_off']:
+            click.echo()
+            table(d['one_off'], ['id', 'job', 'queue', 'at', 'source'])
+
+    emit(data, as_json, human)
+
+
+@schedule_group.command('register')
+@click.pass_obj
+def schedule_register(obj: Context) -> None:
+    """Recreate the plan now (the scheduler process does it on start)."""
+    import scheduler
+
+    result = scheduler.register(obj.redis)
+    click.echo(', '.join(f'{len(ids)} {name}' for name, ids in result.items()) + '.')
+
+
+@schedule_group.command('clear')
+@click.pass_obj
+def schedule_clear(obj: Context) -> None:
+    """Remove every plan entry (runs already enqueued go on)."""
+    import scheduler
+
+    removed = scheduler.clear(obj.redis)
+    click.echo(f'{len(removed)} plan entries removed.')
 
 
 @main.command()
@@ -205,20 +671,45 @@ def scheduler_command(obj: Context, interval: float | None, burst: bool) -> None
               help='Address to listen on; keep the default unless a proxy with authentication is in front.')
 @click.option('--port', type=click.IntRange(1, 65535), default=9181, show_default=True, envvar='DASHBOARD_PORT',
               help='Port to listen on.')
+@click.option('--username', envvar='DASHBOARD_USERNAME', help='Basic-auth user name (required off localhost).')
+@click.option('--password-env', default='DASHBOARD_PASSWORD', show_default=True, metavar='VAR',
+              help='Environment variable holding the basic-auth password (never pass it as an argument).')
 @click.pass_obj
-def dashboard(obj: Context, bind: str, port: int) -> None:
-    """Run rq-dashboard on the project's Redis, reading the JSON job payloads."""
+def dashboard(obj: Context, bind: str, port: int, username: str | None, password_env: str) -> None:
+    """Run rq-dashboard on the project's Redis, reading the JSON job payloads.
+
+    It listens on 127.0.0.1 by default. To listen on another address, set DASHBOARD_USERNAME and
+    DASHBOARD_PASSWORD: basic auth is then required.
+    """
+    import ipaddress
     import os
 
     from rq_dashboard.cli import run
 
     from rqjobs import connections
 
+    password = os.environ.get(password_env) or None
+    local = bind == 'localhost' or _is_loopback(bind, ipaddress)
+    if bool(username) != bool(password):
+        raise click.UsageError(f'Set both DASHBOARD_USERNAME and {password_env} for basic auth, or neither.')
+    if not local and not username:
+        raise click.UsageError(f'The dashboard shows and deletes jobs: to listen on {bind}, set DASHBOARD_USERNAME '
+                               f'and {password_env} (basic auth), or keep --bind 127.0.0.1.')
     obj.redis  # noqa: B018 - fail fast, and start the embedded server, before the web server starts
-    # The URL goes through the environment, not argv, so a password in it never shows in `ps`.
+    # The URL and password go through the environment, not argv, so they never show in `ps`.
     os.environ['RQ_DASHBOARD_REDIS_URL'] = connections.redis_url(obj.settings)
+    if username:
+        os.environ['RQ_DASHBOARD_USERNAME'] = username
+        os.environ['RQ_DASHBOARD_PASSWORD'] = password
     run.main(['--bind', bind, '--port', str(port), '--json'], prog_name='jobs dashboard',
              auto_envvar_prefix='RQ_DASHBOARD')
+
+
+def _is_loopback(address: str, ipaddress) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 # ---- Warehouses ----
@@ -353,7 +844,7 @@ def demo(ctx: click.Context) -> None:
     import os
 
     from rqjobs import demo as demo_module
-    from rqjobs import migration, queues, settings
+    from rqjobs import migration, minimap, queues, settings
     from rqjobs import warehouse as warehouses
     from rqjobs import worker as workers
 
@@ -386,9 +877,110 @@ def demo(ctx: click.Context) -> None:
     for line in overview.splitlines()[:16]:
         click.echo(f'  {line}')
     click.echo('\nMind map:')
-    print_tree(warehouses.minimap_of(row.id) or {'title': '(none)', 'url': '', 'nodes': []}, depth=1)
+    print_tree(minimap.stored_tree(row.id) or {'title': '(none)', 'url': '', 'nodes': []}, depth=1)
     timings = ', '.join(f'{name} {seconds:.2f} s' for name, seconds in result.get('timings', {}).items())
     click.echo(f'\nTimings: {timings}')
+
+
+# ---- Statistics ----
+
+def stats_date(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Check a --date value (a past or present UTC day as YYYY-MM-DD); a bad one is a usage error."""
+    from rqjobs import statistics
+
+    if value is None:
+        return None
+    try:
+        return statistics.parse_day(value).isoformat()
+    except statistics.InvalidStatisticsDate as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def print_statistics(data: dict) -> None:
+    """Print a day's statistics and the latest system and access snapshots for people."""
+    daily, system, access = data['daily'], data['system'], data['access']
+    if daily is None:
+        click.echo(f'No statistics for {data["date"]} yet; make them with `jobs stats generate --date {data["date"]}`.')
+    else:
+        click.echo(f'Statistics of {data["date"]} (UTC), made {daily["updated_at"]}:')
+        for key in ('new_users', 'new_repositories', 'new_documents', 'page_views', 'unique_visitors', 'active_users'):
+            click.echo(f'  {key.replace("_", " ") + ":":<18}{daily[key]}')
+    if system:
+        totals, growth = system['totals'], system['growth']
+        click.echo(f'\nSystem on {system["date"]}: {totals["users"]} users, {totals["warehouses"]} warehouses, '
+                   f'{totals["documents"]} documents, {totals["pages"]} pages, {totals["access_records"]} accesses.')
+        click.echo('  new this month (growth on last month): ' + ', '.join(
+            f'{name} {count} ({growth[name]:+}%)' for name, count in system['this_month'].items()))
+    if access:
+        click.echo(f'\nAccess on {access["date"]}: ' + ', '.join(
+            f'{access[period]["views"]} views by {access[period]["unique_visitors"]} visitors {label}'
+            for period, label in (('today', 'today'), ('week', 'this week'), ('month', 'this month'))) + '.')
+        if access['top_resources']:
+            table(access['top_resources'], ['resource_type', 'resource_id', 'views'])
+
+
+@main.group('stats')
+def stats() -> None:
+    """Daily statistics and snapshots of the platform (the `statistics` jobs)."""
+
+
+@stats.command('show')
+@click.option('--date', 'day', metavar='YYYY-MM-DD', callback=stats_date,
+              help='UTC day to show, for example 2026-11-28 [default: yesterday].')
+@click.option('--json', 'as_json', is_flag=True, help='Print the statistics as JSON.')
+def stats_show(day: str | None, as_json: bool) -> None:
+    """Show one day's statistics and the latest system and access snapshots."""
+    from rqjobs import statistics
+
+    emit(statistics.show(day), as_json, print_statistics)
+
+
+@stats.command('generate')
+@click.option('--date', 'day', metavar='YYYY-MM-DD', callback=stats_date,
+              help='UTC day to count, for example 2026-11-28 [default: yesterday].')
+@click.option('--json', 'as_json', is_flag=True, help='Print the statistics as JSON.')
+def stats_generate(day: str | None, as_json: bool) -> None:
+    """Count one day's statistics and take today's system and access snapshots now, in this process."""
+    from rqjobs import statistics
+
+    emit(statistics.generate(day), as_json, print_statistics)
+
+
+# ---- Access logs ----
+
+@main.group()
+def logs() -> None:
+    """Access logs: the Redis buffer the web side fills and `process_access_log` drains."""
+
+
+@logs.command('status')
+@click.option('--json', 'as_json', is_flag=True, help='Print the counts as JSON.')
+@click.pass_obj
+def logs_status(obj: Context, as_json: bool) -> None:
+    """Show the buffer, processing and dead-letter lengths and the drop counts."""
+    from rqjobs import access_log
+
+    def human(d):
+        click.echo(f'buffer:       {d["buffer"]} of {d["buffer_max"]}')
+        click.echo(f'processing:   {d["processing"]}' + (' (a drain is running)' if d['draining'] else ''))
+        hint = '; fix the cause, then `jobs logs requeue-dead`' if d['dead'] else ''
+        click.echo(f'dead letters: {d["dead"]}{hint}')
+        click.echo(f'dropped:      {d["dropped"]} ({d["dropped_full"]} over the cap, {d["dropped_invalid"]} invalid)')
+
+    emit(access_log.status(obj.redis, obj.settings), as_json, human)
+
+
+@logs.command('requeue-dead')
+@click.option('--limit', type=click.IntRange(1), help='Move at most this many entries, oldest first [default: all].')
+@click.option('--json', 'as_json', is_flag=True, help='Print the count as JSON.')
+@click.pass_obj
+def logs_requeue_dead(obj: Context, limit: int | None, as_json: bool) -> None:
+    """Move dead-lettered entries back to the buffer, for the next drain to try again (after a fix)."""
+    from rqjobs import access_log
+
+    moved = access_log.requeue_dead(obj.redis, limit)
+    emit({'requeued': moved}, as_json,
+         lambda d: click.echo(f'{d["requeued"]} dead-lettered entries moved back to the buffer.'))
 
 
 # ---- Inspection ----

@@ -134,6 +134,8 @@ class User(TimestampedModel):
     # A salted hash made by the caller; the plain password is never stored.
     password = CharField(max_length=255)
     avatar = TextField(default='')
+    # Indexed: daily statistics count new users by creation time.
+    created_at = DateTimeField(default=utcnow, index=True)
     last_login_at = DateTimeField(null=True)
     last_login_ip = CharField(max_length=45, null=True)
     is_deleted = BooleanField(default=False, index=True)
@@ -296,6 +298,8 @@ class DocumentFileItem(TimestampedModel):
     request_token = IntegerField(default=0)
     response_token = IntegerField(default=0)
     metadata = JSONField(default=dict)
+    # Indexed: daily statistics count new pages by creation time.
+    created_at = DateTimeField(default=utcnow, index=True)
 
 
 class DocumentFileItemSource(BaseModel):
@@ -396,10 +400,15 @@ class SnapshotKind:
 class StatisticsSnapshot(BaseModel):
     """A point-in-time set of figures for the system, one warehouse or the access log."""
 
+    # `kind:subject:date` (subject `all` for the system and the access log), so a second run on the same day
+    # overwrites that day's snapshot instead of adding one.
+    id = CharField(max_length=191, primary_key=True)
     kind = CharField(max_length=16, choices=_choices(SnapshotKind.ALL), index=True)
     # The warehouse id for per-warehouse snapshots.
     subject_id = CharField(max_length=36, null=True)
+    snapshot_date = DateField(index=True)
     data = JSONField(default=dict)
+    # When the figures were taken: moves forward when the day's snapshot is overwritten.
     created_at = DateTimeField(default=utcnow, index=True)
 
 

@@ -65,5 +65,13 @@ class CloneTimeout(PermanentJobError, GitError):
     """Raised when a clone or fetch runs past `GIT_CLONE_TIMEOUT`; the partial clone is removed."""
 
 
+class DatabaseUnavailable(RqjobsError):
+    """Raised when the database cannot be reached or stays locked; the work is left for the next run."""
+
+
+class InvalidStatisticsDate(PermanentJobError):
+    """Raised when a statistics date is not a real past or present UTC day written as YYYY-MM-DD."""
+
+
 class ForbiddenJob(PermanentJobError):
     """Raised when a job in Redis names a function outside the registered job modules."""

@@ -1,18 +1,36 @@
-"""Mind maps: a recursive `{"title", "url", "nodes"}` tree of a warehouse, built from its analysis.
+"""Mind-map jobs (queue `minimap`): a recursive `{"title", "url", "nodes"}` tree of each warehouse.
 
 The tree goes repository → components → directories → files → main declarations; `url` is a repository-relative
-path (`path#L12` for a declaration). It is capped in size so a huge repository still gives a readable map.
+path (`path#L12` for a declaration). It is built from the warehouse's analysis by `build_tree`, the same builder
+the warehouse pipeline uses, and capped in size so a huge repository still gives a readable map.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterable
+from datetime import timedelta
 
+from peewee import JOIN, fn
+
+from models import MiniMap, Warehouse, WarehouseStatus, new_id
+from rqjobs import analysis as analysis_module
+from rqjobs import clock, database, git
 from rqjobs.analysis import Analysis, Declaration, SourceFile
+from rqjobs.exceptions import PermanentJobError
 
 logger = logging.getLogger(__name__)
 
+JOBS = ('generate_minimap', 'regenerate_minimap', 'validate_minimap', 'cleanup_old_minimaps')
+
+MINIMAPS_PER_RUN = 20
+# What validation accepts: the builder stays far below these; a stored tree beyond them is refused.
+MAX_VALID_NODES = 50_000
+MAX_VALID_DEPTH = 64
+MAX_TITLE_LENGTH = 1000
+MAX_URL_LENGTH = 4096
 MAX_NODES = 2000
 MAX_FILES_PER_DIRECTORY = 40
 MAX_DECLARATIONS_PER_FILE = 12
@@ -95,3 +113,142 @@ def _declaration_nodes(path: str, declarations: Iterable[Declaration], budget: _
 def count_nodes(tree: dict) -> int:
     """Count the nodes of a mind map."""
     return 1 + sum(count_nodes(child) for child in tree.get('nodes', []))
+
+
+# ---- Jobs ----
+
+def generate_minimap() -> dict:
+    """Build the mind maps of Completed warehouses that have none, oldest first, a bounded number per run."""
+    # Safe to run twice or concurrently: a warehouse gets one mind map, a second insert is ignored.
+    started = time.monotonic()
+    with database.connection():
+        missing = list(Warehouse.select().join(MiniMap, JOIN.LEFT_OUTER, on=(MiniMap.warehouse == Warehouse.id))
+                       .where(Warehouse.status == WarehouseStatus.COMPLETED, Warehouse.is_deleted == False,
+                              MiniMap.id.is_null())
+                       .order_by(Warehouse.created_at, Warehouse.id).limit(MINIMAPS_PER_RUN))
+    processed, errors = [], []
+    for warehouse in missing:
+        try:
+            tree = _tree_of(warehouse)
+            with database.connection():
+                MiniMap.insert(id=new_id(), warehouse=warehouse.id, value=tree,
+                               created_at=clock.utcnow(), updated_at=clock.utcnow()).on_conflict_ignore().execute()
+            processed.append(warehouse.id)
+        except Exception as exc:  # noqa: BLE001 - one broken warehouse must not stop the others
+            logger.warning('minimap %s: not generated: %s', warehouse.id, exc)
+            errors.append({'warehouse_id': warehouse.id, 'error': str(exc)})
+    return {'processed': len(processed), 'errors': len(errors), 'warehouse_ids': processed, 'failures': errors,
+            'elapsed': round(time.monotonic() - started, 3)}
+
+
+def regenerate_minimap(warehouse_id: str) -> dict:
+    """Build a warehouse's mind map again and replace the stored one in one transaction."""
+    # Replacing is idempotent: a second run stores the same tree again.
+    with database.connection():
+        warehouse = Warehouse.get_or_none(Warehouse.id == warehouse_id, Warehouse.is_deleted == False)
+    if warehouse is None:
+        logger.info('minimap %s: warehouse not found or deleted', warehouse_id)
+        return {'warehouse_id': warehouse_id, 'status': 'missing', 'message': 'warehouse not found or deleted'}
+    if warehouse.status != WarehouseStatus.COMPLETED:
+        return {'warehouse_id': warehouse_id, 'status': 'skipped',
+                'message': f'warehouse is {warehouse.status}; mind maps are built for Completed warehouses'}
+    tree = _tree_of(warehouse)
+    with database.connection() as db, db.atomic():
+        MiniMap.delete().where(MiniMap.warehouse == warehouse_id).execute()
+        MiniMap.create(warehouse=warehouse_id, value=tree)
+    return {'warehouse_id': warehouse_id, 'status': 'regenerated', 'nodes': count_nodes(tree)}
+
+
+def cleanup_old_minimaps(days_to_keep: int = 90) -> dict:
+    """Delete mind maps created more than `days_to_keep` days ago; the next generation run rebuilds them."""
+    # Deleting what is already gone deletes nothing, so a second run is harmless.
+    if isinstance(days_to_keep, bool) or not isinstance(days_to_keep, int) or days_to_keep < 1:
+        raise PermanentJobError(f'days_to_keep must be a whole number of days, at least 1 (got {days_to_keep!r}); '
+                                f'for example 90.')
+    cutoff = clock.utcnow() - timedelta(days=days_to_keep)
+    with database.connection():
+        deleted = MiniMap.delete().where(MiniMap.created_at < cutoff).execute()
+    logger.info('minimaps: %d older than %s deleted', deleted, cutoff.date())
+    return {'deleted': deleted, 'cutoff': cutoff.isoformat(timespec='seconds')}
+
+
+def validate_minimap(warehouse_id: str) -> dict:
+    """Check a stored mind map's shape; return its node, edge and depth counts, or the first problem found."""
+    # Read-only, so running it twice is harmless.
+    with database.connection():
+        # The raw text, not the decoded field: a stored value that is not JSON is a finding, not a crash.
+        row = (MiniMap.select(fn.COALESCE(MiniMap.value, '').coerce(False))
+               .where(MiniMap.warehouse == warehouse_id).tuples().first())
+    if row is None:
+        return {'warehouse_id': warehouse_id, 'valid': False, 'status': 'missing', 'error': 'no mind map stored'}
+    try:
+        tree = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    except ValueError as exc:
+        return {'warehouse_id': warehouse_id, 'valid': False, 'status': 'invalid', 'error': f'not JSON: {exc}'}
+    result = check_tree(tree)
+    return {'warehouse_id': warehouse_id, 'status': 'valid' if result['valid'] else 'invalid', **result}
+
+
+def check_tree(tree: object) -> dict:
+    """Check a mind-map tree; return `{valid, nodes, edges, depth}` or `{valid: False, error}` naming the first bad path."""
+    nodes = edges = depth = 0
+    seen: set[int] = set()
+    stack: list[tuple[object, str, int]] = [(tree, '', 1)]
+    while stack:
+        node, path, level = stack.pop()
+        where = path or 'the root'
+        if not isinstance(node, dict):
+            return _invalid(f'{where} is not an object')
+        if id(node) in seen:
+            return _invalid(f'{where} is reached twice (a cycle or a shared node)')
+        seen.add(id(node))
+        for key, limit in (('title', MAX_TITLE_LENGTH), ('url', MAX_URL_LENGTH)):
+            value = node.get(key)
+            if not isinstance(value, str):
+                return _invalid(f'{_join(path, key)} is not a string')
+            if len(value) > limit:
+                return _invalid(f'{_join(path, key)} is longer than {limit} characters')
+        children = node.get('nodes')
+        if not isinstance(children, list):
+            return _invalid(f'{_join(path, "nodes")} is not a list')
+        extra = set(node) - {'title', 'url', 'nodes'}
+        if extra:
+            return _invalid(f'{where} has unknown keys: {", ".join(sorted(map(str, extra)))}')
+        nodes += 1
+        depth = max(depth, level)
+        if nodes > MAX_VALID_NODES:
+            return _invalid(f'the tree has more than {MAX_VALID_NODES} nodes')
+        if level > MAX_VALID_DEPTH:
+            return _invalid(f'{where} is deeper than {MAX_VALID_DEPTH} levels')
+        edges += len(children)
+        # Reversed, so the first child is checked first and "first bad path" means what a reader expects.
+        for index in range(len(children) - 1, -1, -1):
+            stack.append((children[index], f'{_join(path, "nodes")}[{index}]', level + 1))
+    return {'valid': True, 'nodes': nodes, 'edges': edges, 'depth': depth}
+
+
+def _join(path: str, key: str) -> str:
+    return f'{path}.{key}' if path else key
+
+
+def _invalid(error: str) -> dict:
+    return {'valid': False, 'error': error}
+
+
+def _tree_of(warehouse: Warehouse) -> dict:
+    """Analyse the warehouse's clone (fetching it first if this host has none) and build its mind map."""
+    dest = git.clone_path(warehouse.id)
+    if not (dest / '.git').is_dir():
+        password = git.decrypt_secret(warehouse.git_password) if warehouse.git_password else None
+        git.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
+                 password=password)
+    analysis = analysis_module.analyse(dest)
+    return build_tree(f'{warehouse.organization_name}/{warehouse.name}', analysis)
+
+
+def stored_tree(warehouse_id: str) -> dict | None:
+    """Return the stored mind map of a warehouse, or None."""
+    with database.connection():
+        row = MiniMap.get_or_none(MiniMap.warehouse == warehouse_id)
+    return row.value if row else None
+

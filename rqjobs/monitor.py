@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -48,3 +49,115 @@ def worker_states(connection: redis.Redis) -> list[dict[str, Any]]:
             'hostname': worker.hostname,
         })
     return rows
+
+
+def _error_line(job: queues.JsonJob) -> str | None:
+    """Return the last line of a failed job's error, the line that names the exception."""
+    result = job.latest_result()
+    text = (result.exc_string if result else None) or ''
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None
+
+
+def _jobs(connection: redis.Redis, job_ids: list[str]) -> list[queues.JsonJob]:
+    return [job for job in queues.JsonJob.fetch_many(job_ids, connection=connection) if job is not None]
+
+
+def active_jobs(connection: redis.Redis) -> list[dict[str, Any]]:
+    """Return the job each busy worker is running, with its progress."""
+    rows = []
+    for worker in worker_states(connection):
+        if not worker['current_job']:
+            continue
+        jobs = _jobs(connection, [worker['current_job']])
+        job = jobs[0] if jobs else None
+        started = job.started_at if job else None
+        rows.append({
+            'worker': worker['name'], 'job_id': worker['current_job'], 'job': job.func_name if job else None,
+            'queue': job.origin if job else None, 'args': job.args if job else None,
+            'started_at': started.isoformat(timespec='seconds') if started else None,
+            'running_for': round((datetime.now(timezone.utc) - started).total_seconds(), 1) if started else None,
+            'progress': job.meta.get('progress') if job else None,
+        })
+    return rows
+
+
+def job_statistics(connection: redis.Redis, settings: Settings | None = None,
+                   queue_name: str | None = None) -> list[dict[str, Any]]:
+    """Per job function, over the finished and failed jobs rq still keeps: count, failure rate, p50/p95 run time."""
+    durations: dict[str, list[float]] = {}
+    failures: dict[str, int] = {}
+    for queue in queues.all_queues(connection, settings):
+        if queue_name and queue.name != queue_name:
+            continue
+        for registry, failed in ((queue.finished_job_registry, False), (queue.failed_job_registry, True)):
+            for job in _jobs(connection, registry.get_job_ids()):
+                name = job.func_name or '?'
+                durations.setdefault(name, [])
+                failures.setdefault(name, 0)
+                if job.started_at and job.ended_at:
+                    durations[name].append((job.ended_at - job.started_at).total_seconds())
+                failures[name] += failed
+    rows = []
+    for name in sorted(durations):
+        times = sorted(durations[name])
+        count = max(len(times), failures[name])
+        rows.append({'job': name, 'count': count, 'failed': failures[name],
+                     'failure_rate': round(failures[name] / count, 3) if count else 0.0,
+                     'p50_seconds': _percentile(times, 50), 'p95_seconds': _percentile(times, 95)})
+    return rows
+
+
+def _percentile(values: list[float], percent: int) -> float | None:
+    """Return the nearest-rank percentile of sorted values, or None for none."""
+    if not values:
+        return None
+    rank = max(1, -(-percent * len(values) // 100))
+    return round(values[rank - 1], 3)
+
+
+def worker_statistics(connection: redis.Redis) -> list[dict[str, Any]]:
+    """Return every live worker's counters: jobs done and failed, busy time, heartbeat, birth."""
+    workers = Worker.all(connection=connection, job_class=queues.JsonJob, queue_class=queues.JsonQueue,
+                         serializer=queues.JSONSerializer)
+    return [{
+        'name': worker.name, 'state': worker.get_state(), 'successful_jobs': worker.successful_job_count,
+        'failed_jobs': worker.failed_job_count, 'busy_seconds': round(worker.total_working_time, 1),
+        'last_heartbeat': worker.last_heartbeat.isoformat(timespec='seconds') if worker.last_heartbeat else None,
+        'born': worker.birth_date.isoformat(timespec='seconds') if worker.birth_date else None,
+        'queues': worker.queue_names(),
+    } for worker in sorted(workers, key=lambda w: w.name)]
+
+
+def failed_jobs(connection: redis.Redis, settings: Settings | None = None, queue_name: str | None = None,
+                limit: int = 50) -> list[dict[str, Any]]:
+    """Return failed jobs, newest first, with the last line of their error."""
+    rows = []
+    for queue in queues.all_queues(connection, settings):
+        if queue_name and queue.name != queue_name:
+            continue
+        for job in _jobs(connection, queue.failed_job_registry.get_job_ids(desc=True)[:limit]):
+            rows.append({'id': job.id, 'job': job.func_name, 'queue': queue.name, 'args': job.args,
+                         'failed_at': job.ended_at.isoformat(timespec='seconds') if job.ended_at else None,
+                         'error': _error_line(job)})
+    rows.sort(key=lambda row: row['failed_at'] or '', reverse=True)
+    return rows[:limit]
+
+
+def job_details(connection: redis.Redis, job_id: str) -> dict[str, Any]:
+    """Return everything about one job: status, queue, function, arguments, timings, retries, progress, outcome."""
+    job = queues.JsonJob.fetch(job_id, connection=connection)
+    status = job.get_status().value
+    result = job.latest_result()
+
+    def moment(value):
+        return value.isoformat(timespec='seconds') if value else None
+
+    return {
+        'id': job.id, 'status': status, 'queue': job.origin, 'job': job.func_name, 'args': job.args,
+        'kwargs': job.kwargs, 'description': job.description, 'enqueued_at': moment(job.enqueued_at),
+        'started_at': moment(job.started_at), 'ended_at': moment(job.ended_at), 'worker': job.worker_name,
+        'timeout': job.timeout, 'retries_left': job.retries_left, 'progress': job.meta.get('progress'),
+        'result': result.return_value if result is not None and status == 'finished' else None,
+        'error': (result.exc_string or '').strip() if result is not None and status == 'failed' else None,
+    }

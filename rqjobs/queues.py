@@ -38,7 +38,10 @@ QUEUES = (DEFAULT, ACCESS_LOG, STATISTICS, MINIMAP, WAREHOUSE, MIGRATION)
 # The project's job modules and the queue each one's jobs go to.
 JOB_MODULES = {
     'rqjobs.system': DEFAULT,
+    'rqjobs.access_log': ACCESS_LOG,
     'rqjobs.warehouse': WAREHOUSE,
+    'rqjobs.minimap': MINIMAP,
+    'rqjobs.statistics': STATISTICS,
     'rqjobs.migration': MIGRATION,
 }
 

@@ -21,7 +21,7 @@ VARIABLES = (
     'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
     'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
     'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_CLONE_TIMEOUT', 'GIT_MAX_REPO_SIZE',
-    'JOBS_SECRET_KEY', 'ACCESS_LOG_BUFFER_MAX', 'ACCESS_LOG_BATCH_SIZE', 'ACCESS_LOG_MAX_PER_RUN',
+    'JOBS_SECRET_KEY', 'JOBS_ADMIN_PASSWORD', 'JOBS_SCHEDULE', 'ACCESS_LOG_BUFFER_MAX', 'ACCESS_LOG_BATCH_SIZE', 'ACCESS_LOG_MAX_PER_RUN',
 )
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off'}
@@ -52,6 +52,8 @@ class Settings:
     git_clone_timeout: int = 600
     git_max_repo_size_mb: int = 1024
     secret_key: str | None = field(default=None, repr=False)
+    admin_password: str | None = field(default=None, repr=False)
+    schedule_overrides: tuple[tuple[str, str], ...] = field(default=())
     access_log_buffer_max: int = 100_000
     access_log_batch_size: int = 1000
     access_log_max_per_run: int = 50_000
@@ -91,6 +93,8 @@ class Settings:
             git_clone_timeout=_int(env, 'GIT_CLONE_TIMEOUT', 600, minimum=1, example='600'),
             git_max_repo_size_mb=_int(env, 'GIT_MAX_REPO_SIZE', 1024, minimum=1, example='1024'),
             secret_key=_secret_key(env),
+            admin_password=_get(env, 'JOBS_ADMIN_PASSWORD') or None,
+            schedule_overrides=_schedule_overrides(env),
             access_log_buffer_max=_int(env, 'ACCESS_LOG_BUFFER_MAX', 100_000, minimum=1, example='100000'),
             access_log_batch_size=_int(env, 'ACCESS_LOG_BATCH_SIZE', 1000, minimum=1, example='1000'),
             access_log_max_per_run=_int(env, 'ACCESS_LOG_MAX_PER_RUN', 50_000, minimum=1, example='50000'),
@@ -176,6 +180,19 @@ def _check_database_url(url: str) -> None:
         raise SettingsError(
             f'DATABASE_URL={redact_url(url)!r} is not a supported database URL; for example DATABASE_URL={EXAMPLE_URLS}.'
         )
+
+
+def _schedule_overrides(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    # Checked against the plan by scheduler.plan(); here only the shape `id=value; id=value`.
+    overrides = []
+    for item in filter(None, (part.strip() for part in _get(env, 'JOBS_SCHEDULE').split(';'))):
+        entry_id, sep, value = item.partition('=')
+        if not sep or not entry_id.strip() or not value.strip():
+            raise SettingsError(f'JOBS_SCHEDULE entry {item!r} is not ID=VALUE; for example '
+                                f'JOBS_SCHEDULE="process-access-logs=60; generate-minimaps=off; '
+                                f'generate-daily-statistics=30 1 * * *".')
+        overrides.append((entry_id.strip(), ' '.join(value.split())))
+    return tuple(overrides)
 
 
 def _secret_key(env: Mapping[str, str]) -> str | None:

@@ -568,9 +568,3 @@ def page_content(warehouse_id: str, url: str) -> str | None:
                 .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.url == url).first())
     return item.content if item else None
 
-
-def minimap_of(warehouse_id: str) -> dict | None:
-    """Return the mind map of a warehouse, or None."""
-    with database.connection():
-        row = MiniMap.get_or_none(MiniMap.warehouse == warehouse_id)
-    return row.value if row else None

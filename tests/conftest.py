@@ -40,6 +40,13 @@ def env(monkeypatch, tmp_path, redis_server):
 
 
 @pytest.fixture
+def local(env):
+    """Allow local repositories as warehouses, as the tests and the demo do."""
+    env.setenv('ALLOW_LOCAL_REPOSITORIES', 'true')
+    settings_module.reset()
+
+
+@pytest.fixture
 def redis_conn(redis_server):
     """A client of the private Redis server, emptied for this test."""
     from rqjobs.connections import get_redis

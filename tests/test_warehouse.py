@@ -19,18 +19,11 @@ from models import (
     Warehouse,
     WarehouseStatus,
 )
-from rqjobs import clock, queues, settings
+from rqjobs import clock, minimap, queues, settings
 from rqjobs import warehouse as warehouses
 from rqjobs.exceptions import InvalidRepositoryAddress, InvalidSubmission, SecretKeyMissing
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def local(env):
-    """Allow local repositories, as the tests and the demo do."""
-    env.setenv('ALLOW_LOCAL_REPOSITORIES', 'true')
-    settings.reset()
 
 
 def fetch(warehouse_id):
@@ -168,7 +161,7 @@ def test_process_documents_a_real_repository(redis_conn, database, local, sample
     assert 'root:x:0:0' not in pages, 'the symlink to /etc/passwd was followed'
     assert 'def greet(self, name: str = ' in pages
 
-    tree = warehouses.minimap_of(row.id)
+    tree = minimap.stored_tree(row.id)
     assert tree['title'] == 'upstream/sample' and tree['url'] == ''
     titles = json.dumps(tree)
     assert 'sample/core.py' in titles and 'class Greeter' in titles
@@ -306,7 +299,7 @@ def test_update_with_a_new_file_rewrites_the_structure_pages(redis_conn, databas
     assert {'overview', 'structure', 'components'} <= rewritten
     assert 'getting-started' not in rewritten
     assert result['minimap'] is True
-    assert 'sample/extra.py' in json.dumps(warehouses.minimap_of(row.id))
+    assert 'sample/extra.py' in json.dumps(minimap.stored_tree(row.id))
 
 
 def test_a_force_push_regenerates_everything(redis_conn, database, local, sample_repo, burst_worker):

@@ -1,0 +1,193 @@
+"""Operator actions on jobs, queues, workers and clones: cancel, stop, delete, requeue, clean up, suspend."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+from rq import Worker
+from rq.command import send_stop_job_command
+from rq.exceptions import NoSuchJobError
+from rq.suspension import is_suspended, resume, suspend
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+
+from models import Warehouse
+from rqjobs import clock, database, git, queues
+from rqjobs.exceptions import RqjobsError
+from rqjobs.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DURATION = re.compile(r'(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|m|min|h|d)?', re.IGNORECASE)
+UNITS = {None: 1, 's': 1, 'sec': 1, 'm': 60, 'min': 60, 'h': 3600, 'd': 86400}
+LIVE = ('queued', 'scheduled', 'deferred')
+
+
+class JobActionRefused(RqjobsError):
+    """Raised when an action does not fit the job's state (stopping a queued job, cancelling a finished one)."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """Read a duration such as `90`, `90s`, `5m`, `2h` or `7d`; raise ValueError with an example otherwise."""
+    match = DURATION.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f'{text!r} is not a duration; for example 90s, 5m, 2h or 7d.')
+    seconds = float(match['number']) * UNITS[(match['unit'] or '').lower() or None]
+    if seconds <= 0 or seconds > 366 * 86400:
+        raise ValueError(f'{text!r} must be more than 0 and at most 366 days; for example 5m.')
+    return timedelta(seconds=seconds)
+
+
+def parse_time(text: str) -> datetime:
+    """Read an ISO 8601 time (UTC unless it names an offset); return it as a naive UTC datetime."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace('Z', '+00:00'))
+    except ValueError:
+        raise ValueError(f'{text!r} is not an ISO 8601 time; for example 2026-12-01T02:30 (UTC) or '
+                         f'2026-12-01T03:30+01:00.') from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def fetch(connection: redis.Redis, job_id: str) -> queues.JsonJob:
+    """Return a job, or raise `JobActionRefused` saying it does not exist."""
+    try:
+        return queues.JsonJob.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        raise JobActionRefused(f'No job {job_id!r} (it may have expired); `jobs inspect failed` lists failed jobs.') \
+            from None
+
+
+def cancel_job(connection: redis.Redis, job_id: str) -> str:
+    """Cancel a job that has not started; return its previous status."""
+    job = fetch(connection, job_id)
+    status = job.get_status()
+    if status not in LIVE:
+        hint = ' Use `jobs job stop` for a running job.' if status == 'started' else ''
+        raise JobActionRefused(f'Job {job_id} is {status}; only queued, scheduled or deferred jobs can be cancelled.'
+                               f'{hint}')
+    job.cancel()
+    return status
+
+
+def stop_job(connection: redis.Redis, job_id: str) -> None:
+    """Ask the worker running a job to stop it (the job ends as stopped)."""
+    job = fetch(connection, job_id)
+    if job.get_status() != 'started':
+        raise JobActionRefused(f'Job {job_id} is {job.get_status()}, not running; `jobs job cancel` removes a '
+                               f'queued job.')
+    send_stop_job_command(connection, job_id, serializer=queues.JSONSerializer)
+
+
+def delete_job(connection: redis.Redis, job_id: str) -> str:
+    """Delete a job that is not running, from its queue and every registry; return its status."""
+    job = fetch(connection, job_id)
+    status = job.get_status()
+    if status == 'started':
+        raise JobActionRefused(f'Job {job_id} is running; stop it first with `jobs job stop {job_id}`.')
+    job.delete()
+    return status
+
+
+def requeue_failed(connection: redis.Redis, job_ids: list[str] | None = None, queue_name: str | None = None,
+                   settings: Settings | None = None) -> list[str]:
+    """Put failed jobs back on their queues: the ones named, or every failed job (of one queue)."""
+    requeued = []
+    for queue in queues.all_queues(connection, settings):
+        if queue_name and queue.name != queue_name:
+            continue
+        registry = queue.failed_job_registry
+        failed = set(registry.get_job_ids())
+        for job_id in (job_ids if job_ids is not None else sorted(failed)):
+            if job_id in failed:
+                registry.requeue(job_id)
+                requeued.append(job_id)
+    if job_ids is not None:
+        missing = sorted(set(job_ids) - set(requeued))
+        if missing:
+            raise JobActionRefused(f'Not failed (or not on that queue), nothing requeued for: {", ".join(missing)}; '
+                                   f'{len(requeued)} requeued.')
+    return requeued
+
+
+def cleanup(connection: redis.Redis, *, failed_older_than: timedelta | None = None, finished: bool = False,
+            dead_workers: bool = False, orphan_clones: bool = False, dry_run: bool = False,
+            settings: Settings | None = None) -> dict[str, list[str]]:
+    """Remove what the options name, and nothing else; with `dry_run`, only list it."""
+    settings = settings or get_settings()
+    report: dict[str, list[str]] = {}
+    if failed_older_than is not None:
+        cutoff = clock.utcnow().replace(tzinfo=timezone.utc) - failed_older_than
+        old = []
+        for queue in queues.all_queues(connection, settings):
+            for job in queues.JsonJob.fetch_many(queue.failed_job_registry.get_job_ids(), connection=connection):
+                if job is not None and (job.ended_at is None or job.ended_at < cutoff):
+                    old.append(job)
+        report['failed_jobs'] = [job.id for job in old]
+        if not dry_run:
+            for job in old:
+                job.delete()
+    if finished:
+        done = []
+        for queue in queues.all_queues(connection, settings):
+            done += queues.JsonJob.fetch_many(queue.finished_job_registry.get_job_ids(), connection=connection)
+        report['finished_jobs'] = [job.id for job in done if job is not None]
+        if not dry_run:
+            for job in done:
+                if job is not None:
+                    job.delete()
+    if dead_workers:
+        report['dead_workers'] = _dead_workers(connection, settings, dry_run)
+    if orphan_clones:
+        report['orphan_clones'] = _orphan_clones(settings, dry_run)
+    return report
+
+
+def _dead_workers(connection: redis.Redis, settings: Settings, dry_run: bool) -> list[str]:
+    # A worker whose key expired (no heartbeat within its TTL) is dead but may still be listed in the registries.
+    sets = [REDIS_WORKER_KEYS] + [WORKERS_BY_QUEUE_KEY % queue for queue in queues.queue_names(settings)]
+    dead: set[bytes] = set()
+    for key in sets:
+        dead |= {name for name in connection.smembers(key) if not connection.exists(name)}
+    if dead and not dry_run:
+        with connection.pipeline() as pipe:
+            for key in sets:
+                pipe.srem(key, *dead)
+            pipe.execute()
+    return sorted(name.decode().removeprefix(Worker.redis_worker_namespace_prefix) for name in dead)
+
+
+def _orphan_clones(settings: Settings, dry_run: bool) -> list[str]:
+    root = settings.repo_root
+    if not root.is_dir():
+        return []
+    names = [entry.name for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink()]
+    with database.connection(settings):
+        alive = {row[0] for row in Warehouse.select(Warehouse.id).where(
+            Warehouse.id.in_(names), Warehouse.is_deleted == False).tuples()}
+    orphans = sorted(name for name in names if name not in alive)
+    if not dry_run:
+        for name in orphans:
+            git.remove_clone(root / name, settings)
+    return orphans
+
+
+def suspend_workers(connection: redis.Redis, seconds: int | None = None) -> None:
+    """Stop every worker from taking new jobs (for `seconds`, or until resumed); running jobs finish."""
+    suspend(connection, seconds)
+
+
+def resume_workers(connection: redis.Redis) -> bool:
+    """Let workers take jobs again; return whether they were suspended."""
+    was = bool(is_suspended(connection))
+    resume(connection)
+    return was
+
+
+def summary(report: dict[str, Any]) -> str:
+    """Say in one line what a cleanup report holds."""
+    return ', '.join(f'{len(items)} {name.replace("_", " ")}' for name, items in report.items()) or 'nothing'

@@ -1,0 +1,576 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+
+import peewee
+import pytest
+from click.testing import CliRunner
+
+import cli
+from conftest import ROOT
+from models import AccessRecord
+from rqjobs import access_log, clock, queues, settings
+from rqjobs.access_log import BUFFER_KEY, DEAD_KEY, DROPPED_KEY, LOCK_KEY, PROCESSING_KEY
+from rqjobs.exceptions import DatabaseUnavailable, PermanentJobError
+
+NOW = datetime(2025, 6, 1, 12, 0, 0)
+
+
+def entry(i=0, **fields):
+    return {'resource_type': 'Repository', 'resource_id': f'owner/repo{i}',
+            'user_id': f'{i:08d}-aaaa-4bbb-8ccc-0123456789ab', 'ip_address': '203.0.113.7',
+            'user_agent': 'Mozilla/5.0 (X11; Linux x86_64)', 'path': f'/owner/repo{i}/docs', 'method': 'GET',
+            'status_code': 200, 'response_time': 12, **fields}
+
+
+def raw_entry(**fields):
+    """A JSON text as a producer writes it, with fields replaced (None removes one)."""
+    data = {'event_id': os.urandom(16).hex(), 'resource_type': 'Page', 'resource_id': '/about', 'user_id': None,
+            'ip_address': '198.51.100.1', 'user_agent': 'curl/8', 'path': '/about', 'method': 'GET',
+            'status_code': 200, 'response_time': 5, 'access_time': '2025-01-01T00:00:00.000000'}
+    data.update(fields)
+    return json.dumps({key: value for key, value in data.items() if value is not None}, ensure_ascii=False,
+                      separators=(',', ':'))
+
+
+def stored_count():
+    return AccessRecord.select().count()
+
+
+def drain_all():
+    results = []
+    while True:
+        results.append(access_log.process_access_log())
+        if results[-1]['remaining'] == 0:
+            return results
+
+
+@pytest.fixture
+def small(env):
+    """Small caps, so a test exercises batches, budgets and the buffer cap with a few entries."""
+    def apply(**values):
+        for name, value in values.items():
+            env.setenv(name, str(value))
+        settings.reset()
+    return apply
+
+
+# ---- The invariant: sent = stored + dead-lettered + drops ----
+
+HOSTILE_RAW = [
+    (b'not json at all', 'not JSON'),
+    (b'[1, 2, 3]', 'not a JSON object'),
+    (b'"a string"', 'not a JSON object'),
+    (b'\xff\xfe{"resource_type": "Page"}', 'not UTF-8'),
+    (b'{"resource_type": "Page"} trailing', 'not JSON'),
+    (b'[' * 30_000 + b']' * 30_000, 'not JSON'),
+    (b'{"a": "' + b'x' * 70_000 + b'"}', 'larger than'),
+    (raw_entry(response_time=float('nan')).encode(), 'response_time is not a finite number'),
+    (raw_entry().replace('"response_time":5', '"response_time":1e999').encode(), 'not a finite number'),
+    (raw_entry().replace('"status_code":200', '"status_code":Infinity').encode(), 'status_code'),
+    (raw_entry(path='/a\x00b').encode(), 'NUL'),
+    (raw_entry(user_agent='x' * 600).encode(), 'user_agent is longer than 512'),
+    (raw_entry(resource_id='r' * 192).encode(), 'resource_id is longer than 191'),
+    (raw_entry(status_code=-200).encode(), 'status_code'),
+    (raw_entry(status_code=42).encode(), 'status_code'),
+    (raw_entry(status_code=True).encode(), 'status_code'),
+    (raw_entry(status_code='200').encode(), 'status_code'),
+    (raw_entry(response_time=-1).encode(), 'response_time -1 is outside'),
+    (raw_entry(response_time=4_000_000).encode(), 'response_time 4000000 is outside'),
+    (raw_entry(resource_id=42).encode(), 'resource_id must be a string'),
+    (raw_entry(resource_type=None).encode(), 'resource_type is missing'),
+    (raw_entry(event_id=None).encode(), 'event_id is missing'),
+    (raw_entry(event_id='no spaces allowed').encode(), 'event_id'),
+    (raw_entry(access_time='yesterday').encode(), 'not an ISO 8601 date'),
+    (raw_entry(access_time='9999-12-31T00:00:00').encode(), 'out of range'),
+    (raw_entry(access_time=1e300).encode(), 'out of range'),
+    (raw_entry(access_time=[2025]).encode(), 'access_time must be'),
+    (raw_entry(ip_address='999.1.1.1').encode(), 'not an IP address'),
+    (raw_entry().replace('"path":"/about"', '"path":"/\\ud800"').encode(), 'lone surrogate'),
+]
+
+
+@pytest.mark.db
+def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, small):
+    small(ACCESS_LOG_BUFFER_MAX=40, ACCESS_LOG_BATCH_SIZE=16)
+    drops_before = access_log.local_drop_count()
+    sent = 0
+    emoji = entry(100, path='/owner/repo100/文档/😀', user_agent='Agent ✓ 🚀', resource_id='owner/répo-😀')
+    valid = [entry(i) for i in range(20)] + [emoji, entry(101, extra_key='ignored', access_time='2025-01-01T10:00:00Z'),
+                                              entry(102, access_time=1735725600), entry(103, status_code=None)]
+    for item in valid:
+        assert access_log.enqueue_access_log(item, connection=redis_conn)
+    sent += len(valid)
+    refused = [entry(0, resource_id=None), entry(0, response_time=float('nan')), entry(0, status_code=-1),
+               entry(0, resource_id='x' * 500), entry(0, path='/a\x00b'), entry(0, status_code='200'),
+               entry(0, access_time='not a date'), entry(0, user_id=12), 'not a mapping', None,
+               entry(0, event_id='bad id!')]
+    for item in refused:
+        assert access_log.enqueue_access_log(item, connection=redis_conn) is False
+    sent += len(refused)
+    # Past the cap of 40 (24 valid entries are in): a batch of 30 gets 16 in, the rest is dropped and counted.
+    assert access_log.enqueue_access_logs([entry(200 + i) for i in range(30)], connection=redis_conn) == 16
+    sent += 30
+    redis_conn.rpush(BUFFER_KEY, *[raw for raw, _ in HOSTILE_RAW])
+    sent += len(HOSTILE_RAW)
+
+    results = drain_all()
+    stored = sum(r['stored'] for r in results)
+    dead = redis_conn.llen(DEAD_KEY)
+    drops = access_log.local_drop_count() - drops_before
+    assert stored == stored_count() == 40
+    assert dead == sum(r['dead_lettered'] for r in results) == len(HOSTILE_RAW)
+    assert drops == len(refused) + 14
+    assert sent == stored + dead + drops
+    dropped = redis_conn.hgetall(DROPPED_KEY)
+    assert int(dropped[b'full']) + int(dropped[b'invalid']) == drops
+    assert redis_conn.llen(BUFFER_KEY) == redis_conn.llen(PROCESSING_KEY) == 0
+
+    letters = [json.loads(letter) for letter in redis_conn.lrange(DEAD_KEY, 0, -1)]
+    for letter, (raw, reason) in zip(letters, HOSTILE_RAW):
+        assert reason in letter['reason'], (raw[:60], letter['reason'])
+        assert letter['entry'].encode('utf-8', 'surrogateescape') == raw[:access_log.RAW_MAX]
+        assert letter['at'].endswith('Z')
+
+    row = AccessRecord.get(AccessRecord.resource_id == 'owner/répo-😀')
+    assert (row.path, row.user_agent) == ('/owner/repo100/文档/😀', 'Agent ✓ 🚀')
+    assert AccessRecord.get(AccessRecord.resource_id == 'owner/repo101').access_time == datetime(2025, 1, 1, 10)
+    assert AccessRecord.get(AccessRecord.resource_id == 'owner/repo102').access_time == datetime(2025, 1, 1, 10)
+    assert AccessRecord.get(AccessRecord.resource_id == 'owner/repo103').status_code == 0
+
+
+def test_producer_normalises_entries(redis_conn):
+    redis_conn.script_flush()  # the scripts are loaded again on first use
+    at = datetime(2025, 3, 1, 8, 30)
+    assert access_log.enqueue_access_log(entry(1, ip_address='[2001:DB8::1]:443', user_agent='u' * 700,
+                                               path='/p' * 2000, access_time=at, event_id='given-id.1'),
+                                         connection=redis_conn)
+    assert access_log.enqueue_access_log(entry(2, ip_address='not an ip'), connection=redis_conn)
+    first, second = (json.loads(item) for item in redis_conn.lrange(BUFFER_KEY, 0, -1))
+    assert first['event_id'] == 'given-id.1'
+    assert first['ip_address'] == '2001:db8::1'
+    assert len(first['user_agent']) == access_log.USER_AGENT_MAX and len(first['path']) == access_log.PATH_MAX
+    assert first['access_time'] == '2025-03-01T08:30:00.000000'
+    assert second['ip_address'] == ''
+    assert len(second['event_id']) == 32 and second['event_id'][12] == '4'
+    assert access_log.enqueue_access_logs([], connection=redis_conn) == 0
+
+
+# ---- Crashes, replays, locks ----
+
+CHILD = '''
+import sys, time
+from pathlib import Path
+from rqjobs import access_log
+
+marker, point = Path(sys.argv[1]), sys.argv[2]
+calls = 0
+
+
+def stall():
+    global calls
+    calls += 1
+    if calls == 3:
+        marker.write_text(point)
+        time.sleep(120)
+
+
+if point == 'after-commit':
+    run = access_log._run
+
+    def patched(connection, name, keys, args):
+        if name == 'acknowledge':
+            stall()
+        return run(connection, name, keys, args)
+
+    access_log._run = patched
+else:
+    insert = access_log._insert
+
+    def patched(db, rows):
+        count = insert(db, rows)
+        stall()
+        return count
+
+    access_log._insert = patched
+access_log.process_access_log()
+'''
+
+
+@pytest.mark.db
+@pytest.mark.slow
+@pytest.mark.parametrize('point', ['before-commit', 'after-commit'])
+def test_a_drainer_killed_mid_run_loses_nothing_and_stores_nothing_twice(redis_conn, database, small, tmp_path,
+                                                                         point):
+    small(ACCESS_LOG_BATCH_SIZE=100)
+    assert access_log.enqueue_access_logs([entry(i) for i in range(1000)], connection=redis_conn) == 1000
+    marker = tmp_path / 'stalled'
+    child = subprocess.Popen([sys.executable, '-c', CHILD, str(marker), point], cwd=ROOT, env=os.environ.copy(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.stdout.read().decode()
+            assert time.monotonic() < deadline, 'the drainer never reached its third batch'
+            time.sleep(0.02)
+        # Stalled in its third batch: two batches committed, the third in the processing list.
+        assert redis_conn.llen(PROCESSING_KEY) == 100
+        assert stored_count() == (300 if point == 'after-commit' else 200)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+
+    # The killed run's lock holds until it expires (within a minute); meanwhile other runs stand aside.
+    assert 0 < redis_conn.pttl(LOCK_KEY) <= access_log.LOCK_MS
+    assert access_log.process_access_log()['status'] == 'busy'
+    redis_conn.delete(LOCK_KEY)  # what the expiry does, without the wait
+
+    result = access_log.process_access_log()
+    assert result['status'] == 'done' and result['remaining'] == 0
+    assert result['duplicates'] == (100 if point == 'after-commit' else 0)
+    assert stored_count() == 1000
+    assert AccessRecord.select(peewee.fn.COUNT(AccessRecord.event_id.distinct())).scalar() == 1000
+    assert redis_conn.llen(PROCESSING_KEY) == redis_conn.llen(BUFFER_KEY) == 0
+
+
+@pytest.mark.db
+def test_replayed_entries_are_stored_once(redis_conn, database):
+    access_log.enqueue_access_logs([entry(i) for i in range(50)], connection=redis_conn)
+    raws = redis_conn.lrange(BUFFER_KEY, 0, -1)
+    assert access_log.process_access_log()['stored'] == 50
+    redis_conn.rpush(BUFFER_KEY, *raws)
+    redis_conn.rpush(BUFFER_KEY, raws[0], raws[0])
+    redis_conn.script_flush()  # the drain loads its scripts again
+    result = access_log.process_access_log()
+    assert (result['stored'], result['duplicates'], result['dead_lettered']) == (0, 52, 0)
+    assert stored_count() == 50
+
+
+@pytest.mark.db
+def test_one_drain_at_a_time(redis_conn, database):
+    access_log.enqueue_access_log(entry(), connection=redis_conn)
+    redis_conn.set(LOCK_KEY, 'another-drainer', px=access_log.LOCK_MS)
+    result = access_log.process_access_log()
+    assert result['status'] == 'busy' and result['stored'] == 0 and result['remaining'] == 1
+    assert redis_conn.get(LOCK_KEY) == b'another-drainer'
+    redis_conn.delete(LOCK_KEY)
+    assert access_log.process_access_log()['stored'] == 1
+    assert not redis_conn.exists(LOCK_KEY)
+
+
+@pytest.mark.db
+def test_work_per_run_is_bounded_and_the_next_run_continues(redis_conn, database, small):
+    small(ACCESS_LOG_MAX_PER_RUN=25, ACCESS_LOG_BATCH_SIZE=10)
+    access_log.enqueue_access_logs([entry(i) for i in range(60)], connection=redis_conn)
+    first = access_log.process_access_log()
+    assert (first['stored'], first['batches'], first['remaining']) == (25, 3, 35)
+    second = access_log.process_access_log()
+    assert (second['stored'], second['remaining']) == (25, 10)
+    third = access_log.process_access_log()
+    assert (third['stored'], third['remaining']) == (10, 0)
+    assert set(third) == {'status', 'stored', 'duplicates', 'dead_lettered', 'batches', 'remaining', 'elapsed'}
+    assert stored_count() == 60
+
+
+@pytest.mark.db
+def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(redis_conn, database, monkeypatch):
+    access_log.enqueue_access_logs([entry(i) for i in range(5)] + [entry(99, resource_id='poison/row')],
+                                   connection=redis_conn)
+    insert = access_log._insert
+
+    def refusing(db, rows):
+        if any(row[2] == 'poison/row' for row in rows):
+            raise peewee.IntegrityError('poison refused')
+        return insert(db, rows)
+
+    monkeypatch.setattr(access_log, '_insert', refusing)
+    result = access_log.process_access_log()
+    assert (result['stored'], result['dead_lettered']) == (5, 1)
+    letter = json.loads(redis_conn.lindex(DEAD_KEY, 0))
+    assert 'refused by the database: poison refused' in letter['reason']
+    assert 'poison/row' in letter['entry']
+
+
+@pytest.mark.db
+def test_a_locked_database_fails_the_run_and_keeps_the_entries(redis_conn, database, monkeypatch):
+    if not isinstance(database, peewee.SqliteDatabase):
+        pytest.skip('holds a SQLite write lock')
+    access_log.enqueue_access_logs([entry(i) for i in range(30)], connection=redis_conn)
+    # The drainer waits 5 s for a lock by default; a test waits less.
+    monkeypatch.setattr(database, '_pragmas', [(name, 200 if name == 'busy_timeout' else value)
+                                               for name, value in database._pragmas])
+    holder = sqlite3.connect(database.database, timeout=0.1, isolation_level=None)
+    try:
+        holder.execute('BEGIN EXCLUSIVE')
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match='database is locked.*stay in Redis'):
+            access_log.process_access_log()
+        assert time.monotonic() - started < 5
+        assert redis_conn.llen(BUFFER_KEY) + redis_conn.llen(PROCESSING_KEY) == 30
+        assert not redis_conn.exists(LOCK_KEY)
+    finally:
+        holder.execute('ROLLBACK')
+        holder.close()
+    result = access_log.process_access_log()
+    assert (result['stored'], result['remaining']) == (30, 0)
+    assert stored_count() == 30
+
+
+def test_a_database_that_is_down_fails_the_run_and_keeps_the_entries(redis_conn, env):
+    env.setenv('DATABASE_URL', 'postgresql://postgres@127.0.0.1:1/nowhere')
+    settings.reset()
+    access_log.enqueue_access_logs([entry(i) for i in range(5)], connection=redis_conn)
+    with pytest.raises(DatabaseUnavailable, match=r'127\.0\.0\.1:1/nowhere .*stay in Redis'):
+        access_log.process_access_log()
+    assert redis_conn.llen(BUFFER_KEY) + redis_conn.llen(PROCESSING_KEY) == 5
+    assert not redis_conn.exists(LOCK_KEY)
+
+
+def test_redis_down_drops_fast_and_counts_locally(env):
+    env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
+    settings.reset()
+    before = access_log.local_drop_count('unavailable')
+    started = time.monotonic()
+    assert access_log.enqueue_access_log(entry()) is False
+    assert access_log.enqueue_access_log(entry()) is False
+    assert access_log.enqueue_access_logs([entry(i) for i in range(10)]) == 0
+    assert time.monotonic() - started < 1
+    assert access_log.local_drop_count('unavailable') - before == 12
+
+
+# ---- Requests ----
+
+@pytest.mark.parametrize('headers, remote, expected', [
+    ({'CF-Connecting-IP': '198.51.100.1', 'X-Forwarded-For': '203.0.113.9'}, '10.0.0.1', '198.51.100.1'),
+    ({'x-forwarded-for': '203.0.113.9, 10.0.0.2', 'X-Real-IP': '203.0.113.10'}, '10.0.0.1', '203.0.113.9'),
+    ({'X-Forwarded-For': 'unknown', 'X-Real-IP': '203.0.113.10'}, '10.0.0.1', '203.0.113.10'),
+    ({'X-Client-IP': '203.0.113.11', 'True-Client-IP': '203.0.113.12'}, '10.0.0.1', '203.0.113.11'),
+    ({'True-Client-IP': '203.0.113.12', 'X-Cluster-Client-IP': '203.0.113.13'}, None, '203.0.113.12'),
+    ({'X-Cluster-Client-IP': '203.0.113.13:8443'}, None, '203.0.113.13'),
+    ({'Forwarded': 'for="[2001:db8:cafe::17]:4711";proto=https, for=198.51.100.3'}, None, '2001:db8:cafe::17'),
+    ({'Forwarded': 'for=unknown;by=203.0.113.43'}, '10.0.0.1', '10.0.0.1'),
+    ({'X-Real-IP': 'garbage'}, '[::1]:5000', '::1'),
+    ({}, 'not an address', ''),
+])
+def test_client_ip_follows_the_header_precedence(headers, remote, expected):
+    assert access_log.client_ip(headers, remote) == expected
+
+
+@pytest.mark.parametrize('path', ['/static/app.css', '/assets/logo.PNG', '/_next/chunk.js', '/favicon.ico',
+                                  '/a/b/font.woff2', '/bundle.js.map', '/health', '/healthz/ready', '/metrics',
+                                  '/swagger/index.html', '/openapi.json', '/docs', '/docs/oauth2-redirect',
+                                  '/robots.txt'])
+def test_assets_and_machinery_are_not_logged(path):
+    assert access_log.entry_from_request('GET', path, {}, '10.0.0.1', 200, 1.0) is None
+
+
+@pytest.mark.parametrize('path, resource', [
+    ('/', ('Page', '/')),
+    ('/login', ('Page', '/login')),
+    ('/settings/profile/', ('Page', '/settings/profile')),
+    ('/api/Warehouse/GetList/extra', ('API', 'Warehouse/GetList')),
+    ('/api/Users', ('API', 'Users')),
+    ('/api', ('Page', '/api')),
+    ('/admin/users/42', ('Admin', 'users/42')),
+    ('/admin', ('Admin', 'index')),
+    ('/search/rq jobs', ('Search', 'rq jobs')),
+    ('/OpenAI/Whisper/docs/intro', ('Repository', 'openai/whisper')),
+    ('/torvalds/linux', ('Repository', 'torvalds/linux')),
+    ('/unknown-page', ('Page', '/unknown-page')),
+    ('/docsite/x', ('Repository', 'docsite/x')),
+])
+def test_resources_are_parsed_from_the_path(path, resource):
+    assert access_log.resource_of(path) == resource
+
+
+def test_entry_from_request():
+    built = access_log.entry_from_request(
+        'get', '/owner/name/page?token=secret', {'user-AGENT': 'A' * 1000, 'X-Forwarded-For': '203.0.113.5'},
+        '10.0.0.1', 404, 12.6, user_id='u1')
+    assert built == {'resource_type': 'Repository', 'resource_id': 'owner/name', 'user_id': 'u1',
+                     'ip_address': '203.0.113.5', 'user_agent': 'A' * access_log.USER_AGENT_MAX,
+                     'path': '/owner/name/page', 'method': 'GET', 'status_code': 404, 'response_time': 12.6}
+
+
+def wsgi_environ(path='/owner/name', **extra):
+    return {'REQUEST_METHOD': 'POST', 'PATH_INFO': path.encode('utf-8').decode('latin-1'), 'QUERY_STRING': 'q=1',
+            'REMOTE_ADDR': '10.0.0.1', 'HTTP_USER_AGENT': 'pytest-agent', 'HTTP_X_FORWARDED_FOR': '203.0.113.20',
+            'wsgi.url_scheme': 'http', **extra}
+
+
+class Body:
+    """A response body that remembers whether the server closed it."""
+
+    def __init__(self):
+        self.closed = False
+
+    def __iter__(self):
+        return iter([b'hello ', b'world'])
+
+    def close(self):
+        self.closed = True
+
+
+def run_wsgi(middleware, environ):
+    started = []
+    body = middleware(environ, lambda status, headers, exc_info=None: started.append(status))
+    try:
+        return started, b''.join(body)
+    finally:
+        body.close()
+
+
+def test_middleware_records_one_entry_after_the_body_is_closed(redis_conn):
+    bodies = []
+
+    def app(environ, start_response):
+        environ['rqjobs.user_id'] = 'user-7'
+        start_response('201 Created', [('Content-Type', 'text/plain')])
+        bodies.append(Body())
+        return bodies[-1]
+
+    middleware = access_log.AccessLogMiddleware(app, connection=redis_conn)
+    assert run_wsgi(middleware, wsgi_environ('/owner/name/文档')) == (['201 Created'], b'hello world')
+    assert bodies[0].closed
+    (raw,) = redis_conn.lrange(BUFFER_KEY, 0, -1)
+    logged = json.loads(raw)
+    assert {key: logged[key] for key in ('resource_type', 'resource_id', 'user_id', 'ip_address', 'user_agent',
+                                         'path', 'method', 'status_code')} == {
+        'resource_type': 'Repository', 'resource_id': 'owner/name', 'user_id': 'user-7', 'ip_address': '203.0.113.20',
+        'user_agent': 'pytest-agent', 'path': '/owner/name/文档', 'method': 'POST', 'status_code': 201}
+    assert 0 <= logged['response_time'] < 5000
+
+    run_wsgi(middleware, wsgi_environ('/static/app.js'))
+    assert redis_conn.llen(BUFFER_KEY) == 1
+
+
+def test_middleware_records_a_failing_app_as_500(redis_conn):
+    def app(environ, start_response):
+        raise RuntimeError('boom')
+
+    with pytest.raises(RuntimeError, match='boom'):
+        access_log.AccessLogMiddleware(app, connection=redis_conn)(wsgi_environ(), lambda *args: None)
+    assert json.loads(redis_conn.lindex(BUFFER_KEY, 0))['status_code'] == 500
+
+
+def test_middleware_never_breaks_the_app(env):
+    env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
+    settings.reset()
+
+    def app(environ, start_response):
+        start_response('200 OK', [])
+        return [b'still served']
+
+    def broken_user(environ):
+        raise LookupError('no session')
+
+    before = access_log.local_drop_count()
+    started = time.monotonic()
+    assert run_wsgi(access_log.AccessLogMiddleware(app), wsgi_environ()) == (['200 OK'], b'still served')
+    assert run_wsgi(access_log.AccessLogMiddleware(app, user_id=broken_user), wsgi_environ()) == (
+        ['200 OK'], b'still served')
+    assert time.monotonic() - started < 1
+    assert access_log.local_drop_count() - before == 2
+
+
+# ---- Cleanup ----
+
+def frozen(monkeypatch, moment):
+    monkeypatch.setattr(clock, 'utcnow', lambda: moment)
+
+
+def add_records(ages_in_days):
+    AccessRecord.insert_many([
+        {'event_id': f'age-{i}', 'resource_type': 'Page', 'resource_id': '/', 'access_time': NOW - timedelta(days=age)}
+        for i, age in enumerate(ages_in_days)]).execute()
+
+
+@pytest.mark.db
+def test_cleanup_of_records_deletes_old_rows_in_chunks(database, monkeypatch):
+    frozen(monkeypatch, NOW)
+    monkeypatch.setattr(access_log, 'CLEANUP_CHUNK', 3)
+    add_records([100] * 7 + [91, 89, 10, 0])
+    # A run killed after its first chunks left some old rows behind: the next one finishes the job.
+    AccessRecord.delete().where(AccessRecord.event_id.in_(['age-0', 'age-1'])).execute()
+    result = access_log.cleanup_old_access_records(90)
+    assert result == {'deleted': 6, 'cutoff': '2025-03-03T12:00:00'}
+    assert sorted(r.event_id for r in AccessRecord.select()) == ['age-10', 'age-8', 'age-9']
+    assert access_log.cleanup_old_access_records(90)['deleted'] == 0
+    assert access_log.cleanup_old_access_records(days_to_keep=5)['deleted'] == 2
+
+
+@pytest.mark.parametrize('days', [0, -1, True, 1.5, '30', None, 10**9])
+def test_cleanup_refuses_bad_days(days):
+    for job in (access_log.cleanup_old_access_records, access_log.cleanup_old_access_logs):
+        with pytest.raises(PermanentJobError, match='days_to_keep must be a whole number of days'):
+            job(days)
+
+
+def test_cleanup_of_logs_trims_old_dead_letters(redis_conn, monkeypatch):
+    monkeypatch.setattr(access_log, 'DEAD_CHUNK', 2)
+    for age in (40, 35, 31):
+        frozen(monkeypatch, NOW - timedelta(days=age))
+        redis_conn.rpush(DEAD_KEY, access_log._dead_letter(b'{}', f'{age} days old'))
+    redis_conn.rpush(DEAD_KEY, b'not a letter')
+    for age in (29, 1):
+        frozen(monkeypatch, NOW - timedelta(days=age))
+        redis_conn.rpush(DEAD_KEY, access_log._dead_letter(b'{}', f'{age} days old'))
+    frozen(monkeypatch, NOW)
+    assert access_log.cleanup_old_access_logs() == {'deleted': 4, 'cutoff': '2025-05-02T12:00:00'}
+    assert [json.loads(x)['reason'] for x in redis_conn.lrange(DEAD_KEY, 0, -1)] == ['29 days old', '1 days old']
+    assert access_log.cleanup_old_access_logs(30)['deleted'] == 0
+
+
+# ---- Jobs, operator actions and the command line ----
+
+@pytest.mark.db
+def test_jobs_are_registered_and_run_in_a_worker(redis_conn, database, burst_worker):
+    for name in access_log.JOBS:
+        assert queues.find_job(name).queue == 'access_log'
+    access_log.enqueue_access_logs([entry(i) for i in range(3)], connection=redis_conn)
+    job = queues.enqueue('process_access_log', connection=redis_conn)
+    assert burst_worker('access_log')
+    assert job.return_value()['stored'] == 3
+
+
+@pytest.mark.db
+def test_requeue_dead_restores_the_bytes_sent(redis_conn, database):
+    raws = [b'\xff not utf-8', b'{"resource_type": "Page"}', b'{"broken": ']
+    redis_conn.rpush(BUFFER_KEY, *raws)
+    assert access_log.process_access_log()['dead_lettered'] == 3
+    assert access_log.requeue_dead(redis_conn, limit=2) == 2
+    assert redis_conn.lrange(BUFFER_KEY, 0, -1) == raws[:2]
+    assert access_log.requeue_dead(redis_conn) == 1
+    assert redis_conn.lrange(BUFFER_KEY, 0, -1) == raws
+    assert redis_conn.llen(DEAD_KEY) == 0
+
+
+@pytest.mark.db
+def test_cli_status_and_requeue_dead(redis_conn, database, small):
+    small(ACCESS_LOG_BUFFER_MAX=3)
+    runner = CliRunner()
+    access_log.enqueue_access_logs([entry(i) for i in range(5)] + [entry(9, status_code=1)], connection=redis_conn)
+    redis_conn.rpush(BUFFER_KEY, b'garbage', b'[]')
+    access_log.process_access_log()
+    access_log.enqueue_access_log(entry(20), connection=redis_conn)
+
+    result = runner.invoke(cli.main, ['logs', 'status', '--json'], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {'buffer': 1, 'buffer_max': 3, 'processing': 0, 'dead': 2, 'dropped': 3,
+                                         'dropped_full': 2, 'dropped_invalid': 1, 'draining': False}
+    human = runner.invoke(cli.main, ['logs', 'status'], catch_exceptions=False)
+    assert 'buffer:       1 of 3' in human.stdout and 'dead letters: 2' in human.stdout
+
+    result = runner.invoke(cli.main, ['logs', 'requeue-dead', '--limit', '1'], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert '1 dead-lettered entries moved back to the buffer.' in result.stdout
+    result = runner.invoke(cli.main, ['logs', 'requeue-dead', '--json'], catch_exceptions=False)
+    assert json.loads(result.stdout) == {'requeued': 1}
+    assert redis_conn.lrange(BUFFER_KEY, 1, -1) == [b'garbage', b'[]']
+    assert runner.invoke(cli.main, ['logs', 'requeue-dead', '--limit', '0']).exit_code == 2

@@ -1,0 +1,275 @@
+"""Operating the system from the command line: enqueue and wait, single jobs, inspection, requeue, cleanup."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta, timezone
+
+import pytest
+from click.testing import CliRunner
+from rq.job import JobStatus
+from rq.suspension import is_suspended
+
+import cli
+from conftest import ROOT
+from rqjobs import clock, control, queues, settings
+
+pytestmark = pytest.mark.db
+
+OPS_JOBS = '''
+import time
+
+from rqjobs.queues import report_progress
+
+JOBS = ('nap', 'explode')
+
+
+def nap(seconds: float = 0.0) -> dict:
+    """Sleep, reporting progress."""
+    report_progress('napping', 50)
+    time.sleep(seconds)
+    return {'slept': seconds}
+
+
+def explode(reason: str = 'boom') -> None:
+    """Fail with a clear error."""
+    raise ValueError(f'exploded: {reason}')
+'''
+
+
+@pytest.fixture
+def ops(env, tmp_path, monkeypatch, redis_conn, database):
+    """A job module of the operator's own (a sleeper and a failure) on the `ops` queue, for workers in and out."""
+    (tmp_path / 'ops_jobs.py').write_text(textwrap.dedent(OPS_JOBS))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env.setenv('PYTHONPATH', str(tmp_path))
+    env.setenv('JOBS_EXTRA_MODULES', 'ops_jobs=ops')
+    settings.reset()
+    yield redis_conn
+    sys.modules.pop('ops_jobs', None)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli.main, list(args))
+    return result
+
+
+def data(result):
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def worker_process(ops):
+    """A real `jobs worker` process on the `ops` queue, stopped afterwards."""
+    process = subprocess.Popen([sys.executable, '-c', 'import cli; cli.main()', '-q', 'worker', 'ops', 'default'],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    yield process
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+# ---- Parsing ----
+
+@pytest.mark.parametrize('text, seconds', [('90', 90), ('90s', 90), ('5m', 300), ('2h', 7200), ('1d', 86400),
+                                           ('1.5h', 5400)])
+def test_durations(text, seconds):
+    assert control.parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize('text', ['', 'soon', '-5m', '0', '5 weeks', '400d'])
+def test_bad_durations(text):
+    with pytest.raises(ValueError, match='for example'):
+        control.parse_duration(text)
+
+
+def test_times_are_utc_unless_they_say_otherwise():
+    assert control.parse_time('2026-12-01T02:30').isoformat() == '2026-12-01T02:30:00'
+    assert control.parse_time('2026-12-01T03:30+01:00').isoformat() == '2026-12-01T02:30:00'
+    assert control.parse_time('2026-12-01T02:30Z').isoformat() == '2026-12-01T02:30:00'
+    with pytest.raises(ValueError, match='for example 2026-12-01T02:30'):
+        control.parse_time('tomorrow')
+
+
+# ---- enqueue --at / --in / --wait ----
+
+def test_enqueue_later(ops):
+    later = invoke('enqueue', 'nap', '--in', '5m', '--json')
+    assert later.exit_code == 0 and data(later)['status'] == 'scheduled'
+    at = invoke('enqueue', 'nap', '--at', '2030-01-01T00:00', '--json')
+    assert at.exit_code == 0 and data(at)['status'] == 'scheduled'
+    scheduled = queues.get_queue('ops', ops).scheduled_job_registry
+    assert len(scheduled.get_job_ids()) == 2
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--in', 'soon'], 'is not a duration'),
+    (['--at', 'tomorrow'], 'is not an ISO 8601 time'),
+    (['--at', '2030-01-01', '--in', '5m'], 'either --at or --in'),
+    (['--timeout', '5'], '--timeout goes with --wait'),
+])
+def test_enqueue_refuses_bad_options(ops, args, message):
+    result = invoke('enqueue', 'nap', *args)
+    assert result.exit_code == 2 and message in result.output
+    assert ops.llen('rq:queue:ops') == 0
+
+
+@pytest.mark.slow
+def test_enqueue_wait_prints_the_result_or_the_error(ops, worker_process):
+    done = invoke('enqueue', 'nap', '0.2', '--wait', '--timeout', '60')
+    assert done.exit_code == 0, done.output
+    assert '"slept": 0.2' in done.output
+    failed = invoke('enqueue', 'explode', '"disk full"', '--no-retry', '--wait', '--timeout', '60')
+    assert failed.exit_code == 1
+    assert 'ValueError: exploded: disk full' in failed.output
+
+
+def test_enqueue_wait_times_out_with_its_own_code(ops):
+    result = invoke('enqueue', 'nap', '--wait', '--timeout', '0.3')
+    assert result.exit_code == cli.EXIT_TIMEOUT == 3
+    assert 'did not end within 0.3 s' in result.output
+
+
+# ---- Single jobs ----
+
+def test_job_show_cancel_delete(ops):
+    job = queues.enqueue('nap', [1], connection=ops)
+    shown = invoke('job', 'show', job.id, '--json')
+    assert shown.exit_code == 0
+    details = data(shown)
+    assert (details['status'], details['queue'], details['job'], details['args']) == ('queued', 'ops',
+                                                                                      'ops_jobs.nap', [1])
+    assert details['retries_left'] == queues.RETRY_MAX
+    human = invoke('job', 'show', job.id)
+    assert 'status:       queued' in human.output
+    stop = invoke('job', 'stop', job.id)
+    assert stop.exit_code == 1 and 'not running' in stop.output
+    assert invoke('job', 'cancel', job.id).exit_code == 0
+    assert job.get_status() == JobStatus.CANCELED
+    again = invoke('job', 'cancel', job.id)
+    assert again.exit_code == 1 and 'only queued, scheduled or deferred' in again.output
+    assert invoke('job', 'delete', job.id).exit_code == 0
+    gone = invoke('job', 'show', job.id)
+    assert gone.exit_code == 1 and 'No job' in gone.output
+
+
+@pytest.mark.slow
+def test_job_stop_stops_a_running_job(ops, worker_process):
+    job = queues.enqueue('nap', [60], connection=ops)
+    deadline = time.monotonic() + 30
+    while job.get_status() != JobStatus.STARTED and time.monotonic() < deadline:
+        time.sleep(0.1)
+    active = invoke('inspect', 'active', '--json')
+    assert [row['job_id'] for row in data(active)] == [job.id]
+    assert data(active)[0]['progress']['step'] == 'napping'
+    refused = invoke('job', 'delete', job.id)
+    assert refused.exit_code == 1 and 'stop it first' in refused.output
+    assert invoke('job', 'stop', job.id).exit_code == 0
+    while job.get_status() == JobStatus.STARTED and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job.get_status() == JobStatus.STOPPED
+
+
+# ---- Inspection ----
+
+def test_inspect_stats_and_failed(ops, burst_worker):
+    for seconds in (0, 0, 0.05):
+        queues.enqueue('nap', [seconds], connection=ops)
+    queues.enqueue('explode', ['bad input'], retry=None, connection=ops)
+    burst_worker('ops')
+    stats = data(invoke('inspect', 'stats', '--json'))
+    by_job = {row['job']: row for row in stats['jobs']}
+    assert (by_job['ops_jobs.nap']['count'], by_job['ops_jobs.nap']['failed']) == (3, 0)
+    assert by_job['ops_jobs.explode']['failure_rate'] == 1.0
+    assert by_job['ops_jobs.nap']['p95_seconds'] >= by_job['ops_jobs.nap']['p50_seconds'] >= 0
+    failed = data(invoke('inspect', 'failed', '--queue', 'ops', '--json'))
+    assert [(row['job'], row['error']) for row in failed] == [('ops_jobs.explode', 'ValueError: exploded: bad input')]
+    human = invoke('inspect', 'failed')
+    assert 'ValueError: exploded: bad input' in human.output
+    assert 'ops_jobs.nap' in invoke('inspect', 'stats').output
+
+
+def test_inspect_scheduled_lists_plan_and_delayed_jobs(ops):
+    import scheduler
+    scheduler.register(ops, [scheduler.Entry('nap-often', 'ops_jobs.nap', every=60)])
+    queues.enqueue('nap', delay=timedelta(minutes=5), connection=ops)
+    result = invoke('inspect', 'scheduled', '--json')
+    assert result.exit_code == 0
+    listed = data(result)
+    assert [entry['id'] for entry in listed['entries']] == ['nap-often']
+    assert [one['queue'] for one in listed['one_off']] == ['ops']
+
+
+@pytest.mark.parametrize('args', [['inspect', 'failed', '--limit', '0'], ['inspect', 'failed', '--limit', '10001'],
+                                  ['inspect', 'failed', '--queue', 'nope'], ['inspect', 'stats', '--queue', 'nope'],
+                                  ['inspect', 'nothing']])
+def test_inspect_refuses_bad_filters(ops, args):
+    assert invoke(*args).exit_code == 2
+
+
+# ---- Requeue and cleanup ----
+
+def test_requeue(ops, burst_worker):
+    first = queues.enqueue('explode', retry=None, connection=ops)
+    second = queues.enqueue('explode', retry=None, connection=ops)
+    burst_worker('ops')
+    assert invoke('requeue').exit_code == 2
+    assert invoke('requeue', '--all', first.id).exit_code == 2
+    missing = invoke('requeue', 'nope')
+    assert missing.exit_code == 1 and 'nope' in missing.output
+    assert 'requeued' in invoke('requeue', first.id).output
+    assert first.get_status() == JobStatus.QUEUED
+    assert invoke('requeue', '--all', '--queue', 'ops').stdout.startswith('1 failed jobs requeued')
+    assert second.get_status() == JobStatus.QUEUED
+    assert invoke('requeue', '--all', '--queue', 'nope').exit_code == 2
+
+
+def test_cleanup_removes_only_what_it_is_told(ops, burst_worker, monkeypatch):
+    done = queues.enqueue('nap', connection=ops)
+    old = queues.enqueue('explode', retry=None, connection=ops)
+    burst_worker('ops')
+    assert invoke('cleanup').exit_code == 2
+    assert invoke('cleanup', '--failed-older-than', 'soon').exit_code == 2
+    later = clock.utcnow() + timedelta(days=8)
+    monkeypatch.setattr(clock, 'utcnow', lambda: later)
+    dry = invoke('cleanup', '--failed-older-than', '7d', '--finished', '--dry-run', '--json')
+    assert data(dry) == {'failed_jobs': [old.id], 'finished_jobs': [done.id]}
+    assert old.get_status() == JobStatus.FAILED and done.get_status() == JobStatus.FINISHED
+    real = invoke('cleanup', '--failed-older-than', '7d')
+    assert real.exit_code == 0 and 'Removed: 1 failed jobs' in real.output
+    assert not ops.exists(f'rq:job:{old.id}') and done.get_status() == JobStatus.FINISHED
+    assert 'Removed: 1 finished jobs' in invoke('cleanup', '--finished').output
+
+
+def test_cleanup_dead_workers_and_orphan_clones(ops, local, sample_repo, burst_worker):
+    from rqjobs import warehouse as warehouses
+    ops.sadd('rq:workers', 'rq:worker:ghost')
+    ops.sadd('rq:workers:ops', 'rq:worker:ghost')
+    row = warehouses.submit_warehouse(str(sample_repo), connection=ops)
+    burst_worker('warehouse')
+    orphan = settings.get_settings().repo_root / 'no-such-warehouse'
+    orphan.mkdir()
+    dry = data(invoke('cleanup', '--dead-workers', '--orphan-clones', '--dry-run', '--json'))
+    assert dry == {'dead_workers': ['ghost'], 'orphan_clones': ['no-such-warehouse']}
+    assert orphan.exists() and ops.sismember('rq:workers', 'rq:worker:ghost')
+    invoke('cleanup', '--dead-workers', '--orphan-clones')
+    assert not orphan.exists() and (settings.get_settings().repo_root / row.id).is_dir()
+    assert not ops.sismember('rq:workers', 'rq:worker:ghost') and not ops.sismember('rq:workers:ops', 'rq:worker:ghost')
+
+
+def test_suspend_and_resume(ops):
+    assert 'for 60 s' in invoke('suspend', '--duration', '60').output
+    assert is_suspended(ops)
+    assert invoke('resume').stdout.strip() == 'Workers resumed.'
+    assert not is_suspended(ops)
+    assert invoke('resume').stdout.strip() == 'Workers were not suspended.'
+    assert invoke('suspend', '--duration', '0').exit_code == 2
+
+
+def test_time_helpers_use_the_clock(monkeypatch):
+    moment = clock.utcnow()
+    monkeypatch.setattr(clock, 'utcnow', lambda: moment)
+    assert clock.utcnow().replace(tzinfo=timezone.utc).tzinfo is timezone.utc

@@ -1,0 +1,313 @@
+import gzip
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import peewee
+import pytest
+from click.testing import CliRunner
+from playhouse.migrate import SchemaMigrator
+
+import cli
+import models
+from conftest import ROOT
+from models import Document, Role, SchemaVersion, User, UserInRole, Warehouse, WarehouseStatus
+from rqjobs import git, migration, passwords
+from rqjobs.migration import MIGRATIONS, Migration, MigrationError
+
+pytestmark = pytest.mark.db
+
+
+# ---- Schema steps ----
+
+class Scratch(models.BaseModel):
+    name = peewee.CharField()
+
+
+def scratch_steps(calls=None):
+    def create(migrator):
+        Scratch._meta.set_database(models.db.obj)
+        Scratch.create_table()
+
+    def add_column(migrator):
+        migrator.add_column('scratch', 'size', peewee.IntegerField(default=0)).run()
+        if calls is not None:
+            calls.append('add_column')
+
+    return [*MIGRATIONS, Migration(3, 'add size', add_column), Migration(2, 'scratch table', create)]
+
+
+@pytest.fixture
+def scratch(database):
+    yield
+    database.drop_tables([Scratch], safe=True)
+
+
+def test_upgrade_applies_pending_steps_in_order_once(scratch, database):
+    calls = []
+    applied = migration.upgrade(scratch_steps(calls))
+    assert [step['version'] for step in applied] == [1, 2, 3]
+    assert 'size' in {column.name for column in database.get_columns('scratch')}
+    assert migration.upgrade(scratch_steps(calls)) == []
+    assert calls == ['add_column']
+    status = migration.schema_status(scratch_steps())
+    assert [(s['version'], s['applied_at'] is not None) for s in status] == [(1, True), (2, True), (3, True)]
+
+
+def test_status_lists_pending_steps(scratch, database):
+    migration.upgrade()
+    status = migration.schema_status(scratch_steps())
+    assert [(s['version'], s['applied_at'] is None) for s in status] == [(1, False), (2, True), (3, True)]
+
+
+def test_a_failing_step_is_not_recorded(scratch, database):
+    def broken(migrator):
+        migrator.add_column('no_such_table', 'x', peewee.IntegerField(default=0)).run()
+
+    with pytest.raises(MigrationError, match='Schema step 9 \\(broken\\) failed'):
+        migration.upgrade([*MIGRATIONS, Migration(9, 'broken', broken)])
+    assert sorted(row.version for row in SchemaVersion.select()) == [1]
+
+
+def test_duplicate_versions_are_refused(database):
+    with pytest.raises(MigrationError, match='duplicate versions'):
+        migration.upgrade([*MIGRATIONS, Migration(1, 'again', lambda migrator: None)])
+
+
+@pytest.mark.slow
+def test_two_concurrent_upgrades_apply_a_step_once(database, tmp_path):
+    marker = tmp_path / 'applied.txt'
+    code = textwrap.dedent(f'''
+        import time
+        import peewee
+        from rqjobs import migration
+
+        def slow(migrator):
+            with open({str(marker)!r}, 'a') as handle:
+                handle.write('applied\\n')
+            time.sleep(1)
+            migrator.add_column('warehouse', 'extra_flag', peewee.IntegerField(default=0)).run()
+
+        print(migration.upgrade([*migration.MIGRATIONS, migration.Migration(2, 'slow', slow)]))
+    ''')
+    processes = [subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    try:
+        assert [process.returncode for process in processes] == [0, 0], outputs
+        assert marker.read_text() == 'applied\n'
+        assert sorted(row.version for row in SchemaVersion.select()) == [1, 2]
+    finally:
+        SchemaMigrator.from_database(database).drop_column('warehouse', 'extra_flag').run()
+
+
+def test_update_indexes_recreates_a_missing_index(database):
+    migrator = SchemaMigrator.from_database(database)
+    migrator.drop_index('warehouse', 'warehouse_status_created_at').run()
+    assert 'warehouse_status_created_at' not in {i.name for i in database.get_indexes('warehouse')}
+    assert migration.update_indexes() == {'created': ['warehouse_status_created_at']}
+    assert 'warehouse_status_created_at' in {i.name for i in database.get_indexes('warehouse')}
+    assert migration.update_indexes() == {'created': []}
+
+
+# ---- Users ----
+
+def test_initialize_users_creates_a_first_admin_once(database, env, tmp_path):
+    result = migration.initialize_users()
+    assert result['status'] == 'initialized' and result['admin_created']
+    path = tmp_path / 'var' / 'admin-password.txt'
+    assert result['password_file'] == str(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    admin = User.get(User.name == 'admin')
+    password = path.read_text().strip()
+    assert password not in admin.password and passwords.verify_password(password, admin.password)
+    assert not passwords.verify_password('wrong', admin.password)
+    assert [r.role.name for r in UserInRole.select()] == ['admin']
+    assert {r.name for r in Role.select()} == {'admin', 'user'}
+    assert migration.initialize_users()['status'] == 'skipped'
+
+
+def test_initialize_users_assigns_existing_users(database, env):
+    env.setenv('JOBS_ADMIN_PASSWORD', 'not-used-here')
+    for name in ('admin', 'bob', 'carol'):
+        User.create(name=name, email=f'{name}@example.invalid', password='x')
+    result = migration.initialize_users()
+    assert (result['assigned'], result['admin_created'], result['password_file']) == (3, False, None)
+    roles = {m.user.name: m.role.name for m in UserInRole.select()}
+    assert roles == {'admin': 'admin', 'bob': 'user', 'carol': 'user'}
+
+
+def test_initialize_users_takes_the_password_from_the_environment(database, env, tmp_path):
+    from rqjobs import settings
+    env.setenv('JOBS_ADMIN_PASSWORD', 'correct horse battery')
+    settings.reset()
+    result = migration.initialize_users()
+    assert result['admin_created'] and result['password_file'] is None
+    assert passwords.verify_password('correct horse battery', User.get().password)
+    assert not (tmp_path / 'var' / 'admin-password.txt').exists()
+
+
+# ---- Data fixes ----
+
+def test_migrate_warehouses_and_documents_fix_old_rows(database):
+    done = Warehouse.create(organization_name='o', name='done', address='https://h/o/done.git', version='a' * 40)
+    waiting = Warehouse.create(organization_name='o', name='wait', address='https://h/o/wait.git')
+    Warehouse.update(status='', type='svn').execute()
+    Warehouse.update(updated_at=datetime(2000, 1, 1)).where(Warehouse.id == waiting.id).execute()
+    document = Document.create(warehouse=done.id)
+    Document.update(status='Unknown').execute()
+    assert migration.migrate_warehouses() == {'statuses': 2, 'types': 2, 'timestamps': 1, 'deleted_at': 0}
+    assert Warehouse.get_by_id(done.id).status == WarehouseStatus.COMPLETED
+    assert Warehouse.get_by_id(waiting.id).status == WarehouseStatus.PENDING
+    assert migration.migrate_documents()['statuses'] == 1
+    assert Document.get_by_id(document.id).status == WarehouseStatus.COMPLETED
+    assert migration.migrate_warehouses() == {'statuses': 0, 'types': 0, 'timestamps': 0, 'deleted_at': 0}
+    assert migration.migrate_documents() == {'statuses': 0, 'timestamps': 0, 'deleted_at': 0}
+
+
+def test_data_migration_reports_each_step(database, monkeypatch):
+    report = migration.data_migration()
+    assert report['ok'] and set(report) == {'schema', 'users', 'warehouses', 'documents', 'indexes', 'ok'}
+
+    def broken():
+        raise RuntimeError('boom')
+
+    monkeypatch.setattr(migration, 'migrate_warehouses', broken)
+    report = migration.data_migration()
+    assert report['warehouses'] == {'ok': False, 'error': 'RuntimeError: boom'}
+    assert report['documents']['ok'] and report['indexes']['ok'] and not report['ok']
+    monkeypatch.setattr(migration, 'create_schema', broken)
+    report = migration.data_migration()
+    assert report['users'] == {'ok': False, 'error': 'skipped: the schema upgrade failed'}
+
+
+# ---- Backup and restore ----
+
+@pytest.fixture
+def filled(redis_conn, database, local, sample_repo, burst_worker, env):
+    """A database with users, roles, a documented warehouse holding credentials, and statistics."""
+    from rqjobs import settings
+    from rqjobs import warehouse as warehouses
+
+    env.setenv('JOBS_SECRET_KEY', 'b' * 32)
+    env.setenv('JOBS_ADMIN_PASSWORD', 'admin-secret-password')
+    settings.reset()
+    migration.initialize_users()
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    burst_worker('warehouse')
+    Warehouse.update(git_user_name='deploy-bot', git_password=git.encrypt_secret('tok_live_123456')).where(
+        Warehouse.id == row.id).execute()
+    models.DailyStatistics.create(date='2026-11-28', page_views=7)
+    return row
+
+
+def snapshot_rows():
+    rows = {}
+    for model, excluded in migration.BACKUP_TABLES:
+        columns = [f for f in model._meta.sorted_fields if f.name not in excluded]
+        rows[model._meta.table_name] = sorted(map(repr, model.select(*columns).dicts()))
+    return rows
+
+
+def test_backup_has_no_secrets_and_restores_the_same_rows(filled, database, tmp_path):
+    admin_hash = User.get(User.name == 'admin').password
+    encrypted = Warehouse.get().git_password
+    before = snapshot_rows()
+    result = migration.backup_data()
+    path = result['path']
+    assert os.path.basename(path).startswith('backup-') and path.endswith('.jsonl.gz')
+    assert result['counts']['warehouse'] == 1 and result['counts']['document_file_item'] > 3
+    content = gzip.decompress(Path(path).read_bytes())
+    for secret in (admin_hash, encrypted, 'deploy-bot', 'tok_live_123456', 'admin-secret-password'):
+        assert secret.encode() not in content
+    assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith('.tmp')]
+
+    with database.connection_context():
+        models.drop_tables()
+        models.create_tables()
+    restored = migration.restore_data(path)
+    assert restored['counts'] == result['counts']
+    assert snapshot_rows() == before
+    assert User.get(User.name == 'admin').password == passwords.UNUSABLE
+
+
+def test_restore_refuses_a_non_empty_database_unless_replacing(filled, database):
+    path = migration.backup_data()['path']
+    with pytest.raises(MigrationError, match='not empty .*--replace'):
+        migration.restore_data(path)
+    before = snapshot_rows()
+    migration.restore_data(path, replace=True)
+    after = snapshot_rows()
+    assert after == before
+
+
+def test_backup_never_overwrites(filled, tmp_path):
+    target = tmp_path / 'backup.jsonl.gz'
+    target.write_text('keep me')
+    with pytest.raises(MigrationError, match='never overwrites'):
+        migration.backup_data(str(target))
+    assert target.read_text() == 'keep me'
+
+
+def test_truncated_or_tampered_backups_are_refused(filled, database, tmp_path):
+    path = migration.backup_data()['path']
+    data = gzip.decompress(Path(path).read_bytes())
+    truncated = tmp_path / 'truncated.jsonl.gz'
+    truncated.write_bytes(Path(path).read_bytes()[:-40])
+    lines = data.split(b'\n')
+    missing_end = tmp_path / 'missing-end.jsonl.gz'
+    missing_end.write_bytes(gzip.compress(b'\n'.join(lines[:-2]) + b'\n'))
+    tampered = tmp_path / 'tampered.jsonl.gz'
+    tampered.write_bytes(gzip.compress(data.replace(b'"page_views":7', b'"page_views":8')))
+    garbage = tmp_path / 'garbage.jsonl.gz'
+    garbage.write_bytes(b'not gzip at all')
+    with database.connection_context():
+        models.drop_tables()
+        models.create_tables()
+    for bad, message in ((truncated, 'truncated'), (missing_end, 'truncated'), (tampered, 'checksum'),
+                         (garbage, 'cannot be read')):
+        with pytest.raises(MigrationError, match=message):
+            migration.restore_data(str(bad))
+    assert Warehouse.select().count() == 0
+
+
+def test_cli_db_commands(filled, database, tmp_path):
+    runner = CliRunner()
+    pending = runner.invoke(cli.main, ['db', 'status', '--json'])
+    assert pending.exit_code == 0 and json.loads(pending.output)[0]['state'] == 'pending'
+    assert 'Applied step 1: baseline schema' in runner.invoke(cli.main, ['db', 'upgrade']).output
+    status = runner.invoke(cli.main, ['db', 'status'])
+    assert status.exit_code == 0 and 'applied' in status.output
+    assert 'Schema is up to date.' in runner.invoke(cli.main, ['db', 'upgrade']).output
+    output = tmp_path / 'b.jsonl.gz'
+    backup = runner.invoke(cli.main, ['db', 'backup', '--output', str(output)])
+    assert backup.exit_code == 0 and output.exists()
+    again = runner.invoke(cli.main, ['db', 'backup', '--output', str(output)])
+    assert again.exit_code == 1 and 'never overwrites' in again.output
+    refused = runner.invoke(cli.main, ['db', 'restore', str(output)])
+    assert refused.exit_code == 1 and '--replace' in refused.output
+    replaced = runner.invoke(cli.main, ['db', 'restore', str(output), '--replace'])
+    assert replaced.exit_code == 0, replaced.output
+    missing = runner.invoke(cli.main, ['db', 'restore', str(tmp_path / 'nope.gz')])
+    assert missing.exit_code == 2
+
+
+def test_db_init_prints_the_generated_password_once(database, tmp_path):
+    runner = CliRunner()
+    first = runner.invoke(cli.main, ['db', 'init'])
+    password = (tmp_path / 'var' / 'admin-password.txt').read_text().strip()
+    assert first.exit_code == 0 and password in first.output
+    second = runner.invoke(cli.main, ['db', 'init'])
+    assert second.exit_code == 0 and password not in second.output
+
+
+def test_jobs_run_through_a_worker(redis_conn, database, burst_worker):
+    from rqjobs import queues
+    job = queues.enqueue('data_migration', connection=redis_conn)
+    burst_worker('migration')
+    assert job.return_value()['ok'] is True
