@@ -1,0 +1,59 @@
+"""rq-dashboard on the project's Redis, with the project's JSON jobs and two repairs for rq-dashboard 0.9.
+
+- Its Workers tab loads each busy worker's current job with pickle, ignoring its JSON option, and fails; here it
+  loads workers with the project's job class and serializer.
+- Its job page inserts a job's description, error and metadata into the page as HTML; a job whose error message
+  holds markup would run it in the operator's browser, on a page that can delete and requeue jobs. Here the job
+  data it serves has those texts HTML-escaped, so the page shows them as text.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from flask import Flask, Response, request
+from rq import Worker
+
+from rqjobs import queues
+
+ESCAPED_FIELDS = ('description', 'exc_info', 'metadata', 'origin', 'id', 'status')
+
+
+class DashboardWorker(Worker):
+    """The worker class rq-dashboard lists: loads current jobs as the project's JSON jobs."""
+
+    @classmethod
+    def all(cls, connection=None, job_class=None, queue_class=None, queue=None, serializer=None):
+        return Worker.all(connection=connection, job_class=queues.JsonJob, queue_class=queues.JsonQueue, queue=queue,
+                          serializer=queues.JSONSerializer)
+
+
+def create_app(redis_url: str, username: str | None = None, password: str | None = None) -> Flask:
+    """Return the rq-dashboard Flask app, set up for the project's Redis and JSON jobs."""
+    from rq_dashboard import web
+    from rq_dashboard.cli import make_flask_app
+
+    app = make_flask_app(None, username, password, '')
+    app.config['RQ_DASHBOARD_REDIS_URL'] = redis_url
+    app.config['DEPRECATED_OPTIONS'] = []
+    # Lists show each job's call with its (JSON) arguments, not only its name.
+    app.config['RQ_DASHBOARD_SHOW_FULL_ARGS'] = True
+    web.config.serializer = queues.JSONSerializer
+    # rq-dashboard looks the worker class up in its module: the project's one reads JSON jobs.
+    web.Worker = DashboardWorker
+    app.after_request(escape_job_text)
+    web.setup_rq_connection(app)
+    return app
+
+
+def escape_job_text(response: Response) -> Response:
+    """HTML-escape the texts of a job's data, which the job page inserts unescaped."""
+    if '/data/job/' not in request.path or response.mimetype != 'application/json' or response.status_code != 200:
+        return response
+    data = json.loads(response.get_data())
+    for field in ESCAPED_FIELDS:
+        if isinstance(data.get(field), str):
+            data[field] = html.escape(data[field], quote=False)
+    response.set_data(json.dumps(data))
+    return response
