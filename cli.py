@@ -596,12 +596,14 @@ def inspect_failed(obj: Context, queue: str | None, limit: int, as_json: bool) -
 @click.pass_context
 def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name: str | None) -> None:
     """Run an rq worker on QUEUES (default: all, in priority order)."""
+    from rqjobs import connections
     from rqjobs import worker as workers
 
     obj: Context = ctx.obj
+    obj.redis  # noqa: B018 - says which Redis, and fails fast when it is down
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    workers.run_worker(obj.redis, queues, burst=burst, max_jobs=max_jobs, name=name, logging_level=level,
-                       settings=obj.settings)
+    workers.run_worker(connections.get_redis(obj.settings, shared=False), queues, burst=burst, max_jobs=max_jobs,
+                       name=name, logging_level=level, settings=obj.settings)
 
 
 @main.command('scheduler')
@@ -682,11 +684,11 @@ def dashboard(obj: Context, bind: str, port: int, username: str | None, password
     DASHBOARD_PASSWORD: basic auth is then required.
     """
     import ipaddress
+    import logging as logging_module
     import os
 
-    from rq_dashboard.cli import run
-
     from rqjobs import connections
+    from rqjobs import dashboard as dashboard_module
 
     password = os.environ.get(password_env) or None
     local = bind == 'localhost' or _is_loopback(bind, ipaddress)
@@ -696,13 +698,10 @@ def dashboard(obj: Context, bind: str, port: int, username: str | None, password
         raise click.UsageError(f'The dashboard shows and deletes jobs: to listen on {bind}, set DASHBOARD_USERNAME '
                                f'and {password_env} (basic auth), or keep --bind 127.0.0.1.')
     obj.redis  # noqa: B018 - fail fast, and start the embedded server, before the web server starts
-    # The URL and password go through the environment, not argv, so they never show in `ps`.
-    os.environ['RQ_DASHBOARD_REDIS_URL'] = connections.redis_url(obj.settings)
-    if username:
-        os.environ['RQ_DASHBOARD_USERNAME'] = username
-        os.environ['RQ_DASHBOARD_PASSWORD'] = password
-    run.main(['--bind', bind, '--port', str(port), '--json'], prog_name='jobs dashboard',
-             auto_envvar_prefix='RQ_DASHBOARD')
+    app = dashboard_module.create_app(connections.redis_url(obj.settings), username, password)
+    logging_module.getLogger('werkzeug').setLevel(logging_module.WARNING)
+    click.echo(f'rq-dashboard on http://{bind}:{port}/' + (' (basic auth)' if username else ''), err=True)
+    app.run(host=bind, port=port)
 
 
 def _is_loopback(address: str, ipaddress) -> bool:

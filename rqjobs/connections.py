@@ -30,19 +30,31 @@ def describe(settings: Settings | None = None) -> str:
     return f'embedded ({EmbeddedRedis(settings.data_dir / "redis").url})'
 
 
-def get_redis(settings: Settings | None = None, *, check: bool = True) -> redis.Redis:
-    """Return a client for the project's Redis; with `check`, fail fast if it does not answer."""
+# One client (and connection pool) per server and timeout in a process: jobs and commands that ask again share its
+# connections instead of opening and leaking new ones. redis-py's pool starts afresh in a forked work horse.
+_clients: dict[tuple[str, float], redis.Redis] = {}
+
+
+def get_redis(settings: Settings | None = None, *, check: bool = True, shared: bool = True) -> redis.Redis:
+    """Return a client for the project's Redis; with `check`, fail fast if it does not answer.
+
+    `shared=False` gives a client of its own, for a worker, which raises its read timeout above its blocking dequeue.
+    """
     settings = settings or get_settings()
     url = redis_url(settings)
-    # Producers must never hang on a dead server: every socket operation has a bound. Workers raise the read
-    # timeout above their blocking dequeue themselves.
-    connection = redis.Redis.from_url(
-        url,
-        socket_connect_timeout=settings.redis_timeout,
-        socket_timeout=settings.redis_timeout,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
-    )
+    connection = _clients.get((url, settings.redis_timeout)) if shared else None
+    if connection is None:
+        # Producers must never hang on a dead server: every socket operation has a bound. Workers raise the read
+        # timeout above their blocking dequeue themselves.
+        connection = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=settings.redis_timeout,
+            socket_timeout=settings.redis_timeout,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
+        )
+        if shared:
+            _clients[url, settings.redis_timeout] = connection
     if check:
         ping(connection, url)
     return connection

@@ -76,13 +76,18 @@ def database(env):
 @pytest.fixture
 def burst_worker(redis_conn):
     """Run a real rq worker (forking a work horse per job) in burst mode on the given queues."""
+    from rqjobs.connections import get_redis
     from rqjobs.worker import build_worker
 
+    # A client of its own: the worker raises its read timeout, which must not reach the test's client.
+    connection = get_redis(shared=False)
+
     def run(*queue_names: str) -> bool:
-        worker = build_worker(redis_conn, queue_names)
+        worker = build_worker(connection, queue_names)
         return worker.work(burst=True, with_scheduler=False, logging_level='WARNING')
 
-    return run
+    yield run
+    connection.close()
 
 
 def run_jobs_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
