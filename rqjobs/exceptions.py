@@ -73,5 +73,9 @@ class InvalidStatisticsDate(PermanentJobError):
     """Raised when a statistics date is not a real past or present UTC day written as YYYY-MM-DD."""
 
 
+class SoftTimeLimitExceeded(PermanentJobError):
+    """Raised inside a job that ran past its soft time limit, so it can clean up before it is killed."""
+
+
 class ForbiddenJob(PermanentJobError):
     """Raised when a job in Redis names a function outside the registered job modules."""

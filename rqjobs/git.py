@@ -36,6 +36,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from rqjobs import limits
 from rqjobs.exceptions import (
     CloneTimeout,
     GitError,
@@ -803,6 +804,8 @@ class _Run:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             raise GitError(f'{what} failed: git cannot be started ({exc.strerror}); is git installed?') from None
+        # Known to the work horse's hard time limit, which kills this group along with itself.
+        limits.child_groups.add(process.pid)
         reader = threading.Thread(target=_drain, args=(process.stderr, received), daemon=True,
                                   name=f'git-stderr-{process.pid}')
         reader.start()
@@ -830,6 +833,7 @@ class _Run:
         finally:
             if not finished and process.returncode is None:
                 _kill_group(process)
+            limits.child_groups.discard(process.pid)
             reader.join(timeout=5)
             if not reader.is_alive():
                 process.stderr.close()

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from rq import Queue
+from rq import Callback, Queue
 from rq.exceptions import DeserializationError
 from rq.job import Job, Retry, get_current_job
 
@@ -92,12 +92,12 @@ class JsonJob(Job):
     def _checked_callback(self, attribute: str, name_attribute: str, original: property):
         name = getattr(self, name_attribute)
         if name:
-            setattr(self, attribute, self._resolve(name, f'Job {self.id} callback'))
+            setattr(self, attribute, self._resolve(name, f'Job {self.id} callback', callback=True))
         return original.fget(self)
 
-    def _resolve(self, path: str | None, subject: str) -> Callable[..., Any]:
+    def _resolve(self, path: str | None, subject: str, *, callback: bool = False) -> Callable[..., Any]:
         try:
-            return _allowed(path, subject)
+            return _allowed(path, subject, callback=callback)
         except ForbiddenJob:
             self.retries_left = 0  # a forged job stays forged: never retry it
             raise
@@ -164,26 +164,47 @@ def registered_jobs(settings: Settings | None = None) -> dict[str, JobSpec]:
     return _load_registry(tuple(job_modules(settings).items()))
 
 
+def registered_callbacks(settings: Settings | None = None) -> dict[str, Callable[..., Any]]:
+    """Return the functions job modules allow as job callbacks (their `CALLBACKS` tuple), by dotted path."""
+    settings = settings or get_settings()
+    return _load_callbacks(tuple(job_modules(settings).items()))
+
+
 @functools.cache
 def _load_registry(modules: tuple[tuple[str, str], ...]) -> dict[str, JobSpec]:
     jobs = {}
     for module_name, queue in modules:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UnknownJob(f'Job module {module_name} cannot be imported ({exc}); check JOBS_EXTRA_MODULES '
-                             f'and that the module is on the Python path.') from None
-        names = getattr(module, 'JOBS', None)
-        if not isinstance(names, tuple | list):
-            raise UnknownJob(f'Job module {module_name} has no JOBS tuple naming its jobs; add one, for example '
-                             f"JOBS = ('send_report',).")
-        for name in names:
-            func = getattr(module, name, None)
-            if not inspect.isfunction(func) or func.__module__ != module_name:
-                raise UnknownJob(f'{module_name}.JOBS names {name!r}, which is not a function defined in that module.')
+        for name, func in _functions(module_name, 'JOBS', required=True):
             path = f'{module_name}.{name}'
             jobs[path] = JobSpec(name=name, path=path, queue=queue, func=func)
     return jobs
+
+
+@functools.cache
+def _load_callbacks(modules: tuple[tuple[str, str], ...]) -> dict[str, Callable[..., Any]]:
+    return {f'{module_name}.{name}': func for module_name, _ in modules
+            for name, func in _functions(module_name, 'CALLBACKS', required=False)}
+
+
+def _functions(module_name: str, attribute: str, *, required: bool) -> list[tuple[str, Callable[..., Any]]]:
+    """Return the functions a module lists in its `JOBS` or `CALLBACKS` tuple, checking each."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownJob(f'Job module {module_name} cannot be imported ({exc}); check JOBS_EXTRA_MODULES '
+                         f'and that the module is on the Python path.') from None
+    names = getattr(module, attribute, None if required else ())
+    if not isinstance(names, tuple | list):
+        raise UnknownJob(f'Job module {module_name} has no {attribute} tuple naming its jobs; add one, for example '
+                         f"{attribute} = ('send_report',).")
+    found = []
+    for name in names:
+        func = getattr(module, name, None)
+        if not inspect.isfunction(func) or func.__module__ != module_name:
+            raise UnknownJob(f'{module_name}.{attribute} names {name!r}, which is not a function defined in that '
+                             f'module.')
+        found.append((name, func))
+    return found
 
 
 def find_job(name: str, settings: Settings | None = None) -> JobSpec:
@@ -199,15 +220,16 @@ def find_job(name: str, settings: Settings | None = None) -> JobSpec:
     raise UnknownJob(f'Unknown job {name!r}. Known jobs: {", ".join(sorted(s.name for s in jobs.values()))}.')
 
 
-def _allowed(path: str | None, subject: str) -> Callable[..., Any]:
+def _allowed(path: str | None, subject: str, *, callback: bool = False) -> Callable[..., Any]:
     try:
         spec = registered_jobs().get(path or '')
+        func = spec.func if spec is not None else registered_callbacks().get(path or '') if callback else None
     except UnknownJob as exc:
         raise ForbiddenJob(f'{subject}: refused, the job registry cannot be loaded: {exc}') from None
-    if spec is None:
+    if func is None:
         raise ForbiddenJob(f'{subject}: refused to run {path!r}, which is not a registered job '
                            f'(see `jobs enqueue --help` for the list).')
-    return spec.func
+    return func
 
 
 def check_arguments(spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
@@ -253,12 +275,14 @@ def enqueue(
     description: str | None = None,
     meta: Mapping[str, Any] | None = None,
     depends_on: Job | str | Sequence[Job | str] | None = None,
+    on_failure: str | None = None,
     settings: Settings | None = None,
 ) -> JsonJob:
     """Enqueue a registered job by name with the project's defaults; return the rq job.
 
     `at` (a UTC datetime) or `delay` schedule it for later; `retry=None` turns retries off; `depends_on` (jobs or
-    job ids) holds it back until those jobs have finished.
+    job ids) holds it back until those jobs have finished; `on_failure` names a registered callback (a module's
+    `CALLBACKS`) that rq calls when the job fails, also when its worker died.
     """
     settings = settings or get_settings()
     spec = find_job(job, settings)
@@ -280,6 +304,10 @@ def enqueue(
         'meta': dict(meta or {}),
         'depends_on': depends_on,
     }
+    if on_failure is not None:
+        if on_failure not in registered_callbacks(settings):
+            raise InvalidJobArguments(f'{on_failure!r} is not a registered callback (a job module\'s CALLBACKS).')
+        options['on_failure'] = Callback(on_failure)
     target = get_queue(queue or spec.queue, connection, settings)
     if at is not None and delay is not None:
         raise InvalidJobArguments('Give either a time (at) or a delay, not both.')

@@ -44,6 +44,7 @@ from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+CALLBACKS = ('warehouse_job_failed',)
 JOBS = (
     'process_warehouse',
     'process_warehouse_update',
@@ -183,7 +184,7 @@ def _enqueue_fresh(connection: redis.Redis, job: str, warehouse_id: str, job_id:
     # A finished or failed job under the same id still exists until its TTL; it makes way for the new one.
     connection.delete(queues.JsonJob.key_for(job_id))
     queues.enqueue(job, [warehouse_id], job_id=job_id, connection=connection, settings=settings,
-                   description=f'{job}({warehouse_id})')
+                   description=f'{job}({warehouse_id})', on_failure=f'{__name__}.warehouse_job_failed')
 
 
 # ---- Processing ----
@@ -426,6 +427,19 @@ def _dispatch_quietly(settings: Settings) -> None:
         dispatch_pending(connections.get_redis(settings), settings)
     except Exception:
         logger.warning('dispatching pending warehouses failed; the periodic run will retry', exc_info=True)
+
+
+def warehouse_job_failed(job, connection, exc_type, exc_value, traceback) -> None:
+    """Mark a warehouse Failed when its job failed without doing so itself: its worker died, or it was killed."""
+    warehouse_id = job.args[0] if job.args else None
+    if not warehouse_id or (job.retries_left or 0) > 0:
+        return  # a retry is coming, and it will set the outcome
+    reason = f'{exc_type.__name__}: the worker running the job stopped before it ended' if exc_type else 'failed'
+    with database.connection():
+        updated = Warehouse.update(status=WarehouseStatus.FAILED, error=reason, updated_at=clock.utcnow()).where(
+            Warehouse.id == warehouse_id, Warehouse.status == WarehouseStatus.PROCESSING).execute()
+    if updated:
+        logger.error('warehouse %s: failed: %s', warehouse_id, reason)
 
 
 # ---- Periodic jobs ----

@@ -1,0 +1,73 @@
+"""Soft and hard time limits of a job, enforced in its work horse with SIGALRM.
+
+At the soft limit (`SOFT_TIME_LIMIT` for a job with the default `JOB_TIMEOUT`, the same fraction of a job's own
+timeout otherwise) the job gets a catchable `SoftTimeLimitExceeded` and a chance to clean up. At the hard limit the
+work horse is killed with SIGKILL, together with every process group it started (git clones run in their own), so
+nothing is left running. Outside a work horse (a worker's own callbacks and waits) rq's usual timeouts apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+from rqjobs.exceptions import SoftTimeLimitExceeded
+from rqjobs.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+# Set in the work horse right after the fork: only there may a limit kill the process.
+in_work_horse = False
+# Process groups a job started (git clones): killed with the work horse at the hard limit.
+child_groups: set[int] = set()
+
+
+def soft_limit_for(timeout: float) -> float:
+    """Return the soft limit of a job with this hard limit."""
+    settings = get_settings()
+    if timeout == settings.job_timeout:
+        return float(settings.soft_time_limit)
+    return max(0.5, timeout * settings.soft_time_limit / settings.job_timeout)
+
+
+def kill_work_horse() -> None:
+    """Kill the process groups the job started, then the work horse's own group (the horse itself)."""
+    for group in list(child_groups):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+class TimeLimits(UnixSignalDeathPenalty):
+    """rq's death penalty, with a soft limit before the hard one for jobs in a work horse."""
+
+    def __init__(self, timeout, exception=JobTimeoutException, **kwargs):
+        super().__init__(timeout, exception, **kwargs)
+        self._limited = in_work_horse and exception is JobTimeoutException and timeout is not None and timeout > 0
+        self._soft_fired = False
+
+    def setup_death_penalty(self) -> None:
+        if not self._limited:
+            return super().setup_death_penalty()
+        signal.signal(signal.SIGALRM, self._alarm)
+        signal.setitimer(signal.ITIMER_REAL, soft_limit_for(self._timeout))
+
+    def cancel_death_penalty(self) -> None:
+        if not self._limited:
+            return super().cancel_death_penalty()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    def _alarm(self, signum, frame) -> None:
+        soft = soft_limit_for(self._timeout)
+        if not self._soft_fired:
+            self._soft_fired = True
+            signal.setitimer(signal.ITIMER_REAL, max(0.1, self._timeout - soft))
+            raise SoftTimeLimitExceeded(f'time limit: the job ran past its soft limit of {soft:g} s '
+                                        f'(SOFT_TIME_LIMIT); it is killed at {self._timeout:g} s (JOB_TIMEOUT)')
+        logger.error('job ran past its hard limit of %s s (JOB_TIMEOUT): killing the work horse', self._timeout)
+        kill_work_horse()
