@@ -556,18 +556,7 @@ def inspect_scheduled(obj: Context, limit: int, as_json: bool) -> None:
 
     data = scheduler.describe(obj.redis)
     data['one_off'] = data['one_off'][:limit]
-
-    def human(d):
-        if d['entries']:
-            table([{**e, 'last': (e['last_run'] or {}).get('status')} for e in d['entries']],
-                  ['id', 'when', 'next_run_utc', 'last'])
-        else:
-            click.echo('No plan entries.')
-        if d['one_off']:
-            click.echo()
-            table(d['one_off'], ['id', 'job', 'queue', 'at', 'source'])
-
-    emit(data, as_json, human)
+    emit(data, as_json, print_schedule)
 
 
 @inspect_group.command('failed')
@@ -630,22 +619,22 @@ def schedule_show(obj: Context, as_json: bool) -> None:
     """Show every plan entry with its next and last run, and the one-off jobs waiting (retries, delays)."""
     import scheduler
 
-    data = scheduler.describe(obj.redis)
+    emit(scheduler.describe(obj.redis), as_json, print_schedule)
 
-    def human(d):
-        rows = [{**entry, 'last': (entry['last_run'] or {}).get('status'),
-                 'next_run_utc': entry['next_run_utc'].isoformat(sep=' ', timespec='seconds'),
-                 'next_run_local': entry['next_run_local'].isoformat(sep=' ', timespec='seconds')}
-                for entry in d['entries']]
-        if rows:
-            table(rows, ['id', 'when', 'next_run_utc', 'next_run_local', 'last'])
-        else:
-            click.echo('No plan entries. Create them with `jobs schedule register`.')
-        if d['one_off']:
-            click.echo()
-            table(d['one_off'], ['id', 'job', 'queue', 'at', 'source'])
 
-    emit(data, as_json, human)
+def print_schedule(data: dict) -> None:
+    """Print the plan entries with their next and last runs, then the one-off jobs waiting."""
+    rows = [{**entry, 'last': (entry['last_run'] or {}).get('status'),
+             'next_run_utc': entry['next_run_utc'].isoformat(sep=' ', timespec='seconds'),
+             'next_run_local': entry['next_run_local'].isoformat(sep=' ', timespec='seconds')}
+            for entry in data['entries']]
+    if rows:
+        table(rows, ['id', 'when', 'next_run_utc', 'next_run_local', 'last'])
+    else:
+        click.echo('No plan entries. Create them with `jobs schedule register`.')
+    if data['one_off']:
+        click.echo()
+        table(data['one_off'], ['id', 'job', 'queue', 'at', 'source'])
 
 
 @schedule_group.command('register')

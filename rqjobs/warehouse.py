@@ -196,10 +196,9 @@ def process_warehouse(warehouse_id: str) -> dict:
     settings = get_settings()
     started = time.monotonic()
     with database.connection(settings):
-        warehouse = Warehouse.get_or_none(Warehouse.id == warehouse_id, Warehouse.is_deleted == False)
+        warehouse = _live_warehouse(warehouse_id)
         if warehouse is None:
-            logger.info('warehouse %s: not found or deleted; nothing to do', warehouse_id)
-            return {'warehouse_id': warehouse_id, 'status': 'missing', 'message': 'warehouse not found or deleted'}
+            return _missing(warehouse_id)
         if warehouse.status not in IN_FLIGHT:
             logger.info('warehouse %s: is %s; nothing to do', warehouse_id, warehouse.status)
             return {'warehouse_id': warehouse_id, 'status': 'skipped',
@@ -221,10 +220,9 @@ def process_warehouse_update(warehouse_id: str) -> dict:
     settings = get_settings()
     started = time.monotonic()
     with database.connection(settings):
-        warehouse = Warehouse.get_or_none(Warehouse.id == warehouse_id, Warehouse.is_deleted == False)
+        warehouse = _live_warehouse(warehouse_id)
         if warehouse is None:
-            logger.info('warehouse %s: not found or deleted; no update', warehouse_id)
-            return {'warehouse_id': warehouse_id, 'status': 'missing', 'message': 'warehouse not found or deleted'}
+            return _missing(warehouse_id)
         if warehouse.status != WarehouseStatus.COMPLETED or warehouse.type != WarehouseType.GIT:
             return {'warehouse_id': warehouse_id, 'status': 'skipped',
                     'message': f'only Completed git warehouses are updated (this one is {warehouse.type}, '
@@ -235,6 +233,16 @@ def process_warehouse_update(warehouse_id: str) -> dict:
         # The documentation already there stays readable; the failure is recorded for the operator.
         _set_status(warehouse_id, _status_for(exc), error=f'update failed: {exc}')
         raise
+
+
+def _live_warehouse(warehouse_id: str) -> Warehouse | None:
+    return Warehouse.get_or_none(Warehouse.id == warehouse_id, Warehouse.is_deleted == False)
+
+
+def _missing(warehouse_id: str) -> dict:
+    # A warehouse removed while its job waited: a normal outcome, not an error.
+    logger.info('warehouse %s: not found or deleted; nothing to do', warehouse_id)
+    return {'warehouse_id': warehouse_id, 'status': 'missing', 'message': 'warehouse not found or deleted'}
 
 
 def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, full: bool) -> dict:
@@ -492,7 +500,7 @@ def cleanup_failed_warehouses() -> dict:
 def get_warehouse(warehouse_id: str) -> Warehouse:
     """Return a warehouse that is not deleted, or raise `InvalidSubmission` saying it does not exist."""
     with database.connection():
-        warehouse = Warehouse.get_or_none(Warehouse.id == warehouse_id, Warehouse.is_deleted == False)
+        warehouse = _live_warehouse(warehouse_id)
     if warehouse is None:
         raise InvalidSubmission(f'Warehouse {warehouse_id} does not exist (or was removed); '
                                 f'`jobs warehouse list` shows the ids.')
