@@ -238,9 +238,8 @@ def main() -> None:
                                     'fails with a 500 in rq-dashboard 0.9 on rq 3)')
 
                 dom = page('job-markup.png', f'/view/job/{ids["probe"]}')
-                if 'id="markup-probe"' in dom:
-                    findings.append('the job page inserts job text (error, metadata, description) as HTML, '
-                                    'unescaped: keep markup out of job arguments, meta and error messages')
+                check('<i id="markup-probe">' not in dom and '&lt;i id="markup-probe"&gt;' in dom,
+                      'job page shows markup in a job\'s error as text, not as HTML')
             finally:
                 stop(dashboard)
         finally:
