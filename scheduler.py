@@ -25,7 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq_scheduler import Scheduler
 
 from rqjobs import clock, queues
-from rqjobs.exceptions import SettingsError
+from rqjobs.exceptions import RedisUnavailable, SettingsError
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -254,7 +254,12 @@ def run(connection: redis.Redis, interval: float = POLL_INTERVAL, burst: bool = 
     """Register the plan, then run the scheduler loop until stopped (or, with `burst`, one pass)."""
     register(connection)
     logger.info('scheduler: polling every %s s', interval)
-    build_scheduler(connection, interval).run(burst=burst)
+    try:
+        build_scheduler(connection, interval).run(burst=burst)
+    except redis.RedisError as exc:
+        # Exit 1 with one line, not a traceback: a process manager starts the scheduler again once Redis is back.
+        raise RedisUnavailable(f'The scheduler lost Redis and stopped ({exc}); start it again once Redis is back '
+                               f'(run it under a process manager that restarts it).') from None
 
 
 def tick(connection: redis.Redis) -> list[str]:

@@ -77,5 +77,13 @@ class SoftTimeLimitExceeded(PermanentJobError):
     """Raised inside a job that ran past its soft time limit, so it can clean up before it is killed."""
 
 
+class WorkerStopped(RqjobsError):
+    """Raised when a worker's loop ends on an error (Redis lost mid-job, say) rather than on request."""
+
+
+class WorkHorseKilled(RqjobsError):
+    """Raised (to failure callbacks only) when a job's work horse was killed: its hard time limit, the OOM killer."""
+
+
 class ForbiddenJob(PermanentJobError):
     """Raised when a job in Redis names a function outside the registered job modules."""

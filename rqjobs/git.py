@@ -799,9 +799,12 @@ class _Run:
         lines: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
         received: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         try:
-            # Its own session, hence its own process group: the caps kill git and every helper it started.
+            # Its own session, hence its own process group: the caps kill git and every helper it started. SIGTERM
+            # when this process dies (a killed worker's horse): git then removes a partial clone and its lock files.
+            # The preexec_fn takes no lock (two system calls), so threads of this process cannot deadlock it.
             process = subprocess.Popen(['git', *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                       preexec_fn=limits.parent_death_signal())  # noqa: PLW1509
         except OSError as exc:
             raise GitError(f'{what} failed: git cannot be started ({exc.strerror}); is git installed?') from None
         # Known to the work horse's hard time limit, which kills this group along with itself.

@@ -4,14 +4,21 @@ At the soft limit (`SOFT_TIME_LIMIT` for a job with the default `JOB_TIMEOUT`, t
 timeout otherwise) the job gets a catchable `SoftTimeLimitExceeded` and a chance to clean up. At the hard limit the
 work horse is killed with SIGKILL, together with every process group it started (git clones run in their own), so
 nothing is left running. Outside a work horse (a worker's own callbacks and waits) rq's usual timeouts apply.
+
+A SIGKILLed worker leaves nothing running either: its work horse, and the git processes the horse started, get the
+kernel's parent-death signal when their parent dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import signal
+import sys
+from collections.abc import Callable
 
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
@@ -32,6 +39,41 @@ def soft_limit_for(timeout: float) -> float:
     if timeout == settings.job_timeout:
         return float(settings.soft_time_limit)
     return max(0.5, timeout * settings.soft_time_limit / settings.job_timeout)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl():
+    """Return libc's prctl(2), or None where there is none (not Linux)."""
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` to this process when its parent, `parent_pid`, dies (Linux; elsewhere nothing)."""
+    prctl = _prctl()
+    if prctl is None:
+        return
+    prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    # A parent that died before the call was made sends nothing: act on it now.
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
+
+
+def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """Return a `preexec_fn` that gives a child `sig` when this process dies; None where that is not possible."""
+    if _prctl() is None:
+        return None
+    return functools.partial(die_with_parent, os.getpid(), sig)
 
 
 def kill_work_horse() -> None:

@@ -4,19 +4,23 @@
 
     rq worker --url "$REDIS_URL" --worker-class rqjobs.worker.JobsWorker --job-class rqjobs.queues.JsonJob \\
         --queue-class rqjobs.queues.JsonQueue --serializer rqjobs.queues.JSONSerializer --with-scheduler \\
-        --job-monitoring-interval 10 --maintenance-interval 30 \\
+        --job-monitoring-interval 10 --maintenance-interval 30 --worker-ttl 45 \\
         default access_log statistics minimap warehouse migration
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
 import redis
 from rq import Worker
+from rq.callbacks import execute_failure_callback
+from rq.utils import now
 
 from rqjobs import limits, queues
+from rqjobs.exceptions import RedisUnavailable, WorkerStopped, WorkHorseKilled
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -27,16 +31,45 @@ logger = logging.getLogger(__name__)
 JOB_MONITORING_INTERVAL = 10
 HEARTBEAT_GRACE = 15
 MAINTENANCE_INTERVAL = 30
+# An idle worker waits on its queues for worker_ttl - 15 s before it looks at maintenance again (rq's default: 405 s);
+# this makes that wait the maintenance interval, so idle workers find abandoned jobs every 30 s too.
+WORKER_TTL = MAINTENANCE_INTERVAL + 15
 
 
 class JobsWorker(Worker):
     """An rq worker with soft and hard time limits in the work horse and quick recovery of abandoned jobs."""
 
     death_penalty_class = limits.TimeLimits
+    # What ended the loop, other than an error: a stop request (SIGTERM, SIGINT) or the --max-jobs budget.
+    stop_requested = False
+    jobs_executed = 0
+
+    def request_stop(self, signum, frame):
+        self.stop_requested = True
+        return super().request_stop(signum, frame)
+
+    def execute_job(self, job, queue):
+        self.jobs_executed += 1
+        return super().execute_job(job, queue)
 
     def main_work_horse(self, job, queue):
         limits.in_work_horse = True
+        # rq gives the horse a process group of its own, which a kill of the worker's group misses: unwatched, it
+        # would run on, and the job, once found abandoned, would run a second time alongside it.
+        limits.die_with_parent(self.pid)
         return super().main_work_horse(job, queue)
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        if job.timeout and job.timeout > 0 and job.started_at and (now() - job.started_at).total_seconds() >= (
+                job.timeout - 1):
+            # Killed at its hard limit: as at the soft limit, another try would only run as long again.
+            job.retries_left = 0
+        # rq runs a failure callback when a job raises or is abandoned, not when its horse is killed (hard limit,
+        # OOM killer); without this a warehouse whose last try was killed would stay Processing.
+        with contextlib.suppress(Exception):  # execute_failure_callback logs what went wrong
+            execute_failure_callback(job, self.death_penalty_class, WorkHorseKilled,
+                                     WorkHorseKilled(f'work horse {retpid} ended with status {ret_val}'), None)
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         if job.timeout and job.timeout > 0:
@@ -67,6 +100,7 @@ def build_worker(
         default_result_ttl=settings.result_ttl,
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
         maintenance_interval=MAINTENANCE_INTERVAL,
+        worker_ttl=WORKER_TTL,
     )
 
 
@@ -83,4 +117,14 @@ def run_worker(
     """Run a worker until it is stopped (or, with `burst`, until the queues are empty); True if it ran a job."""
     worker = build_worker(connection, queue_names, name=name, settings=settings)
     # The worker also moves due scheduled jobs and retries onto their queues (rq's own scheduler, one per Redis).
-    return worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=True, logging_level=logging_level)
+    try:
+        worked = worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=True, logging_level=logging_level)
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f'The worker lost Redis and stopped ({exc}); it is started again once Redis is back '
+                               f'(run it under a process manager that restarts it).') from None
+    if not (burst or worker.stop_requested or (max_jobs is not None and worker.jobs_executed >= max_jobs)):
+        # rq logs the error (Redis lost while a job ran, say) and returns as if asked to stop: exit 1 instead, so
+        # that a process manager restarts the worker rather than taking it for a clean exit.
+        raise WorkerStopped('The worker stopped after an error (logged above); start it again, or run it under a '
+                            'process manager that restarts it (systemd Restart=always, Kubernetes).')
+    return worked

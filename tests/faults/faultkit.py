@@ -1,0 +1,272 @@
+"""Helpers of the fault tests: real `jobs` processes, a job module of their own, waits with deadlines, process checks.
+
+Not a conftest: a second `conftest.py` would shadow `tests/conftest.py` for the modules that import from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import peewee
+import psutil
+
+import models
+from conftest import ROOT, commit_files, git
+from rqjobs import settings
+
+# The tests' own jobs, on the queue `faults`: sleepers that outlast their time limits, a recorder.
+FAULT_JOBS = '''
+import subprocess
+import time
+from pathlib import Path
+
+from rqjobs import limits
+from rqjobs.exceptions import SoftTimeLimitExceeded
+
+JOBS = ('nap', 'stubborn', 'with_child')
+
+
+def nap(seconds: float = 0.0, marker: str = '') -> dict:
+    """Sleep, then append a line to `marker`."""
+    time.sleep(seconds)
+    if marker:
+        with open(marker, 'a') as out:
+            out.write('done\\n')
+    return {'slept': seconds}
+
+
+def stubborn(marker: str, seconds: float = 60.0) -> None:
+    """Catch the soft limit, record the clean-up, then go on sleeping past the hard limit."""
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        Path(marker).write_text('cleaned up')
+        time.sleep(seconds)
+
+
+def with_child(pidfile: str, seconds: float = 60.0) -> None:
+    """Start a process in a group of its own, known to the hard limit, and outlast both limits."""
+    child = subprocess.Popen(['sleep', '60'], start_new_session=True)
+    limits.child_groups.add(child.pid)
+    Path(pidfile).write_text(str(child.pid))
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        time.sleep(seconds)
+'''
+
+FAULT_QUEUE = 'faults'
+
+
+@contextlib.contextmanager
+def fault_jobs(env, tmp_path: Path, monkeypatch) -> Iterator[Path]:
+    """Make the tests' job module importable here and in every process started later, on the queue `faults`."""
+    directory = tmp_path / 'faultjobs'
+    directory.mkdir()
+    (directory / 'fault_jobs.py').write_text(textwrap.dedent(FAULT_JOBS))
+    monkeypatch.syspath_prepend(str(directory))
+    env.setenv('PYTHONPATH', str(directory))
+    env.setenv('JOBS_EXTRA_MODULES', f'fault_jobs={FAULT_QUEUE}')
+    settings.reset()
+    try:
+        yield directory
+    finally:
+        sys.modules.pop('fault_jobs', None)
+
+
+# ---- Waiting ----
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05,
+               details: Callable[[], str] | None = None) -> Any:
+    """Return the first true value of `predicate()`, polling until `timeout` seconds have passed; fail saying `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = f'\n{details()}' if details else ''
+            raise AssertionError(f'{what}: not within {timeout:g} s{extra}')
+        time.sleep(interval)
+
+
+# ---- Processes ----
+
+def alive(process: psutil.Process) -> bool:
+    """Tell whether a process still runs (a zombie waiting to be reaped does not)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """Return a process and all its descendants (a work horse is one, in a process group of its own)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def touching(*paths: Path) -> list[psutil.Process]:
+    """Return the live processes whose command line or working directory points into one of `paths`."""
+    found = []
+    marks = [str(path) for path in paths]
+    for process in psutil.process_iter(['cmdline', 'cwd']):
+        if process.pid == os.getpid():
+            continue
+        text = ' '.join([*(process.info['cmdline'] or []), process.info['cwd'] or ''])
+        if any(mark in text for mark in marks) and alive(process):
+            found.append(process)
+    return found
+
+
+def git_processes(*paths: Path) -> list[psutil.Process]:
+    """Return the live git processes (git and its helpers) working on one of `paths`."""
+    return [process for process in touching(*paths) if process.name().startswith('git')]
+
+
+class Processes:
+    """`jobs` processes started by a test, each in its own session with its output in a log file; all killed at the end."""
+
+    def __init__(self, logs: Path):
+        self.logs = logs
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.started: list[tuple[subprocess.Popen, Path]] = []
+        self.seen: list[psutil.Process] = []
+
+    def jobs(self, *args: str, name: str, env: dict | None = None) -> subprocess.Popen:
+        """Start `jobs ARGS` as a user would, in a new session (so its whole group can be signalled)."""
+        log = self.logs / f'{name}.log'
+        with open(log, 'ab') as out:
+            process = subprocess.Popen([sys.executable, '-c', 'import cli; cli.main()', *args], cwd=ROOT,
+                                       env=env or os.environ.copy(), stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append((process, log))
+        return process
+
+    def worker(self, *queues: str, name: str = 'worker', env: dict | None = None) -> subprocess.Popen:
+        """Start `jobs worker` on `queues`."""
+        return self.jobs('worker', *queues, name=name, env=env)
+
+    def log(self, process: subprocess.Popen) -> str:
+        """Return what a process printed so far."""
+        for started, log in self.started:
+            if started is process:
+                return log.read_text(errors='replace')
+        return ''
+
+    def logs_text(self) -> str:
+        """Return every log, for a failure message."""
+        return '\n'.join(f'--- {log.name}\n{log.read_text(errors="replace")[-4000:]}' for _, log in self.started)
+
+    def remember(self, process: subprocess.Popen) -> list[psutil.Process]:
+        """Record a process's tree now (its work horse and the horse's children), to check later that none survives."""
+        members = tree(process.pid)
+        self.seen.extend(members)
+        return members
+
+    def kill_group(self, process: subprocess.Popen, sig: int = signal.SIGKILL) -> list[psutil.Process]:
+        """Send `sig` to the process group of a started process (the worker and its scheduler); return its tree before."""
+        members = self.remember(process)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        return members
+
+    def stop_all(self) -> None:
+        """Kill every started process, its group and every descendant seen, and reap them."""
+        for process, _ in self.started:
+            if process.poll() is None:  # not reaped yet, so its pid is still its own group's
+                self.remember(process)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+        for member in self.seen:  # psutil refuses a pid that another process took since
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+        for process, _ in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+
+
+def assert_all_dead(members: list[psutil.Process], timeout: float = 5.0) -> None:
+    """Fail unless every process in `members` has ended within `timeout` seconds."""
+    wait_until(lambda: not [m for m in members if alive(m)], timeout, 'processes outlived their worker',
+               details=lambda: repr([m for m in members if alive(m)]))
+
+
+def assert_no_git(*paths: Path, timeout: float = 5.0) -> None:
+    """Fail unless no git process works on `paths` within `timeout` seconds.
+
+    git itself ends at once; helpers it started (upload-pack, pack-objects, index-pack, remote-https) outlive it
+    until their next write into a closed pipe, a moment later.
+    """
+    wait_until(lambda: not git_processes(*paths), timeout, 'git processes ended',
+               details=lambda: repr([(p.pid, p.info['cmdline']) for p in git_processes(*paths)]))
+
+
+# ---- A repository whose clone takes a couple of seconds ----
+
+_big_repositories: dict[str, Path] = {}
+
+
+def big_repository(tmp_path_factory) -> Path:
+    """Return the session's big repository (see `make_big_repository`), made on first use."""
+    if 'big' not in _big_repositories:
+        _big_repositories['big'] = make_big_repository(tmp_path_factory.mktemp('big') / 'upstream' / 'big')
+    return _big_repositories['big']
+
+
+def make_big_repository(path: Path, blob_mb: int = 16, blobs: int = 2, sources: int = 300) -> Path:
+    """Create a repository of random blobs (incompressible, left loose) and many small sources; return it.
+
+    A second branch, `copy`, lets a test submit the same repository twice.
+    """
+    path.mkdir(parents=True)
+    git(path, 'init', '-q')
+    files: dict[str, Any] = {f'data/blob{i}.bin': os.urandom(blob_mb * 1024 * 1024) for i in range(blobs)}
+    files.update({f'src/module{i}.py': f'def function{i}():\n    """Return {i}."""\n    return {i}\n'
+                  for i in range(sources)})
+    files['README.md'] = '# Big\n\nA large repository whose clone takes a while.\n'
+    commit_files(path, files, 'A large repository')
+    git(path, 'branch', 'copy')
+    return path
+
+
+# ---- Holding a write lock on a table ----
+
+@contextlib.contextmanager
+def write_lock(db: peewee.Database, table: str) -> Iterator[None]:
+    """Hold a lock that keeps every other writer of `table` waiting (SQLite: the whole database), until the block ends."""
+    if isinstance(db, peewee.SqliteDatabase):
+        holder = sqlite3.connect(db.database, timeout=5, isolation_level=None)
+        try:
+            holder.execute('BEGIN EXCLUSIVE')
+            yield
+        finally:
+            holder.execute('ROLLBACK')
+            holder.close()
+        return
+    other = models.open_database(settings.get_settings().database_url)
+    other.connect()
+    mysql = isinstance(other, peewee.MySQLDatabase)
+    try:
+        if mysql:
+            other.execute_sql(f'LOCK TABLES `{table}` WRITE')
+        else:
+            other.execute_sql('BEGIN')
+            other.execute_sql(f'LOCK TABLE "{table}" IN EXCLUSIVE MODE')
+        yield
+    finally:
+        other.execute_sql('UNLOCK TABLES' if mysql else 'ROLLBACK')
+        other.close()

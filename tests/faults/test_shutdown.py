@@ -1,0 +1,72 @@
+"""SIGTERM to a busy worker: the first lets the running job finish (warm shutdown), a second one stops it (cold)."""
+
+import os
+import signal
+import time
+
+import pytest
+from faultkit import FAULT_QUEUE, Processes, assert_all_dead, fault_jobs, tree, wait_until
+from rq.job import JobStatus
+
+from rqjobs import queues
+from rqjobs.worker import HEARTBEAT_GRACE, JOB_MONITORING_INTERVAL
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def faults(env, tmp_path, monkeypatch):
+    with fault_jobs(env, tmp_path, monkeypatch) as directory:
+        yield directory
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started = Processes(tmp_path / 'logs')
+    yield started
+    started.stop_all()
+
+
+def start_busy(redis_conn, processes, seconds: float, marker):
+    """Start a worker on a job that naps `seconds`, with a second job queued behind it; return both and the horse."""
+    running = queues.enqueue('nap', [seconds, str(marker)], connection=redis_conn)
+    waiting = queues.enqueue('nap', [0, str(marker)], connection=redis_conn)
+    worker = processes.worker(FAULT_QUEUE, name='worker')
+    wait_until(lambda: running.get_status(refresh=True) == JobStatus.STARTED, 30, 'the job started',
+               details=processes.logs_text)
+    horse = wait_until(lambda: [p for p in tree(worker.pid)[1:] if os.getpgid(p.pid) == p.pid], 10, 'a work horse')
+    return worker, running, waiting, horse
+
+
+def test_a_first_sigterm_lets_the_running_job_finish(redis_conn, faults, processes, tmp_path):
+    marker = tmp_path / 'ran.txt'
+    worker, running, waiting, horse = start_busy(redis_conn, processes, 2, marker)
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, processes.log(worker)
+    assert running.get_status(refresh=True) == JobStatus.FINISHED
+    assert running.return_value() == {'slept': 2}
+    assert marker.read_text() == 'done\n'
+    assert waiting.get_status(refresh=True) == JobStatus.QUEUED  # taken by the next worker, not this one
+    assert_all_dead(horse)
+    assert 'warm shut down requested' in processes.log(worker)
+
+
+def test_a_second_sigterm_kills_the_running_job_which_is_recovered_as_abandoned(redis_conn, faults, processes,
+                                                                                tmp_path):
+    marker = tmp_path / 'ran.txt'
+    worker, running, waiting, horse = start_busy(redis_conn, processes, 30, marker)
+    os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(1.2)  # rq ignores a second signal within a second of the first (a pool may send two)
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, processes.log(worker)
+    assert 'cold shut down' in processes.log(worker)
+    assert_all_dead(horse)
+    assert not marker.exists()
+    # rq leaves the job started, with no heartbeat any more: the next maintenance of any worker finds it abandoned,
+    # then retries it (it has retries left) or fails it.
+    assert running.get_status(refresh=True) == JobStatus.STARTED
+    registry = queues.get_queue(FAULT_QUEUE, redis_conn).started_job_registry
+    expiries = [score for member, score in redis_conn.zrange(registry.key, 0, -1, withscores=True)
+                if member.decode().startswith(f'{running.id}:')]
+    assert len(expiries) == 1 and expiries[0] - time.time() <= HEARTBEAT_GRACE + JOB_MONITORING_INTERVAL
+    assert waiting.get_status(refresh=True) == JobStatus.QUEUED

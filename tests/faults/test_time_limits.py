@@ -1,0 +1,97 @@
+"""Jobs past their soft and hard time limits in a real worker: a clear failure, clean-up, no orphan, no retry."""
+
+import psutil
+import pytest
+from faultkit import (
+    FAULT_QUEUE,
+    Processes,
+    assert_all_dead,
+    assert_no_git,
+    big_repository,
+    fault_jobs,
+    git_processes,
+    wait_until,
+)
+from rq.job import JobStatus
+
+from models import Warehouse, WarehouseStatus
+from rqjobs import git as safe_git
+from rqjobs import queues, settings
+from rqjobs import warehouse as warehouses
+
+pytestmark = pytest.mark.slow
+
+# Hard limit 3 s, so the soft limit is 2.5 s (SOFT_TIME_LIMIT / JOB_TIMEOUT of it).
+TIMEOUT = 3
+
+
+@pytest.fixture
+def faults(env, tmp_path, monkeypatch):
+    with fault_jobs(env, tmp_path, monkeypatch) as directory:
+        yield directory
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started = Processes(tmp_path / 'logs')
+    yield started
+    started.stop_all()
+
+
+def error_of(job) -> str:
+    return job.latest_result().exc_string
+
+
+def test_soft_and_hard_limits_in_a_real_worker(redis_conn, faults, processes, tmp_path):
+    marker, pidfile = tmp_path / 'cleaned-up', tmp_path / 'child.pid'
+    soft = queues.enqueue('nap', [30], timeout=TIMEOUT, connection=redis_conn)
+    stubborn = queues.enqueue('stubborn', [str(marker)], timeout=TIMEOUT, connection=redis_conn)
+    parent = queues.enqueue('with_child', [str(pidfile)], timeout=TIMEOUT, connection=redis_conn)
+    after = queues.enqueue('nap', [0], connection=redis_conn)
+    worker = processes.worker(FAULT_QUEUE, name='worker')
+    child = psutil.Process(int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), 30, 'the child started',
+                                          details=processes.logs_text)))
+    processes.seen.append(child)
+    wait_until(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 30, 'the last job ran',
+               details=processes.logs_text)
+
+    # Past the soft limit: SoftTimeLimitExceeded in the job, a permanent failure, not retried.
+    assert soft.get_status(refresh=True) == JobStatus.FAILED  # not scheduled for a retry
+    assert 'SoftTimeLimitExceeded: time limit: the job ran past its soft limit of 2.5 s' in error_of(soft)
+    # Caught and ignored: killed at the hard limit after its clean-up, and not retried either.
+    assert marker.read_text() == 'cleaned up'
+    for killed in (stubborn, parent):
+        assert killed.get_status(refresh=True) == JobStatus.FAILED
+        assert 'Work-horse terminated unexpectedly; waitpid returned 9 (signal 9)' in error_of(killed)
+    # The process group the job started went with its work horse.
+    assert_all_dead([child])
+    assert worker.poll() is None
+    assert 'ran past its hard limit of 3 s (JOB_TIMEOUT): killing the work horse' in processes.log(worker)
+
+
+@pytest.fixture(scope='session')
+def big_repo(tmp_path_factory):
+    return big_repository(tmp_path_factory)
+
+
+@pytest.mark.db
+def test_a_warehouse_past_its_soft_limit_fails_and_leaves_no_clone(redis_conn, database, local, big_repo, env,
+                                                                   processes):
+    env.setenv('JOB_TIMEOUT', '10')
+    env.setenv('SOFT_TIME_LIMIT', '1')  # the clone takes longer
+    settings.reset()
+    row = warehouses.submit_warehouse(str(big_repo), connection=redis_conn)
+    dest = safe_git.clone_path(row.id)
+    processes.worker('warehouse', name='worker')
+    clones = wait_until(lambda: git_processes(dest), 30, 'a git clone started', details=processes.logs_text)
+    wait_until(lambda: Warehouse.get_by_id(row.id).status != WarehouseStatus.PROCESSING, 30,
+               'the warehouse left Processing', details=processes.logs_text)
+
+    failed = Warehouse.get_by_id(row.id)
+    assert failed.status == WarehouseStatus.FAILED
+    assert failed.error.startswith('time limit: the job ran past its soft limit of 1 s (SOFT_TIME_LIMIT)')
+    job = queues.JsonJob.fetch(warehouses.process_job_id(row.id), connection=redis_conn)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 10, 'the job failed')  # not retried
+    assert_all_dead(clones)
+    assert_no_git(dest, big_repo)
+    assert not dest.exists()
