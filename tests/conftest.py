@@ -90,6 +90,26 @@ def burst_worker(redis_conn):
     connection.close()
 
 
+@pytest.fixture
+def processes(tmp_path):
+    """Real worker and scheduler processes for the fault suite, all stopped afterwards."""
+    # Imported here: faultkit lives beside the fault tests and imports this module itself.
+    from faultkit import Processes
+
+    started = Processes(tmp_path / 'logs')
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def faults(env, tmp_path, monkeypatch):
+    """The fault suite's own job module (sleepers and the like), importable by worker processes."""
+    from faultkit import fault_jobs
+
+    with fault_jobs(env, tmp_path, monkeypatch) as directory:
+        yield directory
+
+
 def run_jobs_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the `jobs` command line in a subprocess, as a user would."""
     return subprocess.run([sys.executable, '-c', 'import cli; cli.main()', *args], cwd=ROOT, env=env or os.environ.copy(),

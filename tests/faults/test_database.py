@@ -7,7 +7,7 @@ from datetime import time as day_time
 
 import peewee
 import pytest
-from faultkit import Processes, wait_until, write_lock
+from faultkit import wait_until, write_lock
 from rq.job import JobStatus
 
 from models import AccessRecord, DailyStatistics
@@ -17,13 +17,6 @@ from rqjobs import warehouse as warehouses
 pytestmark = pytest.mark.slow
 
 BUSY_TIMEOUT = 5  # SQLite's busy_timeout (models.SQLITE_PRAGMAS), in seconds
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started = Processes(tmp_path / 'logs')
-    yield started
-    started.stop_all()
 
 
 def attempt_failed(log: str, job, error: str) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from faultkit import FAULT_QUEUE, Processes, assert_all_dead, fault_jobs, tree, wait_until
+from faultkit import FAULT_QUEUE, assert_all_dead, tree, wait_until
 from rq.job import JobStatus
 
 from conftest import run_jobs_cli
@@ -18,12 +18,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def faults(env, tmp_path, monkeypatch):
-    with fault_jobs(env, tmp_path, monkeypatch) as directory:
-        yield directory
-
-
-@pytest.fixture
 def server(env, tmp_path):
     """A private Redis server with the embedded configuration (AOF, fsync every second), killed at the end."""
     private = EmbeddedRedis(tmp_path / 'redis')
@@ -31,13 +25,6 @@ def server(env, tmp_path):
     settings.reset()
     yield private
     kill_server(private)
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started = Processes(tmp_path / 'logs')
-    yield started
-    started.stop_all()
 
 
 def kill_server(server: EmbeddedRedis) -> None:

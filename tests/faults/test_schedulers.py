@@ -6,7 +6,7 @@ from datetime import datetime
 from itertools import pairwise
 
 import pytest
-from faultkit import Processes, wait_until
+from faultkit import wait_until
 from rq.job import JobStatus
 
 import scheduler
@@ -16,13 +16,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.db]
 
 ENTRY = 'process-access-logs'
 EVERY = scheduler.MIN_INTERVAL
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started = Processes(tmp_path / 'logs')
-    yield started
-    started.stop_all()
 
 
 def runs(redis_conn) -> list[queues.JsonJob]:

@@ -5,26 +5,13 @@ import signal
 import time
 
 import pytest
-from faultkit import FAULT_QUEUE, Processes, assert_all_dead, fault_jobs, tree, wait_until
+from faultkit import FAULT_QUEUE, assert_all_dead, tree, wait_until
 from rq.job import JobStatus
 
 from rqjobs import queues
 from rqjobs.worker import HEARTBEAT_GRACE, JOB_MONITORING_INTERVAL
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def faults(env, tmp_path, monkeypatch):
-    with fault_jobs(env, tmp_path, monkeypatch) as directory:
-        yield directory
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started = Processes(tmp_path / 'logs')
-    yield started
-    started.stop_all()
 
 
 def start_busy(redis_conn, processes, seconds: float, marker):

@@ -4,11 +4,9 @@ import psutil
 import pytest
 from faultkit import (
     FAULT_QUEUE,
-    Processes,
     assert_all_dead,
     assert_no_git,
     big_repository,
-    fault_jobs,
     git_processes,
     wait_until,
 )
@@ -23,19 +21,6 @@ pytestmark = pytest.mark.slow
 
 # Hard limit 3 s, so the soft limit is 2.5 s (SOFT_TIME_LIMIT / JOB_TIMEOUT of it).
 TIMEOUT = 3
-
-
-@pytest.fixture
-def faults(env, tmp_path, monkeypatch):
-    with fault_jobs(env, tmp_path, monkeypatch) as directory:
-        yield directory
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started = Processes(tmp_path / 'logs')
-    yield started
-    started.stop_all()
 
 
 def error_of(job) -> str:

@@ -41,13 +41,6 @@ def big_repo(tmp_path_factory):
     return big_repository(tmp_path_factory)
 
 
-@pytest.fixture
-def processes(tmp_path):
-    started = Processes(tmp_path / 'logs')
-    yield started
-    started.stop_all()
-
-
 def submit(redis_conn, address: str, retry: Retry | None, branch: str | None = None) -> str:
     """Submit a warehouse and queue its processing job with `retry` (the default's 60 s between tries only waits)."""
     row = warehouses.submit_warehouse(address, branch, connection=redis_conn)
