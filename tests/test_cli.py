@@ -148,3 +148,9 @@ def test_embedded_redis_is_used_without_redis_url(env, tmp_path):
     finally:
         stopped = run_jobs_cli('redis', 'stop', env=environ)
     assert stopped.returncode == 0 and 'stopped' in stopped.stdout
+
+
+def test_redis_stop_refuses_when_redis_url_is_set(runner):
+    result = runner.invoke(cli.main, ['redis', 'stop'])
+    assert result.exit_code == 2
+    assert 'REDIS_URL is set' in result.output
