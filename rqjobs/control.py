@@ -166,10 +166,12 @@ def _orphan_clones(settings: Settings, dry_run: bool) -> list[str]:
     if not root.is_dir():
         return []
     names = [entry.name for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink()]
+    # <id>.partial is a clone of <id> in progress, or one a killed worker left: the warehouse's next try removes it.
+    owners = {name: name.removesuffix(git.PARTIAL_SUFFIX) for name in names}
     with database.connection(settings):
         alive = {row[0] for row in Warehouse.select(Warehouse.id).where(
-            Warehouse.id.in_(names), Warehouse.is_deleted == False).tuples()}
-    orphans = sorted(name for name in names if name not in alive)
+            Warehouse.id.in_(sorted(set(owners.values()))), Warehouse.is_deleted == False).tuples()}
+    orphans = sorted(name for name in names if owners[name] not in alive)
     if not dry_run:
         for name in orphans:
             git.remove_clone(root / name, settings)

@@ -61,6 +61,7 @@ ENCRYPTED_PREFIX = 'fernet:'
 SIZE_POLL_INTERVAL = 0.5
 MEGABYTE = 1024 * 1024
 STDERR_LINES_KEPT = 50
+PARTIAL_SUFFIX = '.partial'  # a clone in progress; a warehouse id never holds a dot
 USERNAME_VARIABLE = 'RQJOBS_GIT_USERNAME'
 PASSWORD_VARIABLE = 'RQJOBS_GIT_PASSWORD'
 HOST_VARIABLE = 'RQJOBS_GIT_HOST'
@@ -435,13 +436,31 @@ def clone_path(warehouse_id: str, settings: Settings | None = None) -> Path:
     return _inside_root(Path(settings.repo_root).resolve() / warehouse_id, settings)
 
 
+def partial_path(dest: Path) -> Path:
+    """Return where a new clone of `dest` is written before it is complete: a sibling named <id>.partial."""
+    return dest.with_name(dest.name + PARTIAL_SUFFIX)
+
+
 def remove_clone(dest: Path, settings: Settings | None = None) -> bool:
-    """Remove a clone (only ever inside REPO_ROOT); True if something was removed."""
-    path = _inside_root(dest, settings or get_settings())
+    """Remove a clone and any unfinished clone beside it (only ever inside REPO_ROOT); True if something went."""
+    settings = settings or get_settings()
+    removed = False
+    for candidate in (dest, partial_path(Path(dest))):
+        path = _inside_root(candidate, settings)
+        if os.path.lexists(path):
+            _remove_tree(path)
+            logger.info('%s: removed', path.name)
+            removed = True
+    return removed
+
+
+def remove_partial(dest: Path, settings: Settings | None = None) -> bool:
+    """Remove what an interrupted clone into `dest` left behind; True if something was removed."""
+    path = _inside_root(partial_path(Path(dest)), settings or get_settings())
     if not os.path.lexists(path):
         return False
     _remove_tree(path)
-    logger.info('%s: clone removed', path.name)
+    logger.info('%s: unfinished clone removed', path.name)
     return True
 
 
@@ -682,13 +701,18 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
     fresh = not (dest / '.git').is_dir()
     if not fresh and branch is None:
         branch = current_branch(dest)
-    run = _Run(target, dest, settings, username, password, progress)
+    # A new clone is written beside `dest` and renamed into place once complete: `dest` exists only as a whole
+    # clone, whenever the worker is killed. What a killed clone leaves is removed by the next try.
+    partial = _inside_root(partial_path(dest), settings)
+    run = _Run(target, partial if fresh else dest, settings, username, password, progress)
     try:
         if fresh:
-            if os.path.lexists(dest):
-                _remove_tree(dest)  # a leftover without .git is an interrupted clone
+            for leftover in (dest, partial):
+                if os.path.lexists(leftover):
+                    _remove_tree(leftover)  # a directory without .git, or an interrupted clone
             logger.info('%s: cloning %s (branch %s)', dest.name, target.url, branch or 'default')
-            run.git(_clone_args(target, dest, branch), cwd=None, what=f'Cloning {run.label(branch)}')
+            run.git(_clone_args(target, partial, branch), cwd=None, what=f'Cloning {run.label(branch)}')
+            os.rename(partial, dest)
         else:
             logger.info('%s: fetching %s (branch %s)', dest.name, target.url, branch)
             run.git(_fetch_args(target, branch), cwd=dest, what=f'Fetching {run.label(branch)}')
@@ -697,11 +721,11 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
             run.git(['clean', '-ffdxq'], cwd=dest, what=f'Cleaning the clone of {target.url}')
     except (CloneTimeout, RepositoryTooLarge):
         # A killed git can leave lock files and half-written packs: start over from scratch next time.
-        _remove_tree(dest)
+        _remove_tree(partial if fresh else dest)
         raise
     except BaseException:
-        if fresh and os.path.lexists(dest):
-            _remove_tree(dest)
+        if fresh and os.path.lexists(partial):
+            _remove_tree(partial)
         raise
     sha = head_commit(dest)
     logger.info('%s: %s at %s (branch %s)', dest.name, target.url, sha, branch or current_branch(dest))

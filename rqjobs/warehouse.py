@@ -448,6 +448,8 @@ def warehouse_job_failed(job, connection, exc_type, exc_value, traceback) -> Non
             Warehouse.id == warehouse_id, Warehouse.status == WarehouseStatus.PROCESSING).execute()
     if updated:
         logger.error('warehouse %s: failed: %s', warehouse_id, reason)
+    # A clone the dead worker had begun would otherwise stay on disk until the warehouse is removed.
+    git.remove_partial(git.clone_path(warehouse_id))
 
 
 # ---- Periodic jobs ----

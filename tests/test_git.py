@@ -42,6 +42,7 @@ from rqjobs.git import (
     head_commit,
     is_ancestor,
     parse_address,
+    partial_path,
     recent_commits,
     remove_clone,
     sync,
@@ -523,6 +524,33 @@ def test_bad_branch_names_and_credentials_never_reach_git(local, upstream, start
     assert started == []
 
 
+def test_a_clone_is_written_beside_its_place_and_moved_in_whole(local, upstream):
+    dest = clone_path('w-partial')
+    seen = []
+    sync(upstream.address, dest, progress=lambda stage, percent: seen.append((dest.exists(), partial_path(dest).exists())))
+    assert seen and all(state == (False, True) for state in seen)  # while git works, only <id>.partial exists
+    assert head_commit(dest) == upstream.shas['head'] and not partial_path(dest).exists()
+
+
+def test_a_clone_left_by_a_killed_worker_is_started_afresh(local, upstream):
+    dest = clone_path('w-left')
+    partial = partial_path(dest)
+    run_git(upstream.path.parent, 'clone', '-q', '--no-checkout', str(upstream.path), str(partial))
+    (partial / 'stale.txt').write_text('from the killed try\n')
+    dest.mkdir()  # and a directory without .git where the clone belongs
+    assert sync(upstream.address, dest) == upstream.shas['head']
+    assert not (dest / 'stale.txt').exists() and not partial.exists()
+
+
+def test_remove_clone_takes_the_unfinished_clone_too(local, upstream):
+    dest = clone_path('w-both')
+    sync(upstream.address, dest)
+    partial_path(dest).mkdir()
+    assert remove_clone(dest) is True
+    assert not dest.exists() and not partial_path(dest).exists()
+    assert remove_clone(dest) is False
+
+
 def test_sync_refuses_a_destination_outside_repo_root(local, upstream, tmp_path):
     with pytest.raises(ValueError, match='REPO_ROOT'):
         sync(upstream.address, tmp_path / 'elsewhere')
@@ -685,7 +713,7 @@ def test_a_clone_over_the_size_cap_is_removed(local, tmp_path):
     dest = clone_path('w-big')
     with pytest.raises(RepositoryTooLarge, match=r'GIT_MAX_REPO_SIZE \(1 MB\)'):
         sync(str(big), dest, settings=dataclasses.replace(local, git_max_repo_size_mb=1))
-    assert not dest.exists()
+    assert not dest.exists() and not partial_path(dest).exists()
 
 
 def test_the_size_cap_kills_a_running_clone(env, tmp_path, started, monkeypatch):
@@ -701,7 +729,7 @@ def test_the_size_cap_kills_a_running_clone(env, tmp_path, started, monkeypatch)
           pytest.raises(RepositoryTooLarge, match='was stopped')):
         sync(http_address(base), dest, settings=settings)
     assert time.monotonic() - began < 2.5
-    assert not dest.exists()
+    assert not dest.exists() and not partial_path(dest).exists()
     assert_groups_dead(started)
 
 
@@ -716,7 +744,7 @@ def test_the_time_cap_kills_a_slow_clone(env, tmp_path, started):
           pytest.raises(CloneTimeout, match=r'GIT_CLONE_TIMEOUT \(1 s\)')):
         sync(http_address(base), dest, settings=settings)
     assert time.monotonic() - began < 3
-    assert not dest.exists()
+    assert not dest.exists() and not partial_path(dest).exists()
     assert_groups_dead(started)
 
 
@@ -756,7 +784,7 @@ def test_credentials_reach_git_only_through_the_askpass_environment(env, tmp_pat
         assert not Path(record.env['GIT_ASKPASS']).exists()  # the helper's private directory is gone
         assert 'GIT_SSL_NO_VERIFY' not in record.env  # nothing inherited
     clone = started[0].args
-    assert clone[-3:] == ['--', f'{base}/org/repo.git', str(dest)]
+    assert clone[-3:] == ['--', f'{base}/org/repo.git', str(partial_path(dest))]
     assert started[0].env['RQJOBS_GIT_PASSWORD'] == SECRET and started[0].env['GIT_TERMINAL_PROMPT'] == '0'
     for text in (*failures, caplog.text, config):
         assert SECRET not in text

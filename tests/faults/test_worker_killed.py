@@ -72,8 +72,8 @@ def kill_mid_clone(processes: Processes, redis_conn, warehouse_id: str, big_repo
     # The work horse (a process group of its own) and git (a session of its own) die with the worker.
     assert_all_dead(members)
     assert_no_git(dest, big_repo)
-    # git, told by the parent-death signal, removed its partial clone: a retry starts afresh.
-    wait_until(lambda: not dest.exists(), 5, 'the partial clone was removed')
+    # The clone was being written beside its place, so no half clone stands where a whole one is expected.
+    assert not dest.exists()
     assert status_of(warehouse_id) == WarehouseStatus.PROCESSING
     job = queues.JsonJob.fetch(warehouses.process_job_id(warehouse_id), connection=redis_conn)
     assert job.get_status() == JobStatus.STARTED
@@ -96,6 +96,7 @@ def test_workers_killed_mid_clone_leave_nothing_running_and_no_warehouse_stuck(r
     assert row.status == WarehouseStatus.COMPLETED, row.error
     assert row.version == head(big_repo) == safe_git.head_commit(safe_git.clone_path(retried))
     assert Document.select().where(Document.warehouse == retried).count() == 1
+    assert not safe_git.partial_path(safe_git.clone_path(retried)).exists()  # the retry cleared the leftover
     job = queues.JsonJob.fetch(warehouses.process_job_id(retried), connection=redis_conn)
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, 'the retried job finished')
     job.refresh()
@@ -108,6 +109,7 @@ def test_workers_killed_mid_clone_leave_nothing_running_and_no_warehouse_stuck(r
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 10, 'the abandoned job failed')
     assert 'AbandonedJobError' in job.latest_result().exc_string
     assert not safe_git.clone_path(last).exists()
+    assert not safe_git.partial_path(safe_git.clone_path(last)).exists()  # removed when the warehouse failed
 
 
 def test_a_work_horse_killed_mid_clone_on_the_last_try_fails_the_warehouse(redis_conn, database, local, big_repo,
