@@ -585,6 +585,26 @@ def test_classify_from_files_and_readme_alone():
     assert classify([], '') == 'Applications'  # no evidence at all
 
 
+@pytest.mark.parametrize(('language', 'text', 'expected'), [
+    ('Python', 'import argparse\n', True),
+    ('Python', 'from click import command\n', True),
+    ('Python', '# argparse is not used here\nimport os\n', False),
+    ('Python', 'firewall = None\n', False),
+    ('JavaScript', "const cac = require('cac')\n", True),
+    ('TypeScript', 'import { cac } from "cac"\n', True),
+    ('JavaScript', 'const cache = new Map()  // a cac-like name\n', False),
+    ('Go', 'import (\n\t"flag"\n\t"os"\n)\n', True),
+    ('Go', '// flags are parsed elsewhere\n', False),
+    ('Rust', 'use clap::Parser;\n', True),
+    ('Java', 'import picocli.CommandLine;\n', True),
+    ('Kotlin', 'import com.github.ajalt.clikt.core.CliktCommand\n', True),
+    ('Markdown', 'import argparse\n', False),
+    (None, 'import argparse\n', False),
+])
+def test_uses_cli_library(language, text, expected):
+    assert analysis.uses_cli_library(text, language) is expected
+
+
 def test_components_are_ranked_and_capped():
     files = [SourceFile(f'part{index:02d}/code.py', 'Python', 100 * (index + 1), 10, []) for index in range(15)]
     files += [SourceFile('src/alpha/a.py', 'Python', 10_000, 5, []), SourceFile('src/beta/b.py', 'Python', 50, 5, []),
