@@ -231,11 +231,11 @@ def main() -> None:
                 check('PermanentJobError: report 8 has no template' in dom, 'failed job page shows the error text')
 
                 dom = page('job-deferred.png', f'/view/job/{ids["deferred"]}')
-                rendered = 'Origin queue' in dom
                 check(ids['deferred'] in dom, f'deferred job page names job {ids["deferred"]} (in its title)')
-                if not rendered:
-                    findings.append('a job with a dependency: its job page shows only the id (the data request '
-                                    'fails with a 500 in rq-dashboard 0.9 on rq 3)')
+                check('Origin queue' in dom and 'render_report' in dom,
+                      'a job with a dependency: its job page shows its data')
+                check(ids['scheduled'] in dom.replace(f'/view/job/{ids["scheduled"]}', ''),
+                      'a job with a dependency: its job page names the job it depends on')
 
                 dom = page('job-markup.png', f'/view/job/{ids["probe"]}')
                 check('<i id="markup-probe">' not in dom and '&lt;i id="markup-probe"&gt;' in dom,

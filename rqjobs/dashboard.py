@@ -1,7 +1,9 @@
-"""rq-dashboard on the project's Redis, with the project's JSON jobs and two repairs for rq-dashboard 0.9.
+"""rq-dashboard on the project's Redis, with the project's JSON jobs and three repairs for rq-dashboard 0.9.
 
 - Its Workers tab loads each busy worker's current job with pickle, ignoring its JSON option, and fails; here it
   loads workers with the project's job class and serializer.
+- Its job data decodes a job's dependency ids, which rq 3 already gives as text, and fails for every job with a
+  dependency; here it fetches jobs with a class that gives them as the bytes it expects.
 - Its job page inserts a job's description, error and metadata into the page as HTML; a job whose error message
   holds markup would run it in the operator's browser, on a page that can delete and requeue jobs. Here the job
   data it serves has those texts HTML-escaped, so the page shows them as text.
@@ -29,6 +31,14 @@ class DashboardWorker(Worker):
                           serializer=queues.JSONSerializer)
 
 
+class DashboardJob(queues.JsonJob):
+    """The job class rq-dashboard fetches: a JSON job whose dependency ids are the bytes rq-dashboard decodes."""
+
+    @property
+    def dependency_ids(self) -> list[bytes]:  # rq 3 decodes them already; only rq-dashboard reads this property
+        return sorted(self.connection.smembers(self.dependencies_key))
+
+
 def create_app(redis_url: str, username: str | None = None, password: str | None = None) -> Flask:
     """Return the rq-dashboard Flask app, set up for the project's Redis and JSON jobs."""
     from rq_dashboard import web
@@ -42,6 +52,7 @@ def create_app(redis_url: str, username: str | None = None, password: str | None
     web.config.serializer = queues.JSONSerializer
     # rq-dashboard looks the worker class up in its module: the project's one reads JSON jobs.
     web.Worker = DashboardWorker
+    web.Job = DashboardJob
     app.after_request(escape_job_text)
     web.setup_rq_connection(app)
     return app
@@ -55,5 +66,7 @@ def escape_job_text(response: Response) -> Response:
     for field in ESCAPED_FIELDS:
         if isinstance(data.get(field), str):
             data[field] = html.escape(data[field], quote=False)
+    if isinstance(data.get('depends_on'), list):  # ids the page shows as text and puts in a link
+        data['depends_on'] = [html.escape(str(job_id)) for job_id in data['depends_on']]
     response.set_data(json.dumps(data))
     return response

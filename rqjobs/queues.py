@@ -292,6 +292,10 @@ def enqueue(
         retry = Retry(max=RETRY_MAX, interval=list(RETRY_INTERVALS))
     if job_id is not None:
         _check_job_id(job_id)
+    if depends_on is not None:
+        for dependency in (depends_on if isinstance(depends_on, Sequence) and not isinstance(depends_on, str)
+                           else [depends_on]):
+            _check_job_id(dependency.id if isinstance(dependency, Job) else dependency)
     options = {
         'args': args,
         'kwargs': kwargs,
@@ -324,7 +328,7 @@ def _scheduled(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_job_id(job_id: str) -> None:
-    if not job_id or len(job_id) > 128 or not all(c.isalnum() or c in '_-' for c in job_id) or not job_id.isascii():
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 128 or not all(c.isalnum() or c in '_-' for c in job_id) or not job_id.isascii():
         raise InvalidJobArguments(f'Job id {job_id!r} must be 1 to 128 letters, digits, _ or -; '
                                   f'for example process-warehouse-42.')
 

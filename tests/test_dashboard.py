@@ -7,7 +7,6 @@ says which README paragraph to drop.
 
 from __future__ import annotations
 
-import ast
 import base64
 import contextlib
 import json
@@ -286,25 +285,23 @@ def test_job_page_inserts_job_text_as_html():
 
 # ---- Dependencies ----
 
-def test_job_with_a_dependency_breaks_its_job_data_and_no_project_job_uses_one(redis_conn, report_jobs, tmp_path):
+def test_job_with_a_dependency_shows_its_dependencies(redis_conn, report_jobs, tmp_path):
     parent = queues.enqueue('render_report', [1], connection=redis_conn)
     child = queues.enqueue('render_report', [2], connection=redis_conn, depends_on=parent)
+    orphan = queues.enqueue('render_report', [3], connection=redis_conn, depends_on=[parent, 'expired-job'])
     assert child.get_status() == 'deferred'
     with running_dashboard(tmp_path) as dashboard:
         assert child.id in listed(dashboard, 'reports', 'deferred')
         assert parent.id in listed(dashboard, 'reports', 'queued')
         assert dashboard.json(f'/0/data/job/{parent.id}.json')['status'] == 'queued'
-        # rq-dashboard 0.9 decodes rq 3's dependency ids, which are already str: the job page stays empty.
-        status, _ = dashboard.get(f'/0/data/job/{child.id}.json')
-        assert status == 500
-        assert "'str' object has no attribute 'decode'" in dashboard.log()
-        assert dashboard.get(f'/0/view/job/{child.id}')[0] == 200  # the page shell; its data request fails
-
-    # So the project's own code never enqueues with a dependency (`enqueue(depends_on=...)` is for users' jobs).
-    sources = [*sorted((ROOT / 'rqjobs').glob('*.py')), ROOT / 'cli.py', ROOT / 'scheduler.py', ROOT / 'models.py']
-    uses = [f'{path.name}:{node.lineno}' for path in sources for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Call) and any(keyword.arg == 'depends_on' for keyword in node.keywords)]
-    assert uses == []
+        data = dashboard.json(f'/0/data/job/{child.id}.json')
+        assert data['status'] == 'deferred'
+        assert data['depends_on'] == [parent.id] and data['depends_on_status'] == ['active']
+        data = dashboard.json(f'/0/data/job/{orphan.id}.json')
+        statuses = dict(zip(data['depends_on'], data['depends_on_status'], strict=True))
+        assert statuses == {parent.id: 'active', 'expired-job': 'expired'}
+        assert dashboard.get(f'/0/view/job/{child.id}')[0] == 200
+        assert "has no attribute 'decode'" not in dashboard.log()
 
 
 # ---- Access ----

@@ -155,6 +155,10 @@ def test_unknown_queue_and_bad_job_id_are_refused(redis_conn):
         queues.enqueue('ping', queue='nope', connection=redis_conn)
     with pytest.raises(InvalidJobArguments, match='Job id'):
         queues.enqueue('ping', job_id='a b', connection=redis_conn)
+    for depends_on in ('<b>x</b>', ['ok-id', 'a b'], [42]):
+        with pytest.raises(InvalidJobArguments, match='Job id'):
+            queues.enqueue('ping', depends_on=depends_on, connection=redis_conn)
+    assert redis_conn.keys('rq:job:*') == []
 
 
 def test_defaults_are_applied(redis_conn, env):
