@@ -19,6 +19,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -80,6 +82,7 @@ _SHA = re.compile(r'[0-9a-fA-F]{4,64}')
 _BRANCH = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}')
 _PROGRESS = re.compile(r'(?:remote: *)?(?P<stage>[A-Za-z][A-Za-z ]*?): +(?P<percent>\d{1,3})%')
 _CONTROL_NAMES = {'\0': 'NUL', '\t': 'tab', '\n': 'newline', '\r': 'carriage return', '\x7f': 'DEL'}
+_REDIRECT = re.compile(r'returned error: (30[1278])\b')
 _USERINFO = re.compile(r'(?<=://)[^/\s]*@')
 # Scheme names that, followed by one colon, mean a mistyped URL rather than an scp-like `host:path`.
 _URL_SCHEMES = frozenset({'http', 'https', 'git', 'ssh', 'file', 'ftp', 'ftps', 'rsync'})
@@ -510,7 +513,8 @@ def _disk_usage(path: Path, limit: int | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _environment(*, home: Path, ceiling: Path, repo: Path | None, protocols: Sequence[str],
-                 askpass: Path | None = None, ssh: bool = False) -> dict[str, str]:
+                 askpass: Path | None = None, ssh: bool = False, endpoint: Endpoint | None = None,
+                 guarded: bool = False) -> dict[str, str]:
     """Return the complete environment of a git process; nothing else is inherited (no GIT_* variable)."""
     env = {
         'PATH': os.environ.get('PATH') or os.defpath,
@@ -538,8 +542,11 @@ def _environment(*, home: Path, ceiling: Path, repo: Path | None, protocols: Seq
         env['GIT_ASKPASS'] = env['SSH_ASKPASS'] = str(askpass)
     if ssh:
         env['GIT_SSH_COMMAND'] = 'ssh -oBatchMode=yes -oStrictHostKeyChecking=yes'
+        if endpoint is not None and endpoint.addresses:
+            # Connect to the address checked; the host key is still looked up under the host's name.
+            env['GIT_SSH_COMMAND'] += f' -oHostName={endpoint.addresses[0]} -oHostKeyAlias={endpoint.host}'
         env.update({name: os.environ[name] for name in _PASSED_THROUGH_SSH if name in os.environ})
-    config = _config(repo, protocols, askpass)
+    config = _config(repo, protocols, askpass) + _pin_config(endpoint, guarded)
     env['GIT_CONFIG_COUNT'] = str(len(config))
     for index, (key, value) in enumerate(config):
         env[f'GIT_CONFIG_KEY_{index}'] = key
@@ -676,6 +683,96 @@ def _succeeds(dest: Path | str, *args: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The host: public only, and git held to the addresses checked
+# ---------------------------------------------------------------------------------------------------------------------
+
+_DEFAULT_PORTS = {'https': 443, 'http': 80, 'ssh': 22, 'git': 9418}
+_getaddrinfo = socket.getaddrinfo  # the name lookup, replaceable where there is no DNS to ask (tests)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a network address leads: its protocol, host and port, and the addresses git is held to."""
+
+    protocol: str
+    host: str
+    port: int
+    addresses: tuple[str, ...] = ()  # empty: git resolves the host itself (an IP literal, or through a proxy)
+
+
+def check_host(address: RepoAddress, settings: Settings | None = None) -> Endpoint:
+    """Resolve the host of a network address and refuse it unless every address it has is public.
+
+    Loopback, private, link-local (cloud metadata services), shared, reserved and multicast addresses are refused,
+    unless GIT_ALLOW_PRIVATE_HOSTS is true: an address from a user must not reach the platform's own network. The
+    addresses checked are returned, and git is held to them, so a second lookup cannot lead it elsewhere.
+    """
+    settings = settings or get_settings()
+    endpoint = _endpoint(address)
+    try:
+        literal = ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        found = [literal]
+    else:
+        try:
+            infos = _getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            if _proxied(endpoint):
+                return endpoint  # only the proxy can resolve it, and it decides where the connection goes
+            reason = getattr(exc, 'strerror', None) or str(exc)
+            raise GitError(f'The host {endpoint.host} of {address.url} cannot be resolved ({reason}); check the '
+                           f'address, or this machine\'s network.') from None
+        found = list(dict.fromkeys(ipaddress.ip_address(info[4][0].partition('%')[0]) for info in infos))
+    if not settings.git_allow_private_hosts:
+        for ip in found:
+            if not _is_public(ip):
+                raise InvalidRepositoryAddress(
+                    f'Repository address {_shown(address.url)} is refused: {endpoint.host} is {ip}, not a public '
+                    f'address. Set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on your own network.')
+    if literal is not None or _proxied(endpoint):
+        return endpoint
+    return Endpoint(endpoint.protocol, endpoint.host, endpoint.port, tuple(str(ip) for ip in found))
+
+
+def _endpoint(address: RepoAddress) -> Endpoint:
+    protocol = _protocol(address)
+    if '://' in address.url:
+        parts = urlsplit(address.url)
+        host, port = parts.hostname or '', parts.port
+    else:  # scp-like: [user@]host:path
+        host, port = address.url.split(':', 1)[0].rpartition('@')[2].strip('[]'), None
+        if address.url.startswith('['):
+            host = address.url[1:].partition(']')[0]
+    return Endpoint(protocol, host, port or _DEFAULT_PORTS.get(protocol, 0))
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _proxied(endpoint: Endpoint) -> bool:
+    proxies = getproxies_environment()
+    proxy = proxies.get(endpoint.protocol) or proxies.get('all')
+    return bool(proxy) and endpoint.protocol in ('http', 'https') and not proxy_bypass_environment(endpoint.host)
+
+
+def _pin_config(endpoint: Endpoint | None, guarded: bool) -> list[tuple[str, str]]:
+    """Return the configuration that holds git's HTTP connections to the checked addresses."""
+    config = []
+    if endpoint is not None and endpoint.addresses and endpoint.protocol in ('http', 'https'):
+        shown = ','.join(f'[{ip}]' if ':' in ip else ip for ip in endpoint.addresses)
+        config.append(('http.curloptResolve', f'{endpoint.host}:{endpoint.port}:{shown}'))
+    if guarded:
+        # A redirect names another host, which nothing checked: refused, as the address would be.
+        config.append(('http.followRedirects', 'false'))
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Clone and fetch
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -697,6 +794,7 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
     if branch is not None:
         check_branch(branch)
     dest = _inside_root(dest, settings)
+    endpoint = None if target.is_local else check_host(target, settings)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fresh = not (dest / '.git').is_dir()
     if not fresh and branch is None:
@@ -704,7 +802,7 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
     # A new clone is written beside `dest` and renamed into place once complete: `dest` exists only as a whole
     # clone, whenever the worker is killed. What a killed clone leaves is removed by the next try.
     partial = _inside_root(partial_path(dest), settings)
-    run = _Run(target, partial if fresh else dest, settings, username, password, progress)
+    run = _Run(target, partial if fresh else dest, settings, username, password, progress, endpoint)
     try:
         if fresh:
             for leftover in (dest, partial):
@@ -789,8 +887,10 @@ class _Run:
     """The git processes of one sync: one deadline, one size cap, one private HOME with the askpass helper."""
 
     def __init__(self, address: RepoAddress, dest: Path, settings: Settings, username: str | None,
-                 password: str | None, progress: Callable[[str, int], None] | None):
+                 password: str | None, progress: Callable[[str, int], None] | None, endpoint: Endpoint | None):
         self.address = address
+        self.endpoint = endpoint
+        self.guarded = not settings.git_allow_private_hosts
         self.dest = dest
         self.deadline = time.monotonic() + settings.git_clone_timeout
         self.timeout = settings.git_clone_timeout
@@ -810,7 +910,7 @@ class _Run:
             protocol = _protocol(self.address)
             env = _environment(home=home, ceiling=home.parent if cwd is None else self.dest.parent,
                                repo=None if cwd is None else self.dest, protocols=(protocol,), askpass=askpass,
-                               ssh=protocol == 'ssh')
+                               ssh=protocol == 'ssh', endpoint=self.endpoint, guarded=self.guarded)
             if protocol in ('http', 'https') and (self.username or self.password):
                 # A redirect to another host gets no answer: the token is only for the host the user named.
                 env[HOST_VARIABLE] = urlsplit(self.address.url).netloc
@@ -933,6 +1033,12 @@ def _classify(what: str, status: int, lines: Sequence[str], secrets: Sequence[st
                                       f'none were given (a private or missing repository): {last}')
     if any(marker in text for marker in _NOT_FOUND_MARKERS):
         return RepositoryNotFound(f'{what} failed: the repository or branch was not found: {last}')
+    redirect = _REDIRECT.search(text)
+    if redirect:
+        return InvalidRepositoryAddress(
+            f'{what} failed: the server redirects (HTTP {redirect[1]}) to another address, and redirects are not '
+            f'followed, since nothing checked where they lead. Submit the address the repository has now (was it '
+            f'renamed or moved?), or set GIT_ALLOW_PRIVATE_HOSTS=true on a private network.')
     return GitError(f'{what} failed (git exit status {status}): {last}')
 
 

@@ -20,7 +20,8 @@ from rqjobs.exceptions import SettingsError
 VARIABLES = (
     'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
     'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
-    'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_CLONE_TIMEOUT', 'GIT_MAX_REPO_SIZE',
+    'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_ALLOW_PRIVATE_HOSTS', 'GIT_CLONE_TIMEOUT',
+    'GIT_MAX_REPO_SIZE',
     'JOBS_SECRET_KEY', 'JOBS_ADMIN_PASSWORD', 'JOBS_SCHEDULE', 'ACCESS_LOG_BUFFER_MAX', 'ACCESS_LOG_BATCH_SIZE', 'ACCESS_LOG_MAX_PER_RUN',
 )
 _TRUE = {'1', 'true', 'yes', 'on'}
@@ -49,6 +50,7 @@ class Settings:
     extra_job_modules: tuple[tuple[str, str], ...] = field(default=())
     allow_local_repositories: bool = False
     git_allow_ssh: bool = False
+    git_allow_private_hosts: bool = False
     git_clone_timeout: int = 600
     git_max_repo_size_mb: int = 1024
     secret_key: str | None = field(default=None, repr=False)
@@ -90,6 +92,7 @@ class Settings:
             extra_job_modules=_extra_modules(env),
             allow_local_repositories=_bool(env, 'ALLOW_LOCAL_REPOSITORIES', False),
             git_allow_ssh=_bool(env, 'GIT_ALLOW_SSH', False),
+            git_allow_private_hosts=_bool(env, 'GIT_ALLOW_PRIVATE_HOSTS', False),
             git_clone_timeout=_int(env, 'GIT_CLONE_TIMEOUT', 600, minimum=1, example='600'),
             git_max_repo_size_mb=_int(env, 'GIT_MAX_REPO_SIZE', 1024, minimum=1, example='1024'),
             secret_key=_secret_key(env),

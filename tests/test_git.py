@@ -8,6 +8,7 @@ import dataclasses
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -131,10 +132,11 @@ def make_bare_for_http(source: Path, root: Path, org: str = 'org', name: str = '
 @contextlib.contextmanager
 def serve_dumb_http(root: Path, *, credentials: tuple[str, str] | None = None, delay: float = 0.0,
                     throttle: float = 0.0, redirect_to_localhost: bool = False,
-                    seen: list[str] | None = None) -> Iterator[str]:
+                    seen: list[str] | None = None, hosts: list[str] | None = None) -> Iterator[str]:
     """Serve `root` over plain HTTP on 127.0.0.1; optional Basic auth, a delay per request, a slow body.
 
-    `redirect_to_localhost` sends requests for 127.0.0.1 on to localhost; `seen` collects Authorization headers.
+    `redirect_to_localhost` sends requests for 127.0.0.1 on to localhost; `seen` collects Authorization headers,
+    `hosts` the Host header of each request.
     """
     expected = 'Basic ' + base64.b64encode(':'.join(credentials).encode()).decode() if credentials else None
 
@@ -144,6 +146,8 @@ def serve_dumb_http(root: Path, *, credentials: tuple[str, str] | None = None, d
 
         def do_GET(self):
             time.sleep(delay)
+            if hosts is not None:
+                hosts.append(self.headers.get('Host', ''))
             if seen is not None and self.headers.get('Authorization'):
                 seen.append(self.headers['Authorization'])
             if redirect_to_localhost and self.headers.get('Host', '').startswith('127.0.0.1:'):
@@ -181,6 +185,14 @@ def serve_dumb_http(root: Path, *, credentials: tuple[str, str] | None = None, d
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def network(env):
+    """Allow hosts on this machine's network: the HTTP servers of these tests listen on 127.0.0.1."""
+    env.setenv('GIT_ALLOW_PRIVATE_HOSTS', 'true')
+    settings_module.reset()
+    return env
 
 
 def http_address(base: str, username: str | None = None, password: str | None = None) -> RepoAddress:
@@ -716,7 +728,7 @@ def test_a_clone_over_the_size_cap_is_removed(local, tmp_path):
     assert not dest.exists() and not partial_path(dest).exists()
 
 
-def test_the_size_cap_kills_a_running_clone(env, tmp_path, started, monkeypatch):
+def test_the_size_cap_kills_a_running_clone(network, tmp_path, started, monkeypatch):
     monkeypatch.setattr(safe_git, 'SIZE_POLL_INTERVAL', 0.05)
     source = tmp_path / 'source'
     make_repository(source, big_file_mb=4)
@@ -733,7 +745,7 @@ def test_the_size_cap_kills_a_running_clone(env, tmp_path, started, monkeypatch)
     assert_groups_dead(started)
 
 
-def test_the_time_cap_kills_a_slow_clone(env, tmp_path, started):
+def test_the_time_cap_kills_a_slow_clone(network, tmp_path, started):
     source = tmp_path / 'source'
     make_repository(source)
     make_bare_for_http(source, tmp_path / 'srv')
@@ -752,9 +764,9 @@ def test_the_time_cap_kills_a_slow_clone(env, tmp_path, started):
 # Credentials over HTTP
 # ---------------------------------------------------------------------------------------------------------------------
 
-def test_credentials_reach_git_only_through_the_askpass_environment(env, tmp_path, started, caplog):
+def test_credentials_reach_git_only_through_the_askpass_environment(network, tmp_path, started, caplog):
     caplog.set_level('DEBUG')
-    env.setenv('GIT_SSL_NO_VERIFY', '1')
+    network.setenv('GIT_SSL_NO_VERIFY', '1')
     source = tmp_path / 'source'
     shas = make_repository(source)
     make_bare_for_http(source, tmp_path / 'srv')
@@ -790,7 +802,7 @@ def test_credentials_reach_git_only_through_the_askpass_environment(env, tmp_pat
         assert SECRET not in text
 
 
-def test_credentials_are_not_given_to_another_host_after_a_redirect(env, tmp_path):
+def test_credentials_are_not_given_to_another_host_after_a_redirect(network, tmp_path):
     source = tmp_path / 'source'
     make_repository(source)
     make_bare_for_http(source, tmp_path / 'srv')
@@ -803,7 +815,103 @@ def test_credentials_are_not_given_to_another_host_after_a_redirect(env, tmp_pat
     assert not any(secret_header in header for header in seen)
 
 
-def test_a_missing_repository_over_http_is_not_found(env, tmp_path):
+def test_a_missing_repository_over_http_is_not_found(network, tmp_path):
     (tmp_path / 'srv').mkdir()
     with serve_dumb_http(tmp_path / 'srv') as base, pytest.raises(RepositoryNotFound, match='not found'):
         sync(http_address(base), clone_path('w-404'))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hosts: public only, and git held to the addresses checked
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('url', [
+    'http://127.0.0.1:9/org/repo.git',
+    'http://localhost:9/org/repo.git',
+    'https://10.1.2.3/org/repo.git',
+    'https://192.168.0.10/org/repo.git',
+    'https://169.254.169.254/org/repo.git',  # cloud metadata services
+    'https://100.64.0.1/org/repo.git',  # shared address space
+    'https://0.0.0.0/org/repo.git',
+    'https://224.0.0.1/org/repo.git',
+    'https://[::1]/org/repo.git',
+    'https://[fd00::1]/org/repo.git',
+    'https://[::ffff:127.0.0.1]/org/repo.git',
+])
+def test_hosts_that_are_not_public_are_refused_before_git_runs(env, started, url):
+    address = RepoAddress(url=url, organization='org', name='repo')
+    with pytest.raises(InvalidRepositoryAddress, match='not a public address') as info:
+        sync(address, clone_path('w-private-host'))
+    assert 'GIT_ALLOW_PRIVATE_HOSTS=true' in str(info.value)
+    assert started == [] and not clone_path('w-private-host').exists()
+
+
+def test_a_host_that_cannot_be_resolved_is_a_retryable_error(env, started):
+    address = parse_address('https://no-such-host.rqjobs.invalid/org/repo.git')
+    with pytest.raises(safe_git.GitError, match='cannot be resolved') as info:
+        sync(address, clone_path('w-unresolved'))
+    assert not isinstance(info.value, safe_git.InvalidRepositoryAddress)  # DNS may come back: a retry may work
+    assert started == []
+
+
+def test_public_hosts_pass_and_proxied_ones_are_left_to_the_proxy(env, monkeypatch):
+    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port)),
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, '', ('2606:50c0:8000::154', port, 0, 0))])
+    endpoint = safe_git.check_host(parse_address('https://github.com/org/repo'))
+    assert endpoint == safe_git.Endpoint('https', 'github.com', 443, ('140.82.121.4', '2606:50c0:8000::154'))
+    assert safe_git._pin_config(endpoint, guarded=True) == [
+        ('http.curloptResolve', 'github.com:443:140.82.121.4,[2606:50c0:8000::154]'),
+        ('http.followRedirects', 'false')]
+    assert safe_git.check_host(parse_address('https://[2606:50c0:8000::154]:8443/org/repo')).addresses == ()
+
+    monkeypatch.setenv('https_proxy', 'http://proxy.internal:3128')
+    monkeypatch.setattr(safe_git, '_getaddrinfo', _no_dns)
+    assert safe_git.check_host(parse_address('https://github.com/org/repo')).addresses == ()
+    monkeypatch.setenv('no_proxy', 'github.com')
+    with pytest.raises(safe_git.GitError, match='cannot be resolved'):
+        safe_git.check_host(parse_address('https://github.com/org/repo'))
+
+
+def _no_dns(host, port, **_):
+    raise socket.gaierror(socket.EAI_NONAME, 'Name or service not known')
+
+
+def test_git_connects_to_the_address_checked_not_to_a_second_lookup(env, tmp_path, monkeypatch):
+    source = tmp_path / 'source'
+    shas = make_repository(source)
+    make_bare_for_http(source, tmp_path / 'srv')
+    # The name has no DNS entry (.test is reserved): git can only reach the server through the checked address.
+    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('127.0.0.1', port))] if host == 'git.rqjobs.test' else _no_dns(
+        host, port))
+    monkeypatch.setattr(safe_git, '_is_public', lambda ip: True)  # the test server is on loopback
+    hosts: list[str] = []
+    with serve_dumb_http(tmp_path / 'srv', redirect_to_localhost=True, hosts=hosts) as base:
+        port = base.rsplit(':', 1)[1]
+        named = RepoAddress(url=f'http://git.rqjobs.test:{port}/org/repo.git', organization='org', name='repo')
+        dest = clone_path('w-pinned')
+        assert sync(named, dest) == shas['head']
+        assert hosts and set(hosts) == {f'git.rqjobs.test:{port}'}
+        # With the guard on, a redirect (to a host nothing checked) is not followed.
+        hosts.clear()
+        with pytest.raises(InvalidRepositoryAddress, match=r'redirects \(HTTP 301\).*not followed'):
+            sync(http_address(base), clone_path('w-redirect-refused'))
+        assert hosts == [f'127.0.0.1:{port}']
+    assert not clone_path('w-redirect-refused').exists()
+
+
+def test_ssh_hosts_are_checked_and_ssh_is_held_to_the_address(env, started, monkeypatch):
+    env.setenv('GIT_ALLOW_SSH', 'true')
+    settings_module.reset()
+    for url in ('git@127.0.0.1:org/repo.git', 'ssh://git@[::1]:2222/org/repo.git', 'git@localhost:org/repo.git'):
+        with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+            sync(url, clone_path('w-ssh'))
+    assert started == []
+    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port))])
+    endpoint = safe_git.check_host(parse_address('git@github.com:org/repo.git'))
+    assert endpoint == safe_git.Endpoint('ssh', 'github.com', 22, ('140.82.121.4',))
+    env_of_git = safe_git._environment(home=Path('/nonexistent'), ceiling=Path('/'), repo=None, protocols=('ssh',),
+                                       ssh=True, endpoint=endpoint, guarded=True)
+    assert env_of_git['GIT_SSH_COMMAND'].endswith(' -oHostName=140.82.121.4 -oHostKeyAlias=github.com')
