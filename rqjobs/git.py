@@ -282,6 +282,8 @@ def _host(text: str, hostport: str, settings: Settings, *, allow_port: bool) -> 
                 host = str(ipaddress.IPv4Address(host))
             except ValueError:
                 _refuse(text, f'{host!r} is not a valid IPv4 address', settings)
+    if not settings.git_allow_private_hosts:
+        _check_literal_host(text, host, settings)
     if port is None:
         return host
     if not allow_port:
@@ -289,6 +291,17 @@ def _host(text: str, hostport: str, settings: Settings, *, allow_port: bool) -> 
     if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
         _refuse(text, f'the port {port[:10]!r} is not a number from 1 to 65535', settings)
     return f'{host}:{int(port)}'
+
+
+def _check_literal_host(text: str, host: str, settings: Settings) -> None:
+    # Named hosts are resolved and checked before each clone or fetch (check_host); these need no lookup.
+    try:
+        ip = ipaddress.ip_address(host.strip('[]'))
+    except ValueError:
+        ip = ipaddress.ip_address('127.0.0.1') if host == 'localhost' or host.endswith('.localhost') else None
+    if ip is not None and not _is_public(ip):
+        _refuse(text, f'{host} is not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on '
+                      f'your own network', settings)
 
 
 def _path(text: str, raw_path: str, settings: Settings) -> tuple[list[str], str, str]:

@@ -296,8 +296,8 @@ def hostile_environment(tmp_path, monkeypatch) -> SimpleNamespace:
     ('  https://GitHub.COM/org/My-Repo.v2/  ', 'https://github.com/org/My-Repo.v2.git', 'org', 'my-repo.v2'),
     ('https://gitlab.example.com:8443/group/sub/Project', 'https://gitlab.example.com:8443/group/sub/Project.git',
      'sub', 'project'),
-    ('https://[2001:db8::1]/org/repo', 'https://[2001:db8::1]/org/repo.git', 'org', 'repo'),
-    ('https://10.0.0.7:3000/org/repo.git', 'https://10.0.0.7:3000/org/repo.git', 'org', 'repo'),
+    ('https://[2606:4700::1111]/org/repo', 'https://[2606:4700::1111]/org/repo.git', 'org', 'repo'),
+    ('https://140.82.121.4:3000/org/repo.git', 'https://140.82.121.4:3000/org/repo.git', 'org', 'repo'),
 ])
 def test_accepted_addresses_are_normalised(address, url, organization, name):
     parsed = parse_address(address)
@@ -915,3 +915,13 @@ def test_ssh_hosts_are_checked_and_ssh_is_held_to_the_address(env, started, monk
     env_of_git = safe_git._environment(home=Path('/nonexistent'), ceiling=Path('/'), repo=None, protocols=('ssh',),
                                        ssh=True, endpoint=endpoint, guarded=True)
     assert env_of_git['GIT_SSH_COMMAND'].endswith(' -oHostName=140.82.121.4 -oHostKeyAlias=github.com')
+
+
+def test_a_private_address_written_as_such_is_refused_at_submission(env):
+    for url in ('https://10.0.0.7:3000/org/repo', 'https://[fe80::1]/org/repo', 'https://localhost/org/repo',
+                'https://git.localhost/org/repo'):
+        with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+            parse_address(url)
+    env.setenv('GIT_ALLOW_PRIVATE_HOSTS', 'true')
+    settings_module.reset()
+    assert parse_address('https://10.0.0.7:3000/org/repo').url == 'https://10.0.0.7:3000/org/repo.git'
