@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import redis
 from rq import Worker
 from rq.callbacks import execute_failure_callback
+from rq.exceptions import StopRequested
 from rq.utils import now
 
 from rqjobs import limits, queues
@@ -44,8 +45,26 @@ class JobsWorker(Worker):
     stop_requested = False
     jobs_executed = 0
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # An idle worker stops when rq's signal handler raises StopRequested. A signal that lands while a finalizer
+        # (__del__) runs has that exception printed and dropped, and the worker would wait on its queues for good:
+        # so the stop is also checked before each wait, with the queue class this worker dequeues through.
+        worker = self
+
+        class StoppableQueue(self.queue_class):
+            @classmethod
+            def dequeue_any(cls, *args, **kwargs):
+                if worker._stop_requested:
+                    raise StopRequested()
+                return super().dequeue_any(*args, **kwargs)
+
+        StoppableQueue.__name__ = StoppableQueue.__qualname__ = self.queue_class.__name__
+        self.queue_class = StoppableQueue
+
     def request_stop(self, signum, frame):
         self.stop_requested = True
+        self._stop_requested = True  # first, so that the stop holds even if what follows is cut short
         return super().request_stop(signum, frame)
 
     def execute_job(self, job, queue):

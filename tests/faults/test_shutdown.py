@@ -2,12 +2,15 @@
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from faultkit import FAULT_QUEUE, assert_all_dead, tree, wait_until
 from rq.job import JobStatus
 
+from conftest import ROOT
 from rqjobs import queues
 from rqjobs.worker import HEARTBEAT_GRACE, JOB_MONITORING_INTERVAL
 
@@ -57,3 +60,44 @@ def test_a_second_sigterm_kills_the_running_job_which_is_recovered_as_abandoned(
                 if member.decode().startswith(f'{running.id}:')]
     assert len(expiries) == 1 and expiries[0] - time.time() <= HEARTBEAT_GRACE + JOB_MONITORING_INTERVAL
     assert waiting.get_status(refresh=True) == JobStatus.QUEUED
+
+
+# A worker whose finalizer runs when the signal arrives: Python prints what the handler raised and drops it.
+SWALLOWED_STOP = '''
+import os, signal, sys
+from rqjobs import connections
+from rqjobs.worker import build_worker
+
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(200_000):  # the handler runs in here
+            pass
+
+
+worker = build_worker(connections.get_redis(shared=False), ['default'])
+procline = worker.procline
+
+
+def listening(message):
+    procline(message)
+    if message.startswith('Listening on'):
+        Finalized()  # dropped at once, as the worker is about to wait on its queues
+
+
+worker.procline = listening
+worker.work(with_scheduler=False)
+print('worker stopped', flush=True)
+'''
+
+
+def test_an_idle_worker_stops_even_when_the_signal_lands_in_a_finalizer(env, redis_conn):
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, '-c', SWALLOWED_STOP], check=False, cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+    output = done.stdout + done.stderr
+    assert 'Exception ignored in' in output and 'StopRequested' in output  # the handler's exception was dropped
+    assert done.returncode == 0 and 'worker stopped' in output, output
+    # It stops before it would wait on its queues (30 s), not at the process manager's SIGKILL.
+    assert time.monotonic() - began < 20
