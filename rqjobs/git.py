@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import SplitResult, unquote, urlsplit
-from urllib.request import getproxies_environment, proxy_bypass_environment
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -768,6 +767,8 @@ def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 def _proxied(endpoint: Endpoint) -> bool:
+    from urllib.request import getproxies_environment, proxy_bypass_environment  # heavy, and rarely needed
+
     proxies = getproxies_environment()
     proxy = proxies.get(endpoint.protocol) or proxies.get('all')
     return bool(proxy) and endpoint.protocol in ('http', 'https') and not proxy_bypass_environment(endpoint.host)
