@@ -754,9 +754,8 @@ def _endpoint(address: RepoAddress) -> Endpoint:
         parts = urlsplit(address.url)
         host, port = parts.hostname or '', parts.port
     else:  # scp-like: [user@]host:path
-        host, port = address.url.split(':', 1)[0].rpartition('@')[2].strip('[]'), None
-        if address.url.startswith('['):
-            host = address.url[1:].partition(']')[0]
+        match = _SCP_LIKE.fullmatch(address.url)
+        host, port = (match['host'].strip('[]') if match else ''), None
     return Endpoint(protocol, host, port or _DEFAULT_PORTS.get(protocol, 0))
 
 

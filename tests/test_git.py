@@ -904,7 +904,8 @@ def test_git_connects_to_the_address_checked_not_to_a_second_lookup(env, tmp_pat
 def test_ssh_hosts_are_checked_and_ssh_is_held_to_the_address(env, started, monkeypatch):
     env.setenv('GIT_ALLOW_SSH', 'true')
     settings_module.reset()
-    for url in ('git@127.0.0.1:org/repo.git', 'ssh://git@[::1]:2222/org/repo.git', 'git@localhost:org/repo.git'):
+    for url in ('git@127.0.0.1:org/repo.git', 'ssh://git@[::1]:2222/org/repo.git', 'git@localhost:org/repo.git',
+                'git@[::1]:org/repo.git'):
         with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
             sync(url, clone_path('w-ssh'))
     assert started == []
@@ -912,6 +913,9 @@ def test_ssh_hosts_are_checked_and_ssh_is_held_to_the_address(env, started, monk
         (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port))])
     endpoint = safe_git.check_host(parse_address('git@github.com:org/repo.git'))
     assert endpoint == safe_git.Endpoint('ssh', 'github.com', 22, ('140.82.121.4',))
+    for url, host in (('git@[2606:50c0:8000::154]:org/repo.git', '2606:50c0:8000::154'),
+                      ('ssh://git@github.com:2222/org/repo.git', 'github.com')):
+        assert safe_git._endpoint(parse_address(url)).host == host
     env_of_git = safe_git._environment(home=Path('/nonexistent'), ceiling=Path('/'), repo=None, protocols=('ssh',),
                                        ssh=True, endpoint=endpoint, guarded=True)
     assert env_of_git['GIT_SSH_COMMAND'].endswith(' -oHostName=140.82.121.4 -oHostKeyAlias=github.com')
