@@ -718,7 +718,12 @@ def warehouse() -> None:
 @click.pass_obj
 def warehouse_add(obj: Context, url: str, branch: str | None, user_id: str | None, git_user: str | None,
                   token_env: str | None, as_json: bool) -> None:
-    """Register the repository at URL and queue it for documentation."""
+    """Register the repository at URL and queue it for documentation.
+
+    URL is an https:// address on a public host, such as https://github.com/org/repo. ssh addresses need
+    GIT_ALLOW_SSH=true, local paths ALLOW_LOCAL_REPOSITORIES=true, and hosts on your own network
+    GIT_ALLOW_PRIVATE_HOSTS=true.
+    """
     import os
 
     from rqjobs import warehouse as warehouses
