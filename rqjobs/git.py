@@ -937,7 +937,8 @@ class _Run:
         received: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         try:
             # Its own session, hence its own process group: the caps kill git and every helper it started. SIGTERM
-            # when this process dies (a killed worker's horse): git then removes a partial clone and its lock files.
+            # when this process dies (a killed worker's horse): git stops and removes its lock files; what a clone
+            # wrote stays in <id>.partial, which the next try removes.
             # The preexec_fn takes no lock (two system calls), so threads of this process cannot deadlock it.
             process = subprocess.Popen(['git', *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
