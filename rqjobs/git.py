@@ -459,23 +459,21 @@ def partial_path(dest: Path) -> Path:
 def remove_clone(dest: Path, settings: Settings | None = None) -> bool:
     """Remove a clone and any unfinished clone beside it (only ever inside REPO_ROOT); True if something went."""
     settings = settings or get_settings()
-    removed = False
-    for candidate in (dest, partial_path(Path(dest))):
-        path = _inside_root(candidate, settings)
-        if os.path.lexists(path):
-            _remove_tree(path)
-            logger.info('%s: removed', path.name)
-            removed = True
-    return removed
+    removed = _remove_inside(Path(dest), settings, 'clone removed')
+    return remove_partial(dest, settings) or removed
 
 
 def remove_partial(dest: Path, settings: Settings | None = None) -> bool:
     """Remove what an interrupted clone into `dest` left behind; True if something was removed."""
-    path = _inside_root(partial_path(Path(dest)), settings or get_settings())
+    return _remove_inside(partial_path(Path(dest)), settings or get_settings(), 'unfinished clone removed')
+
+
+def _remove_inside(path: Path, settings: Settings, what: str) -> bool:
+    path = _inside_root(path, settings)
     if not os.path.lexists(path):
         return False
     _remove_tree(path)
-    logger.info('%s: unfinished clone removed', path.name)
+    logger.info('%s: %s', path.name, what)
     return True
 
 
@@ -725,13 +723,14 @@ def check_host(address: RepoAddress, settings: Settings | None = None) -> Endpoi
         literal = ipaddress.ip_address(endpoint.host)
     except ValueError:
         literal = None
+    proxied = literal is None and _proxied(endpoint)
     if literal is not None:
         found = [literal]
     else:
         try:
             infos = _getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
-            if _proxied(endpoint):
+            if proxied:
                 return endpoint  # only the proxy can resolve it, and it decides where the connection goes
             reason = getattr(exc, 'strerror', None) or str(exc)
             raise GitError(f'The host {endpoint.host} of {address.url} cannot be resolved ({reason}); check the '
@@ -743,7 +742,7 @@ def check_host(address: RepoAddress, settings: Settings | None = None) -> Endpoi
                 raise InvalidRepositoryAddress(
                     f'Repository address {_shown(address.url)} is refused: {endpoint.host} is {ip}, not a public '
                     f'address. Set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on your own network.')
-    if literal is not None or _proxied(endpoint):
+    if literal is not None or proxied:
         return endpoint
     return Endpoint(endpoint.protocol, endpoint.host, endpoint.port, tuple(str(ip) for ip in found))
 

@@ -328,7 +328,8 @@ def _scheduled(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_job_id(job_id: str) -> None:
-    if not isinstance(job_id, str) or not job_id or len(job_id) > 128 or not all(c.isalnum() or c in '_-' for c in job_id) or not job_id.isascii():
+    if (not isinstance(job_id, str) or not job_id or len(job_id) > 128 or not job_id.isascii()
+            or not all(c.isalnum() or c in '_-' for c in job_id)):
         raise InvalidJobArguments(f'Job id {job_id!r} must be 1 to 128 letters, digits, _ or -; '
                                   f'for example process-warehouse-42.')
 

@@ -59,7 +59,6 @@ class JobsWorker(Worker):
                     raise StopRequested()
                 return super().dequeue_any(*args, **kwargs)
 
-        StoppableQueue.__name__ = StoppableQueue.__qualname__ = self.queue_class.__name__
         self.queue_class = StoppableQueue
 
     def request_stop(self, signum, frame):
