@@ -43,7 +43,8 @@ def node(title: str, url: str, nodes: list[dict] | None = None) -> dict:
 
 def build_tree(title: str, analysis: Analysis, max_nodes: int = MAX_NODES) -> dict:
     """Build the mind map of an analysed repository, at most `max_nodes` nodes."""
-    budget = _Budget(max_nodes - 1)
+    # The root and the closing "… N more entries" node count too, so both are kept out of the budget.
+    budget = _Budget(max_nodes - 2)
     root = node(title, '')
     by_path = {source.path: source for source in analysis.files}
     for component in analysis.components:

@@ -161,6 +161,28 @@ def test_cleanup_refuses_bad_days(days):
 
 
 @pytest.mark.db
+def test_a_4000_file_repository_gets_at_most_2000_nodes(redis_conn, database, local, tmp_path, burst_worker):
+    from conftest import git
+
+    repo = tmp_path / 'upstream' / 'huge'
+    for number in range(4000):
+        # Twelve components (as many as the analysis keeps) of directories of forty files.
+        source = repo / f'part{number // 334:02}' / f'pkg{number % 334 // 40}' / f'module{number % 40:02}.py'
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(f'def function{number}():\n    return {number}\n')
+    git(repo, 'init', '-q')
+    git(repo, 'add', '-A')
+    git(repo, 'commit', '-q', '-m', 'Four thousand files')
+    row = warehouses.submit_warehouse(str(repo), connection=redis_conn)
+    burst_worker('warehouse')
+    assert Warehouse.get_by_id(row.id).status == WarehouseStatus.COMPLETED
+    stored = minimap.stored_tree(row.id)
+    assert minimap.count_nodes(stored) == minimap.MAX_NODES == 2000
+    assert stored['nodes'][-1]['title'].endswith('more entries not shown')
+    assert minimap.regenerate_minimap(row.id)['nodes'] == 2000
+
+
+@pytest.mark.db
 def test_cli_show_validate_regenerate(completed):
     runner = CliRunner()
     shown = runner.invoke(cli.main, ['minimap', 'show', completed.id])
