@@ -241,7 +241,7 @@ def _last_run(connection: redis.Redis, run_id: str | None) -> dict | None:
         job = queues.JsonJob.fetch(run_id, connection=connection)
     except NoSuchJobError:  # its result expired (RESULT_TTL): only the id is left
         return {'id': run_id, 'status': 'expired'}
-    status = job.get_status()
+    status = job.get_status().value
     error = None
     if status == 'failed':
         result = job.latest_result()

@@ -65,7 +65,7 @@ def fetch(connection: redis.Redis, job_id: str) -> queues.JsonJob:
 def cancel_job(connection: redis.Redis, job_id: str) -> str:
     """Cancel a job that has not started; return its previous status."""
     job = fetch(connection, job_id)
-    status = job.get_status()
+    status = job.get_status().value
     if status not in LIVE:
         hint = ' Use `jobs job stop` for a running job.' if status == 'started' else ''
         raise JobActionRefused(f'Job {job_id} is {status}; only queued, scheduled or deferred jobs can be cancelled.'
@@ -77,8 +77,9 @@ def cancel_job(connection: redis.Redis, job_id: str) -> str:
 def stop_job(connection: redis.Redis, job_id: str) -> None:
     """Ask the worker running a job to stop it (the job ends as stopped)."""
     job = fetch(connection, job_id)
-    if job.get_status() != 'started':
-        raise JobActionRefused(f'Job {job_id} is {job.get_status()}, not running; `jobs job cancel` removes a '
+    status = job.get_status().value
+    if status != 'started':
+        raise JobActionRefused(f'Job {job_id} is {status}, not running; `jobs job cancel` removes a '
                                f'queued job.')
     send_stop_job_command(connection, job_id, serializer=queues.JSONSerializer)
 
@@ -86,7 +87,7 @@ def stop_job(connection: redis.Redis, job_id: str) -> None:
 def delete_job(connection: redis.Redis, job_id: str) -> str:
     """Delete a job that is not running, from its queue and every registry; return its status."""
     job = fetch(connection, job_id)
-    status = job.get_status()
+    status = job.get_status().value
     if status == 'started':
         raise JobActionRefused(f'Job {job_id} is running; stop it first with `jobs job stop {job_id}`.')
     job.delete()

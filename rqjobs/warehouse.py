@@ -556,7 +556,7 @@ def describe(warehouse_id: str, connection: redis.Redis) -> dict:
             job = queues.JsonJob.fetch(job_id, connection=connection)
         except NoSuchJobError:
             continue
-        data['jobs'].append({'id': job.id, 'status': job.get_status(), 'progress': job.meta.get('progress')})
+        data['jobs'].append({'id': job.id, 'status': job.get_status().value, 'progress': job.meta.get('progress')})
     return data
 
 

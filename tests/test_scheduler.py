@@ -276,6 +276,16 @@ def test_describe_shows_next_and_last_runs_and_one_offs(redis_conn, database, no
     assert [one['source'] for one in data['one_off']] == ['rq (retry or delay)']
 
 
+def test_cli_schedule_show_prints_the_last_status_as_a_word(redis_conn, database, now, burst_worker):
+    scheduler.register(redis_conn, SMALL_PLAN)
+    now(30)
+    scheduler.tick(redis_conn)
+    burst_worker('default')
+    shown = CliRunner().invoke(cli.main, ['schedule', 'show'])
+    row, = [line for line in shown.output.splitlines() if line.startswith('ping-often ')]
+    assert shown.exit_code == 0 and row.split()[-1] == 'finished', shown.output
+
+
 def test_cli_schedule_commands(redis_conn):
     runner = CliRunner()
     registered = runner.invoke(cli.main, ['schedule', 'register'])

@@ -368,6 +368,7 @@ def test_cli_add_list_show_reprocess_remove(redis_conn, database, local, sample_
     assert shown.exit_code == 0
     assert 'Completed' in shown.output and 'Getting started' in shown.output
     assert 'done 100%' in shown.output
+    assert f'job:           {warehouses.process_job_id(warehouse_id)} finished ' in shown.output
     again = runner.invoke(cli.main, ['warehouse', 'reprocess', warehouse_id])
     assert again.exit_code == 0 and 'Pending' in again.output
     busy = runner.invoke(cli.main, ['warehouse', 'reprocess', warehouse_id])
