@@ -304,7 +304,7 @@ def enqueue(obj: Context, job: str | None, args: tuple[str, ...], kwargs: tuple[
     rq_job = queues.enqueue(spec.path, values, keywords, queue=queue, at=at, delay=delay, connection=obj.redis,
                             settings=obj.settings, **options)
     if not wait:
-        emit({'id': rq_job.id, 'job': spec.path, 'queue': rq_job.origin, 'status': rq_job.get_status()}, as_json,
+        emit({'id': rq_job.id, 'job': spec.path, 'queue': rq_job.origin, 'status': rq_job.get_status().value}, as_json,
              lambda data: click.echo(f'Enqueued {spec.name} as job {data["id"]} on queue {data["queue"]} '
                                      f'({data["status"]}).'))
         return None
@@ -322,22 +322,26 @@ def wait_for(obj: Context, job_id: str, timeout: float | None, as_json: bool) ->
     from rqjobs import monitor
 
     deadline = None if timeout is None else time.monotonic() + timeout
+    details = monitor.job_details(obj.redis, job_id)
+    if details['status'] == 'queued' and not monitor.queue_has_worker(obj.redis, details['queue']):
+        click.echo(f'No worker listens on queue {details["queue"]}; start one with `jobs worker {details["queue"]}`.',
+                   err=True)
     shown = 0
-    with click.progressbar(length=100, label='running', file=sys.stderr, show_eta=False) as bar:
+    with click.progressbar(length=100, label=details['status'], file=sys.stderr, show_eta=False) as bar:
         while True:
-            details = monitor.job_details(obj.redis, job_id)
             progress = details['progress'] or {}
-            percent = int(progress.get('percent', 0))
-            if percent > shown:
-                bar.update(percent - shown)
-                shown = percent
+            percent = max(shown, int(progress.get('percent', 0)))
             bar.label = progress.get('step') or details['status']
+            # update() also prints a changed label when stderr is not a terminal, so logs show queued → started.
+            bar.update(percent - shown)
+            shown = percent
             if details['status'] in ('finished', 'failed', 'stopped', 'canceled'):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 details = None
                 break
             time.sleep(0.2)
+            details = monitor.job_details(obj.redis, job_id)
     if details is None:
         message = f'Job {job_id} did not end within {timeout:g} s; it goes on (`jobs job show {job_id}`).'
         emit({'id': job_id, 'status': 'timeout', 'message': message}, as_json, lambda _: click.echo(message, err=True))
@@ -346,8 +350,16 @@ def wait_for(obj: Context, job_id: str, timeout: float | None, as_json: bool) ->
         emit(details if as_json else details['result'], as_json,
              lambda result: click.echo(json.dumps(result, indent=2, default=str, ensure_ascii=False)))
         return
-    emit(details, as_json, lambda d: click.echo(f'Job {job_id} {d["status"]}:\n{d["error"] or ""}'.rstrip(), err=True))
+    emit(details, as_json, print_failure)
     raise SystemExit(EXIT_FAILED)
+
+
+def print_failure(details: dict) -> None:
+    """Print how a job ended: one line for a permanent error (bad input), the traceback for an unexpected one."""
+    if details['permanent_error']:
+        click.echo(f'Job {details["id"]} {details["status"]}: {details["permanent_error"]}', err=True)
+    else:
+        click.echo(f'Job {details["id"]} {details["status"]}:\n{details["error"] or ""}'.rstrip(), err=True)
 
 
 # ---- Single jobs ----

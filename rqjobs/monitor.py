@@ -51,6 +51,11 @@ def worker_states(connection: redis.Redis) -> list[dict[str, Any]]:
     return rows
 
 
+def queue_has_worker(connection: redis.Redis, queue_name: str) -> bool:
+    """Return whether some live worker listens on the queue."""
+    return Worker.count(connection=connection, queue=queues.JsonQueue(queue_name, connection=connection)) > 0
+
+
 def _error_line(job: queues.JsonJob) -> str | None:
     """Return the last line of a failed job's error, the line that names the exception."""
     result = job.latest_result()
@@ -160,4 +165,5 @@ def job_details(connection: redis.Redis, job_id: str) -> dict[str, Any]:
         'timeout': job.timeout, 'retries_left': job.retries_left, 'progress': job.meta.get('progress'),
         'result': result.return_value if result is not None and status == 'finished' else None,
         'error': (result.exc_string or '').strip() if result is not None and status == 'failed' else None,
+        'permanent_error': job.meta.get(queues.PERMANENT_ERROR) if status == 'failed' else None,
     }

@@ -48,6 +48,8 @@ JOB_MODULES = {
 # Transient failures (network, a locked database) get three more tries a minute apart; `PermanentJobError`s none.
 RETRY_MAX = 3
 RETRY_INTERVALS = (60, 60, 60)
+# The job meta key holding a `PermanentJobError`'s message, which says all a reader needs.
+PERMANENT_ERROR = 'permanent_error'
 
 
 class JSONSerializer:
@@ -105,8 +107,11 @@ class JsonJob(Job):
     def _execute(self) -> Any:
         try:
             return super()._execute()
-        except PermanentJobError:
+        except PermanentJobError as exc:
             self.retries_left = 0  # a retry cannot fix it: fail now instead of three minutes from now
+            # Its message is the whole story (bad input, a missing resource): kept apart so readers skip the traceback.
+            self.meta[PERMANENT_ERROR] = str(exc) or type(exc).__name__
+            self.save_meta()  # rq saves a failed job without its meta, so as not to clobber it
             raise
 
     def _deserialize_data(self) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,41 @@ def test_enqueue_wait_prints_the_result_or_the_error(ops, worker_process):
     failed = invoke('enqueue', 'explode', '"disk full"', '--no-retry', '--wait', '--timeout', '60')
     assert failed.exit_code == 1
     assert 'ValueError: exploded: disk full' in failed.output
+
+
+def test_statuses_print_as_words(ops):
+    later = invoke('enqueue', 'nap', '--in', '5m')
+    assert later.exit_code == 0 and later.output.rstrip().endswith('(scheduled).'), later.output
+    job_id = later.output.split(' as job ')[1].split()[0]
+    stop = invoke('job', 'stop', job_id)
+    assert stop.exit_code == 1 and f'Job {job_id} is scheduled, not running' in stop.output
+    assert invoke('job', 'cancel', job_id).output.endswith(f'Job {job_id} (scheduled) cancelled.\n')
+    refused = invoke('job', 'cancel', job_id)
+    assert refused.exit_code == 1 and f'Job {job_id} is canceled;' in refused.output
+    assert invoke('job', 'delete', job_id).output.endswith(f'Job {job_id} (canceled) deleted.\n')
+    assert 'JobStatus' not in later.output + stop.output + refused.output
+
+
+def test_enqueue_wait_without_a_worker_says_queued(ops):
+    result = invoke('enqueue', 'nap', '--wait', '--timeout', '0.3')
+    assert result.exit_code == cli.EXIT_TIMEOUT
+    lines = result.output.splitlines()[2:]
+    assert lines[:2] == ['No worker listens on queue ops; start one with `jobs worker ops`.', 'queued'], lines
+    assert len(lines) == 3 and 'did not end within 0.3 s' in lines[2]
+
+
+@pytest.mark.slow
+def test_enqueue_wait_shows_a_permanent_error_in_one_line(ops, worker_process):
+    refused = invoke('enqueue', 'generate_statistics', 'yesterday', '--queue', 'ops', '--wait', '--timeout', '60')
+    assert refused.exit_code == 1
+    assert re.fullmatch(r"Job \S+ failed: Date 'yesterday' is not a day written as YYYY-MM-DD; for example "
+                        r"\d{4}-\d\d-\d\d\.", refused.output.splitlines()[-1]), refused.output
+    assert 'Traceback' not in refused.output
+    as_json = invoke('enqueue', 'generate_statistics', 'yesterday', '--queue', 'ops', '--wait', '--timeout', '60',
+                     '--json')
+    assert data(as_json)['permanent_error'].startswith("Date 'yesterday' is not a day")
+    unexpected = invoke('enqueue', 'explode', '"disk full"', '--no-retry', '--wait', '--timeout', '60')
+    assert unexpected.exit_code == 1 and 'Traceback' in unexpected.output
 
 
 def test_enqueue_wait_times_out_with_its_own_code(ops):
