@@ -188,9 +188,15 @@ def minimap_group() -> None:
               help='Print at most this many lines of the tree.')
 def minimap_show(warehouse_id: str, as_json: bool, max_lines: int) -> None:
     """Print a warehouse's mind map as an indented tree."""
+    from models import WarehouseStatus
     from rqjobs import minimap
+    from rqjobs import warehouse as warehouses
 
+    row = warehouses.get_warehouse(warehouse_id)  # a clear message for an unknown id
     tree = minimap.stored_tree(warehouse_id)
+    if tree is None and row.status != WarehouseStatus.COMPLETED:
+        raise click.ClickException(f'Warehouse {warehouse_id} has no mind map: it is {row.status}, and mind maps are '
+                                   f'built for Completed warehouses.')
     if tree is None:
         raise click.ClickException(f'Warehouse {warehouse_id} has no mind map; make one with '
                                    f'`jobs minimap regenerate {warehouse_id}`.')
@@ -202,7 +208,9 @@ def minimap_show(warehouse_id: str, as_json: bool, max_lines: int) -> None:
 def minimap_regenerate(warehouse_id: str) -> None:
     """Build a warehouse's mind map again now and replace the stored one."""
     from rqjobs import minimap
+    from rqjobs import warehouse as warehouses
 
+    warehouses.get_warehouse(warehouse_id)  # a clear message for an unknown id
     result = minimap.regenerate_minimap(warehouse_id)
     if result['status'] != 'regenerated':
         raise click.ClickException(f'Warehouse {warehouse_id}: {result["message"]}.')
@@ -215,7 +223,9 @@ def minimap_regenerate(warehouse_id: str) -> None:
 def minimap_validate(warehouse_id: str, as_json: bool) -> None:
     """Check a stored mind map's shape; exit 1 if it is missing or invalid."""
     from rqjobs import minimap
+    from rqjobs import warehouse as warehouses
 
+    warehouses.get_warehouse(warehouse_id)  # a clear message for an unknown id
     result = minimap.validate_minimap(warehouse_id)
     emit(result, as_json, lambda r: click.echo(
         f'Valid: {r["nodes"]} nodes, {r["edges"]} edges, depth {r["depth"]}.' if r['valid']

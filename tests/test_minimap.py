@@ -193,7 +193,19 @@ def test_cli_show_validate_regenerate(completed):
     assert valid.exit_code == 0 and valid.output.startswith('Valid: ')
     again = runner.invoke(cli.main, ['minimap', 'regenerate', completed.id])
     assert again.exit_code == 0 and 'regenerated' in again.output
-    missing = runner.invoke(cli.main, ['minimap', 'show', 'nope'])
-    assert missing.exit_code == 1 and 'has no mind map' in missing.output
-    invalid = runner.invoke(cli.main, ['minimap', 'validate', 'nope'])
+    MiniMap.delete().execute()
+    missing = runner.invoke(cli.main, ['minimap', 'show', completed.id])
+    assert missing.exit_code == 1 and f'make one with `jobs minimap regenerate {completed.id}`' in missing.output
+    invalid = runner.invoke(cli.main, ['minimap', 'validate', completed.id])
     assert invalid.exit_code == 1 and 'Not valid: no mind map stored' in invalid.output
+    Warehouse.update(status=WarehouseStatus.FAILED).execute()
+    failed = runner.invoke(cli.main, ['minimap', 'show', completed.id])
+    assert failed.exit_code == 1 and 'it is Failed, and mind maps are built for Completed' in failed.output
+
+
+@pytest.mark.db
+@pytest.mark.parametrize('command', ['show', 'regenerate', 'validate'])
+def test_cli_says_an_unknown_warehouse_does_not_exist(database, command):
+    result = CliRunner().invoke(cli.main, ['minimap', command, 'nope'])
+    assert result.exit_code == 2 and result.output.splitlines()[-1] == (
+        'Error: Warehouse nope does not exist (or was removed); `jobs warehouse list` shows the ids.')
