@@ -252,9 +252,10 @@ def _last_run(connection: redis.Redis, run_id: str | None) -> dict | None:
 
 def run(connection: redis.Redis, interval: float = POLL_INTERVAL, burst: bool = False) -> None:
     """Register the plan, then run the scheduler loop until stopped (or, with `burst`, one pass)."""
-    register(connection)
-    logger.info('scheduler: polling every %s s', interval)
     try:
+        # Registering talks to Redis too: losing it there is the same outage as losing it in the loop.
+        register(connection)
+        logger.info('scheduler: polling every %s s', interval)
         build_scheduler(connection, interval).run(burst=burst)
     except redis.RedisError as exc:
         # Exit 1 with one line, not a traceback: a process manager starts the scheduler again once Redis is back.
