@@ -49,13 +49,16 @@ def test_queued_jobs_survive_a_redis_crash_and_a_busy_worker_exits_1(server, fau
     long_marker, short_marker = tmp_path / 'long.txt', tmp_path / 'short.txt'
     running = queues.enqueue('nap', [2, str(long_marker)], connection=connection)
     queued = [queues.enqueue('nap', [0, str(short_marker)], connection=connection) for _ in range(5)]
-    pushed = time.monotonic()
     worker = processes.worker(FAULT_QUEUE, name='worker')
     scheduler = processes.jobs('scheduler', '--interval', '1', name='scheduler')
     wait_until(lambda: running.get_status(refresh=True) == JobStatus.STARTED, 30, 'the long job started',
                details=processes.logs_text)
     horse = wait_until(lambda: [p for p in tree(worker.pid)[1:] if os.getpgid(p.pid) == p.pid], 10, 'a work horse')
-    time.sleep(max(0.0, pushed + 1.5 - time.monotonic()))  # appendfsync everysec: the pushes are on disk by now
+    # Past its start-up registration and in its loop (losing Redis while registering has a test of its own).
+    wait_until(lambda: connection.keys('rq:scheduler_instance:*'), 30, 'the scheduler runs its loop',
+               details=processes.logs_text)
+    # A SIGKILL loses what Redis has not yet written to its append-only file, not what awaits an fsync.
+    wait_until(lambda: connection.info('persistence')['aof_buffer_length'] == 0, 10, 'the pushes are in the file')
     kill_server(server)
 
     # Producers fail fast and say why, without a traceback.
@@ -75,6 +78,7 @@ def test_queued_jobs_survive_a_redis_crash_and_a_busy_worker_exits_1(server, fau
     # So does the scheduler, at its next look at the schedule.
     assert scheduler.wait(timeout=30) == 1, processes.log(scheduler)
     assert 'Traceback' not in processes.log(scheduler), processes.log(scheduler)
+    assert 'Error: The scheduler lost Redis and stopped (' in processes.log(scheduler)
 
     server.ensure_running()
     assert [job.get_status(refresh=True) for job in queued] == [JobStatus.QUEUED] * 5
@@ -92,6 +96,26 @@ def test_queued_jobs_survive_a_redis_crash_and_a_busy_worker_exits_1(server, fau
                'the queued jobs ran', details=processes.logs_text)
     assert lines(short_marker) == 5
     assert restarted.poll() is None
+
+
+def test_a_scheduler_that_loses_redis_while_registering_exits_1(server, processes):
+    import scheduler as plans
+
+    connection = connections.get_redis()
+    # Writes wait while the server is paused for them, reads go on: the scheduler's first write, the SET that takes
+    # the registration lock, is held until the server dies under it.
+    connection.execute_command('CLIENT', 'PAUSE', 60_000, 'WRITE')
+    scheduler = processes.jobs('scheduler', '--interval', '1', name='scheduler')
+    wait_until(lambda: [c for c in connection.client_list() if c['cmd'] == 'set' and 'b' in c['flags']], 30,
+               'the scheduler waits to take the registration lock', details=processes.logs_text)
+    kill_server(server)
+
+    assert scheduler.wait(timeout=30) == 1, processes.log(scheduler)
+    log = processes.log(scheduler)
+    assert 'Traceback' not in log, log
+    assert log.splitlines()[-1].startswith('Error: The scheduler lost Redis and stopped ('), log
+    server.ensure_running()
+    assert plans.describe(connection)['entries'] == []  # it died before registering anything
 
 
 def test_an_idle_worker_waits_for_redis_and_goes_on(server, faults, processes, tmp_path):
