@@ -17,7 +17,7 @@ from rq.suspension import is_suspended
 
 import cli
 from conftest import ROOT
-from rqjobs import clock, control, queues, settings
+from rqjobs import clock, control, monitor, queues, settings
 
 pytestmark = pytest.mark.db
 
@@ -151,11 +151,14 @@ def test_enqueue_wait_without_a_worker_says_queued(ops):
 
 @pytest.mark.slow
 def test_enqueue_wait_shows_a_permanent_error_in_one_line(ops, worker_process):
+    deadline = time.monotonic() + 30
+    while not monitor.queue_has_worker(ops, 'ops') and time.monotonic() < deadline:
+        time.sleep(0.05)  # the worker process registers itself
     refused = invoke('enqueue', 'generate_statistics', 'yesterday', '--queue', 'ops', '--wait', '--timeout', '60')
     assert refused.exit_code == 1
     assert re.fullmatch(r"Job \S+ failed: Date 'yesterday' is not a day written as YYYY-MM-DD; for example "
                         r"\d{4}-\d\d-\d\d\.", refused.output.splitlines()[-1]), refused.output
-    assert 'Traceback' not in refused.output
+    assert 'Traceback' not in refused.output and 'No worker listens' not in refused.output
     as_json = invoke('enqueue', 'generate_statistics', 'yesterday', '--queue', 'ops', '--wait', '--timeout', '60',
                      '--json')
     assert data(as_json)['permanent_error'].startswith("Date 'yesterday' is not a day")
