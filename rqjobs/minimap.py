@@ -47,32 +47,41 @@ def build_tree(title: str, analysis: Analysis, max_nodes: int = MAX_NODES) -> di
     budget = _Budget(max_nodes - 2)
     root = node(title, '')
     by_path = {source.path: source for source in analysis.files}
+    entries = 0
     for component in analysis.components:
-        if not budget.take():
-            break
         files = [by_path[path] for path in component['files'] if path in by_path]
         prefix = '' if component['path'] in ('', '.') else component['path'].rstrip('/') + '/'
-        root['nodes'].append(node(component['name'], component['path'], _directory_nodes(files, prefix, budget)))
-    if budget.exhausted:
-        root['nodes'].append(node(f'… {budget.dropped} more entries not shown', ''))
+        entries += 1 + _entry_count(files, prefix)
+        if budget.take():
+            root['nodes'].append(node(component['name'], component['path'], _directory_nodes(files, prefix, budget)))
+    # Counted against the uncapped tree, not refused budget checks: the per-directory and per-file caps cut
+    # entries without ever asking the budget.
+    left_out = entries - (count_nodes(root) - 1)
+    if left_out:
+        root['nodes'].append(node(f'… {left_out:,} more {"entry" if left_out == 1 else "entries"} not shown', ''))
     return root
+
+
+def _entry_count(files: list[SourceFile], prefix: str) -> int:
+    """Count the nodes `_directory_nodes` would give these files with no budget and no caps."""
+    directories = set()
+    for source in files:
+        parts = source.path[len(prefix):].split('/')[:-1]
+        directories.update('/'.join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    # A declaration node shows its direct children only, as `_declaration_nodes` does.
+    declarations = sum(1 + len(declaration.children) for source in files for declaration in source.declarations)
+    return len(directories) + len(files) + declarations
 
 
 class _Budget:
     def __init__(self, size: int):
         self.left = size
-        self.dropped = 0
 
     def take(self) -> bool:
         if self.left > 0:
             self.left -= 1
             return True
-        self.dropped += 1
         return False
-
-    @property
-    def exhausted(self) -> bool:
-        return self.dropped > 0
 
 
 def _directory_nodes(files: list[SourceFile], prefix: str, budget: _Budget) -> list[dict]:

@@ -9,6 +9,7 @@ import cli
 from models import MiniMap, Warehouse, WarehouseStatus
 from rqjobs import clock, minimap
 from rqjobs import warehouse as warehouses
+from rqjobs.analysis import Analysis, Declaration, SourceFile
 from rqjobs.exceptions import PermanentJobError
 
 
@@ -50,6 +51,47 @@ def test_cycles_depth_and_size_are_refused(monkeypatch):
     assert 'deeper than 64 levels' in minimap.check_tree(deep)['error']
     monkeypatch.setattr(minimap, 'MAX_VALID_NODES', 3)
     assert 'more than 3 nodes' in minimap.check_tree(tree(nodes=[tree(), tree(), tree()]))['error']
+
+
+# ---- Building ----
+
+def analysis_of(components: dict[str, int], declarations: int = 1) -> Analysis:
+    """An analysis of components each holding `count` files in one directory, each file with `declarations`."""
+    files = [SourceFile(f'{name}/module{number:04}.py', 'python', 10, 1,
+                        [Declaration('function', f'f{index}', f'f{index}()', index + 1) for index in range(declarations)])
+             for name, count in components.items() for number in range(count)]
+    return Analysis(files=files, skipped={}, languages=[], readme_path=None, readme='', tree='', classification='',
+                    components=[{'name': name, 'path': name, 'files': [f.path for f in files if f.path.startswith(name + '/')]}
+                                for name in components], total_files=len(files), total_bytes=10 * len(files))
+
+
+def more_entries(tree: dict) -> str:
+    last = tree['nodes'][-1]['title'] if tree['nodes'] else ''
+    return last if last.startswith('…') else ''
+
+
+def test_files_cut_by_the_per_directory_cap_are_counted():
+    # 10 components of 100 files with one declaration each: 10 + 10 * 100 * 2 = 2,010 entries; forty files a
+    # directory are shown (10 + 10 * 40 * 2 = 810 nodes), well within the budget, so 1,200 were left out.
+    tree = minimap.build_tree('big', analysis_of({f'c{index}': 100 for index in range(10)}))
+    assert minimap.count_nodes(tree) == 1 + 810 + 1
+    assert more_entries(tree) == '… 1,200 more entries not shown'
+
+
+def test_entries_cut_by_the_node_budget_are_counted():
+    # 30 components of 40 files with one declaration each: 30 + 30 * 40 * 2 = 2,430 entries, of which 1,998 are
+    # shown beside the root and the closing node.
+    tree = minimap.build_tree('big', analysis_of({f'c{index:02}': 40 for index in range(30)}))
+    assert minimap.count_nodes(tree) == minimap.MAX_NODES
+    assert more_entries(tree) == '… 432 more entries not shown'
+
+
+def test_declarations_cut_per_file_are_counted_and_a_full_map_says_nothing():
+    assert more_entries(minimap.build_tree('small', analysis_of({'a': 3}, declarations=12))) == ''
+    tree = minimap.build_tree('small', analysis_of({'a': 3}, declarations=13))
+    assert more_entries(tree) == '… 3 more entries not shown'
+    tree = minimap.build_tree('small', analysis_of({'a': 1}, declarations=13))
+    assert more_entries(tree) == '… 1 more entry not shown'
 
 
 # ---- Jobs on real warehouses ----
@@ -178,7 +220,9 @@ def test_a_4000_file_repository_gets_at_most_2000_nodes(redis_conn, database, lo
     assert Warehouse.get_by_id(row.id).status == WarehouseStatus.COMPLETED
     stored = minimap.stored_tree(row.id)
     assert minimap.count_nodes(stored) == minimap.MAX_NODES == 2000
-    assert stored['nodes'][-1]['title'].endswith('more entries not shown')
+    # 12 components, 108 directories, 4,000 files and the 720 declarations outlined (60 files a component): 4,840
+    # entries, of which 1,998 are shown.
+    assert stored['nodes'][-1]['title'] == '… 2,842 more entries not shown'
     assert minimap.regenerate_minimap(row.id)['nodes'] == 2000
 
 
