@@ -396,7 +396,9 @@ def job_show(obj: Context, job_id: str, as_json: bool) -> None:
             click.echo(f'{key + ":":<14}{_cell(d[key]) if not isinstance(d[key], dict) else json.dumps(d[key])}')
         if d['result'] is not None:
             click.echo(f'{"result:":<14}{json.dumps(d["result"], default=str, ensure_ascii=False)}')
-        if d['error']:
+        if d['permanent_error']:
+            click.echo(f'{"error:":<14}{d["permanent_error"]}')  # bad input: the traceback adds nothing (--json has it)
+        elif d['error']:
             click.echo(f'error:\n{d["error"]}')
 
     emit(data, as_json, human)
@@ -587,7 +589,7 @@ def inspect_scheduled(obj: Context, limit: int, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def inspect_failed(obj: Context, queue: str | None, limit: int, as_json: bool) -> None:
-    """Failed jobs, newest first, with the last line of their error."""
+    """Failed jobs, newest first, with their error in one line."""
     from rqjobs import monitor, queues
 
     if queue:

@@ -57,7 +57,9 @@ def queue_has_worker(connection: redis.Redis, queue_name: str) -> bool:
 
 
 def _error_line(job: queues.JsonJob) -> str | None:
-    """Return the last line of a failed job's error, the line that names the exception."""
+    """Return a failed job's error in one line: a permanent error's message, else the line naming the exception."""
+    if job.meta.get(queues.PERMANENT_ERROR):
+        return job.meta[queues.PERMANENT_ERROR]
     result = job.latest_result()
     text = (result.exc_string if result else None) or ''
     lines = [line for line in text.strip().splitlines() if line.strip()]

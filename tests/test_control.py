@@ -195,6 +195,23 @@ def test_job_show_cancel_delete(ops):
     assert gone.exit_code == 1 and 'No job' in gone.output
 
 
+def test_a_permanent_error_is_one_line_in_job_show_and_the_failed_list(ops, burst_worker):
+    refused = queues.enqueue('generate_statistics', ['yesterday'], queue='ops', connection=ops)
+    unexpected = queues.enqueue('explode', ['disk full'], retry=None, connection=ops)
+    burst_worker('ops')
+    message = r"Date 'yesterday' is not a day written as YYYY-MM-DD; for example \d{4}-\d\d-\d\d\."
+    shown = invoke('job', 'show', refused.id)
+    assert shown.exit_code == 0 and 'Traceback' not in shown.output, shown.output
+    assert re.fullmatch(r'error: +' + message, shown.output.splitlines()[-1]), shown.output
+    as_json = data(invoke('job', 'show', refused.id, '--json'))
+    assert re.fullmatch(message, as_json['permanent_error']) and 'Traceback' in as_json['error']
+    traced = invoke('job', 'show', unexpected.id)
+    assert 'Traceback' in traced.output and traced.output.splitlines()[-1] == 'ValueError: exploded: disk full'
+    errors = {row['id']: row['error'] for row in data(invoke('inspect', 'failed', '--queue', 'ops', '--json'))}
+    assert re.fullmatch(message, errors[refused.id]) and errors[unexpected.id] == 'ValueError: exploded: disk full'
+    assert re.search(r'\s' + message, invoke('inspect', 'failed').output)
+
+
 @pytest.mark.slow
 def test_job_stop_stops_a_running_job(ops, worker_process):
     job = queues.enqueue('nap', [60], connection=ops)
