@@ -105,6 +105,8 @@ class JsonJob(Job):
             raise
 
     def _execute(self) -> Any:
+        if self.meta.pop(PERMANENT_ERROR, None) is not None:
+            self.save_meta()  # a requeued job's earlier message would stand for whatever happens now
         try:
             return super()._execute()
         except PermanentJobError as exc:

@@ -22,11 +22,13 @@ from rqjobs import clock, control, monitor, queues, settings
 pytestmark = pytest.mark.db
 
 OPS_JOBS = '''
+import os
 import time
 
+from rqjobs.exceptions import PermanentJobError
 from rqjobs.queues import report_progress
 
-JOBS = ('nap', 'explode')
+JOBS = ('nap', 'explode', 'count_in')
 
 
 def nap(seconds: float = 0.0) -> dict:
@@ -39,6 +41,14 @@ def nap(seconds: float = 0.0) -> dict:
 def explode(reason: str = 'boom') -> None:
     """Fail with a clear error."""
     raise ValueError(f'exploded: {reason}')
+
+
+def count_in(path: str) -> int:
+    """Return the number written in a file; a missing file is bad input."""
+    if not os.path.exists(path):
+        raise PermanentJobError(f'No file at {path}.')
+    with open(path) as file:
+        return int(file.read())
 '''
 
 
@@ -210,6 +220,19 @@ def test_a_permanent_error_is_one_line_in_job_show_and_the_failed_list(ops, burs
     errors = {row['id']: row['error'] for row in data(invoke('inspect', 'failed', '--queue', 'ops', '--json'))}
     assert re.fullmatch(message, errors[refused.id]) and errors[unexpected.id] == 'ValueError: exploded: disk full'
     assert re.search(r'\s' + message, invoke('inspect', 'failed').output)
+
+
+def test_a_requeued_job_does_not_keep_its_old_permanent_error(ops, burst_worker, tmp_path):
+    note = tmp_path / 'note'
+    job = queues.enqueue('count_in', [str(note)], retry=None, connection=ops)
+    burst_worker('ops')
+    assert invoke('job', 'show', job.id).output.splitlines()[-1] == f'error:        No file at {note}.'
+    note.write_text('many')
+    assert invoke('requeue', job.id).exit_code == 0
+    burst_worker('ops')
+    shown = invoke('job', 'show', job.id)
+    assert 'Traceback' in shown.output and 'No file at' not in shown.output, shown.output
+    assert shown.output.splitlines()[-1] == "ValueError: invalid literal for int() with base 10: 'many'"
 
 
 @pytest.mark.slow
