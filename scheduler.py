@@ -25,7 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq_scheduler import Scheduler
 
 from rqjobs import clock, queues
-from rqjobs.exceptions import RedisUnavailable, SettingsError
+from rqjobs.exceptions import PlanLocked, RedisUnavailable, SettingsError
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 # Seconds between two looks at the schedule: a 30 s entry then fires every 30 ± 5 s.
 POLL_INTERVAL = 5
 REGISTER_LOCK = 'rqjobs:lock:schedule-register'
+REGISTER_LOCK_WAIT = 30  # seconds a registration waits for another one to finish (one takes milliseconds)
 PLAN_MARK = 'plan_entry'
 MIN_INTERVAL = 5
 
@@ -172,7 +173,14 @@ def register(connection: redis.Redis, entries: Sequence[Entry] | None = None) ->
         queues.find_job(entry.job)  # an entry naming no registered job fails here, not at 01:00
     scheduler = build_scheduler(connection)
     added, replaced, kept, removed = [], [], [], []
-    with connection.lock(REGISTER_LOCK, timeout=30, blocking_timeout=30):
+    lock = connection.lock(REGISTER_LOCK, timeout=30, blocking_timeout=REGISTER_LOCK_WAIT)
+    # acquire() rather than `with`: redis-py raises the same LockError for a lock not taken and for one lost while
+    # held, and only the first means that another process is registering.
+    if not lock.acquire():
+        raise PlanLocked(f'Another scheduler (or `jobs schedule register`) held the plan\'s registration lock for '
+                         f'{REGISTER_LOCK_WAIT:g} s; nothing was registered. Check that only one `jobs scheduler` '
+                         f'runs, then try again.')
+    try:
         current = {job.id: job for job in scheduler.get_jobs() if job.meta.get(PLAN_MARK)}
         wanted = {entry.id for entry in entries}
         for job_id, job in current.items():
@@ -195,6 +203,8 @@ def register(connection: redis.Redis, entries: Sequence[Entry] | None = None) ->
             template.save()
             connection.zadd(scheduler.scheduled_jobs_key, {entry.id: _epoch(first_time(entry, now))})
             (replaced if job is not None else added).append(entry.id)
+    finally:
+        lock.release()
     logger.info('schedule: %d added, %d replaced, %d kept, %d removed', len(added), len(replaced), len(kept),
                 len(removed))
     return {'added': added, 'replaced': replaced, 'kept': kept, 'removed': removed}

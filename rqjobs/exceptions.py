@@ -81,6 +81,10 @@ class WorkerStopped(RqjobsError):
     """Raised when a worker's loop ends on an error (Redis lost mid-job, say) rather than on request."""
 
 
+class PlanLocked(RqjobsError):
+    """Raised when another process holds the periodic plan's registration lock for longer than a registration waits."""
+
+
 class WorkHorseKilled(RqjobsError):
     """Raised (to failure callbacks only) when a job's work horse was killed: its hard time limit, the OOM killer."""
 

@@ -306,3 +306,18 @@ def test_cli_bad_schedule_setting_exits_2(env):
     settings.reset()
     result = CliRunner().invoke(cli.main, ['schedule', 'register'])
     assert result.exit_code == 2 and 'JOBS_SCHEDULE' in result.output
+
+
+@pytest.mark.parametrize('command', [['scheduler', '--burst'], ['schedule', 'register']])
+def test_a_registration_lock_held_elsewhere_is_named_not_taken_for_a_lost_redis(redis_conn, monkeypatch, command):
+    other = redis_conn.lock(scheduler.REGISTER_LOCK, timeout=60)
+    assert other.acquire(blocking=False)
+    monkeypatch.setattr(scheduler, 'REGISTER_LOCK_WAIT', 0.2)
+    refused = CliRunner().invoke(cli.main, command)
+    assert refused.exit_code == 1 and 'Traceback' not in refused.output, refused.output
+    assert refused.output.splitlines()[-1] == (
+        'Error: Another scheduler (or `jobs schedule register`) held the plan\'s registration lock for 0.2 s; nothing '
+        'was registered. Check that only one `jobs scheduler` runs, then try again.')
+    assert scheduled(redis_conn) == {}
+    other.release()
+    assert CliRunner().invoke(cli.main, command).exit_code == 0
