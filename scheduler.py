@@ -24,7 +24,7 @@ from croniter import croniter
 from rq.exceptions import NoSuchJobError
 from rq_scheduler import Scheduler
 
-from rqjobs import clock, queues
+from rqjobs import clock, monitor, queues
 from rqjobs.exceptions import PlanLocked, RedisUnavailable, SettingsError
 from rqjobs.settings import Settings, get_settings
 
@@ -252,12 +252,8 @@ def _last_run(connection: redis.Redis, run_id: str | None) -> dict | None:
     except NoSuchJobError:  # its result expired (RESULT_TTL): only the id is left
         return {'id': run_id, 'status': 'expired'}
     status = job.get_status().value
-    error = None
-    if status == 'failed':
-        result = job.latest_result()
-        error = (result.exc_string or '').strip().splitlines()[-1:] if result else None
     return {'id': run_id, 'status': status, 'enqueued_at': job.enqueued_at, 'ended_at': job.ended_at,
-            'error': error[0] if error else None}
+            'error': monitor.error_line(job) if status == 'failed' else None}
 
 
 def run(connection: redis.Redis, interval: float = POLL_INTERVAL, burst: bool = False) -> None:

@@ -56,7 +56,7 @@ def queue_has_worker(connection: redis.Redis, queue_name: str) -> bool:
     return Worker.count(connection=connection, queue=queues.JsonQueue(queue_name, connection=connection)) > 0
 
 
-def _error_line(job: queues.JsonJob) -> str | None:
+def error_line(job: queues.JsonJob) -> str | None:
     """Return a failed job's error in one line: a permanent error's message, else the line naming the exception."""
     if job.meta.get(queues.PERMANENT_ERROR):
         return job.meta[queues.PERMANENT_ERROR]
@@ -146,7 +146,7 @@ def failed_jobs(connection: redis.Redis, settings: Settings | None = None, queue
         for job in _jobs(connection, queue.failed_job_registry.get_job_ids(desc=True)[:limit]):
             rows.append({'id': job.id, 'job': job.func_name, 'queue': queue.name, 'args': job.args,
                          'failed_at': job.ended_at.isoformat(timespec='seconds') if job.ended_at else None,
-                         'error': _error_line(job)})
+                         'error': error_line(job)})
     rows.sort(key=lambda row: row['failed_at'] or '', reverse=True)
     return rows[:limit]
 

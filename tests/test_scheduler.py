@@ -276,6 +276,17 @@ def test_describe_shows_next_and_last_runs_and_one_offs(redis_conn, database, no
     assert [one['source'] for one in data['one_off']] == ['rq (retry or delay)']
 
 
+def test_describe_gives_a_last_run_permanent_error_in_its_own_words(redis_conn, database, now, burst_worker):
+    scheduler.register(redis_conn, [Entry('cleanup-refused', 'rqjobs.minimap.cleanup_old_minimaps', every=30,
+                                          kwargs={'days_to_keep': 0})])
+    now(30)
+    scheduler.tick(redis_conn)
+    burst_worker('minimap')
+    last, = [entry['last_run'] for entry in scheduler.describe(redis_conn)['entries']]
+    assert (last['status'], last['error']) == (
+        'failed', 'days_to_keep must be a whole number of days, at least 1 (got 0); for example 90.')
+
+
 def test_cli_schedule_show_prints_the_last_status_as_a_word(redis_conn, database, now, burst_worker):
     scheduler.register(redis_conn, SMALL_PLAN)
     now(30)
