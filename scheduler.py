@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 from croniter import croniter
+from redis.exceptions import LockNotOwnedError
 from rq.exceptions import NoSuchJobError
 from rq_scheduler import Scheduler
 
@@ -204,7 +205,13 @@ def register(connection: redis.Redis, entries: Sequence[Entry] | None = None) ->
             connection.zadd(scheduler.scheduled_jobs_key, {entry.id: _epoch(first_time(entry, now))})
             (replaced if job is not None else added).append(entry.id)
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except LockNotOwnedError:
+            # The plan is written: at worst a registration that ran alongside wrote its entries over these, as a
+            # later one would; stopping the scheduler for it would only start a restart loop on a slow Redis.
+            logger.warning('schedule: registering the plan outlasted its lock (%s s); another registration may have '
+                           'run alongside', lock.timeout)
     logger.info('schedule: %d added, %d replaced, %d kept, %d removed', len(added), len(replaced), len(kept),
                 len(removed))
     return {'added': added, 'replaced': replaced, 'kept': kept, 'removed': removed}

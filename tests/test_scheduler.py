@@ -332,3 +332,17 @@ def test_a_registration_lock_held_elsewhere_is_named_not_taken_for_a_lost_redis(
     assert scheduled(redis_conn) == {}
     other.release()
     assert CliRunner().invoke(cli.main, command).exit_code == 0
+
+
+def test_a_registration_that_outlasts_its_lock_still_registers_and_says_so(redis_conn, monkeypatch, caplog):
+    first_time = scheduler.first_time
+
+    def expiring(entry, now):
+        redis_conn.delete(scheduler.REGISTER_LOCK)  # as if the registration had run past the lock's 30 s
+        return first_time(entry, now)
+
+    monkeypatch.setattr(scheduler, 'first_time', expiring)
+    result = CliRunner().invoke(cli.main, ['scheduler', '--burst'])
+    assert result.exit_code == 0, result.output
+    assert set(scheduled(redis_conn)) == {entry.id for entry in scheduler.PLAN}
+    assert 'registering the plan outlasted its lock' in caplog.text
