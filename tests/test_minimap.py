@@ -57,11 +57,14 @@ def test_cycles_depth_and_size_are_refused(monkeypatch):
 
 def analysis_of(components: dict[str, int], declarations: int = 1) -> Analysis:
     """An analysis of components each holding `count` files in one directory, each file with `declarations`."""
-    files = [SourceFile(f'{name}/module{number:04}.py', 'python', 10, 1,
-                        [Declaration('function', f'f{index}', f'f{index}()', index + 1) for index in range(declarations)])
+    def outline():
+        return [Declaration('function', f'f{index}', f'f{index}()', index + 1) for index in range(declarations)]
+
+    files = [SourceFile(f'{name}/module{number:04}.py', 'python', 10, 1, outline())
              for name, count in components.items() for number in range(count)]
     return Analysis(files=files, skipped={}, languages=[], readme_path=None, readme='', tree='', classification='',
-                    components=[{'name': name, 'path': name, 'files': [f.path for f in files if f.path.startswith(name + '/')]}
+                    components=[{'name': name, 'path': name, 'files': [f.path for f in files
+                                                                         if f.path.startswith(name + '/')]}
                                 for name in components], total_files=len(files), total_bytes=10 * len(files))
 
 
