@@ -71,6 +71,8 @@ _HKDF_INFO = b'rqjobs git credentials v1'
 _EXAMPLE = 'https://github.com/org/repo.git'
 _SEGMENT = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]*')
 _HOST_LABEL = re.compile(r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)')
+# A part of an IPv4 address as inet_aton reads it: decimal, octal (leading 0) or hexadecimal (0x).
+_IPV4_PART = re.compile(r'0[xX][0-9A-Fa-f]*|[0-9]+')
 _SSH_USER = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]{0,63}')
 _SCP_LIKE = re.compile(r'(?:(?P<user>[^@/:\[\]]+)@)?(?P<host>\[[^\]/@]*\]|[^:/@\[\]]+):(?P<path>.+)')
 # An IPv6 host like [::1] is the one place "::" may appear.
@@ -276,11 +278,8 @@ def _host(text: str, hostport: str, settings: Settings, *, allow_port: bool) -> 
         labels = host.split('.')
         if not host or len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
             _refuse(text, f'{host[:60]!r} is not a valid host name (letters, digits, "-" and ".")', settings)
-        if labels[-1].isdigit():
-            try:
-                host = str(ipaddress.IPv4Address(host))
-            except ValueError:
-                _refuse(text, f'{host!r} is not a valid IPv4 address', settings)
+        if labels[-1].isdigit() or all(_IPV4_PART.fullmatch(label) for label in labels):
+            host = _ipv4_host(text, host, settings)
     if not settings.git_allow_private_hosts:
         _check_literal_host(text, host, settings)
     if port is None:
@@ -292,12 +291,58 @@ def _host(text: str, hostport: str, settings: Settings, *, allow_port: bool) -> 
     return f'{host}:{int(port)}'
 
 
+def _ipv4_host(text: str, host: str, settings: Settings) -> str:
+    """Return a host that is all numbers as its dotted-quad IPv4 address, or refuse it.
+
+    The C resolver, curl and git read `2852039166`, `0251.0376.0251.0376`, `0xa9fea9fe` and `169.254.43518` as
+    169.254.169.254 (inet_aton), where `ipaddress` sees no address at all: any other spelling than a.b.c.d is refused,
+    and named by the address it means.
+    """
+    ip = _inet_aton(host)
+    if ip is None:
+        _refuse(text, f'{host[:60]!r} is not a valid IPv4 address', settings)
+    if str(ip) == host:
+        return host
+    if not settings.git_allow_private_hosts and not _is_public(ip):
+        _refuse(text, f'{host[:60]} is {ip}, not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from '
+                      f'hosts on your own network', settings)
+    _refuse(text, f'{host[:60]} spells the IPv4 address {ip} in octal, hexadecimal or fewer than four parts; write it '
+                  f'as {ip}', settings)
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """Read `host` as inet_aton does (1 to 4 parts, each decimal, 0-octal or 0x-hex); None if it is no address."""
+    # Written out rather than socket.inet_aton, whose answer depends on the C library of the machine.
+    parts = host.split('.')
+    if not 1 <= len(parts) <= 4 or not all(_IPV4_PART.fullmatch(part) for part in parts):
+        return None
+    try:
+        numbers = [int(part, 16) if part[:2] in ('0x', '0X') else int(part, 8) if part[0] == '0' else int(part)
+                   for part in parts]
+    except ValueError:  # an 8 or 9 in an octal part
+        return None
+    *leading, last = numbers
+    if any(number > 255 for number in leading) or last >= 256 ** (4 - len(leading)):
+        return None
+    value = last
+    for index, number in enumerate(leading):
+        value |= number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Return the address a host spells, in any spelling git's resolver reads as one; None for a name."""
+    try:
+        return ipaddress.ip_address(host.strip('[]'))
+    except ValueError:
+        return _inet_aton(host)
+
+
 def _check_literal_host(text: str, host: str, settings: Settings) -> None:
     # Named hosts are resolved and checked before each clone or fetch (check_host); these need no lookup.
-    try:
-        ip = ipaddress.ip_address(host.strip('[]'))
-    except ValueError:
-        ip = ipaddress.ip_address('127.0.0.1') if host == 'localhost' or host.endswith('.localhost') else None
+    ip = _ip_literal(host)
+    if ip is None and (host == 'localhost' or host.endswith('.localhost')):
+        ip = ipaddress.ip_address('127.0.0.1')
     if ip is not None and not _is_public(ip):
         _refuse(text, f'{host} is not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on '
                       f'your own network', settings)
@@ -719,10 +764,7 @@ def check_host(address: RepoAddress, settings: Settings | None = None) -> Endpoi
     """
     settings = settings or get_settings()
     endpoint = _endpoint(address)
-    try:
-        literal = ipaddress.ip_address(endpoint.host)
-    except ValueError:
-        literal = None
+    literal = _ip_literal(endpoint.host)
     proxied = literal is None and _proxied(endpoint)
     if literal is not None:
         found = [literal]
@@ -759,9 +801,48 @@ def _endpoint(address: RepoAddress) -> Endpoint:
 
 
 def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    """Return whether `ip` is public, and so is every IPv4 address it carries (NAT64, 6to4, Teredo, ...)."""
+    # ipaddress calls 64:ff9b::a9fe:a9fe or 2002:a9fe:a9fe:: global, yet a translator or relay leads them to
+    # 169.254.169.254: an IPv6 address is judged by the IPv4 addresses it embeds as well.
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped is not None or ip in _IPV4_TRANSLATED):
+        return _is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if not ip.is_global or ip.is_multicast:
+        return False
+    return isinstance(ip, ipaddress.IPv4Address) or all(_is_public(inner) for inner in _embedded_ipv4(ip))
+
+
+_IPV4_TRANSLATED = ipaddress.IPv6Network('::ffff:0:0:0/96')  # SIIT (RFC 2765); ::ffff:0:0/96 is ipv4_mapped
+_IPV4_COMPATIBLE = ipaddress.IPv6Network('::/96')
+_NAT64 = ipaddress.IPv6Network('64:ff9b::/96')
+_NAT64_LOCAL = ipaddress.IPv6Network('64:ff9b:1::/48')
+_NAT64_LOCAL_LENGTHS = (48, 56, 64, 96)  # the NAT64 prefix lengths (RFC 6052) that a /48 may be divided into
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Return the IPv4 addresses that `ip` carries by any standard embedding; a tunnel or translator leads there."""
+    value = int(ip)
+    found = []
+    if ip in _IPV4_COMPATIBLE or ip in _NAT64:
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if ip in _NAT64_LOCAL:
+        # Local use: the operator picks the prefix length, so the address is judged at every place it may sit.
+        found.extend(_rfc6052(value, length) for length in _NAT64_LOCAL_LENGTHS)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # the server and the (de-obfuscated) client
+    if (value >> 32) & 0xFCFFFFFF == 0x5EFE:
+        # ISATAP (RFC 5214): an interface id of 0000:5efe or 0200:5efe (u and g bits aside) under any /64 prefix.
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    return found
+
+
+def _rfc6052(value: int, prefix_length: int) -> ipaddress.IPv4Address:
+    """Return the IPv4 address that follows a NAT64 prefix of `prefix_length` bits (RFC 6052, section 2.2)."""
+    bits = f'{value:0128b}'
+    bits = bits[:64] + bits[72:]  # bits 64 to 71 (the "u" octet) never hold any of it
+    start = prefix_length if prefix_length < 64 else prefix_length - 8
+    return ipaddress.IPv4Address(int(bits[start:start + 32], 2))
 
 
 def _proxied(endpoint: Endpoint) -> bool:

@@ -929,3 +929,98 @@ def test_a_private_address_written_as_such_is_refused_at_submission(env):
     env.setenv('GIT_ALLOW_PRIVATE_HOSTS', 'true')
     settings_module.reset()
     assert parse_address('https://10.0.0.7:3000/org/repo').url == 'https://10.0.0.7:3000/org/repo.git'
+
+
+# An internal IPv4 address (the metadata service, loopback, a private network) carried by each standard IPv6
+# embedding: a NAT64 translator, 6to4 or Teredo relay or ISATAP tunnel on the path leads git to it.
+INTERNAL_IN_IPV6 = [
+    # IPv4-mapped ::ffff:0:0/96 and SIIT ::ffff:0:0:0/96
+    '::ffff:169.254.169.254', '::ffff:7f00:1', '::ffff:0:a00:1', '::ffff:0:c0a8:101',
+    # IPv4-compatible ::/96
+    '::a9fe:a9fe', '::127.0.0.1', '::10.1.2.3',
+    # NAT64 well-known prefix 64:ff9b::/96
+    '64:ff9b::a9fe:a9fe', '64:ff9b::127.0.0.1', '64:ff9b::10.0.0.1', '64:ff9b::192.168.1.1', '64:ff9b::100.64.0.1',
+    # NAT64 local-use 64:ff9b:1::/48, at the place of each prefix length (/96, /64, /56, /48)
+    '64:ff9b:1::a9fe:a9fe', '64:ff9b:1:0:a9:fea9:fe00:0', '64:ff9b:1:a9:fe:a9fe::', '64:ff9b:1:a9fe:a9:fe00::',
+    # 6to4 2002::/16
+    '2002:a9fe:a9fe::1', '2002:7f00:1::', '2002:a00:1:1::1', '2002:c0a8:101::1',
+    # Teredo 2001::/32: the server, and the client (stored inverted)
+    '2001:0:a9fe:a9fe::f7f7:f7f7', '2001:0:808:808:0:0:f5ff:fffe', '2001:0:808:808::80ff:fffe',
+    # ISATAP interface ids ::5efe:a.b.c.d and ::200:5efe:a.b.c.d under any /64
+    '2a00:1450:4001:81c::5efe:a9fe:a9fe', '2606:4700::200:5efe:7f00:1', '2a00:1450:4001:81c::5efe:10.0.0.1',
+    '2606:4700::300:5efe:192.168.0.1',
+]
+PUBLIC_IN_IPV6 = ['64:ff9b::808:808', '2002:808:808::1', '2606:4700::5efe:808:808', '2606:50c0:8000::154']
+
+
+@pytest.mark.parametrize('ip', INTERNAL_IN_IPV6)
+def test_an_ipv6_address_carrying_an_internal_ipv4_address_is_refused(env, started, monkeypatch, ip):
+    url = f'https://[{ip}]/org/repo.git'
+    with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+        parse_address(url)
+    with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+        safe_git.check_host(RepoAddress(url=url, organization='org', name='repo'))
+    # The same address given by a name's DNS answer.
+    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))])
+    with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+        sync('https://git.example.com/org/repo.git', clone_path('w-embedded'))
+    assert started == []
+
+
+@pytest.mark.parametrize('ip', PUBLIC_IN_IPV6)
+def test_an_ipv6_address_carrying_a_public_ipv4_address_passes(env, monkeypatch, ip):
+    address = parse_address(f'https://[{ip}]/org/repo')
+    assert safe_git.check_host(address).host == ip
+    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))])
+    assert safe_git.check_host(parse_address('https://git.example.com/org/repo')).addresses == (ip,)
+
+
+@pytest.mark.parametrize('host, meant', [
+    ('2852039166', '169.254.169.254'),  # one decimal number
+    ('0251.0376.0251.0376', '169.254.169.254'),  # octal
+    ('0xa9fea9fe', '169.254.169.254'),  # hexadecimal
+    ('0xA9.0xFE.0xA9.0xFE', '169.254.169.254'),
+    ('169.254.43518', '169.254.169.254'),  # three parts, the last one 16 bits
+    ('169.16689662', '169.254.169.254'),  # two parts
+    ('0177.1', '127.0.0.1'),
+    ('0x7f.0.0.1', '127.0.0.1'),
+    ('012.0.0.1', '10.0.0.1'),
+    ('0', '0.0.0.0'),
+])
+def test_an_ipv4_address_spelled_oddly_is_judged_by_the_address_it_means(env, started, host, meant):
+    env.setenv('GIT_ALLOW_SSH', 'true')
+    settings_module.reset()
+    for url in (f'https://{host}/org/repo.git', f'https://{host}:8443/org/repo.git', f'ssh://git@{host}/org/repo.git',
+                f'git@{host}:org/repo.git'):
+        with pytest.raises(InvalidRepositoryAddress, match=rf'(?i){host} is {meant}, not a public address'):
+            parse_address(url)
+        with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+            sync(RepoAddress(url=url, organization='org', name='repo'), clone_path('w-odd'))
+    # Asked without parsing first, the host is still read as the resolver would read it.
+    with pytest.raises(InvalidRepositoryAddress, match=rf'is {meant}, not a public address'):
+        safe_git.check_host(RepoAddress(url=f'https://{host}/org/repo.git', organization='org', name='repo'))
+    assert started == []
+    # A private network allowed, the spelling is still refused: other tools read these digits otherwise.
+    env.setenv('GIT_ALLOW_PRIVATE_HOSTS', 'true')
+    settings_module.reset()
+    with pytest.raises(InvalidRepositoryAddress, match=rf'spells the IPv4 address {meant}.*write it as {meant}'):
+        parse_address(f'https://{host}/org/repo.git')
+
+
+@pytest.mark.parametrize('host, reason', [
+    ('0x08080808', 'spells the IPv4 address 8.8.8.8'),
+    ('134744072', 'spells the IPv4 address 8.8.8.8'),
+    ('08.8.8.8', 'is not a valid IPv4 address'),  # 8 is no octal digit
+    ('1.2.3.256', 'is not a valid IPv4 address'),
+    ('1.2.3.4.5', 'is not a valid IPv4 address'),
+    ('1.16777216', 'is not a valid IPv4 address'),
+])
+def test_a_public_ipv4_address_is_only_accepted_as_a_dotted_quad(env, host, reason):
+    with pytest.raises(InvalidRepositoryAddress, match=reason):
+        parse_address(f'https://{host}/org/repo.git')
+    assert parse_address('https://8.8.8.8/org/repo').url == 'https://8.8.8.8/org/repo.git'
+    # Names that only look numeric in part stay names.
+    for name in ('1e100.net', '0x1.example.com', 'cafe.example.com', '123.example'):
+        assert parse_address(f'https://{name}/org/repo').url == f'https://{name}/org/repo.git'

@@ -392,6 +392,21 @@ def test_cli_refuses_bad_input(redis_conn, database, env):
     assert Warehouse.select().count() == 0
 
 
+@pytest.mark.parametrize('address, meant', [
+    ('https://[64:ff9b::a9fe:a9fe]/o/r.git', '64:ff9b::a9fe:a9fe'),  # NAT64 of the metadata service
+    ('https://[2002:a9fe:a9fe::1]/o/r.git', '2002:a9fe:a9fe::1'),  # 6to4
+    ('https://0251.0376.0251.0376/o/r.git', '169.254.169.254'),  # octal
+    ('https://2852039166/o/r.git', '169.254.169.254'),  # one decimal number
+])
+def test_cli_refuses_an_internal_address_however_it_is_spelled(redis_conn, database, env, address, meant):
+    result = CliRunner().invoke(cli.main, ['warehouse', 'add', address])
+    assert result.exit_code == 2, result.output
+    assert meant in result.output and 'not a public address' in result.output
+    assert 'Traceback' not in result.output
+    assert [line for line in result.output.splitlines() if meant in line][0].startswith('Error: Repository address')
+    assert Warehouse.select().count() == 0 and redis_conn.llen('rq:queue:warehouse') == 0
+
+
 def test_token_from_the_environment_never_reaches_argv_or_redis(redis_conn, database, env):
     env.setenv('JOBS_SECRET_KEY', 's' * 32)
     env.setenv('MY_TOKEN', 'tok_abcdef123456')
