@@ -2,9 +2,10 @@
 
 Repositories and their addresses come from users. An address is checked before git sees it. Every git process runs
 with a minimal environment and a fixed configuration that turn off hooks, filters, LFS, submodules, symlinks, stored
-credentials and prompts. A clone or fetch runs in its own process group under a time and a size cap, and is killed
-whole when it passes either. Credentials reach git only through the environment of an askpass helper: never argv,
-the URL given to git, `.git/config`, logs or exception messages.
+credentials and prompts. A clone or fetch runs in its own process group under a time cap and caps on the disk and
+the files it takes, and is killed whole when it passes one; what it wrote is removed in the background. Credentials
+reach git only through the environment of an askpass helper: never argv, the URL given to git, `.git/config`, logs
+or exception messages.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -58,11 +60,17 @@ MAX_ADDRESS_LENGTH = 2048
 # A lone `token@` in an https address is a token; git hosts accept a token with any username, GitLab wants this one.
 LONE_TOKEN_USERNAME = 'oauth2'
 ENCRYPTED_PREFIX = 'fernet:'
-# How often a running clone or fetch has its disk usage measured against GIT_MAX_REPO_SIZE, in seconds.
+# How often a running clone or fetch has its disk usage measured against GIT_MAX_REPO_SIZE and GIT_MAX_REPO_FILES,
+# in seconds at least; a measure that takes long (many files) is spaced out to keep the measuring under a fifth.
 SIZE_POLL_INTERVAL = 0.5
+SIZE_POLL_SHARE = 5
 MEGABYTE = 1024 * 1024
 STDERR_LINES_KEPT = 50
 PARTIAL_SUFFIX = '.partial'  # a clone in progress; a warehouse id never holds a dot
+TRASH_DIR = '.trash'  # REPO_ROOT/.trash: what is being removed in the background
+# Removes the trees named in argv; run apart from the worker, so that removing a million files blocks no job.
+_removers: list[subprocess.Popen] = []  # the removals started by this process that may still run
+_REMOVER = 'import shutil, sys\nfor path in sys.argv[1:]:\n    shutil.rmtree(path, ignore_errors=True)\n'
 USERNAME_VARIABLE = 'RQJOBS_GIT_USERNAME'
 PASSWORD_VARIABLE = 'RQJOBS_GIT_PASSWORD'
 HOST_VARIABLE = 'RQJOBS_GIT_HOST'
@@ -502,7 +510,10 @@ def partial_path(dest: Path) -> Path:
 
 
 def remove_clone(dest: Path, settings: Settings | None = None) -> bool:
-    """Remove a clone and any unfinished clone beside it (only ever inside REPO_ROOT); True if something went."""
+    """Remove a clone and any unfinished clone beside it (only ever inside REPO_ROOT); True if something went.
+
+    They leave their place at once; their files are removed in the background (see `discard`).
+    """
     settings = settings or get_settings()
     removed = _remove_inside(Path(dest), settings, 'clone removed')
     return remove_partial(dest, settings) or removed
@@ -517,9 +528,51 @@ def _remove_inside(path: Path, settings: Settings, what: str) -> bool:
     path = _inside_root(path, settings)
     if not os.path.lexists(path):
         return False
-    _remove_tree(path)
+    discard(path, settings)
     logger.info('%s: %s', path.name, what)
     return True
+
+
+def discard(path: Path, settings: Settings | None = None) -> subprocess.Popen | None:
+    """Move a tree inside REPO_ROOT into REPO_ROOT/.trash at once, and remove the trash in the background.
+
+    A rename takes no time however many files there are; their removal can take minutes, and runs in a process of its
+    own, which outlives the job. What a killed removal leaves in the trash is taken by the next one (`empty_trash`).
+    Returns that process, or None when `path` was removed here (it could not be moved).
+    """
+    settings = settings or get_settings()
+    path = _inside_root(path, settings)
+    trash = Path(settings.repo_root).resolve() / TRASH_DIR
+    try:
+        trash.mkdir(exist_ok=True)
+        os.rename(path, trash / f'{path.name}.{os.urandom(6).hex()}')
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # another file system (a mount inside REPO_ROOT): removed here, the slow way
+        logger.warning('%s: cannot be moved to %s (%s); removing it in place', path, trash, exc.strerror)
+        _remove_tree(path)
+        return None
+    return empty_trash(settings)
+
+
+def empty_trash(settings: Settings | None = None) -> subprocess.Popen | None:
+    """Remove everything in REPO_ROOT/.trash in a background process; return it, or None if the trash is empty."""
+    settings = settings or get_settings()
+    trash = Path(settings.repo_root).resolve() / TRASH_DIR
+    try:
+        entries = [os.fspath(entry) for entry in trash.iterdir()]
+    except FileNotFoundError:
+        return None
+    if not entries:
+        return None
+    # Its own session: neither a cap killing a git process group nor a killed work horse takes it down. Two removers
+    # working on one tree is harmless (ignore_errors), so every call hands it all there is.
+    remover = subprocess.Popen([sys.executable, '-c', _REMOVER, *entries], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # Held until it has ended, then reaped: a long-lived process (a worker) collects no zombies.
+    _removers[:] = [process for process in _removers if process.poll() is None]
+    _removers.append(remover)
+    return remover
 
 
 def _inside_root(dest: Path | str, settings: Settings) -> Path:
@@ -542,9 +595,13 @@ def _remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _disk_usage(path: Path, limit: int | None = None) -> int:
-    """Return the bytes of the files under `path`, without following symlinks; stop counting once past `limit`."""
-    total, pending = 0, [os.fspath(path)]
+def _disk_usage(path: Path, max_bytes: int | None = None, max_files: int | None = None) -> tuple[int, int]:
+    """Return the bytes allocated on disk under `path` and its number of files and directories.
+
+    Allocated blocks (as `du` counts them), not lengths: a million files of 100 bytes take 4 GB, not 100 MB. Symlinks
+    are not followed; counting stops once past either limit.
+    """
+    allocated, files, pending = 0, 0, [os.fspath(path)]
     while pending:
         try:
             with os.scandir(pending.pop()) as entries:
@@ -552,15 +609,15 @@ def _disk_usage(path: Path, limit: int | None = None) -> int:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             pending.append(entry.path)
-                        else:
-                            total += entry.stat(follow_symlinks=False).st_size
+                        allocated += entry.stat(follow_symlinks=False).st_blocks * 512
+                        files += 1
                     except FileNotFoundError:
                         continue  # git removes temporary files while we count
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
-        if limit is not None and total > limit:
+        if (max_bytes is not None and allocated > max_bytes) or (max_files is not None and files > max_files):
             break
-    return total
+    return allocated, files
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -900,7 +957,7 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
         if fresh:
             for leftover in (dest, partial):
                 if os.path.lexists(leftover):
-                    _remove_tree(leftover)  # a directory without .git, or an interrupted clone
+                    discard(leftover, settings)  # a directory without .git, or an interrupted clone
             logger.info('%s: cloning %s (branch %s)', dest.name, target.url, branch or 'default')
             run.git(_clone_args(target, partial, branch), cwd=None, what=f'Cloning {run.label(branch)}')
             os.rename(partial, dest)
@@ -912,11 +969,11 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
             run.git(['clean', '-ffdxq'], cwd=dest, what=f'Cleaning the clone of {target.url}')
     except (CloneTimeout, RepositoryTooLarge):
         # A killed git can leave lock files and half-written packs: start over from scratch next time.
-        _remove_tree(partial if fresh else dest)
+        discard(partial if fresh else dest, settings)
         raise
     except BaseException:
         if fresh and os.path.lexists(partial):
-            _remove_tree(partial)
+            discard(partial, settings)
         raise
     sha = head_commit(dest)
     logger.info('%s: %s at %s (branch %s)', dest.name, target.url, sha, branch or current_branch(dest))
@@ -989,6 +1046,7 @@ class _Run:
         self.timeout = settings.git_clone_timeout
         self.max_bytes = settings.git_max_repo_size_mb * MEGABYTE
         self.max_mb = settings.git_max_repo_size_mb
+        self.max_files = settings.git_max_repo_files
         self.username = username
         self.password = password
         self.progress = progress
@@ -1048,8 +1106,9 @@ class _Run:
                     raise CloneTimeout(f'{what} took longer than GIT_CLONE_TIMEOUT ({self.timeout} s) and was '
                                        f'stopped; the clone was removed.')
                 if now >= next_size_check:
-                    next_size_check = now + SIZE_POLL_INTERVAL
                     self._check_size(process, what)
+                    took = time.monotonic() - now
+                    next_size_check = now + max(SIZE_POLL_INTERVAL, took * SIZE_POLL_SHARE)
             finished = True
         finally:
             if not finished and process.returncode is None:
@@ -1084,11 +1143,16 @@ class _Run:
                 return False
 
     def _check_size(self, process: subprocess.Popen | None, what: str) -> None:
-        if _disk_usage(self.dest, self.max_bytes) > self.max_bytes:
-            if process is not None:
-                _kill_group(process)
-            raise RepositoryTooLarge(f'{what} grew past GIT_MAX_REPO_SIZE ({self.max_mb} MB) and was stopped; '
-                                     f'the clone was removed.')
+        allocated, files = _disk_usage(self.dest, self.max_bytes, self.max_files)
+        if allocated > self.max_bytes:
+            reason = f'grew past GIT_MAX_REPO_SIZE ({self.max_mb} MB on disk)'
+        elif files > self.max_files:
+            reason = f'grew past GIT_MAX_REPO_FILES ({self.max_files} files)'
+        else:
+            return
+        if process is not None:
+            _kill_group(process)
+        raise RepositoryTooLarge(f'{what} {reason} and was stopped; the clone was removed.')
 
 
 def _drain(stream: Any, received: queue.SimpleQueue) -> None:

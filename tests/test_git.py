@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -723,9 +724,115 @@ def test_a_clone_over_the_size_cap_is_removed(local, tmp_path):
     big = tmp_path / 'upstream' / 'org' / 'big'
     make_repository(big, big_file_mb=3)
     dest = clone_path('w-big')
-    with pytest.raises(RepositoryTooLarge, match=r'GIT_MAX_REPO_SIZE \(1 MB\)'):
+    with pytest.raises(RepositoryTooLarge, match=r"GIT_MAX_REPO_SIZE \(1 MB on disk\)"):
         sync(str(big), dest, settings=dataclasses.replace(local, git_max_repo_size_mb=1))
     assert not dest.exists() and not partial_path(dest).exists()
+
+
+def make_many_files(path: Path, count: int) -> Path:
+    """Build a repository at `path` of `count` files of a few bytes each, 100 to a directory."""
+    path.mkdir(parents=True)
+    run_git(path, 'init', '-q')
+    for index in range(count):
+        directory = path / f'd{index // 100}'
+        directory.mkdir(exist_ok=True)
+        (directory / f'f{index}.txt').write_text(f'{index}\n')
+    run_git(path, 'add', '-A')
+    run_git(path, 'commit', '-q', '-m', 'Many small files')
+    return path
+
+
+@pytest.fixture(scope='module')
+def many_files(tmp_path_factory) -> Path:
+    """A repository of 3,000 files of a few bytes: 20 KB of content, but some 12 MB of disk blocks."""
+    return make_many_files(tmp_path_factory.mktemp('upstream') / 'org' / 'many', 3000)
+
+
+def wait_for_removals() -> None:
+    for remover in list(safe_git._removers):
+        remover.wait(timeout=60)
+
+
+def trash_of(settings) -> list[str]:
+    trash = Path(settings.repo_root) / safe_git.TRASH_DIR
+    return sorted(str(path) for path in trash.rglob('*')) if trash.exists() else []
+
+
+@pytest.mark.parametrize('caps, reason', [
+    ({'git_max_repo_size_mb': 5}, r'GIT_MAX_REPO_SIZE \(5 MB on disk\)'),
+    ({'git_max_repo_files': 1000}, r'GIT_MAX_REPO_FILES \(1000 files\)'),
+])
+def test_a_clone_of_many_small_files_is_capped_by_what_it_takes(local, many_files, caps, reason):
+    dest = clone_path('w-many')
+    settings = dataclasses.replace(local, **caps)
+    with pytest.raises(RepositoryTooLarge, match=reason + ' and was stopped; the clone was removed'):
+        sync(str(many_files), dest, settings=settings)
+    assert not dest.exists() and not partial_path(dest).exists()
+    wait_for_removals()
+    assert trash_of(settings) == []
+    assert [path.name for path in Path(settings.repo_root).iterdir()] == [safe_git.TRASH_DIR]
+
+
+def test_the_file_cap_stops_a_clone_while_it_runs(network, many_files, tmp_path, started, monkeypatch):
+    monkeypatch.setattr(safe_git, 'SIZE_POLL_INTERVAL', 0.05)
+    bare = tmp_path / 'srv' / 'org' / 'repo.git'
+    run_git(tmp_path, 'clone', '-q', '--bare', '--no-local', str(many_files), str(bare))
+    # Loose objects, which dumb HTTP fetches one request and one file each: the clone's files grow as it runs.
+    packs = tmp_path / 'packs'
+    (bare / 'objects' / 'pack').rename(packs)
+    (bare / 'objects' / 'pack').mkdir()
+    for pack in packs.glob('*.pack'):
+        with pack.open('rb') as stream:
+            subprocess.run(['git', 'unpack-objects', '-q'], cwd=bare, stdin=stream, check=True)
+    run_git(bare, 'update-server-info')
+    objects = sum(1 for path in (bare / 'objects').glob('??/*'))
+    assert objects > 3000
+    dest = clone_path('w-many-http')
+    settings = dataclasses.replace(settings_module.get_settings(), git_max_repo_files=300)
+    requests: list[str] = []
+    with (serve_dumb_http(tmp_path / 'srv', hosts=requests) as base,
+          pytest.raises(RepositoryTooLarge, match=r'GIT_MAX_REPO_FILES \(300 files\) and was stopped')):
+        sync(http_address(base), dest, settings=settings)
+    assert len(requests) < objects / 2  # stopped early, not once git had it all
+    assert not dest.exists() and not partial_path(dest).exists()
+    assert_groups_dead(started)  # git, and the background removal
+    assert trash_of(settings) == []
+
+
+def test_removing_a_clone_moves_it_away_at_once_and_deletes_it_in_the_background(local, many_files):
+    settings = settings_module.get_settings()
+    dest = clone_path('w-removed')
+    sync(str(many_files), dest)  # under the default caps
+    assert len(list((dest / 'd29').iterdir())) == 100
+    partial_path(dest).mkdir()
+    assert remove_clone(dest) is True
+    # Gone from its place when remove_clone returns; the files go in a process of their own, in its own session.
+    assert not dest.exists() and not partial_path(dest).exists()
+    remover = safe_git._removers[-1]
+    assert remover.args[:3] == [sys.executable, '-c', safe_git._REMOVER] and remover.pid != os.getpid()
+    wait_for_removals()
+    assert trash_of(settings) == []
+    assert remove_clone(dest) is False
+
+
+def test_what_a_killed_removal_left_is_removed_later(local, tmp_path):
+    settings = settings_module.get_settings()
+    root = Path(settings.repo_root)
+    # A removal killed half-way: its tree is still in the trash, and no process works on it.
+    leftover = root / safe_git.TRASH_DIR / 'w-old.0123456789ab'
+    for index in range(50):
+        (leftover / f'd{index % 5}').mkdir(parents=True, exist_ok=True)
+        (leftover / f'd{index % 5}' / f'f{index}').write_text('x')
+    (root / 'w-next').mkdir()
+    (root / 'w-next' / 'file').write_text('x')
+    remove_clone(root / 'w-next')
+    wait_for_removals()
+    assert trash_of(settings) == [] and not (root / 'w-next').exists()
+    # Emptied, too, by itself (`jobs cleanup --orphan-clones` does it); an empty trash starts nothing.
+    (leftover / 'd0').mkdir(parents=True)
+    safe_git.empty_trash(settings).wait(timeout=60)
+    assert trash_of(settings) == []
+    assert safe_git.empty_trash(settings) is None
 
 
 def test_the_size_cap_kills_a_running_clone(network, tmp_path, started, monkeypatch):
