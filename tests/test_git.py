@@ -1062,9 +1062,12 @@ PUBLIC_IN_IPV6 = ['64:ff9b::808:808', '2002:808:808::1', '2606:4700::5efe:808:80
 
 @pytest.mark.parametrize('ip', INTERNAL_IN_IPV6)
 def test_an_ipv6_address_carrying_an_internal_ipv4_address_is_refused(env, started, monkeypatch, ip):
+    env.setenv('GIT_ALLOW_SSH', 'true')
+    settings_module.reset()
     url = f'https://[{ip}]/org/repo.git'
-    with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
-        parse_address(url)
+    for given in (url, f'https://[{ip}]:8443/org/repo', f'ssh://git@[{ip}]/org/repo.git', f'git@[{ip}]:org/repo.git'):
+        with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+            parse_address(given)
     with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
         safe_git.check_host(RepoAddress(url=url, organization='org', name='repo'))
     # The same address given by a name's DNS answer.
