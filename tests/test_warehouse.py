@@ -1,4 +1,5 @@
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -22,6 +23,7 @@ from models import (
 from rqjobs import clock, minimap, queues, settings
 from rqjobs import warehouse as warehouses
 from rqjobs.exceptions import InvalidRepositoryAddress, InvalidSubmission, SecretKeyMissing
+from rqjobs.git import TRASH_DIR
 
 pytestmark = pytest.mark.db
 
@@ -220,6 +222,29 @@ def test_a_clone_over_the_size_cap_fails_and_leaves_nothing(redis_conn, database
     assert 'GIT_MAX_REPO_SIZE' in warehouse.error or 'size' in warehouse.error.lower()
     assert not (settings.get_settings().repo_root / row.id).exists()
     assert documents_of(row.id)['catalog'] == 0
+
+
+def test_a_clone_of_too_many_files_fails_and_its_files_go(redis_conn, database, local, sample_repo, env,
+                                                         burst_worker):
+    for index in range(3000):
+        (sample_repo / 'many' / f'd{index // 100}').mkdir(parents=True, exist_ok=True)
+        (sample_repo / 'many' / f'd{index // 100}' / f'f{index}.txt').write_text(f'{index}\n')
+    git(sample_repo, 'add', 'many')
+    git(sample_repo, 'commit', '-q', '-m', 'Add 3,000 small files')
+    env.setenv('GIT_MAX_REPO_FILES', '1000')
+    settings.reset()
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    burst_worker('warehouse')
+    warehouse = fetch(row.id)
+    assert warehouse.status == WarehouseStatus.FAILED
+    assert 'GIT_MAX_REPO_FILES (1000 files)' in warehouse.error
+    root = settings.get_settings().repo_root
+    assert sorted(path.name for path in root.iterdir()) == [TRASH_DIR]
+    # Deleted by a process of its own, which the work horse did not wait for: nothing to join, so watch the trash.
+    deadline = time.monotonic() + 60
+    while any((root / TRASH_DIR).iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((root / TRASH_DIR).iterdir()) == []
 
 
 def test_a_crash_while_storing_keeps_the_last_good_documentation(redis_conn, database, local, sample_repo,
