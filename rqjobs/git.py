@@ -538,14 +538,14 @@ def discard(path: Path, settings: Settings | None = None) -> subprocess.Popen | 
 
     A rename takes no time however many files there are; their removal can take minutes, and runs in a process of its
     own, which outlives the job. What a killed removal leaves in the trash is taken by the next one (`empty_trash`).
-    Returns that process, or None when `path` was removed here (it could not be moved).
+    Returns that process, or None when there was nothing to move or it was removed here (it could not be moved).
     """
     settings = settings or get_settings()
     path = _inside_root(path, settings)
     trash = Path(settings.repo_root).resolve() / TRASH_DIR
     try:
         trash.mkdir(exist_ok=True)
-        os.rename(path, trash / f'{path.name}.{os.urandom(6).hex()}')
+        os.rename(path, _inside_root(trash, settings) / f'{path.name}.{os.urandom(6).hex()}')
     except FileNotFoundError:
         return None
     except OSError as exc:  # another file system (a mount inside REPO_ROOT): removed here, the slow way
@@ -559,16 +559,19 @@ def empty_trash(settings: Settings | None = None) -> subprocess.Popen | None:
     """Remove everything in REPO_ROOT/.trash in a background process; return it, or None if the trash is empty."""
     settings = settings or get_settings()
     trash = Path(settings.repo_root).resolve() / TRASH_DIR
-    try:
-        entries = [os.fspath(entry) for entry in trash.iterdir()]
-    except FileNotFoundError:
+    if not os.path.lexists(trash):
         return None
+    entries = [os.fspath(entry) for entry in _inside_root(trash, settings).iterdir()]
     if not entries:
         return None
-    # Its own session: neither a cap killing a git process group nor a killed work horse takes it down. Two removers
-    # working on one tree is harmless (ignore_errors), so every call hands it all there is.
-    remover = subprocess.Popen([sys.executable, '-c', _REMOVER, *entries], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # Its own session: neither a cap killing a git process group nor a killed work horse takes it down. Two
+        # removers working on one tree is harmless (ignore_errors), so every call hands it all there is.
+        remover = subprocess.Popen([sys.executable, '-c', _REMOVER, *entries], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        logger.warning('%s: the removal cannot be started (%s); the next removal takes it', trash, exc.strerror)
+        return None
     # Held until it has ended, then reaped: a long-lived process (a worker) collects no zombies.
     _removers[:] = [process for process in _removers if process.poll() is None]
     _removers.append(remover)
