@@ -460,7 +460,8 @@ def requeue(obj: Context, job_ids: tuple[str, ...], queue: str | None, everythin
               'for example 7d.')
 @click.option('--finished', is_flag=True, help='Delete finished jobs and their results.')
 @click.option('--dead-workers', is_flag=True, help='Remove workers that stopped sending heartbeats from the lists.')
-@click.option('--orphan-clones', is_flag=True, help='Delete clone directories of warehouses that no longer exist.')
+@click.option('--orphan-clones', is_flag=True,
+              help='Delete clone directories of warehouses that no longer exist, and what a stopped removal left.')
 @click.option('--dry-run', is_flag=True, help='List what would be removed, remove nothing.')
 @click.option('--json', 'as_json', is_flag=True, help='Print the report as JSON.')
 @click.pass_obj

@@ -166,7 +166,9 @@ def _orphan_clones(settings: Settings, dry_run: bool) -> list[str]:
     root = settings.repo_root
     if not root.is_dir():
         return []
-    names = [entry.name for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink()]
+    # A dot never starts a warehouse id: .trash holds what is being removed, and is emptied below.
+    names = [entry.name for entry in root.iterdir()
+             if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith('.')]
     # <id>.partial is a clone of <id> in progress, or one a killed worker left: the warehouse's next try removes it.
     owners = {name: name.removesuffix(git.PARTIAL_SUFFIX) for name in names}
     with database.connection(settings):
@@ -176,6 +178,7 @@ def _orphan_clones(settings: Settings, dry_run: bool) -> list[str]:
     if not dry_run:
         for name in orphans:
             git.remove_clone(root / name, settings)
+        git.empty_trash(settings)  # what a killed removal left behind
     return orphans
 
 

@@ -58,7 +58,7 @@ class RepositoryUnauthorized(PermanentJobError, GitError):
 
 
 class RepositoryTooLarge(PermanentJobError, GitError):
-    """Raised when a clone or fetch grows past `GIT_MAX_REPO_SIZE`; the partial clone is removed."""
+    """Raised when a clone or fetch grows past `GIT_MAX_REPO_SIZE` or `GIT_MAX_REPO_FILES`; the clone is removed."""
 
 
 class CloneTimeout(PermanentJobError, GitError):

@@ -2,9 +2,10 @@
 
 Repositories and their addresses come from users. An address is checked before git sees it. Every git process runs
 with a minimal environment and a fixed configuration that turn off hooks, filters, LFS, submodules, symlinks, stored
-credentials and prompts. A clone or fetch runs in its own process group under a time and a size cap, and is killed
-whole when it passes either. Credentials reach git only through the environment of an askpass helper: never argv,
-the URL given to git, `.git/config`, logs or exception messages.
+credentials and prompts. A clone or fetch runs in its own process group under a time cap and caps on the disk and
+the files it takes, and is killed whole when it passes one; what it wrote is removed in the background. Credentials
+reach git only through the environment of an askpass helper: never argv, the URL given to git, `.git/config`, logs
+or exception messages.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -58,11 +60,17 @@ MAX_ADDRESS_LENGTH = 2048
 # A lone `token@` in an https address is a token; git hosts accept a token with any username, GitLab wants this one.
 LONE_TOKEN_USERNAME = 'oauth2'
 ENCRYPTED_PREFIX = 'fernet:'
-# How often a running clone or fetch has its disk usage measured against GIT_MAX_REPO_SIZE, in seconds.
+# How often a running clone or fetch has its disk usage measured against GIT_MAX_REPO_SIZE and GIT_MAX_REPO_FILES,
+# in seconds at least; a measure that takes long (many files) is spaced out to keep the measuring under a fifth.
 SIZE_POLL_INTERVAL = 0.5
+SIZE_POLL_SHARE = 5
 MEGABYTE = 1024 * 1024
 STDERR_LINES_KEPT = 50
 PARTIAL_SUFFIX = '.partial'  # a clone in progress; a warehouse id never holds a dot
+TRASH_DIR = '.trash'  # REPO_ROOT/.trash: what is being removed in the background
+# Removes the trees named in argv; run apart from the worker, so that removing a million files blocks no job.
+_removers: list[subprocess.Popen] = []  # the removals started by this process that may still run
+_REMOVER = 'import shutil, sys\nfor path in sys.argv[1:]:\n    shutil.rmtree(path, ignore_errors=True)\n'
 USERNAME_VARIABLE = 'RQJOBS_GIT_USERNAME'
 PASSWORD_VARIABLE = 'RQJOBS_GIT_PASSWORD'
 HOST_VARIABLE = 'RQJOBS_GIT_HOST'
@@ -71,6 +79,8 @@ _HKDF_INFO = b'rqjobs git credentials v1'
 _EXAMPLE = 'https://github.com/org/repo.git'
 _SEGMENT = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]*')
 _HOST_LABEL = re.compile(r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)')
+# A part of an IPv4 address as inet_aton reads it: decimal, octal (leading 0) or hexadecimal (0x).
+_IPV4_PART = re.compile(r'0[xX][0-9A-Fa-f]*|[0-9]+')
 _SSH_USER = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]{0,63}')
 _SCP_LIKE = re.compile(r'(?:(?P<user>[^@/:\[\]]+)@)?(?P<host>\[[^\]/@]*\]|[^:/@\[\]]+):(?P<path>.+)')
 # An IPv6 host like [::1] is the one place "::" may appear.
@@ -276,11 +286,8 @@ def _host(text: str, hostport: str, settings: Settings, *, allow_port: bool) -> 
         labels = host.split('.')
         if not host or len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
             _refuse(text, f'{host[:60]!r} is not a valid host name (letters, digits, "-" and ".")', settings)
-        if labels[-1].isdigit():
-            try:
-                host = str(ipaddress.IPv4Address(host))
-            except ValueError:
-                _refuse(text, f'{host!r} is not a valid IPv4 address', settings)
+        if labels[-1].isdigit() or all(_IPV4_PART.fullmatch(label) for label in labels):
+            host = _ipv4_host(text, host, settings)
     if not settings.git_allow_private_hosts:
         _check_literal_host(text, host, settings)
     if port is None:
@@ -292,12 +299,58 @@ def _host(text: str, hostport: str, settings: Settings, *, allow_port: bool) -> 
     return f'{host}:{int(port)}'
 
 
+def _ipv4_host(text: str, host: str, settings: Settings) -> str:
+    """Return a host that is all numbers as its dotted-quad IPv4 address, or refuse it.
+
+    The C resolver, curl and git read `2852039166`, `0251.0376.0251.0376`, `0xa9fea9fe` and `169.254.43518` as
+    169.254.169.254 (inet_aton), where `ipaddress` sees no address at all: any other spelling than a.b.c.d is refused,
+    and named by the address it means.
+    """
+    ip = _inet_aton(host)
+    if ip is None:
+        _refuse(text, f'{host[:60]!r} is not a valid IPv4 address', settings)
+    if str(ip) == host:
+        return host
+    if not settings.git_allow_private_hosts and not _is_public(ip):
+        _refuse(text, f'{host[:60]} is {ip}, not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from '
+                      f'hosts on your own network', settings)
+    _refuse(text, f'{host[:60]} spells the IPv4 address {ip} in octal, hexadecimal or fewer than four parts; write it '
+                  f'as {ip}', settings)
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """Read `host` as inet_aton does (1 to 4 parts, each decimal, 0-octal or 0x-hex); None if it is no address."""
+    # Written out rather than socket.inet_aton, whose answer depends on the C library of the machine.
+    parts = host.split('.')
+    if not 1 <= len(parts) <= 4 or not all(_IPV4_PART.fullmatch(part) for part in parts):
+        return None
+    try:
+        numbers = [int(part, 16) if part[:2] in ('0x', '0X') else int(part, 8) if part[0] == '0' else int(part)
+                   for part in parts]
+    except ValueError:  # an 8 or 9 in an octal part
+        return None
+    *leading, last = numbers
+    if any(number > 255 for number in leading) or last >= 256 ** (4 - len(leading)):
+        return None
+    value = last
+    for index, number in enumerate(leading):
+        value |= number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Return the address a host spells, in any spelling git's resolver reads as one; None for a name."""
+    try:
+        return ipaddress.ip_address(host.strip('[]'))
+    except ValueError:
+        return _inet_aton(host)
+
+
 def _check_literal_host(text: str, host: str, settings: Settings) -> None:
     # Named hosts are resolved and checked before each clone or fetch (check_host); these need no lookup.
-    try:
-        ip = ipaddress.ip_address(host.strip('[]'))
-    except ValueError:
-        ip = ipaddress.ip_address('127.0.0.1') if host == 'localhost' or host.endswith('.localhost') else None
+    ip = _ip_literal(host)
+    if ip is None and (host == 'localhost' or host.endswith('.localhost')):
+        ip = ipaddress.ip_address('127.0.0.1')
     if ip is not None and not _is_public(ip):
         _refuse(text, f'{host} is not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on '
                       f'your own network', settings)
@@ -457,7 +510,10 @@ def partial_path(dest: Path) -> Path:
 
 
 def remove_clone(dest: Path, settings: Settings | None = None) -> bool:
-    """Remove a clone and any unfinished clone beside it (only ever inside REPO_ROOT); True if something went."""
+    """Remove a clone and any unfinished clone beside it (only ever inside REPO_ROOT); True if something went.
+
+    They leave their place at once; their files are removed in the background (see `discard`).
+    """
     settings = settings or get_settings()
     removed = _remove_inside(Path(dest), settings, 'clone removed')
     return remove_partial(dest, settings) or removed
@@ -472,9 +528,54 @@ def _remove_inside(path: Path, settings: Settings, what: str) -> bool:
     path = _inside_root(path, settings)
     if not os.path.lexists(path):
         return False
-    _remove_tree(path)
+    discard(path, settings)
     logger.info('%s: %s', path.name, what)
     return True
+
+
+def discard(path: Path, settings: Settings | None = None) -> subprocess.Popen | None:
+    """Move a tree inside REPO_ROOT into REPO_ROOT/.trash at once, and remove the trash in the background.
+
+    A rename takes no time however many files there are; their removal can take minutes, and runs in a process of its
+    own, which outlives the job. What a killed removal leaves in the trash is taken by the next one (`empty_trash`).
+    Returns that process, or None when there was nothing to move or it was removed here (it could not be moved).
+    """
+    settings = settings or get_settings()
+    path = _inside_root(path, settings)
+    trash = Path(settings.repo_root).resolve() / TRASH_DIR
+    try:
+        trash.mkdir(exist_ok=True)
+        os.rename(path, _inside_root(trash, settings) / f'{path.name}.{os.urandom(6).hex()}')
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # another file system (a mount inside REPO_ROOT): removed here, the slow way
+        logger.warning('%s: cannot be moved to %s (%s); removing it in place', path, trash, exc.strerror)
+        _remove_tree(path)
+        return None
+    return empty_trash(settings)
+
+
+def empty_trash(settings: Settings | None = None) -> subprocess.Popen | None:
+    """Remove everything in REPO_ROOT/.trash in a background process; return it, or None if the trash is empty."""
+    settings = settings or get_settings()
+    trash = Path(settings.repo_root).resolve() / TRASH_DIR
+    if not os.path.lexists(trash):
+        return None
+    entries = [os.fspath(entry) for entry in _inside_root(trash, settings).iterdir()]
+    if not entries:
+        return None
+    try:
+        # Its own session: neither a cap killing a git process group nor a killed work horse takes it down. Two
+        # removers working on one tree is harmless (ignore_errors), so every call hands it all there is.
+        remover = subprocess.Popen([sys.executable, '-c', _REMOVER, *entries], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        logger.warning('%s: the removal cannot be started (%s); the next removal takes it', trash, exc.strerror)
+        return None
+    # Held until it has ended, then reaped: a long-lived process (a worker) collects no zombies.
+    _removers[:] = [process for process in _removers if process.poll() is None]
+    _removers.append(remover)
+    return remover
 
 
 def _inside_root(dest: Path | str, settings: Settings) -> Path:
@@ -497,9 +598,13 @@ def _remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _disk_usage(path: Path, limit: int | None = None) -> int:
-    """Return the bytes of the files under `path`, without following symlinks; stop counting once past `limit`."""
-    total, pending = 0, [os.fspath(path)]
+def _disk_usage(path: Path, max_bytes: int | None = None, max_files: int | None = None) -> tuple[int, int]:
+    """Return the bytes allocated on disk under `path` and its number of files and directories.
+
+    Allocated blocks (as `du` counts them), not lengths: a million files of 100 bytes take 4 GB, not 100 MB. Symlinks
+    are not followed; counting stops once past either limit.
+    """
+    allocated, files, pending = 0, 0, [os.fspath(path)]
     while pending:
         try:
             with os.scandir(pending.pop()) as entries:
@@ -507,15 +612,15 @@ def _disk_usage(path: Path, limit: int | None = None) -> int:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             pending.append(entry.path)
-                        else:
-                            total += entry.stat(follow_symlinks=False).st_size
+                        allocated += entry.stat(follow_symlinks=False).st_blocks * 512
+                        files += 1
                     except FileNotFoundError:
                         continue  # git removes temporary files while we count
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
-        if limit is not None and total > limit:
+        if (max_bytes is not None and allocated > max_bytes) or (max_files is not None and files > max_files):
             break
-    return total
+    return allocated, files
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -719,10 +824,7 @@ def check_host(address: RepoAddress, settings: Settings | None = None) -> Endpoi
     """
     settings = settings or get_settings()
     endpoint = _endpoint(address)
-    try:
-        literal = ipaddress.ip_address(endpoint.host)
-    except ValueError:
-        literal = None
+    literal = _ip_literal(endpoint.host)
     proxied = literal is None and _proxied(endpoint)
     if literal is not None:
         found = [literal]
@@ -759,9 +861,48 @@ def _endpoint(address: RepoAddress) -> Endpoint:
 
 
 def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    """Return whether `ip` is public, and so is every IPv4 address it carries (NAT64, 6to4, Teredo, ...)."""
+    # ipaddress calls 64:ff9b::a9fe:a9fe or 2002:a9fe:a9fe:: global, yet a translator or relay leads them to
+    # 169.254.169.254: an IPv6 address is judged by the IPv4 addresses it embeds as well.
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped is not None or ip in _IPV4_TRANSLATED):
+        return _is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if not ip.is_global or ip.is_multicast:
+        return False
+    return isinstance(ip, ipaddress.IPv4Address) or all(_is_public(inner) for inner in _embedded_ipv4(ip))
+
+
+_IPV4_TRANSLATED = ipaddress.IPv6Network('::ffff:0:0:0/96')  # SIIT (RFC 2765); ::ffff:0:0/96 is ipv4_mapped
+_IPV4_COMPATIBLE = ipaddress.IPv6Network('::/96')
+_NAT64 = ipaddress.IPv6Network('64:ff9b::/96')
+_NAT64_LOCAL = ipaddress.IPv6Network('64:ff9b:1::/48')
+_NAT64_LOCAL_LENGTHS = (48, 56, 64, 96)  # the NAT64 prefix lengths (RFC 6052) that a /48 may be divided into
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Return the IPv4 addresses that `ip` carries by any standard embedding; a tunnel or translator leads there."""
+    value = int(ip)
+    found = []
+    if ip in _IPV4_COMPATIBLE or ip in _NAT64:
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if ip in _NAT64_LOCAL:
+        # Local use: the operator picks the prefix length, so the address is judged at every place it may sit.
+        found.extend(_rfc6052(value, length) for length in _NAT64_LOCAL_LENGTHS)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # the server and the (de-obfuscated) client
+    if (value >> 32) & 0xFCFFFFFF == 0x5EFE:
+        # ISATAP (RFC 5214): an interface id of 0000:5efe or 0200:5efe (u and g bits aside) under any /64 prefix.
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    return found
+
+
+def _rfc6052(value: int, prefix_length: int) -> ipaddress.IPv4Address:
+    """Return the IPv4 address that follows a NAT64 prefix of `prefix_length` bits (RFC 6052, section 2.2)."""
+    bits = f'{value:0128b}'
+    bits = bits[:64] + bits[72:]  # bits 64 to 71 (the "u" octet) never hold any of it
+    start = prefix_length if prefix_length < 64 else prefix_length - 8
+    return ipaddress.IPv4Address(int(bits[start:start + 32], 2))
 
 
 def _proxied(endpoint: Endpoint) -> bool:
@@ -819,7 +960,7 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
         if fresh:
             for leftover in (dest, partial):
                 if os.path.lexists(leftover):
-                    _remove_tree(leftover)  # a directory without .git, or an interrupted clone
+                    discard(leftover, settings)  # a directory without .git, or an interrupted clone
             logger.info('%s: cloning %s (branch %s)', dest.name, target.url, branch or 'default')
             run.git(_clone_args(target, partial, branch), cwd=None, what=f'Cloning {run.label(branch)}')
             os.rename(partial, dest)
@@ -831,11 +972,11 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
             run.git(['clean', '-ffdxq'], cwd=dest, what=f'Cleaning the clone of {target.url}')
     except (CloneTimeout, RepositoryTooLarge):
         # A killed git can leave lock files and half-written packs: start over from scratch next time.
-        _remove_tree(partial if fresh else dest)
+        discard(partial if fresh else dest, settings)
         raise
     except BaseException:
         if fresh and os.path.lexists(partial):
-            _remove_tree(partial)
+            discard(partial, settings)
         raise
     sha = head_commit(dest)
     logger.info('%s: %s at %s (branch %s)', dest.name, target.url, sha, branch or current_branch(dest))
@@ -908,6 +1049,7 @@ class _Run:
         self.timeout = settings.git_clone_timeout
         self.max_bytes = settings.git_max_repo_size_mb * MEGABYTE
         self.max_mb = settings.git_max_repo_size_mb
+        self.max_files = settings.git_max_repo_files
         self.username = username
         self.password = password
         self.progress = progress
@@ -967,8 +1109,9 @@ class _Run:
                     raise CloneTimeout(f'{what} took longer than GIT_CLONE_TIMEOUT ({self.timeout} s) and was '
                                        f'stopped; the clone was removed.')
                 if now >= next_size_check:
-                    next_size_check = now + SIZE_POLL_INTERVAL
                     self._check_size(process, what)
+                    took = time.monotonic() - now
+                    next_size_check = now + max(SIZE_POLL_INTERVAL, took * SIZE_POLL_SHARE)
             finished = True
         finally:
             if not finished and process.returncode is None:
@@ -1003,11 +1146,16 @@ class _Run:
                 return False
 
     def _check_size(self, process: subprocess.Popen | None, what: str) -> None:
-        if _disk_usage(self.dest, self.max_bytes) > self.max_bytes:
-            if process is not None:
-                _kill_group(process)
-            raise RepositoryTooLarge(f'{what} grew past GIT_MAX_REPO_SIZE ({self.max_mb} MB) and was stopped; '
-                                     f'the clone was removed.')
+        allocated, files = _disk_usage(self.dest, self.max_bytes, self.max_files)
+        if allocated > self.max_bytes:
+            reason = f'grew past GIT_MAX_REPO_SIZE ({self.max_mb} MB on disk)'
+        elif files > self.max_files:
+            reason = f'grew past GIT_MAX_REPO_FILES ({self.max_files} files)'
+        else:
+            return
+        if process is not None:
+            _kill_group(process)
+        raise RepositoryTooLarge(f'{what} {reason} and was stopped; the clone was removed.')
 
 
 def _drain(stream: Any, received: queue.SimpleQueue) -> None:

@@ -21,7 +21,7 @@ VARIABLES = (
     'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
     'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
     'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_ALLOW_PRIVATE_HOSTS', 'GIT_CLONE_TIMEOUT',
-    'GIT_MAX_REPO_SIZE',
+    'GIT_MAX_REPO_SIZE', 'GIT_MAX_REPO_FILES',
     'JOBS_SECRET_KEY', 'JOBS_ADMIN_PASSWORD', 'JOBS_SCHEDULE', 'ACCESS_LOG_BUFFER_MAX', 'ACCESS_LOG_BATCH_SIZE', 'ACCESS_LOG_MAX_PER_RUN',
 )
 _TRUE = {'1', 'true', 'yes', 'on'}
@@ -53,6 +53,7 @@ class Settings:
     git_allow_private_hosts: bool = False
     git_clone_timeout: int = 600
     git_max_repo_size_mb: int = 1024
+    git_max_repo_files: int = 100_000
     secret_key: str | None = field(default=None, repr=False)
     admin_password: str | None = field(default=None, repr=False)
     schedule_overrides: tuple[tuple[str, str], ...] = field(default=())
@@ -95,6 +96,7 @@ class Settings:
             git_allow_private_hosts=_bool(env, 'GIT_ALLOW_PRIVATE_HOSTS', False),
             git_clone_timeout=_int(env, 'GIT_CLONE_TIMEOUT', 600, minimum=1, example='600'),
             git_max_repo_size_mb=_int(env, 'GIT_MAX_REPO_SIZE', 1024, minimum=1, example='1024'),
+            git_max_repo_files=_int(env, 'GIT_MAX_REPO_FILES', 100_000, minimum=1, example='100000'),
             secret_key=_secret_key(env),
             admin_password=_get(env, 'JOBS_ADMIN_PASSWORD') or None,
             schedule_overrides=_schedule_overrides(env),

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -723,9 +724,115 @@ def test_a_clone_over_the_size_cap_is_removed(local, tmp_path):
     big = tmp_path / 'upstream' / 'org' / 'big'
     make_repository(big, big_file_mb=3)
     dest = clone_path('w-big')
-    with pytest.raises(RepositoryTooLarge, match=r'GIT_MAX_REPO_SIZE \(1 MB\)'):
+    with pytest.raises(RepositoryTooLarge, match=r"GIT_MAX_REPO_SIZE \(1 MB on disk\)"):
         sync(str(big), dest, settings=dataclasses.replace(local, git_max_repo_size_mb=1))
     assert not dest.exists() and not partial_path(dest).exists()
+
+
+def make_many_files(path: Path, count: int) -> Path:
+    """Build a repository at `path` of `count` files of a few bytes each, 100 to a directory."""
+    path.mkdir(parents=True)
+    run_git(path, 'init', '-q')
+    for index in range(count):
+        directory = path / f'd{index // 100}'
+        directory.mkdir(exist_ok=True)
+        (directory / f'f{index}.txt').write_text(f'{index}\n')
+    run_git(path, 'add', '-A')
+    run_git(path, 'commit', '-q', '-m', 'Many small files')
+    return path
+
+
+@pytest.fixture(scope='module')
+def many_files(tmp_path_factory) -> Path:
+    """A repository of 3,000 files of a few bytes: 20 KB of content, but some 12 MB of disk blocks."""
+    return make_many_files(tmp_path_factory.mktemp('upstream') / 'org' / 'many', 3000)
+
+
+def wait_for_removals() -> None:
+    for remover in list(safe_git._removers):
+        remover.wait(timeout=60)
+
+
+def trash_of(settings) -> list[str]:
+    trash = Path(settings.repo_root) / safe_git.TRASH_DIR
+    return sorted(str(path) for path in trash.rglob('*')) if trash.exists() else []
+
+
+@pytest.mark.parametrize('caps, reason', [
+    ({'git_max_repo_size_mb': 5}, r'GIT_MAX_REPO_SIZE \(5 MB on disk\)'),
+    ({'git_max_repo_files': 1000}, r'GIT_MAX_REPO_FILES \(1000 files\)'),
+])
+def test_a_clone_of_many_small_files_is_capped_by_what_it_takes(local, many_files, caps, reason):
+    dest = clone_path('w-many')
+    settings = dataclasses.replace(local, **caps)
+    with pytest.raises(RepositoryTooLarge, match=reason + ' and was stopped; the clone was removed'):
+        sync(str(many_files), dest, settings=settings)
+    assert not dest.exists() and not partial_path(dest).exists()
+    wait_for_removals()
+    assert trash_of(settings) == []
+    assert [path.name for path in Path(settings.repo_root).iterdir()] == [safe_git.TRASH_DIR]
+
+
+def test_the_file_cap_stops_a_clone_while_it_runs(network, many_files, tmp_path, started, monkeypatch):
+    monkeypatch.setattr(safe_git, 'SIZE_POLL_INTERVAL', 0.05)
+    bare = tmp_path / 'srv' / 'org' / 'repo.git'
+    run_git(tmp_path, 'clone', '-q', '--bare', '--no-local', str(many_files), str(bare))
+    # Loose objects, which dumb HTTP fetches one request and one file each: the clone's files grow as it runs.
+    packs = tmp_path / 'packs'
+    (bare / 'objects' / 'pack').rename(packs)
+    (bare / 'objects' / 'pack').mkdir()
+    for pack in packs.glob('*.pack'):
+        with pack.open('rb') as stream:
+            subprocess.run(['git', 'unpack-objects', '-q'], cwd=bare, stdin=stream, check=True)
+    run_git(bare, 'update-server-info')
+    objects = sum(1 for path in (bare / 'objects').glob('??/*'))
+    assert objects > 3000
+    dest = clone_path('w-many-http')
+    settings = dataclasses.replace(settings_module.get_settings(), git_max_repo_files=300)
+    requests: list[str] = []
+    with (serve_dumb_http(tmp_path / 'srv', hosts=requests) as base,
+          pytest.raises(RepositoryTooLarge, match=r'GIT_MAX_REPO_FILES \(300 files\) and was stopped')):
+        sync(http_address(base), dest, settings=settings)
+    assert len(requests) < objects / 2  # stopped early, not once git had it all
+    assert not dest.exists() and not partial_path(dest).exists()
+    assert_groups_dead(started)  # git, and the background removal
+    assert trash_of(settings) == []
+
+
+def test_removing_a_clone_moves_it_away_at_once_and_deletes_it_in_the_background(local, many_files):
+    settings = settings_module.get_settings()
+    dest = clone_path('w-removed')
+    sync(str(many_files), dest)  # under the default caps
+    assert len(list((dest / 'd29').iterdir())) == 100
+    partial_path(dest).mkdir()
+    assert remove_clone(dest) is True
+    # Gone from its place when remove_clone returns; the files go in a process of their own, in its own session.
+    assert not dest.exists() and not partial_path(dest).exists()
+    remover = safe_git._removers[-1]
+    assert remover.args[:3] == [sys.executable, '-c', safe_git._REMOVER] and remover.pid != os.getpid()
+    wait_for_removals()
+    assert trash_of(settings) == []
+    assert remove_clone(dest) is False
+
+
+def test_what_a_killed_removal_left_is_removed_later(local, tmp_path):
+    settings = settings_module.get_settings()
+    root = Path(settings.repo_root)
+    # A removal killed half-way: its tree is still in the trash, and no process works on it.
+    leftover = root / safe_git.TRASH_DIR / 'w-old.0123456789ab'
+    for index in range(50):
+        (leftover / f'd{index % 5}').mkdir(parents=True, exist_ok=True)
+        (leftover / f'd{index % 5}' / f'f{index}').write_text('x')
+    (root / 'w-next').mkdir()
+    (root / 'w-next' / 'file').write_text('x')
+    remove_clone(root / 'w-next')
+    wait_for_removals()
+    assert trash_of(settings) == [] and not (root / 'w-next').exists()
+    # Emptied, too, by itself (`jobs cleanup --orphan-clones` does it); an empty trash starts nothing.
+    (leftover / 'd0').mkdir(parents=True)
+    safe_git.empty_trash(settings).wait(timeout=60)
+    assert trash_of(settings) == []
+    assert safe_git.empty_trash(settings) is None
 
 
 def test_the_size_cap_kills_a_running_clone(network, tmp_path, started, monkeypatch):
@@ -929,3 +1036,101 @@ def test_a_private_address_written_as_such_is_refused_at_submission(env):
     env.setenv('GIT_ALLOW_PRIVATE_HOSTS', 'true')
     settings_module.reset()
     assert parse_address('https://10.0.0.7:3000/org/repo').url == 'https://10.0.0.7:3000/org/repo.git'
+
+
+# An internal IPv4 address (the metadata service, loopback, a private network) carried by each standard IPv6
+# embedding: a NAT64 translator, 6to4 or Teredo relay or ISATAP tunnel on the path leads git to it.
+INTERNAL_IN_IPV6 = [
+    # IPv4-mapped ::ffff:0:0/96 and SIIT ::ffff:0:0:0/96
+    '::ffff:169.254.169.254', '::ffff:7f00:1', '::ffff:0:a00:1', '::ffff:0:c0a8:101',
+    # IPv4-compatible ::/96
+    '::a9fe:a9fe', '::127.0.0.1', '::10.1.2.3',
+    # NAT64 well-known prefix 64:ff9b::/96
+    '64:ff9b::a9fe:a9fe', '64:ff9b::127.0.0.1', '64:ff9b::10.0.0.1', '64:ff9b::192.168.1.1', '64:ff9b::100.64.0.1',
+    # NAT64 local-use 64:ff9b:1::/48, at the place of each prefix length (/96, /64, /56, /48)
+    '64:ff9b:1::a9fe:a9fe', '64:ff9b:1:0:a9:fea9:fe00:0', '64:ff9b:1:a9:fe:a9fe::', '64:ff9b:1:a9fe:a9:fe00::',
+    # 6to4 2002::/16
+    '2002:a9fe:a9fe::1', '2002:7f00:1::', '2002:a00:1:1::1', '2002:c0a8:101::1',
+    # Teredo 2001::/32: the server, and the client (stored inverted)
+    '2001:0:a9fe:a9fe::f7f7:f7f7', '2001:0:808:808:0:0:f5ff:fffe', '2001:0:808:808::80ff:fffe',
+    # ISATAP interface ids ::5efe:a.b.c.d and ::200:5efe:a.b.c.d under any /64
+    '2a00:1450:4001:81c::5efe:a9fe:a9fe', '2606:4700::200:5efe:7f00:1', '2a00:1450:4001:81c::5efe:10.0.0.1',
+    '2606:4700::300:5efe:192.168.0.1',
+]
+PUBLIC_IN_IPV6 = ['64:ff9b::808:808', '2002:808:808::1', '2606:4700::5efe:808:808', '2606:50c0:8000::154']
+
+
+@pytest.mark.parametrize('ip', INTERNAL_IN_IPV6)
+def test_an_ipv6_address_carrying_an_internal_ipv4_address_is_refused(env, started, monkeypatch, ip):
+    env.setenv('GIT_ALLOW_SSH', 'true')
+    settings_module.reset()
+    url = f'https://[{ip}]/org/repo.git'
+    for given in (url, f'https://[{ip}]:8443/org/repo', f'ssh://git@[{ip}]/org/repo.git', f'git@[{ip}]:org/repo.git'):
+        with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+            parse_address(given)
+    with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+        safe_git.check_host(RepoAddress(url=url, organization='org', name='repo'))
+    # The same address given by a name's DNS answer.
+    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))])
+    with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+        sync('https://git.example.com/org/repo.git', clone_path('w-embedded'))
+    assert started == []
+
+
+@pytest.mark.parametrize('ip', PUBLIC_IN_IPV6)
+def test_an_ipv6_address_carrying_a_public_ipv4_address_passes(env, monkeypatch, ip):
+    address = parse_address(f'https://[{ip}]/org/repo')
+    assert safe_git.check_host(address).host == ip
+    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))])
+    assert safe_git.check_host(parse_address('https://git.example.com/org/repo')).addresses == (ip,)
+
+
+@pytest.mark.parametrize('host, meant', [
+    ('2852039166', '169.254.169.254'),  # one decimal number
+    ('0251.0376.0251.0376', '169.254.169.254'),  # octal
+    ('0xa9fea9fe', '169.254.169.254'),  # hexadecimal
+    ('0xA9.0xFE.0xA9.0xFE', '169.254.169.254'),
+    ('169.254.43518', '169.254.169.254'),  # three parts, the last one 16 bits
+    ('169.16689662', '169.254.169.254'),  # two parts
+    ('0177.1', '127.0.0.1'),
+    ('0x7f.0.0.1', '127.0.0.1'),
+    ('012.0.0.1', '10.0.0.1'),
+    ('0', '0.0.0.0'),
+])
+def test_an_ipv4_address_spelled_oddly_is_judged_by_the_address_it_means(env, started, host, meant):
+    env.setenv('GIT_ALLOW_SSH', 'true')
+    settings_module.reset()
+    for url in (f'https://{host}/org/repo.git', f'https://{host}:8443/org/repo.git', f'ssh://git@{host}/org/repo.git',
+                f'git@{host}:org/repo.git'):
+        with pytest.raises(InvalidRepositoryAddress, match=rf'(?i){host} is {meant}, not a public address'):
+            parse_address(url)
+        with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
+            sync(RepoAddress(url=url, organization='org', name='repo'), clone_path('w-odd'))
+    # Asked without parsing first, the host is still read as the resolver would read it.
+    with pytest.raises(InvalidRepositoryAddress, match=rf'is {meant}, not a public address'):
+        safe_git.check_host(RepoAddress(url=f'https://{host}/org/repo.git', organization='org', name='repo'))
+    assert started == []
+    # A private network allowed, the spelling is still refused: other tools read these digits otherwise.
+    env.setenv('GIT_ALLOW_PRIVATE_HOSTS', 'true')
+    settings_module.reset()
+    with pytest.raises(InvalidRepositoryAddress, match=rf'spells the IPv4 address {meant}.*write it as {meant}'):
+        parse_address(f'https://{host}/org/repo.git')
+
+
+@pytest.mark.parametrize('host, reason', [
+    ('0x08080808', 'spells the IPv4 address 8.8.8.8'),
+    ('134744072', 'spells the IPv4 address 8.8.8.8'),
+    ('08.8.8.8', 'is not a valid IPv4 address'),  # 8 is no octal digit
+    ('1.2.3.256', 'is not a valid IPv4 address'),
+    ('1.2.3.4.5', 'is not a valid IPv4 address'),
+    ('1.16777216', 'is not a valid IPv4 address'),
+])
+def test_a_public_ipv4_address_is_only_accepted_as_a_dotted_quad(env, host, reason):
+    with pytest.raises(InvalidRepositoryAddress, match=reason):
+        parse_address(f'https://{host}/org/repo.git')
+    assert parse_address('https://8.8.8.8/org/repo').url == 'https://8.8.8.8/org/repo.git'
+    # Names that only look numeric in part stay names.
+    for name in ('1e100.net', '0x1.example.com', 'cafe.example.com', '123.example'):
+        assert parse_address(f'https://{name}/org/repo').url == f'https://{name}/org/repo.git'

@@ -1,4 +1,5 @@
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -22,6 +23,7 @@ from models import (
 from rqjobs import clock, minimap, queues, settings
 from rqjobs import warehouse as warehouses
 from rqjobs.exceptions import InvalidRepositoryAddress, InvalidSubmission, SecretKeyMissing
+from rqjobs.git import TRASH_DIR
 
 pytestmark = pytest.mark.db
 
@@ -222,6 +224,29 @@ def test_a_clone_over_the_size_cap_fails_and_leaves_nothing(redis_conn, database
     assert documents_of(row.id)['catalog'] == 0
 
 
+def test_a_clone_of_too_many_files_fails_and_its_files_go(redis_conn, database, local, sample_repo, env,
+                                                         burst_worker):
+    for index in range(3000):
+        (sample_repo / 'many' / f'd{index // 100}').mkdir(parents=True, exist_ok=True)
+        (sample_repo / 'many' / f'd{index // 100}' / f'f{index}.txt').write_text(f'{index}\n')
+    git(sample_repo, 'add', 'many')
+    git(sample_repo, 'commit', '-q', '-m', 'Add 3,000 small files')
+    env.setenv('GIT_MAX_REPO_FILES', '1000')
+    settings.reset()
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    burst_worker('warehouse')
+    warehouse = fetch(row.id)
+    assert warehouse.status == WarehouseStatus.FAILED
+    assert 'GIT_MAX_REPO_FILES (1000 files)' in warehouse.error
+    root = settings.get_settings().repo_root
+    assert sorted(path.name for path in root.iterdir()) == [TRASH_DIR]
+    # Deleted by a process of its own, which the work horse did not wait for: nothing to join, so watch the trash.
+    deadline = time.monotonic() + 60
+    while any((root / TRASH_DIR).iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((root / TRASH_DIR).iterdir()) == []
+
+
 def test_a_crash_while_storing_keeps_the_last_good_documentation(redis_conn, database, local, sample_repo,
                                                                   burst_worker, monkeypatch):
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
@@ -391,6 +416,21 @@ def test_cli_refuses_bad_input(redis_conn, database, env):
     result = runner.invoke(cli.main, ['warehouse', 'reprocess', 'nope'])
     assert result.exit_code == 2 and 'does not exist' in result.output
     assert Warehouse.select().count() == 0
+
+
+@pytest.mark.parametrize('address, meant', [
+    ('https://[64:ff9b::a9fe:a9fe]/o/r.git', '64:ff9b::a9fe:a9fe'),  # NAT64 of the metadata service
+    ('https://[2002:a9fe:a9fe::1]/o/r.git', '2002:a9fe:a9fe::1'),  # 6to4
+    ('https://0251.0376.0251.0376/o/r.git', '169.254.169.254'),  # octal
+    ('https://2852039166/o/r.git', '169.254.169.254'),  # one decimal number
+])
+def test_cli_refuses_an_internal_address_however_it_is_spelled(redis_conn, database, env, address, meant):
+    result = CliRunner().invoke(cli.main, ['warehouse', 'add', address])
+    assert result.exit_code == 2, result.output
+    assert meant in result.output and 'not a public address' in result.output
+    assert 'Traceback' not in result.output
+    assert [line for line in result.output.splitlines() if meant in line][0].startswith('Error: Repository address')
+    assert Warehouse.select().count() == 0 and redis_conn.llen('rq:queue:warehouse') == 0
 
 
 def test_token_from_the_environment_never_reaches_argv_or_redis(redis_conn, database, env):
