@@ -82,13 +82,16 @@ def _cell(value) -> str:
 @click.group(cls=JobsGroup, context_settings={'help_option_names': ['-h', '--help']})
 @click.option('-v', '--verbose', count=True, help='Log more (repeat for debug output).')
 @click.option('-q', '--quiet', is_flag=True, help='Log only warnings and errors.')
-@click.version_option(package_name='rqjobs', prog_name='jobs')
+@click.version_option(package_name='rqjobs')
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Background jobs of the documentation platform, on RQ.
 
     Configuration comes from environment variables (see README.md). Without REDIS_URL, an embedded Redis server is
-    started under JOBS_DATA_DIR and shared by every `jobs` command on this machine.
+    started under JOBS_DATA_DIR (./var by default): one per data directory, shared by every command run with that
+    directory, and left running until `rqjobs redis stop`; `rqjobs redis url` prints its URL.
+
+    `rqjobs` and `jobs` are the same command; type `rqjobs` in a shell, where `jobs` is a builtin.
     """
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
@@ -873,6 +876,13 @@ def demo(ctx: click.Context) -> None:
     print_tree(minimap.stored_tree(row.id) or {'title': '(none)', 'url': '', 'nodes': []}, depth=1)
     timings = ', '.join(f'{name} {seconds:.2f} s' for name, seconds in result.get('timings', {}).items())
     click.echo(f'\nTimings: {timings}')
+    if not obj.settings.redis_url:
+        from rqjobs.embedded import EmbeddedRedis
+
+        server = EmbeddedRedis(obj.settings.data_dir / 'redis')
+        click.echo(f'\nThe embedded Redis keeps running at {server.url} (files in {server.directory}) for the next '
+                   f'commands run from this directory; `rqjobs redis url` prints its URL, `rqjobs redis stop` '
+                   f'stops it.')
 
 
 # ---- Statistics ----
@@ -1006,7 +1016,20 @@ def status(obj: Context, as_json: bool) -> None:
 
 @main.group('redis')
 def redis_group() -> None:
-    """The embedded Redis server (used when REDIS_URL is unset)."""
+    """The embedded Redis server (used when REDIS_URL is unset), one per data directory."""
+
+
+@redis_group.command('url')
+@click.pass_obj
+def redis_url(obj: Context) -> None:
+    """Print the URL of the project's Redis (starting the embedded one if needed), for rq and rq-dashboard.
+
+    With REDIS_URL set, that URL is printed as it is, password included. Example:
+    rq info --url "$(rqjobs redis url)"
+    """
+    from rqjobs import connections
+
+    click.echo(connections.redis_url(obj.settings))
 
 
 @redis_group.command('stop')
