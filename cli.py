@@ -851,12 +851,7 @@ def demo(ctx: click.Context) -> None:
     migration.create_schema()
     repository = demo_module.build_repository(obj.settings.data_dir / 'demo' / 'inkwell')
     click.echo(f'Repository: {repository}')
-    existing = [row for row in warehouses.list_warehouses(limit=10000)
-                if (row['organization'], row['name']) == ('demo', 'inkwell')]
-    if existing:
-        row = warehouses.reprocess(existing[0]['id'], obj.redis)
-    else:
-        row = warehouses.submit_warehouse(str(repository), connection=obj.redis, settings=obj.settings)
+    row = demo_module.submit(repository, obj.redis, obj.settings)
     click.echo(f'Warehouse {row.id} submitted; running a worker until its job ends…')
     workers.run_worker(obj.redis, [queues.WAREHOUSE], burst=True, logging_level='WARNING', settings=obj.settings)
     job = queues.JsonJob.fetch(warehouses.process_job_id(row.id), connection=obj.redis)

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import textwrap
 from pathlib import Path
+
+import redis
+from rq import Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import JobStatus
+
+from models import Warehouse
+from rqjobs import queues
+from rqjobs import warehouse as warehouses
+from rqjobs.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# What an interrupted demo can leave behind: its job waiting, or started by a worker that has gone.
+LEFTOVER_STATUSES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED)
 
 FILES = {
     'README.md': """\
@@ -181,6 +197,41 @@ def build_repository(path: Path) -> Path:
     _git(path, 'add', '-A')
     _git(path, 'commit', '-q', '-m', 'Add RSS feeds')
     return path
+
+
+def submit(repository: Path, connection: redis.Redis, settings: Settings) -> Warehouse:
+    """Submit the demo repository as a warehouse, or queue the demo's own warehouse again; return it."""
+    address = str(repository)
+    own = [row for row in warehouses.list_warehouses(limit=10000) if row['address'] == address]
+    if not own:
+        return warehouses.submit_warehouse(address, connection=connection, settings=settings)
+    warehouse_id = own[0]['id']
+    for job_id in (warehouses.process_job_id(warehouse_id), warehouses.update_job_id(warehouse_id)):
+        _clear_leftover(job_id, connection)
+    return warehouses.reprocess(warehouse_id, connection)
+
+
+def _clear_leftover(job_id: str, connection: redis.Redis) -> None:
+    # A demo stopped with Ctrl-C leaves its job queued (the worker had not started) or started by a worker that is
+    # gone (a second Ctrl-C kills the work horse). Nothing else will run it, so the demo removes it and starts over;
+    # a job that a live worker is running is left alone, and the demo then says that it is running.
+    try:
+        job = queues.JsonJob.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return
+    status = job.get_status(refresh=False)
+    if status not in LEFTOVER_STATUSES:
+        return
+    if status == JobStatus.STARTED and job.worker_name and _worker_alive(job.worker_name, connection):
+        return
+    logger.info('demo: removing job %s, left %s by an interrupted demo', job_id, status.value)
+    job.delete()
+
+
+def _worker_alive(name: str, connection: redis.Redis) -> bool:
+    key = Worker.redis_worker_namespace_prefix + name
+    # A worker that stopped registers its death in its key, which lingers for a minute.
+    return bool(connection.exists(key)) and not connection.hexists(key, 'death')
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

@@ -1,8 +1,14 @@
+import errno
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import run_jobs_cli
+from conftest import ROOT, git, run_jobs_cli
+from rqjobs import demo
 
 
 @pytest.mark.slow
@@ -30,4 +36,50 @@ def test_demo_runs_end_to_end_on_the_embedded_defaults(env, tmp_path):
         assert second.returncode == 0, second.stderr + second.stdout
         assert out.split('Completed ')[1].split(' at ')[0] == second.stdout.split('Completed ')[1].split(' at ')[0]
     finally:
+        run_jobs_cli('redis', 'stop', env=environ)
+
+
+def wait_for_reader(fifo, timeout=60.0) -> int:
+    """Open `fifo` for writing once a reader has it open; return the descriptor."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_demo_runs_again_after_ctrl_c_during_its_job(env, tmp_path):
+    env.delenv('REDIS_URL')
+    env.delenv('DATABASE_URL')
+    environ = os.environ.copy()
+    repository = demo.build_repository(tmp_path / 'var' / 'demo' / 'inkwell')
+    # One object of the demo repository becomes a FIFO: the clone blocks reading it, and opening the other end tells
+    # the test that the demo's job is under way, without guessing a time.
+    blob = git(repository, 'rev-parse', 'HEAD:README.md')
+    obj = repository / '.git' / 'objects' / blob[:2] / blob[2:]
+    content = obj.read_bytes()
+    obj.unlink()
+    os.mkfifo(obj)
+    first = subprocess.Popen([sys.executable, '-c', 'import cli; cli.main()', 'demo'], cwd=ROOT, env=environ,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        writer = wait_for_reader(obj)
+        # Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+        os.killpg(first.pid, signal.SIGINT)
+        output = first.communicate(timeout=60)[0]
+        os.close(writer)
+        assert first.returncode != 0, output
+        obj.unlink()
+        obj.write_bytes(content)
+        second = run_jobs_cli('demo', env=environ)
+        assert second.returncode == 0, second.stderr + second.stdout
+        assert 'Completed demo/inkwell at ' in second.stdout
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
         run_jobs_cli('redis', 'stop', env=environ)
