@@ -724,8 +724,8 @@ def warehouse_add(obj: Context, url: str, branch: str | None, user_id: str | Non
     """Register the repository at URL and queue it for documentation.
 
     URL is an https:// address on a public host, such as https://github.com/org/repo. ssh addresses need
-    GIT_ALLOW_SSH=true, local paths ALLOW_LOCAL_REPOSITORIES=true, and hosts on your own network
-    GIT_ALLOW_PRIVATE_HOSTS=true.
+    GIT_ALLOW_SSH=true, local paths ALLOW_LOCAL_REPOSITORIES=true (here and in the workers, which check it again),
+    and hosts on your own network GIT_ALLOW_PRIVATE_HOSTS=true.
     """
     import os
 
@@ -739,6 +739,9 @@ def warehouse_add(obj: Context, url: str, branch: str | None, user_id: str | Non
                                      f'export GIT_TOKEN=... and pass --token-env GIT_TOKEN.', param_hint='--token-env')
     row = warehouses.submit_warehouse(url, branch, user_id, git_user, token, connection=obj.redis,
                                       settings=obj.settings)
+    warning = warehouses.local_path_warning(row, obj.redis)
+    if warning:
+        click.echo(f'Warning: {warning}', err=True)
     data = warehouses.describe(row.id, obj.redis)
     emit(data, as_json, lambda d: click.echo(f'Warehouse {d["id"]} ({d["organization"]}/{d["name"]}) is '
                                              f'{d["status"]}' + ('; queued.' if d['jobs'] else
