@@ -878,9 +878,8 @@ def demo(ctx: click.Context) -> None:
         from rqjobs.embedded import EmbeddedRedis
 
         server = EmbeddedRedis(obj.settings.data_dir / 'redis')
-        click.echo(f'\nThe embedded Redis keeps running at {server.url} (files in {server.directory}) for the next '
-                   f'commands run from this directory; `rqjobs redis url` prints its URL, `rqjobs redis stop` '
-                   f'stops it.')
+        click.echo(f'\nThe embedded Redis keeps running at {server.url} for later commands on the data directory '
+                   f'{obj.settings.data_dir}; `rqjobs redis url` prints its URL, `rqjobs redis stop` stops it.')
 
 
 # ---- Statistics ----

@@ -140,7 +140,7 @@ def local_path_warning(warehouse: Warehouse, connection: redis.Redis) -> str | N
     if not _is_local(warehouse.address) or any(
             worker_module.local_path_acceptance(connection, queues.WAREHOUSE).values()):
         return None
-    return (f'No running worker on queue {queues.WAREHOUSE} accepts local paths yet: start one with '
+    return (f'No running worker on queue {queues.WAREHOUSE} says it accepts local paths: start one with '
             f'ALLOW_LOCAL_REPOSITORIES=true (for example ALLOW_LOCAL_REPOSITORIES=true rqjobs worker), or it will '
             f'fail this warehouse.')
 

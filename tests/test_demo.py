@@ -28,9 +28,9 @@ def test_demo_runs_end_to_end_on_the_embedded_defaults(env, tmp_path):
         assert 'Timings: clone' in out
         assert (tmp_path / 'var' / 'rqjobs.db').exists()
         socket = tmp_path / 'var' / 'redis' / 'redis.sock'
-        assert out.rstrip().endswith(f'The embedded Redis keeps running at unix://{socket} (files in '
-                                     f'{socket.parent}) for the next commands run from this directory; '
-                                     f'`rqjobs redis url` prints its URL, `rqjobs redis stop` stops it.')
+        assert out.rstrip().endswith(f'The embedded Redis keeps running at unix://{socket} for later commands on '
+                                     f'the data directory {tmp_path / "var"}; `rqjobs redis url` prints its URL, '
+                                     f'`rqjobs redis stop` stops it.')
         # A second run reprocesses the same warehouse instead of refusing a duplicate.
         second = run_jobs_cli('demo', env=environ)
         assert second.returncode == 0, second.stderr + second.stdout

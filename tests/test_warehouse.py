@@ -456,6 +456,6 @@ def test_cli_add_refuses_a_local_path_that_the_workers_would_refuse(redis_conn, 
 def test_cli_add_warns_when_no_worker_accepts_local_paths(redis_conn, database, local, sample_repo):
     result = CliRunner().invoke(cli.main, ['warehouse', 'add', str(sample_repo)])
     assert result.exit_code == 0, result.output
-    assert ('Warning: No running worker on queue warehouse accepts local paths yet: start one with '
+    assert ('Warning: No running worker on queue warehouse says it accepts local paths: start one with '
             'ALLOW_LOCAL_REPOSITORIES=true') in result.stderr
     assert 'is Pending; queued.' in result.stdout
