@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -183,9 +184,14 @@ LATER = {
 
 def build_repository(path: Path) -> Path:
     """Create (or reuse) the demo repository at `path`: three commits in Python, JS, Go, C and Rust."""
-    if (path / '.git').is_dir():
+    if (path / '.git').is_dir() and _has_commits(path):
         return path
-    path.mkdir(parents=True, exist_ok=True)
+    # Built aside and renamed into place: a demo interrupted while building leaves no half-made repository (one
+    # without commits cannot be cloned) for the next run to reuse.
+    shutil.rmtree(path, ignore_errors=True)
+    final, path = path, path.with_name(f'.{path.name}.building')
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
     _git(path, 'init', '-q', '-b', 'main')
     _write(path, {name: text for name, text in FILES.items() if not name.startswith(('web/', 'native/'))})
     _git(path, 'add', '-A')
@@ -196,7 +202,12 @@ def build_repository(path: Path) -> Path:
     _write(path, LATER)
     _git(path, 'add', '-A')
     _git(path, 'commit', '-q', '-m', 'Add RSS feeds')
-    return path
+    path.rename(final)
+    return final
+
+
+def _has_commits(root: Path) -> bool:
+    return _git(root, 'rev-parse', '--quiet', '--verify', 'HEAD', check=False) == 0
 
 
 def submit(repository: Path, connection: redis.Redis, settings: Settings) -> Warehouse:
@@ -241,8 +252,8 @@ def _write(root: Path, files: dict[str, str]) -> None:
         target.write_text(textwrap.dedent(text))
 
 
-def _git(root: Path, *args: str) -> None:
+def _git(root: Path, *args: str, check: bool = True) -> int:
     env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'HOME': str(root), 'GIT_CONFIG_NOSYSTEM': '1',
            'GIT_AUTHOR_NAME': 'Inkwell Demo', 'GIT_AUTHOR_EMAIL': 'demo@inkwell.invalid',
            'GIT_COMMITTER_NAME': 'Inkwell Demo', 'GIT_COMMITTER_EMAIL': 'demo@inkwell.invalid'}
-    subprocess.run(['git', *args], cwd=root, env=env, check=True, capture_output=True)
+    return subprocess.run(['git', *args], cwd=root, env=env, check=check, capture_output=True).returncode

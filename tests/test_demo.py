@@ -83,3 +83,22 @@ def test_demo_runs_again_after_ctrl_c_during_its_job(env, tmp_path):
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
         run_jobs_cli('redis', 'stop', env=environ)
+
+
+@pytest.mark.slow
+def test_demo_rebuilds_a_repository_left_half_made(env, tmp_path):
+    """Ctrl-C while the demo builds its repository left a .git without commits, which the next runs reused."""
+    env.delenv('REDIS_URL')
+    env.delenv('DATABASE_URL')
+    environ = os.environ.copy()
+    half_made = tmp_path / 'var' / 'demo' / 'inkwell'
+    half_made.mkdir(parents=True)
+    git(half_made, 'init', '-q')
+    try:
+        result = run_jobs_cli('demo', env=environ)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert 'Completed demo/inkwell at ' in result.stdout
+        assert git(half_made, 'rev-list', '--count', 'HEAD') == '3'
+        assert sorted(path.name for path in half_made.parent.iterdir()) == ['inkwell']
+    finally:
+        run_jobs_cli('redis', 'stop', env=environ)
