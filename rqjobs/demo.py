@@ -17,6 +17,7 @@ from rq.job import JobStatus
 from models import Warehouse
 from rqjobs import queues
 from rqjobs import warehouse as warehouses
+from rqjobs.exceptions import InvalidSubmission
 from rqjobs.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -218,25 +219,31 @@ def submit(repository: Path, connection: redis.Redis, settings: Settings) -> War
         return warehouses.submit_warehouse(address, connection=connection, settings=settings)
     warehouse_id = own[0]['id']
     for job_id in (warehouses.process_job_id(warehouse_id), warehouses.update_job_id(warehouse_id)):
-        _clear_leftover(job_id, connection)
+        running = _clear_leftover(job_id, connection)
+        if running:
+            raise InvalidSubmission(f'The demo\'s warehouse {warehouse_id} is being documented right now by worker '
+                                    f'{running}; wait for it to end (`rqjobs warehouse show {warehouse_id}`), then '
+                                    f'run the demo again.')
     return warehouses.reprocess(warehouse_id, connection)
 
 
-def _clear_leftover(job_id: str, connection: redis.Redis) -> None:
-    # A demo stopped with Ctrl-C leaves its job queued (the worker had not started) or started by a worker that is
-    # gone (a second Ctrl-C kills the work horse). Nothing else will run it, so the demo removes it and starts over;
-    # a job that a live worker is running is left alone, and the demo then says that it is running.
+def _clear_leftover(job_id: str, connection: redis.Redis) -> str | None:
+    """Remove a job left by an interrupted demo; return the name of the live worker running it, if one is."""
+    # A demo stopped with Ctrl-C leaves its job queued (the worker had not started), scheduled for a retry (the
+    # clone was cut short) or started by a worker that is gone (a second Ctrl-C kills the work horse). Nothing else
+    # will run it, so the demo removes it and starts over; a job that a live worker is running is left alone.
     try:
         job = queues.JsonJob.fetch(job_id, connection=connection)
     except NoSuchJobError:
-        return
+        return None
     status = job.get_status(refresh=False)
     if status not in LEFTOVER_STATUSES:
-        return
+        return None
     if status == JobStatus.STARTED and job.worker_name and _worker_alive(job.worker_name, connection):
-        return
+        return job.worker_name
     logger.info('demo: removing job %s, left %s by an interrupted demo', job_id, status.value)
     job.delete()
+    return None
 
 
 def _worker_alive(name: str, connection: redis.Redis) -> bool:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import ROOT, git, run_jobs_cli
-from rqjobs import demo
+from rqjobs import demo, settings
 
 
 @pytest.mark.slow
@@ -102,3 +102,32 @@ def test_demo_rebuilds_a_repository_left_half_made(env, tmp_path):
         assert sorted(path.name for path in half_made.parent.iterdir()) == ['inkwell']
     finally:
         run_jobs_cli('redis', 'stop', env=environ)
+
+
+def mark_started_by(job, worker):
+    """Put a job in the state a worker leaves it in while running it (or after dying in it)."""
+    job.set_status('started')
+    job.worker_name = worker.name
+    job.save()
+
+
+@pytest.mark.db
+def test_demo_leaves_its_job_to_a_live_worker_and_says_so(redis_conn, database, local, tmp_path):
+    from rqjobs import queues, warehouse
+    from rqjobs.exceptions import InvalidSubmission
+    from rqjobs.worker import build_worker
+
+    repository = demo.build_repository(tmp_path / 'inkwell')
+    row = demo.submit(repository, redis_conn, settings.get_settings())
+    job = queues.JsonJob.fetch(warehouse.process_job_id(row.id), connection=redis_conn)
+    worker = build_worker(redis_conn, ['warehouse'])
+    worker.register_birth()
+    mark_started_by(job, worker)
+    with pytest.raises(InvalidSubmission, match=f'being documented right now by worker {worker.name}'):
+        demo.submit(repository, redis_conn, settings.get_settings())
+    assert job.get_status() == 'started'
+    # Once that worker is gone, the job is a leftover: the demo removes it and queues its warehouse again.
+    worker.register_death()
+    assert demo.submit(repository, redis_conn, settings.get_settings()).id == row.id
+    again = queues.JsonJob.fetch(job.id, connection=redis_conn)
+    assert again.get_status() == 'queued' and again.worker_name is None
