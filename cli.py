@@ -426,7 +426,7 @@ def requeue(obj: Context, job_ids: tuple[str, ...], queue: str | None, everythin
     from rqjobs import control, queues
 
     if bool(job_ids) == everything:
-        raise click.UsageError('Name the failed jobs to requeue, or pass --all; for example `jobs requeue --all '
+        raise click.UsageError('Name the failed jobs to requeue, or pass --all; for example `rqjobs requeue --all '
                                '--queue warehouse`.')
     if queue:
         queues.get_queue(queue, obj.redis, obj.settings)  # an unknown queue exits 2 listing the known ones
@@ -475,7 +475,7 @@ def suspend_command(obj: Context, duration: int | None) -> None:
     from rqjobs import control
 
     control.suspend_workers(obj.redis, duration)
-    click.echo('Workers suspended' + (f' for {duration} s.' if duration else '; `jobs resume` lets them go on.'))
+    click.echo('Workers suspended' + (f' for {duration} s.' if duration else '; `rqjobs resume` lets them go on.'))
 
 
 @main.command('resume')
@@ -634,7 +634,7 @@ def print_schedule(data: dict) -> None:
     if rows:
         table(rows, ['id', 'when', 'next_run_utc', 'next_run_local', 'last'])
     else:
-        click.echo('No plan entries. Create them with `jobs schedule register`.')
+        click.echo('No plan entries. Create them with `rqjobs schedule register`.')
     if data['one_off']:
         click.echo()
         table(data['one_off'], ['id', 'job', 'queue', 'at', 'source'])
@@ -763,7 +763,7 @@ def warehouse_list(obj: Context, status: str | None, limit: int, as_json: bool) 
         row['repository'] = f'{row["organization"]}/{row["name"]}'
         row['version'] = (row['version'] or '')[:10] or None
     emit(rows, as_json, lambda data: table(data, ['id', 'repository', 'branch', 'status', 'version', 'updated_at'])
-         if data else click.echo('No warehouses. Add one with `jobs warehouse add URL`.'))
+         if data else click.echo('No warehouses. Add one with `rqjobs warehouse add URL`.'))
 
 
 @warehouse.command('show')
@@ -900,7 +900,8 @@ def print_statistics(data: dict) -> None:
     """Print a day's statistics and the latest system and access snapshots for people."""
     daily, system, access = data['daily'], data['system'], data['access']
     if daily is None:
-        click.echo(f'No statistics for {data["date"]} yet; make them with `jobs stats generate --date {data["date"]}`.')
+        click.echo(f'No statistics for {data["date"]} yet; make them with '
+                   f'`rqjobs stats generate --date {data["date"]}`.')
     else:
         click.echo(f'Statistics of {data["date"]} (UTC), made {daily["updated_at"]}:')
         for key in ('new_users', 'new_repositories', 'new_documents', 'page_views', 'unique_visitors', 'active_users'):
@@ -963,7 +964,7 @@ def logs_status(obj: Context, as_json: bool) -> None:
     def human(d):
         click.echo(f'buffer:       {d["buffer"]} of {d["buffer_max"]}')
         click.echo(f'processing:   {d["processing"]}' + (' (a drain is running)' if d['draining'] else ''))
-        hint = '; fix the cause, then `jobs logs requeue-dead`' if d['dead'] else ''
+        hint = '; fix the cause, then `rqjobs logs requeue-dead`' if d['dead'] else ''
         click.echo(f'dead letters: {d["dead"]}{hint}')
         click.echo(f'dropped:      {d["dropped"]} ({d["dropped_full"]} over the cap, {d["dropped_invalid"]} invalid)')
 
@@ -1004,7 +1005,7 @@ def status(obj: Context, as_json: bool) -> None:
         if data['workers']:
             table(data['workers'], ['name', 'state', 'queues', 'current_job', 'last_heartbeat'])
         else:
-            click.echo('No workers. Start one with `jobs worker`.')
+            click.echo('No workers. Start one with `rqjobs worker`.')
 
     emit(data, as_json, human)
 

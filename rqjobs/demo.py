@@ -1,4 +1,4 @@
-"""`jobs demo`: a real local repository in several languages, documented end to end by a real worker."""
+"""`rqjobs demo`: a real local repository in several languages, documented end to end by a real worker."""
 
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ def _check_duplicate(organization: str, name: str, branch: str) -> None:
     for row in existing:
         if row.status == WarehouseStatus.COMPLETED:
             raise InvalidSubmission(f'Warehouse {organization}/{name} ({branch or "default branch"}) already exists '
-                                    f'as {row.id}; use `jobs warehouse reprocess {row.id}` to refresh it.')
+                                    f'as {row.id}; use `rqjobs warehouse reprocess {row.id}` to refresh it.')
         if row.status in IN_FLIGHT:
             raise InvalidSubmission(f'Warehouse {organization}/{name} ({branch or "default branch"}) is already '
                                     f'queued as {row.id} ({row.status}).')
@@ -542,7 +542,7 @@ def get_warehouse(warehouse_id: str) -> Warehouse:
         warehouse = _live_warehouse(warehouse_id)
     if warehouse is None:
         raise InvalidSubmission(f'Warehouse {warehouse_id} does not exist (or was removed); '
-                                f'`jobs warehouse list` shows the ids.')
+                                f'`rqjobs warehouse list` shows the ids.')
     return warehouse
 
 

@@ -189,3 +189,12 @@ def test_bash_completes_the_rqjobs_command():
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert {'url', 'stop'} <= set(result.stdout.split())
+
+
+@pytest.mark.db
+def test_hints_name_the_command_a_shell_does_not_shadow(runner, redis_conn, database):
+    """Typed in bash, `jobs worker` runs the builtin: the hints a person copies say `rqjobs`."""
+    status = runner.invoke(cli.main, ['status'])
+    assert status.exit_code == 0 and 'No workers. Start one with `rqjobs worker`.' in status.stdout
+    listed = runner.invoke(cli.main, ['warehouse', 'list'])
+    assert listed.exit_code == 0 and listed.stdout == 'No warehouses. Add one with `rqjobs warehouse add URL`.\n'
