@@ -82,13 +82,16 @@ def _cell(value) -> str:
 @click.group(cls=JobsGroup, context_settings={'help_option_names': ['-h', '--help']})
 @click.option('-v', '--verbose', count=True, help='Log more (repeat for debug output).')
 @click.option('-q', '--quiet', is_flag=True, help='Log only warnings and errors.')
-@click.version_option(package_name='rqjobs', prog_name='jobs')
+@click.version_option(package_name='rqjobs')
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Background jobs of the documentation platform, on RQ.
 
     Configuration comes from environment variables (see README.md). Without REDIS_URL, an embedded Redis server is
-    started under JOBS_DATA_DIR and shared by every `jobs` command on this machine.
+    started under JOBS_DATA_DIR (./var by default): one per data directory, shared by every command run with that
+    directory, and left running until `rqjobs redis stop`; `rqjobs redis url` prints its URL.
+
+    `rqjobs` and `jobs` are the same command; type `rqjobs` in a shell, where `jobs` is a builtin.
     """
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
@@ -447,7 +450,7 @@ def requeue(obj: Context, job_ids: tuple[str, ...], queue: str | None, everythin
     from rqjobs import control, queues
 
     if bool(job_ids) == everything:
-        raise click.UsageError('Name the failed jobs to requeue, or pass --all; for example `jobs requeue --all '
+        raise click.UsageError('Name the failed jobs to requeue, or pass --all; for example `rqjobs requeue --all '
                                '--queue warehouse`.')
     if queue:
         queues.get_queue(queue, obj.redis, obj.settings)  # an unknown queue exits 2 listing the known ones
@@ -497,7 +500,7 @@ def suspend_command(obj: Context, duration: int | None) -> None:
     from rqjobs import control
 
     control.suspend_workers(obj.redis, duration)
-    click.echo('Workers suspended' + (f' for {duration} s.' if duration else '; `jobs resume` lets them go on.'))
+    click.echo('Workers suspended' + (f' for {duration} s.' if duration else '; `rqjobs resume` lets them go on.'))
 
 
 @main.command('resume')
@@ -656,7 +659,7 @@ def print_schedule(data: dict) -> None:
     if rows:
         table(rows, ['id', 'when', 'next_run_utc', 'next_run_local', 'last'])
     else:
-        click.echo('No plan entries. Create them with `jobs schedule register`.')
+        click.echo('No plan entries. Create them with `rqjobs schedule register`.')
     if data['one_off']:
         click.echo()
         table(data['one_off'], ['id', 'job', 'queue', 'at', 'source'])
@@ -746,8 +749,8 @@ def warehouse_add(obj: Context, url: str, branch: str | None, user_id: str | Non
     """Register the repository at URL and queue it for documentation.
 
     URL is an https:// address on a public host, such as https://github.com/org/repo. ssh addresses need
-    GIT_ALLOW_SSH=true, local paths ALLOW_LOCAL_REPOSITORIES=true, and hosts on your own network
-    GIT_ALLOW_PRIVATE_HOSTS=true.
+    GIT_ALLOW_SSH=true, local paths ALLOW_LOCAL_REPOSITORIES=true (here and in the workers, which check it again),
+    and hosts on your own network GIT_ALLOW_PRIVATE_HOSTS=true.
     """
     import os
 
@@ -761,6 +764,9 @@ def warehouse_add(obj: Context, url: str, branch: str | None, user_id: str | Non
                                      f'export GIT_TOKEN=... and pass --token-env GIT_TOKEN.', param_hint='--token-env')
     row = warehouses.submit_warehouse(url, branch, user_id, git_user, token, connection=obj.redis,
                                       settings=obj.settings)
+    warning = warehouses.local_path_warning(row, obj.redis)
+    if warning:
+        click.echo(f'Warning: {warning}', err=True)
     data = warehouses.describe(row.id, obj.redis)
     emit(data, as_json, lambda d: click.echo(f'Warehouse {d["id"]} ({d["organization"]}/{d["name"]}) is '
                                              f'{d["status"]}' + ('; queued.' if d['jobs'] else
@@ -782,7 +788,7 @@ def warehouse_list(obj: Context, status: str | None, limit: int, as_json: bool) 
         row['repository'] = f'{row["organization"]}/{row["name"]}'
         row['version'] = (row['version'] or '')[:10] or None
     emit(rows, as_json, lambda data: table(data, ['id', 'repository', 'branch', 'status', 'version', 'updated_at'])
-         if data else click.echo('No warehouses. Add one with `jobs warehouse add URL`.'))
+         if data else click.echo('No warehouses. Add one with `rqjobs warehouse add URL`.'))
 
 
 @warehouse.command('show')
@@ -873,12 +879,7 @@ def demo(ctx: click.Context) -> None:
     migration.create_schema()
     repository = demo_module.build_repository(obj.settings.data_dir / 'demo' / 'inkwell')
     click.echo(f'Repository: {repository}')
-    existing = [row for row in warehouses.list_warehouses(limit=10000)
-                if (row['organization'], row['name']) == ('demo', 'inkwell')]
-    if existing:
-        row = warehouses.reprocess(existing[0]['id'], obj.redis)
-    else:
-        row = warehouses.submit_warehouse(str(repository), connection=obj.redis, settings=obj.settings)
+    row = demo_module.submit(repository, obj.redis, obj.settings)
     click.echo(f'Warehouse {row.id} submitted; running a worker until its job ends…')
     workers.run_worker(obj.redis, [queues.WAREHOUSE], burst=True, logging_level='WARNING', settings=obj.settings)
     job = queues.JsonJob.fetch(warehouses.process_job_id(row.id), connection=obj.redis)
@@ -898,6 +899,12 @@ def demo(ctx: click.Context) -> None:
     print_tree(minimap.stored_tree(row.id) or {'title': '(none)', 'url': '', 'nodes': []}, depth=1)
     timings = ', '.join(f'{name} {seconds:.2f} s' for name, seconds in result.get('timings', {}).items())
     click.echo(f'\nTimings: {timings}')
+    if not obj.settings.redis_url:
+        from rqjobs.embedded import EmbeddedRedis
+
+        server = EmbeddedRedis(obj.settings.data_dir / 'redis')
+        click.echo(f'\nThe embedded Redis keeps running at {server.url} for later commands on the data directory '
+                   f'{obj.settings.data_dir}; `rqjobs redis url` prints its URL, `rqjobs redis stop` stops it.')
 
 
 # ---- Statistics ----
@@ -918,7 +925,8 @@ def print_statistics(data: dict) -> None:
     """Print a day's statistics and the latest system and access snapshots for people."""
     daily, system, access = data['daily'], data['system'], data['access']
     if daily is None:
-        click.echo(f'No statistics for {data["date"]} yet; make them with `jobs stats generate --date {data["date"]}`.')
+        click.echo(f'No statistics for {data["date"]} yet; make them with '
+                   f'`rqjobs stats generate --date {data["date"]}`.')
     else:
         click.echo(f'Statistics of {data["date"]} (UTC), made {daily["updated_at"]}:')
         for key in ('new_users', 'new_repositories', 'new_documents', 'page_views', 'unique_visitors', 'active_users'):
@@ -981,7 +989,7 @@ def logs_status(obj: Context, as_json: bool) -> None:
     def human(d):
         click.echo(f'buffer:       {d["buffer"]} of {d["buffer_max"]}')
         click.echo(f'processing:   {d["processing"]}' + (' (a drain is running)' if d['draining'] else ''))
-        hint = '; fix the cause, then `jobs logs requeue-dead`' if d['dead'] else ''
+        hint = '; fix the cause, then `rqjobs logs requeue-dead`' if d['dead'] else ''
         click.echo(f'dead letters: {d["dead"]}{hint}')
         click.echo(f'dropped:      {d["dropped"]} ({d["dropped_full"]} over the cap, {d["dropped_invalid"]} invalid)')
 
@@ -1022,7 +1030,7 @@ def status(obj: Context, as_json: bool) -> None:
         if data['workers']:
             table(data['workers'], ['name', 'state', 'queues', 'current_job', 'last_heartbeat'])
         else:
-            click.echo('No workers. Start one with `jobs worker`.')
+            click.echo('No workers. Start one with `rqjobs worker`.')
 
     emit(data, as_json, human)
 
@@ -1031,7 +1039,20 @@ def status(obj: Context, as_json: bool) -> None:
 
 @main.group('redis')
 def redis_group() -> None:
-    """The embedded Redis server (used when REDIS_URL is unset)."""
+    """The embedded Redis server (used when REDIS_URL is unset), one per data directory."""
+
+
+@redis_group.command('url')
+@click.pass_obj
+def redis_url(obj: Context) -> None:
+    """Print the URL of the project's Redis (starting the embedded one if needed), for rq and rq-dashboard.
+
+    With REDIS_URL set, that URL is printed as it is, password included. Example:
+    rq info --url "$(rqjobs redis url)"
+    """
+    from rqjobs import connections
+
+    click.echo(connections.redis_url(obj.settings))
 
 
 @redis_group.command('stop')

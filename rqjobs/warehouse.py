@@ -35,7 +35,9 @@ from models import (
 )
 from rqjobs import analysis as analysis_module
 from rqjobs import clock, connections, database, documentation, git, minimap, queues
+from rqjobs import worker as worker_module
 from rqjobs.exceptions import (
+    InvalidRepositoryAddress,
     InvalidSubmission,
     PermanentJobError,
     RepositoryUnauthorized,
@@ -101,6 +103,8 @@ def submit_warehouse(
     password = git_password or parsed.password
     secret = git.encrypt_secret(password, settings) if password else None
     connection = connection or connections.get_redis(settings)
+    if parsed.is_local:
+        _check_workers_accept_local(connection)
     lock_name = 'rqjobs:lock:submit:' + hashlib.sha256(
         f'{parsed.organization}/{parsed.name}@{branch}'.encode()).hexdigest()
     lock = connection.lock(lock_name, timeout=SUBMIT_LOCK_SECONDS, blocking_timeout=SUBMIT_LOCK_SECONDS)
@@ -120,6 +124,32 @@ def submit_warehouse(
     return warehouse
 
 
+def _check_workers_accept_local(connection: redis.Redis) -> None:
+    # ALLOW_LOCAL_REPOSITORIES is checked again by the worker that clones: refuse now rather than queue a failure.
+    acceptance = worker_module.local_path_acceptance(connection, queues.WAREHOUSE)
+    if False in acceptance.values() and True not in acceptance.values():
+        refusing = ', '.join(sorted(name for name, accepts in acceptance.items() if accepts is False)[:3])
+        raise InvalidSubmission(
+            f'Local paths are turned off in the workers on queue {queues.WAREHOUSE} ({refusing}), which would fail '
+            f'this warehouse: ALLOW_LOCAL_REPOSITORIES=true must be set for the workers too. Restart them with it, '
+            f'for example ALLOW_LOCAL_REPOSITORIES=true rqjobs worker.')
+
+
+def local_path_warning(warehouse: Warehouse, connection: redis.Redis) -> str | None:
+    """Return a warning for a local path submitted while no worker on the warehouse queue says it accepts one."""
+    if not _is_local(warehouse.address) or any(
+            worker_module.local_path_acceptance(connection, queues.WAREHOUSE).values()):
+        return None
+    return (f'No running worker on queue {queues.WAREHOUSE} says it accepts local paths: start one with '
+            f'ALLOW_LOCAL_REPOSITORIES=true (for example ALLOW_LOCAL_REPOSITORIES=true rqjobs worker), or it will '
+            f'fail this warehouse.')
+
+
+def _is_local(address: str) -> bool:
+    # A local repository is stored as its absolute path (git.parse_address), whether given as a path or file://.
+    return address.startswith('/')
+
+
 def _check_duplicate(organization: str, name: str, branch: str) -> None:
     existing = Warehouse.select().where(
         Warehouse.organization_name == organization, Warehouse.name == name, Warehouse.branch == branch,
@@ -128,7 +158,7 @@ def _check_duplicate(organization: str, name: str, branch: str) -> None:
     for row in existing:
         if row.status == WarehouseStatus.COMPLETED:
             raise InvalidSubmission(f'Warehouse {organization}/{name} ({branch or "default branch"}) already exists '
-                                    f'as {row.id}; use `jobs warehouse reprocess {row.id}` to refresh it.')
+                                    f'as {row.id}; use `rqjobs warehouse reprocess {row.id}` to refresh it.')
         if row.status in IN_FLIGHT:
             raise InvalidSubmission(f'Warehouse {organization}/{name} ({branch or "default branch"}) is already '
                                     f'queued as {row.id} ({row.status}).')
@@ -256,6 +286,13 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
         mark = now
 
     queues.report_progress('clone', 5)
+    if _is_local(warehouse.address) and not settings.allow_local_repositories:
+        # Said here rather than by git's address check, the reason names the process that lacks the setting: the
+        # submission had it, or it would have been refused then.
+        raise InvalidRepositoryAddress(
+            f'Warehouse address {warehouse.address} is a local path, and this worker runs without '
+            f'ALLOW_LOCAL_REPOSITORIES=true: set it for the worker processes too, restart them, then '
+            f'`rqjobs warehouse reprocess {warehouse.id}`.')
     dest = git.clone_path(warehouse.id, settings)
     password = git.decrypt_secret(warehouse.git_password, settings) if warehouse.git_password else None
     new_version = git.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
@@ -505,7 +542,7 @@ def get_warehouse(warehouse_id: str) -> Warehouse:
         warehouse = _live_warehouse(warehouse_id)
     if warehouse is None:
         raise InvalidSubmission(f'Warehouse {warehouse_id} does not exist (or was removed); '
-                                f'`jobs warehouse list` shows the ids.')
+                                f'`rqjobs warehouse list` shows the ids.')
     return warehouse
 
 

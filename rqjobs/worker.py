@@ -35,6 +35,8 @@ MAINTENANCE_INTERVAL = 30
 # An idle worker waits on its queues for worker_ttl - 15 s before it looks at maintenance again (rq's default: 405 s);
 # this makes that wait the maintenance interval, so idle workers find abandoned jobs every 30 s too.
 WORKER_TTL = MAINTENANCE_INTERVAL + 15
+# A field of the worker's rq hash: whether it accepts local paths as warehouses, so that a submission can tell.
+ALLOW_LOCAL_FIELD = 'rqjobs_allow_local_repositories'
 
 
 class JobsWorker(Worker):
@@ -44,6 +46,8 @@ class JobsWorker(Worker):
     # What ended the loop, other than an error: a stop request (SIGTERM, SIGINT) or the --max-jobs budget.
     stop_requested = False
     jobs_executed = 0
+    # The settings it was built with; `rq worker --worker-class` builds it without, and it reads the environment.
+    rqjobs_settings: Settings | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -60,6 +64,11 @@ class JobsWorker(Worker):
                 return super().dequeue_any(*args, **kwargs)
 
         self.queue_class = StoppableQueue
+
+    def register_birth(self):
+        super().register_birth()
+        settings = self.rqjobs_settings or get_settings()
+        self.connection.hset(self.key, ALLOW_LOCAL_FIELD, int(settings.allow_local_repositories))
 
     def request_stop(self, signum, frame):
         self.stop_requested = True
@@ -108,7 +117,7 @@ def build_worker(
     worker_queues = [queues.get_queue(queue, connection, settings) for queue in names]
     # Import the job modules now, in the parent, so a broken JOBS_EXTRA_MODULES fails at start, not per job.
     queues.registered_jobs(settings)
-    return JobsWorker(
+    worker = JobsWorker(
         worker_queues,
         name=name,
         connection=connection,
@@ -120,6 +129,18 @@ def build_worker(
         maintenance_interval=MAINTENANCE_INTERVAL,
         worker_ttl=WORKER_TTL,
     )
+    worker.rqjobs_settings = settings
+    return worker
+
+
+def local_path_acceptance(connection: redis.Redis, queue_name: str) -> dict[str, bool | None]:
+    """Return, per live worker on `queue_name`, whether it accepts local repositories (None: it does not say)."""
+    queue = queues.JsonQueue(queue_name, connection=connection)
+    found = {}
+    for worker in Worker.all(queue=queue):
+        value = connection.hget(worker.key, ALLOW_LOCAL_FIELD)
+        found[worker.name] = None if value is None else value == b'1'
+    return found
 
 
 def run_worker(

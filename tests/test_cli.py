@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -154,3 +155,46 @@ def test_redis_stop_refuses_when_redis_url_is_set(runner):
     result = runner.invoke(cli.main, ['redis', 'stop'])
     assert result.exit_code == 2
     assert 'REDIS_URL is set' in result.output
+
+
+def test_redis_url_prints_the_embedded_server_for_rq(env, tmp_path):
+    env.delenv('REDIS_URL')
+    environ = os.environ.copy()
+    try:
+        result = run_jobs_cli('redis', 'url', env=environ)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f'unix://{tmp_path / "var" / "redis" / "redis.sock"}\n'
+        # What README tells a person to type: rq's own tools reach the same server.
+        info = subprocess.run([str(Path(sys.executable).parent / 'rq'), 'info', '--url', result.stdout.strip()],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert info.returncode == 0, info.stderr
+        assert '0 workers' in info.stdout
+    finally:
+        run_jobs_cli('redis', 'stop', env=environ)
+
+
+def test_redis_url_prints_redis_url_when_it_is_set(runner, env):
+    env.setenv('REDIS_URL', 'redis://jobs:secret@redis.internal:6379/2')
+    result = runner.invoke(cli.main, ['redis', 'url'])
+    assert result.exit_code == 0
+    assert result.output == 'redis://jobs:secret@redis.internal:6379/2\n'
+
+
+def test_bash_completes_the_rqjobs_command():
+    """`jobs` is a bash builtin; the `rqjobs` name gets click's completion as README says."""
+    script = ('eval "$(_RQJOBS_COMPLETE=bash_source rqjobs)"; COMP_WORDS=(rqjobs redis ""); COMP_CWORD=2; '
+              '_rqjobs_completion rqjobs; printf "%s\\n" "${COMPREPLY[@]}"')
+    environ = dict(os.environ, PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}')
+    result = subprocess.run(['bash', '--norc', '--noprofile', '-c', script], env=environ, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert {'url', 'stop'} <= set(result.stdout.split())
+
+
+@pytest.mark.db
+def test_hints_name_the_command_a_shell_does_not_shadow(runner, redis_conn, database):
+    """Typed in bash, `jobs worker` runs the builtin: the hints a person copies say `rqjobs`."""
+    status = runner.invoke(cli.main, ['status'])
+    assert status.exit_code == 0 and 'No workers. Start one with `rqjobs worker`.' in status.stdout
+    listed = runner.invoke(cli.main, ['warehouse', 'list'])
+    assert listed.exit_code == 0 and listed.stdout == 'No warehouses. Add one with `rqjobs warehouse add URL`.\n'

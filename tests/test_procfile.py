@@ -38,20 +38,27 @@ def wait_for(predicate, timeout=30.0):
 def test_procfile_names_the_three_processes():
     entries = dict(line.split(':', 1) for line in (ROOT / 'Procfile').read_text().splitlines() if line.strip())
     assert set(entries) == {'worker', 'scheduler', 'dashboard'}
-    # `jobs` is also a shell builtin; `exec` runs the installed command instead.
-    assert all(command.strip().startswith('exec jobs ') for command in entries.values())
+    # `jobs` is also a shell builtin; `exec` runs the installed command instead, the project's .venv first.
+    assert all(command.strip().startswith('PATH="$PWD/.venv/bin:$PATH" exec jobs ') for command in entries.values())
 
 
 @pytest.mark.db
 @pytest.mark.slow
 def test_honcho_runs_worker_scheduler_and_dashboard_on_one_redis(redis_conn, database, tmp_path):
+    """A plain `.venv/bin/honcho start`: the virtual environment is not on PATH, as when it is not activated."""
     port = free_port()
-    environ = dict(os.environ, DASHBOARD_PORT=str(port), PYTHONUNBUFFERED='1',
-                   PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}')
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'Procfile').write_text((ROOT / 'Procfile').read_text())
+    (project / '.venv').symlink_to(sys.prefix)
+    path = os.pathsep.join(entry for entry in os.environ.get('PATH', '').split(os.pathsep)
+                           if entry and Path(entry).resolve() != Path(sys.prefix, 'bin').resolve())
+    environ = dict(os.environ, DASHBOARD_PORT=str(port), PYTHONUNBUFFERED='1', PATH=path or '/usr/bin:/bin')
+    environ.pop('VIRTUAL_ENV', None)
     job = queues.enqueue('ping', connection=redis_conn)
     with open(tmp_path / 'honcho.log', 'w') as log:
-        honcho = subprocess.Popen([sys.executable, '-m', 'honcho', '-f', str(ROOT / 'Procfile'), '-d', str(ROOT),
-                                   'start'], env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        honcho = subprocess.Popen([str(project / '.venv' / 'bin' / 'honcho'), 'start'], cwd=project, env=environ,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: job.get_status() == 'finished')
         base = f'http://127.0.0.1:{port}/0/data'

@@ -444,3 +444,59 @@ def test_token_from_the_environment_never_reaches_argv_or_redis(redis_conn, data
     assert row.git_user_name == 'bob' and row.git_password and 'tok_abcdef' not in row.git_password
     assert 'tok_abcdef' not in result.output
     assert b'tok_abcdef' not in redis_contents(redis_conn)
+
+
+# ---- Local repositories: the setting must hold in the workers too ----
+
+def registered_worker(redis_conn, env, allow_local: bool):
+    """A worker on the warehouse queue, registered as a running one is, built with ALLOW_LOCAL_REPOSITORIES set so."""
+    from rqjobs.worker import build_worker
+
+    env.setenv('ALLOW_LOCAL_REPOSITORIES', 'true' if allow_local else 'false')
+    settings.reset()
+    worker = build_worker(redis_conn, ['warehouse'], settings=settings.get_settings())
+    env.setenv('ALLOW_LOCAL_REPOSITORIES', 'true')
+    settings.reset()
+    worker.register_birth()
+    return worker
+
+
+def test_a_worker_without_allow_local_repositories_names_itself_in_the_error(redis_conn, database, local,
+                                                                             sample_repo, env, burst_worker):
+    row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
+    env.delenv('ALLOW_LOCAL_REPOSITORIES')
+    settings.reset()
+    burst_worker('warehouse')
+    assert job_of(redis_conn, row.id).get_status() == JobStatus.FAILED
+    warehouse = fetch(row.id)
+    assert warehouse.status == WarehouseStatus.FAILED
+    assert 'this worker runs without ALLOW_LOCAL_REPOSITORIES=true: set it for the worker processes too' in (
+        warehouse.error)
+
+
+def test_cli_add_refuses_a_local_path_that_the_workers_would_refuse(redis_conn, database, local, sample_repo, env):
+    runner = CliRunner()
+    refusing = registered_worker(redis_conn, env, allow_local=False)
+    try:
+        result = runner.invoke(cli.main, ['warehouse', 'add', str(sample_repo)])
+    finally:
+        refusing.register_death()
+    assert result.exit_code == 2, result.output
+    assert f'Local paths are turned off in the workers on queue warehouse ({refusing.name})' in result.stderr
+    assert 'ALLOW_LOCAL_REPOSITORIES=true rqjobs worker' in result.stderr
+    assert Warehouse.select().count() == 0
+    accepting = registered_worker(redis_conn, env, allow_local=True)
+    try:
+        result = runner.invoke(cli.main, ['warehouse', 'add', str(sample_repo)])
+    finally:
+        accepting.register_death()
+    assert result.exit_code == 0, result.output
+    assert 'Warning' not in result.stderr and 'is Pending; queued.' in result.stdout
+
+
+def test_cli_add_warns_when_no_worker_accepts_local_paths(redis_conn, database, local, sample_repo):
+    result = CliRunner().invoke(cli.main, ['warehouse', 'add', str(sample_repo)])
+    assert result.exit_code == 0, result.output
+    assert ('Warning: No running worker on queue warehouse says it accepts local paths: start one with '
+            'ALLOW_LOCAL_REPOSITORIES=true') in result.stderr
+    assert 'is Pending; queued.' in result.stdout
