@@ -1,4 +1,4 @@
-"""The Redis client: a server that accepts connections and never answers costs a caller REDIS_TIMEOUT, not a multiple."""
+"""The Redis client: a server that accepts connections and never answers costs REDIS_TIMEOUT, not a multiple of it."""
 
 import socket
 import threading
