@@ -53,6 +53,13 @@ class JobsGroup(click.Group):
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            from rqjobs import connections  # only once something failed: --help stays instant
+
+            lost = connections.lost(exc)
+            if lost is None:
+                raise
+            raise click.ClickException(str(lost)) from None
 
 
 def emit(data, as_json: bool, human) -> None:

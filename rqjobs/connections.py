@@ -78,3 +78,11 @@ def ping(connection: redis.Redis, url: str) -> None:
             f'Cannot reach Redis at {redact_url(url)} ({exc}). Start that server, fix REDIS_URL '
             f'(for example REDIS_URL=redis://127.0.0.1:6379/0), or unset it to use the embedded server.'
         ) from None
+
+
+def lost(exc: BaseException, settings: Settings | None = None) -> RedisUnavailable | None:
+    """Return the project's error for a Redis that stopped answering or dropped a connection mid-command, or None."""
+    if not isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return None
+    return RedisUnavailable(f'Redis at {describe(settings)} stopped answering ({exc}); check that the server is up and '
+                            f'not overloaded, then run the command again.')
