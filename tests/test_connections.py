@@ -9,7 +9,7 @@ import redis
 from click.testing import CliRunner
 
 import cli
-from rqjobs import access_log, settings, warehouse
+from rqjobs import access_log, dashboard, settings, warehouse
 from rqjobs.exceptions import RedisUnavailable
 
 TIMEOUT = 1.0
@@ -120,3 +120,20 @@ def test_the_access_log_producer_stays_within_its_own_bound_against_a_silent_red
     assert accepted is False
     assert elapsed <= access_log.PRODUCER_TIMEOUT + 0.5
 
+
+def test_a_dashboard_page_against_a_silent_redis_fails_within_the_timeout(silent_redis):
+    from rqjobs import connections
+
+    app = dashboard.create_app(connections.redis_url())
+    response, elapsed = timed(lambda: app.test_client().get('/0/data/queues.json'))
+    assert response.status_code == 500
+    assert elapsed <= BOUND, f'the page took {elapsed:.1f} s with REDIS_TIMEOUT={TIMEOUT}'
+
+
+@pytest.mark.parametrize('url, expected', [
+    ('redis://127.0.0.1:6379/0', 'redis://127.0.0.1:6379/0?socket_timeout=2.5&socket_connect_timeout=2.5'),
+    ('unix:///run/redis.sock?db=1&socket_timeout=9',
+     'unix:///run/redis.sock?db=1&socket_timeout=9&socket_connect_timeout=2.5'),
+])
+def test_the_dashboard_url_carries_the_timeout_unless_it_sets_one(url, expected):
+    assert dashboard.bounded_url(url, 2.5) == expected
