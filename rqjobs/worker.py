@@ -120,12 +120,13 @@ class JobsWorker(Worker):
         self.last_cleaned_at = now()
 
     def handle_job_success(self, job, queue, started_job_registry, execution):
-        # A run taken for abandoned left a retry behind, queued or scheduled; once the run has finished, that retry
-        # would run the job a second time. Withdrawn first: a repeat that rq schedules on success is kept.
-        with self.connection.pipeline() as pipe:
-            queue.remove(job, pipeline=pipe)
-            queue.scheduled_job_registry.remove(job, pipeline=pipe)
-            pipe.execute()
+        if self.connection.zscore(started_job_registry.key, execution.composite_key) is None:
+            # This run was taken for abandoned (its worker stalled past its heartbeat) and left a retry, queued or
+            # scheduled, that would run the finished job a second time: withdrawn, before rq schedules any repeat.
+            with self.connection.pipeline() as pipe:
+                queue.remove(job, pipeline=pipe)
+                queue.scheduled_job_registry.remove(job, pipeline=pipe)
+                pipe.execute()
         return super().handle_job_success(job, queue, started_job_registry, execution)
 
     def main_work_horse(self, job, queue):

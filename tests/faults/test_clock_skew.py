@@ -152,9 +152,11 @@ def expire_heartbeats(redis_conn, *, expiries: bool = False) -> None:
             redis_conn.zadd(registry.key, {entry: 1}, xx=True)
 
 
+@pytest.mark.parametrize('interval, retried', [(0, JobStatus.QUEUED), (60, JobStatus.SCHEDULED)],
+                         ids=['queued retry', 'scheduled retry'])
 def test_a_retry_of_a_run_taken_for_abandoned_is_withdrawn_when_the_run_finishes(redis_conn, clock_jobs, processes,
-                                                                                 tmp_path):
-    job, marker, release = hold_job(redis_conn, tmp_path, retry=Retry(max=2))
+                                                                                 tmp_path, interval, retried):
+    job, marker, release = hold_job(redis_conn, tmp_path, retry=Retry(max=2, interval=interval))
     running = start_worker(processes, 'stalled')
     wait_until(lambda: runs(marker) == ['started'], 60, 'the worker started the job', details=processes.logs_text)
 
@@ -166,14 +168,16 @@ def test_a_retry_of_a_run_taken_for_abandoned_is_withdrawn_when_the_run_finishes
         build_worker(connection, [QUEUE]).clean_registries()
         connection.close()
         job.refresh()
-        assert job.get_status() == JobStatus.QUEUED and job.retries_left == 1, 'the run was taken for abandoned'
+        assert job.get_status() == retried and job.retries_left == 1, 'the run was taken for abandoned'
     finally:
         os.kill(running.pid, signal.SIGCONT)
 
     release.touch()
-    # Burst: once the run has finished, the worker would take the retry if it were still queued.
+    # Burst: once the run has finished, the worker would take a queued retry.
     assert running.wait(timeout=60) == 0, processes.logs_text()
     assert runs(marker) == ['started', 'done']
     assert job.get_status() == JobStatus.FINISHED
+    queue = queues.get_queue(QUEUE, redis_conn)
+    assert job.id not in queue.scheduled_job_registry and job.id not in queue.get_job_ids()
     assert not judge()
     assert runs(marker) == ['started', 'done']
