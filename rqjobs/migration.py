@@ -304,7 +304,12 @@ def backup_data(path: str | None = None) -> dict:
     """Write a consistent, compressed backup into BACKUP_DIR; return its path and counts."""
     # Every run writes a new file and never overwrites one, so a second run only adds a second backup.
     settings = get_settings()
-    settings.backup_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.backup_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MigrationError(f'BACKUP_DIR {settings.backup_dir} cannot be created ({exc.strerror or exc}); set '
+                             f'BACKUP_DIR to a writable directory, for example BACKUP_DIR=/var/backups/rqjobs.'
+                             ) from None
     name = path or f'backup-{clock.utcnow():%Y%m%dT%H%M%S%fZ}.jsonl.gz'
     return write_backup(_in_backup_dir(name, settings.backup_dir))
 

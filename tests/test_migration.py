@@ -360,6 +360,18 @@ def test_the_restore_job_reads_nothing_outside_the_backup_directory(redis_conn, 
     assert job.get_status() == 'failed' and 'outside BACKUP_DIR' in job.latest_result().exc_string
 
 
+def test_cli_backup_into_a_backup_dir_it_cannot_create_is_one_line(database, env):
+    from rqjobs import settings
+
+    env.setenv('BACKUP_DIR', '/proc/rqjobs-backups')
+    settings.reset()
+    result = CliRunner().invoke(cli.main, ['db', 'backup'])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [
+        'Error: BACKUP_DIR /proc/rqjobs-backups cannot be created (No such file or directory); set BACKUP_DIR to a '
+        'writable directory, for example BACKUP_DIR=/var/backups/rqjobs.']
+
+
 @pytest.mark.parametrize('target, message', [
     ('missing/dir/b.jsonl.gz', 'is not an existing directory; create it first'),
     ('a-file/b.jsonl.gz', 'is not an existing directory; create it first'),
