@@ -53,6 +53,13 @@ class JobsGroup(click.Group):
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            from rqjobs import connections  # only once something failed: --help stays instant
+
+            lost = connections.lost(exc)
+            if lost is None:
+                raise
+            raise click.ClickException(str(lost)) from None
 
 
 def emit(data, as_json: bool, human) -> None:
@@ -154,14 +161,15 @@ def db_status(obj: Context, as_json: bool) -> None:
 
 @db.command('backup')
 @click.option('--output', type=click.Path(dir_okay=False, writable=True),
-              help='File to write [default: JOBS_DATA_DIR/backups/backup-<UTC time>.jsonl.gz]; never overwritten.')
+              help='File to write, in a directory that exists [default: BACKUP_DIR/backup-<UTC time>.jsonl.gz]; '
+                   'never overwritten.')
 @click.option('--json', 'as_json', is_flag=True, help='Print the result as JSON.')
 @click.pass_obj
 def db_backup(obj: Context, output: str | None, as_json: bool) -> None:
     """Write a consistent backup (no password hashes, no git credentials)."""
     from rqjobs import migration
 
-    result = migration.backup_data(output)
+    result = migration.write_backup(output) if output else migration.backup_data()
     emit(result, as_json, lambda r: click.echo(f'Backup written to {r["path"]} ({sum(r["counts"].values())} rows).'))
 
 
@@ -173,7 +181,7 @@ def db_restore(obj: Context, path: str, replace: bool) -> None:
     """Restore a backup into an empty database, all or nothing (users must set new passwords)."""
     from rqjobs import migration
 
-    result = migration.restore_data(path, replace=replace)
+    result = migration.restore_file(path, replace=replace)
     click.echo(f'Restored {sum(result["counts"].values())} rows from {path}.')
 
 

@@ -10,8 +10,11 @@ from rqjobs.embedded import EmbeddedRedis
 from rqjobs.exceptions import RedisUnavailable
 from rqjobs.settings import Settings, get_settings, redact_url
 
-# A dropped connection is retried this many times (0.1 s, 0.2 s apart) before a command fails.
+# A dropped connection is retried this many times (0.2 s, 0.4 s apart) before a command fails. A timeout is not
+# retried: redis-py retries both the connect (with its handshake) and the command, so each retried timeout would
+# add REDIS_TIMEOUT again (about nine times it in all) before a caller heard of a server that does not answer.
 RETRIES = 2
+RETRIED_ERRORS = (redis.ConnectionError,)
 
 
 def redis_url(settings: Settings | None = None) -> str:
@@ -44,14 +47,15 @@ def get_redis(settings: Settings | None = None, *, check: bool = True, shared: b
     url = redis_url(settings)
     connection = _clients.get((url, settings.redis_timeout)) if shared else None
     if connection is None:
-        # Producers must never hang on a dead server: every socket operation has a bound. Workers raise the read
-        # timeout above their blocking dequeue themselves.
+        # Producers must never hang on a dead server: every socket operation has a bound, and a server that does
+        # not answer fails the command within REDIS_TIMEOUT (plus the retries of a dropped connection, which are
+        # quick). Workers raise the read timeout above their blocking dequeue themselves.
         connection = redis.Redis.from_url(
             url,
             socket_connect_timeout=settings.redis_timeout,
             socket_timeout=settings.redis_timeout,
             health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES),
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES, supported_errors=RETRIED_ERRORS),
         )
         if shared:
             _clients[url, settings.redis_timeout] = connection
@@ -74,3 +78,11 @@ def ping(connection: redis.Redis, url: str) -> None:
             f'Cannot reach Redis at {redact_url(url)} ({exc}). Start that server, fix REDIS_URL '
             f'(for example REDIS_URL=redis://127.0.0.1:6379/0), or unset it to use the embedded server.'
         ) from None
+
+
+def lost(exc: BaseException, settings: Settings | None = None) -> RedisUnavailable | None:
+    """Return the project's error for a Redis that stopped answering or dropped a connection mid-command, or None."""
+    if not isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return None
+    return RedisUnavailable(f'Redis at {describe(settings)} stopped answering ({exc}); check that the server is up and '
+                            f'not overloaded, then run the command again.')

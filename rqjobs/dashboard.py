@@ -1,4 +1,4 @@
-"""rq-dashboard on the project's Redis, with the project's JSON jobs and three repairs for rq-dashboard 0.9.
+"""rq-dashboard on the project's Redis, with the project's JSON jobs and four repairs for rq-dashboard 0.9.
 
 - Its Workers tab loads each busy worker's current job with pickle, ignoring its JSON option, and fails; here it
   loads workers with the project's job class and serializer.
@@ -7,17 +7,20 @@
 - Its job page inserts a job's description, error and metadata into the page as HTML; a job whose error message
   holds markup would run it in the operator's browser, on a page that can delete and requeue jobs. Here the job
   data it serves has those texts HTML-escaped, so the page shows them as text.
+- It makes a Redis client per request with no socket timeout; here its URL carries REDIS_TIMEOUT.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import urllib.parse
 
 from flask import Flask, Response, request
 from rq import Worker
 
 from rqjobs import queues
+from rqjobs.settings import get_settings
 
 ESCAPED_FIELDS = ('description', 'exc_info', 'metadata', 'origin', 'id', 'status')
 
@@ -45,7 +48,7 @@ def create_app(redis_url: str, username: str | None = None, password: str | None
     from rq_dashboard.cli import make_flask_app
 
     app = make_flask_app(None, username, password, '')
-    app.config['RQ_DASHBOARD_REDIS_URL'] = redis_url
+    app.config['RQ_DASHBOARD_REDIS_URL'] = bounded_url(redis_url, get_settings().redis_timeout)
     app.config['DEPRECATED_OPTIONS'] = []
     # Lists show each job's call with its (JSON) arguments, not only its name.
     app.config['RQ_DASHBOARD_SHOW_FULL_ARGS'] = True
@@ -56,6 +59,17 @@ def create_app(redis_url: str, username: str | None = None, password: str | None
     app.after_request(escape_job_text)
     web.setup_rq_connection(app)
     return app
+
+
+def bounded_url(redis_url: str, timeout: float) -> str:
+    """Return `redis_url` with socket timeouts of `timeout` seconds, unless it sets its own."""
+    # rq-dashboard builds a client from the URL for every request, with no timeout: a Redis that stopped answering
+    # would hold each page for good. redis-py reads these options from the URL's query.
+    base, _, query = redis_url.partition('?')  # not urlsplit: unsplit, unix:///path would lose its slashes
+    options = urllib.parse.parse_qsl(query)
+    given = {name for name, _ in options}
+    options += [(name, f'{timeout:g}') for name in ('socket_timeout', 'socket_connect_timeout') if name not in given]
+    return f'{base}?{urllib.parse.urlencode(options)}'
 
 
 def escape_job_text(response: Response) -> Response:

@@ -301,14 +301,29 @@ BACKUP_TABLES: tuple[tuple[type[peewee.Model], tuple[str, ...]], ...] = (
 
 
 def backup_data(path: str | None = None) -> dict:
-    """Write a consistent, compressed backup without passwords or git credentials; return its path and counts."""
+    """Write a consistent, compressed backup into BACKUP_DIR; return its path and counts."""
     # Every run writes a new file and never overwrites one, so a second run only adds a second backup.
     settings = get_settings()
+    try:
+        settings.backup_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MigrationError(f'BACKUP_DIR {settings.backup_dir} cannot be created ({exc.strerror or exc}); set '
+                             f'BACKUP_DIR to a writable directory, for example BACKUP_DIR=/var/backups/rqjobs.'
+                             ) from None
+    name = path or f'backup-{clock.utcnow():%Y%m%dT%H%M%S%fZ}.jsonl.gz'
+    return write_backup(_in_backup_dir(name, settings.backup_dir))
+
+
+def write_backup(target: str | Path) -> dict:
+    """Write a backup without passwords or git credentials to `target`, whose directory must exist."""
+    target = Path(target)
     now = clock.utcnow()
-    target = Path(path) if path else settings.data_dir / 'backups' / f'backup-{now:%Y%m%dT%H%M%S%fZ}.jsonl.gz'
     if target.exists():
         raise MigrationError(f'{target} exists already; a backup never overwrites a file. Choose another --output.')
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():
+        # Not created: a mistyped directory would otherwise hold backups that nobody looks for.
+        raise MigrationError(f'{target.parent} is not an existing directory; create it first (mkdir -p '
+                             f'{target.parent}) or choose another --output.')
     temporary = target.with_name(f'.{target.name}.{os.getpid()}.tmp')
     counts: dict[str, int] = {}
     digest = hashlib.sha256()
@@ -329,10 +344,31 @@ def backup_data(path: str | None = None) -> dict:
             os.fsync(handle.fileno())
         # A hard link fails if the name exists: a backup written at the same moment is never replaced.
         os.link(temporary, target)
+    except FileExistsError:
+        raise MigrationError(f'{target} exists already; a backup never overwrites a file. '
+                             f'Choose another --output.') from None
+    except OSError as exc:
+        raise MigrationError(f'Cannot write the backup to {target} ({exc.strerror or exc}); choose a writable place '
+                             f'with --output.') from None
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
     logger.info('backup: %s written, %d rows', target, sum(counts.values()))
     return {'path': str(target), 'counts': counts}
+
+
+def _in_backup_dir(path: str, directory: Path) -> Path:
+    """Return the file `path` names in `directory` (a name, or a path inside it); refuse any place outside it."""
+    # Job arguments come from whoever can enqueue: a backup job must not write (or read) a file anywhere else.
+    directory = directory.resolve()
+    if not path or '..' in Path(path).parts:
+        raise MigrationError(f'Backup path {path!r} may not be empty or hold "..": give a file name in BACKUP_DIR '
+                             f'({directory}), for example backup-nightly.jsonl.gz.')
+    target = (directory / path).resolve()  # an absolute path replaces `directory`; symbolic links are followed
+    if target == directory or not target.is_relative_to(directory):
+        raise MigrationError(f'Backup path {path!r} is outside BACKUP_DIR ({directory}); a job writes and reads '
+                             f'backups only there. Give a file name, for example backup-nightly.jsonl.gz.')
+    return target
 
 
 @contextlib.contextmanager
@@ -402,6 +438,11 @@ def read_backup(path: str | Path) -> dict[str, list[dict]]:
 
 
 def restore_data(path: str, replace: bool = False) -> dict:
+    """Restore a backup from BACKUP_DIR into an empty database (or, with `replace`, instead of its rows)."""
+    return restore_file(_in_backup_dir(path, get_settings().backup_dir), replace=replace)
+
+
+def restore_file(path: str | Path, replace: bool = False) -> dict:
     """Restore a backup into an empty database (or, with `replace`, instead of its rows), all or nothing."""
     # All or nothing in one transaction; without `replace`, a second run finds the database no longer empty.
     rows = read_backup(path)

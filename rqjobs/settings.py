@@ -21,7 +21,7 @@ VARIABLES = (
     'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
     'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
     'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_ALLOW_PRIVATE_HOSTS', 'GIT_CLONE_TIMEOUT',
-    'GIT_MAX_REPO_SIZE', 'GIT_MAX_REPO_FILES',
+    'GIT_MAX_REPO_SIZE', 'GIT_MAX_REPO_FILES', 'BACKUP_DIR',
     'JOBS_SECRET_KEY', 'JOBS_ADMIN_PASSWORD', 'JOBS_SCHEDULE', 'ACCESS_LOG_BUFFER_MAX', 'ACCESS_LOG_BATCH_SIZE', 'ACCESS_LOG_MAX_PER_RUN',
 )
 _TRUE = {'1', 'true', 'yes', 'on'}
@@ -39,6 +39,7 @@ class Settings:
     data_dir: Path = Path('var')
     database_url: str = ''
     repo_root: Path = Path('var/repos')
+    backup_dir: Path = Path('var/backups')
     update_interval_days: int = 7
     enable_warehouse_commit: bool = True
     task_max_size_per_user: int = 5
@@ -70,6 +71,7 @@ class Settings:
         database_url = _get(env, 'DATABASE_URL') or f'sqlite:///{data_dir / "rqjobs.db"}'
         _check_database_url(database_url)
         repo_root = Path(_get(env, 'REPO_ROOT') or data_dir / 'repos').expanduser().resolve()
+        backup_dir = Path(_get(env, 'BACKUP_DIR') or data_dir / 'backups').expanduser().resolve()
         job_timeout = _int(env, 'JOB_TIMEOUT', 1800, minimum=10, example='1800')
         soft_time_limit = _int(env, 'SOFT_TIME_LIMIT', min(1500, job_timeout - 5), minimum=1, example='1500')
         if soft_time_limit >= job_timeout:
@@ -82,6 +84,7 @@ class Settings:
             data_dir=data_dir,
             database_url=database_url,
             repo_root=repo_root,
+            backup_dir=backup_dir,
             update_interval_days=_int(env, 'UPDATE_INTERVAL', 7, minimum=1, example='7'),
             enable_warehouse_commit=_bool(env, 'ENABLE_WAREHOUSE_COMMIT', True),
             task_max_size_per_user=_int(env, 'TASK_MAX_SIZE_PER_USER', 5, minimum=1, example='5'),

@@ -15,10 +15,14 @@ import logging
 from collections.abc import Sequence
 
 import redis
-from rq import Worker
+from rq import Worker, worker_registration
 from rq.callbacks import execute_failure_callback
 from rq.exceptions import StopRequested
-from rq.utils import now
+from rq.executions import Execution
+from rq.rate_limit import RateLimitRegistry
+from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry,
+                         StartedJobRegistry)
+from rq.utils import as_text, now
 
 from rqjobs import limits, queues
 from rqjobs.exceptions import RedisUnavailable, WorkerStopped, WorkHorseKilled
@@ -37,6 +41,40 @@ MAINTENANCE_INTERVAL = 30
 WORKER_TTL = MAINTENANCE_INTERVAL + 15
 # A field of the worker's rq hash: whether it accepts local paths as warehouses, so that a submission can tell.
 ALLOW_LOCAL_FIELD = 'rqjobs_allow_local_repositories'
+
+
+class HeartbeatRegistry(StartedJobRegistry):
+    """rq's registry of running jobs, which finds abandoned ones by Redis's clock instead of each host's."""
+
+    def cleanup(self, timestamp: float | None = None, exception_handlers: list | None = None) -> None:
+        # rq compares the expiry that the running job's worker wrote by its own clock with the clock of the worker
+        # that cleans up: a worker 10 minutes behind has its running job taken for abandoned, and retried while it
+        # still runs. Each run's execution hash expires when its heartbeat is missed, timed by Redis alone, so a run
+        # whose hash is gone is abandoned whatever the hosts' clocks say, and one whose hash is there is not.
+        entries = [as_text(entry) for entry in self.connection.zrange(self.key, 0, -1)]
+        runs = [entry.split(':', 1) for entry in entries]
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id, execution_id in (run for run in runs if len(run) == 2):
+                pipe.exists(Execution(execution_id, job_id, connection=self.connection).key)
+            alive = iter(pipe.execute())
+        abandoned = {entry: 0 for entry, run in zip(entries, runs) if len(run) == 2 and not next(alive)}
+        if abandoned:
+            # Marked with the earliest expiry, they are the only runs rq's own clean-up then takes for abandoned.
+            self.connection.zadd(self.key, abandoned, xx=True)
+            super().cleanup(timestamp=0, exception_handlers=exception_handlers)
+
+
+def clean_registries(queue, exception_handlers: list | None = None) -> None:
+    """Clean a queue's registries as rq's `clean_registries` does, with running jobs judged by `HeartbeatRegistry`."""
+    options = {'name': queue.name, 'connection': queue.connection, 'job_class': queue.job_class,
+               'serializer': queue.serializer}
+    FinishedJobRegistry(**options).cleanup()
+    HeartbeatRegistry(**options).cleanup(exception_handlers=exception_handlers)
+    FailedJobRegistry(**options).cleanup()
+    DeferredJobRegistry(**options).cleanup()
+    ReadyJobRegistry(**options).cleanup()
+    for rate_limit_registry in RateLimitRegistry.all(queue.connection):
+        rate_limit_registry.cleanup()
 
 
 class JobsWorker(Worker):
@@ -78,6 +116,27 @@ class JobsWorker(Worker):
     def execute_job(self, job, queue):
         self.jobs_executed += 1
         return super().execute_job(job, queue)
+
+    def clean_registries(self):
+        # rq's maintenance (Worker.clean_registries), with the project's clean-up of each queue's registries.
+        for queue in self.queues:
+            if queue.acquire_maintenance_lock():
+                self.log.info('Worker %s: cleaning registries for queue: %s', self.name, queue.name)
+                clean_registries(queue, self._exc_handlers)
+                worker_registration.clean_worker_registry(queue)
+                queue.intermediate_queue.cleanup(self, queue)
+                queue.release_maintenance_lock()
+        self.last_cleaned_at = now()
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        if self.connection.zscore(started_job_registry.key, execution.composite_key) is None:
+            # This run was taken for abandoned (its worker stalled past its heartbeat) and left a retry, queued or
+            # scheduled, that would run the finished job a second time: withdrawn, before rq schedules any repeat.
+            with self.connection.pipeline() as pipe:
+                queue.remove(job, pipeline=pipe)
+                queue.scheduled_job_registry.remove(job, pipeline=pipe)
+                pipe.execute()
+        return super().handle_job_success(job, queue, started_job_registry, execution)
 
     def main_work_horse(self, job, queue):
         limits.in_work_horse = True

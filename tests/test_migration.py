@@ -250,7 +250,7 @@ def test_backup_never_overwrites(filled, tmp_path):
     target = tmp_path / 'backup.jsonl.gz'
     target.write_text('keep me')
     with pytest.raises(MigrationError, match='never overwrites'):
-        migration.backup_data(str(target))
+        migration.write_backup(str(target))
     assert target.read_text() == 'keep me'
 
 
@@ -272,7 +272,7 @@ def test_truncated_or_tampered_backups_are_refused(filled, database, tmp_path):
     for bad, message in ((truncated, 'truncated'), (missing_end, 'truncated'), (tampered, 'checksum'),
                          (garbage, 'cannot be read')):
         with pytest.raises(MigrationError, match=message):
-            migration.restore_data(str(bad))
+            migration.restore_file(str(bad))
     assert Warehouse.select().count() == 0
 
 
@@ -295,6 +295,96 @@ def test_cli_db_commands(filled, database, tmp_path):
     assert replaced.exit_code == 0, replaced.output
     missing = runner.invoke(cli.main, ['db', 'restore', str(tmp_path / 'nope.gz')])
     assert missing.exit_code == 2
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch):
+    """Paths a job argument could use to leave BACKUP_DIR, and the directory each would reach."""
+    backups = tmp_path / 'var' / 'backups'
+    backups.mkdir(parents=True)
+    monkeypatch.chdir(backups)  # where a relative path lands if it is not taken as a name in BACKUP_DIR
+    outside = tmp_path / 'cron.d'
+    outside.mkdir()
+    (backups / 'link').symlink_to(outside)
+    return outside, {
+        'absolute': str(outside / 'evil'),
+        'dot-dot': '../../cron.d/evil',
+        'absolute with dot-dot': f'{backups}/../../cron.d/evil',
+        'symbolic link': 'link/evil',
+        'the directory itself': str(backups),
+    }
+
+
+@pytest.mark.parametrize('kind', ['absolute', 'dot-dot', 'absolute with dot-dot', 'symbolic link',
+                                  'the directory itself'])
+def test_the_backup_job_writes_nowhere_outside_the_backup_directory(redis_conn, database, burst_worker, hostile,
+                                                                    kind):
+    from rqjobs import queues
+
+    outside, paths = hostile
+    job = queues.enqueue('backup_data', [paths[kind]], connection=redis_conn)
+    burst_worker('migration')
+    job.refresh()
+    assert job.get_status() == 'failed' and job.retries_left == 0
+    assert 'BACKUP_DIR' in job.latest_result().exc_string
+    assert list(outside.iterdir()) == []
+
+
+def test_the_backup_job_writes_a_named_file_into_the_backup_directory(redis_conn, database, burst_worker, tmp_path,
+                                                                      env):
+    from rqjobs import queues, settings
+
+    env.chdir(tmp_path)
+    chosen = tmp_path / 'chosen-backups'
+    env.setenv('BACKUP_DIR', str(chosen))
+    settings.reset()
+    named = queues.enqueue('backup_data', ['nightly.jsonl.gz'], connection=redis_conn)
+    dated = queues.enqueue('backup_data', connection=redis_conn)
+    burst_worker('migration')
+    assert named.return_value()['path'] == str(chosen / 'nightly.jsonl.gz')
+    assert Path(dated.return_value()['path']).parent == chosen
+    restored = queues.enqueue('restore_data', ['nightly.jsonl.gz'], {'replace': True}, connection=redis_conn)
+    burst_worker('migration')
+    assert restored.get_status() == 'finished', restored.latest_result().exc_string
+
+
+def test_the_restore_job_reads_nothing_outside_the_backup_directory(redis_conn, database, burst_worker, hostile,
+                                                                    tmp_path):
+    from rqjobs import queues
+
+    outside, _ = hostile
+    migration.write_backup(outside / 'planted.jsonl.gz')
+    job = queues.enqueue('restore_data', [str(outside / 'planted.jsonl.gz')], {'replace': True},
+                         connection=redis_conn)
+    burst_worker('migration')
+    assert job.get_status() == 'failed' and 'outside BACKUP_DIR' in job.latest_result().exc_string
+
+
+def test_cli_backup_into_a_backup_dir_it_cannot_create_is_one_line(database, env):
+    from rqjobs import settings
+
+    env.setenv('BACKUP_DIR', '/proc/rqjobs-backups')
+    settings.reset()
+    result = CliRunner().invoke(cli.main, ['db', 'backup'])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [
+        'Error: BACKUP_DIR /proc/rqjobs-backups cannot be created (No such file or directory); set BACKUP_DIR to a '
+        'writable directory, for example BACKUP_DIR=/var/backups/rqjobs.']
+
+
+@pytest.mark.parametrize('target, message', [
+    ('missing/dir/b.jsonl.gz', 'is not an existing directory; create it first'),
+    ('a-file/b.jsonl.gz', 'is not an existing directory; create it first'),
+    ('/proc/b.jsonl.gz', 'Cannot write the backup to /proc/b.jsonl.gz'),
+])
+def test_cli_backup_to_a_place_it_cannot_write_is_one_line(database, tmp_path, monkeypatch, target, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a-file').write_text('not a directory')
+    result = CliRunner().invoke(cli.main, ['db', 'backup', '--output', target])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / 'missing').exists()
 
 
 def test_db_init_prints_the_generated_password_once(database, tmp_path):
