@@ -12,19 +12,26 @@ import functools
 import importlib
 import inspect
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
 from rq import Callback, Queue
-from rq.exceptions import DeserializationError
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, Retry, get_current_job
+from rq.registry import FailedJobRegistry
+from rq.utils import utcformat
 
 from rqjobs import clock
-from rqjobs.exceptions import ForbiddenJob, InvalidJobArguments, PermanentJobError, UnknownJob, UnknownQueue
+from rqjobs.exceptions import (ForbiddenJob, InvalidJobArguments, PermanentJobError, UnknownJob, UnknownQueue,
+                               UnreadableJob)
 from rqjobs.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 DEFAULT = 'default'
 WAREHOUSE = 'warehouse'
@@ -48,6 +55,9 @@ JOB_MODULES = {
 # Transient failures (network, a locked database) get three more tries a minute apart; `PermanentJobError`s none.
 RETRY_MAX = 3
 RETRY_INTERVALS = (60, 60, 60)
+
+# The field of a job hash that says why a worker set the job aside as unreadable.
+UNREADABLE_FIELD = 'rqjobs_unreadable'
 
 
 class JSONSerializer:
@@ -116,6 +126,43 @@ class JsonJob(Job):
             self.retries_left = 0  # a payload that is not our JSON never will be
             raise
 
+    def restore(self, raw_data) -> None:
+        # rq decodes a job's fields as it loads them and leaves the payload for later: a field that is not UTF-8 or
+        # not a date, or a payload that is not JSON, would raise wherever the job is next touched (a worker's
+        # dequeue, a listing), so every field and the payload are read here, once, into one project error.
+        try:
+            super().restore(raw_data)
+            self._deserialize_data()
+        except NoSuchJobError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any field rq cannot read makes the whole job unreadable
+            reason = f'{type(exc).__name__}: {exc}'
+            reason = reason if len(reason) <= 160 else reason[:157] + '...'
+            logger.warning('%s: job hash cannot be read (%s)', self.id, reason)
+            raise UnreadableJob(f'Job {self.id} cannot be read from Redis (forged or corrupted: {reason}); '
+                                f'`jobs job delete {self.id}` removes it.') from None
+
+    @classmethod
+    def fetch_many(cls, job_ids: Iterable[str], connection: redis.Redis, serializer=None) -> list[JsonJob | None]:
+        """Return the jobs, None for those that are gone or cannot be read (one Redis round trip)."""
+        # rq's fetch_many stops at the first job it cannot read; listings and rq's scheduler must go on past it.
+        job_ids = [job_id.decode() if isinstance(job_id, bytes) else job_id for job_id in job_ids]
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(cls.key_for(job_id))
+            hashes = pipe.execute()
+        jobs: list[JsonJob | None] = []
+        for job_id, raw in zip(job_ids, hashes):
+            job = None
+            if raw:
+                job = cls(job_id, connection=connection)
+                try:
+                    job.restore(raw)
+                except NoSuchJobError:
+                    job = None
+            jobs.append(job)
+        return jobs
+
 
 class JsonQueue(Queue):
     """An rq queue whose jobs are always `JsonJob`s."""
@@ -126,6 +173,49 @@ class JsonQueue(Queue):
         kwargs['job_class'] = JsonJob
         kwargs['serializer'] = JSONSerializer
         super().__init__(name, connection=connection, **kwargs)
+
+    @classmethod
+    def _fetch_dequeued_job(cls, connection: redis.Redis, queue_key: str, job_id: str, *args, **kwargs):
+        # rq re-raises any error of a dequeued job's fetch and leaves the job in the intermediate queue, from where
+        # it comes back to crash the next worker too; rq also passes over a vanished job in silence. One more read
+        # tells the two apart, so that an unreadable job is failed with its reason and the worker goes on.
+        try:
+            JsonJob.fetch(job_id, connection=connection)
+        except UnreadableJob as exc:
+            set_aside(connection, queue_key, job_id, str(exc))
+            return None
+        except NoSuchJobError:
+            pass
+        return super()._fetch_dequeued_job(connection, queue_key, job_id, *args, **kwargs)
+
+
+def set_aside(connection: redis.Redis, queue_key: str, job_id: str, reason: str,
+              settings: Settings | None = None) -> None:
+    """Fail a job that cannot be read: off its queue, into the queue's failed jobs, with `reason` in its hash."""
+    settings = settings or get_settings()
+    queue_name = queue_key.removeprefix(JsonQueue.redis_queue_namespace_prefix)
+    registry = FailedJobRegistry(queue_name, connection=connection, job_class=JsonJob, serializer=JSONSerializer)
+    ended = clock.utcnow().replace(tzinfo=timezone.utc)
+    with connection.pipeline() as pipe:
+        pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 0, job_id)
+        pipe.lrem(queue_key, 0, job_id)
+        pipe.zadd(registry.key, {job_id: ended.timestamp() + settings.failure_ttl})
+        pipe.hset(JsonJob.key_for(job_id), mapping={'status': 'failed', 'ended_at': utcformat(ended),
+                                                    UNREADABLE_FIELD: reason})
+        pipe.expire(JsonJob.key_for(job_id), settings.failure_ttl)
+        pipe.execute()
+    logger.error('%s: set aside as failed on queue %s: %s', job_id, queue_name, reason)
+
+
+def unreadable_reason(connection: redis.Redis, job_id: str) -> str | None:
+    """Return why a job cannot be read, or None when it can be read or is gone."""
+    try:
+        JsonJob.fetch(job_id, connection=connection)
+    except UnreadableJob as exc:
+        return str(exc)
+    except NoSuchJobError:
+        return None
+    return None
 
 
 @dataclass(frozen=True)
