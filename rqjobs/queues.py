@@ -21,9 +21,7 @@ from typing import Any
 import redis
 from rq import Callback, Queue
 from rq.exceptions import DeserializationError, NoSuchJobError
-from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, Retry, get_current_job
-from rq.registry import FailedJobRegistry
 from rq.utils import utcformat
 
 from rqjobs import clock
@@ -191,20 +189,32 @@ class JsonQueue(Queue):
 
 def set_aside(connection: redis.Redis, queue_key: str, job_id: str, reason: str,
               settings: Settings | None = None) -> None:
-    """Fail a job that cannot be read: off its queue, into the queue's failed jobs, with `reason` in its hash."""
+    """Fail a job that cannot be read: off its queue and registries, into the failed jobs, `reason` in its hash."""
     settings = settings or get_settings()
-    queue_name = queue_key.removeprefix(JsonQueue.redis_queue_namespace_prefix)
-    registry = FailedJobRegistry(queue_name, connection=connection, job_class=JsonJob, serializer=JSONSerializer)
+    queue = JsonQueue(queue_key.removeprefix(JsonQueue.redis_queue_namespace_prefix), connection=connection)
     ended = clock.utcnow().replace(tzinfo=timezone.utc)
     with connection.pipeline() as pipe:
-        pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 0, job_id)
-        pipe.lrem(queue_key, 0, job_id)
-        pipe.zadd(registry.key, {job_id: ended.timestamp() + settings.failure_ttl})
+        pipe.lrem(queue.intermediate_queue_key, 0, job_id)
+        pipe.lrem(queue.key, 0, job_id)
+        for registry in (queue.scheduled_job_registry, queue.started_job_registry, queue.deferred_job_registry):
+            pipe.zrem(registry.key, job_id)
+        pipe.zadd(queue.failed_job_registry.key, {job_id: ended.timestamp() + settings.failure_ttl})
         pipe.hset(JsonJob.key_for(job_id), mapping={'status': 'failed', 'ended_at': utcformat(ended),
                                                     UNREADABLE_FIELD: reason})
         pipe.expire(JsonJob.key_for(job_id), settings.failure_ttl)
         pipe.execute()
-    logger.error('%s: set aside as failed on queue %s: %s', job_id, queue_name, reason)
+    logger.error('%s: set aside as failed on queue %s: %s', job_id, queue.name, reason)
+
+
+def set_aside_unreadable(connection: redis.Redis, queue_key: str, job_ids: Sequence[str]) -> list[str]:
+    """Set aside those of `job_ids` that cannot be read; return their ids."""
+    unreadable = []
+    for job_id, job in zip(job_ids, JsonJob.fetch_many(job_ids, connection=connection)):
+        reason = unreadable_reason(connection, job_id) if job is None else None
+        if reason:
+            set_aside(connection, queue_key, job_id, reason)
+            unreadable.append(job_id)
+    return unreadable
 
 
 def unreadable_reason(connection: redis.Redis, job_id: str) -> str | None:

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 import redis
 from rq import Worker
 from rq.callbacks import execute_failure_callback
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
-from rq.utils import now
+from rq.scheduler import RQScheduler
+from rq.utils import as_text, current_timestamp, now
 
 from rqjobs import limits, queues
 from rqjobs.exceptions import RedisUnavailable, WorkerStopped, WorkHorseKilled
@@ -35,6 +37,20 @@ MAINTENANCE_INTERVAL = 30
 # An idle worker waits on its queues for worker_ttl - 15 s before it looks at maintenance again (rq's default: 405 s);
 # this makes that wait the maintenance interval, so idle workers find abandoned jobs every 30 s too.
 WORKER_TTL = MAINTENANCE_INTERVAL + 15
+
+
+class JobsScheduler(RQScheduler):
+    """rq's scheduler, which first sets aside due jobs that cannot be read."""
+
+    def enqueue_scheduled_jobs(self):
+        # rq loads due jobs with its base job class and stops at the first unreadable one, for every queue and
+        # every pass after: such jobs are failed with their reason before rq sees them.
+        for name in self._acquired_locks:
+            queue = queues.JsonQueue(as_text(name), connection=self.connection)
+            due = queue.scheduled_job_registry.get_jobs_to_schedule(current_timestamp())
+            if due:
+                queues.set_aside_unreadable(self.connection, queue.key, due)
+        return super().enqueue_scheduled_jobs()
 
 
 class JobsWorker(Worker):
@@ -88,6 +104,24 @@ class JobsWorker(Worker):
         with contextlib.suppress(Exception):  # execute_failure_callback logs what went wrong
             execute_failure_callback(job, self.death_penalty_class, WorkHorseKilled,
                                      WorkHorseKilled(f'work horse {retpid} ended with status {ret_val}'), None)
+
+    def _start_scheduler(self, burst: bool = False, logging_level: str | None = 'INFO',
+                         date_format: str = DEFAULT_LOGGING_DATE_FORMAT, log_format: str = DEFAULT_LOGGING_FORMAT):
+        # rq's own, with the scheduler class above: rq names its class here and offers no setting for it.
+        self.scheduler = JobsScheduler(self.queues, connection=self.connection, serializer=self.serializer,
+                                       logging_level=logging_level if logging_level is not None else self.log.level,
+                                       date_format=date_format, log_format=log_format)
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         if job.timeout and job.timeout > 0:
