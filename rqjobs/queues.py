@@ -427,9 +427,14 @@ def _scheduled(options: dict[str, Any]) -> dict[str, Any]:
     return {('job_timeout' if key == 'timeout' else key): value for key, value in options.items()}
 
 
+def is_job_id(job_id: str) -> bool:
+    """Return whether `job_id` is one the project gives jobs: 1 to 128 ASCII letters, digits, _ or -."""
+    return (isinstance(job_id, str) and 0 < len(job_id) <= 128 and job_id.isascii()
+            and all(c.isalnum() or c in '_-' for c in job_id))
+
+
 def _check_job_id(job_id: str) -> None:
-    if (not isinstance(job_id, str) or not job_id or len(job_id) > 128 or not job_id.isascii()
-            or not all(c.isalnum() or c in '_-' for c in job_id)):
+    if not is_job_id(job_id):
         raise InvalidJobArguments(f'Job id {job_id!r} must be 1 to 128 letters, digits, _ or -; '
                                   f'for example process-warehouse-42.')
 

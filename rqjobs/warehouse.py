@@ -107,17 +107,27 @@ def submit_warehouse(
     with lock, database.connection(settings) as db_:
         if user_id is not None and User.get_or_none(User.id == user_id, User.is_deleted == False) is None:
             raise InvalidSubmission(f'User {user_id} does not exist.')
+        fields = {'organization_name': parsed.organization, 'name': parsed.name, 'address': parsed.url,
+                  'branch': branch, 'git_user_name': username}
+        _check_lengths(fields)
         with db_.atomic():
             _check_duplicate(parsed.organization, parsed.name, branch)
-            warehouse = Warehouse.create(
-                organization_name=parsed.organization, name=parsed.name, address=parsed.url, branch=branch,
-                type=WarehouseType.GIT, status=WarehouseStatus.PENDING, git_user_name=username,
-                git_password=secret, creator=user_id,
-            )
+            warehouse = Warehouse.create(**fields, type=WarehouseType.GIT, status=WarehouseStatus.PENDING,
+                                         git_password=secret, creator=user_id)
     logger.info('warehouse %s: submitted %s/%s (branch %s)', warehouse.id, parsed.organization, parsed.name,
                 branch or 'default')
     dispatch_pending(connection, settings)
     return warehouse
+
+
+def _check_lengths(fields: dict[str, str | None]) -> None:
+    # PostgreSQL and MySQL refuse a value longer than its column and SQLite stores it whole: checked here, the same
+    # on every database.
+    for name, value in fields.items():
+        limit = Warehouse._meta.fields[name].max_length
+        if value is not None and len(value) > limit:
+            label = name.replace('_', ' ')
+            raise InvalidSubmission(f'The {label} is {len(value)} characters long; at most {limit} are allowed.')
 
 
 def _check_duplicate(organization: str, name: str, branch: str) -> None:
@@ -166,6 +176,11 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
                 in_flight[creator] += 1
         enqueued = []
         for warehouse_id, status, creator in rows:
+            if not (queues.is_job_id(process_job_id(warehouse_id)) and queues.is_job_id(update_job_id(warehouse_id))):
+                # A row written by hand or by another tool: one bad id must not hold back every other warehouse.
+                logger.error('warehouse %r: id cannot name a job (letters, digits, _ and - only); skipped',
+                             warehouse_id)
+                continue
             if process_job_id(warehouse_id) in live or update_job_id(warehouse_id) in live:
                 continue
             if status == WarehouseStatus.PENDING:

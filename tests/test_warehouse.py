@@ -69,6 +69,40 @@ def test_submissions_can_be_disabled(redis_conn, database, env):
     assert Warehouse.select().count() == 0
 
 
+LONG = 'x' * 192
+
+
+@pytest.mark.parametrize('address, options, field', [
+    (f'https://github.com/{LONG}/repo', {}, 'organization name'),
+    (f'https://github.com/org/{LONG}', {}, 'name'),
+    ('https://github.com/org/repo', {'git_user_name': LONG}, 'git user name'),
+    ('https://github.com/org/repo', {'branch': LONG}, 'branch'),
+])
+def test_values_longer_than_their_column_are_refused_on_every_database(redis_conn, database, address, options,
+                                                                        field):
+    with pytest.raises(InvalidSubmission, match=f'^The {field} is 192 characters long; at most 191 are allowed'):
+        warehouses.submit_warehouse(address, connection=redis_conn, **options)
+    assert Warehouse.select().count() == 0
+    at_limit = warehouses.submit_warehouse('https://github.com/org/' + 'y' * 191, connection=redis_conn)
+    assert len(fetch(at_limit.id).name) == 191
+
+
+def test_warehouse_add_refuses_a_long_name_in_one_line(redis_conn, database):
+    result = CliRunner().invoke(cli.main, ['warehouse', 'add', 'https://github.com/org/' + 'x' * 300])
+    assert result.exit_code == 2, result.output
+    assert 'The name is 300 characters long; at most 191 are allowed.' in result.stderr
+    assert 'Traceback' not in result.output and Warehouse.select().count() == 0
+
+
+def test_a_row_whose_id_cannot_name_a_job_holds_back_no_other(redis_conn, database, caplog):
+    bad = Warehouse.create(id='bad id/..', organization_name='o', name='bad', address='https://github.com/o/bad.git')
+    good = Warehouse.create(organization_name='o', name='good', address='https://github.com/o/good.git')
+    assert warehouses.dispatch_pending(redis_conn) == [good.id]
+    assert job_of(redis_conn, good.id).args == [good.id]
+    assert f"warehouse {bad.id!r}: id cannot name a job" in caplog.text
+    assert warehouses.dispatch_pending(redis_conn) == []
+
+
 @pytest.mark.parametrize('address', ['ext::sh -c touch% /tmp/x', 'file:///etc', '/tmp/repo', '-uhttps://x/y/z',
                                      'http://github.com/a/b', 'https://github.com/a/../b', 'https://github.com/a'])
 def test_bad_addresses_are_refused_before_anything_is_stored(redis_conn, database, address):
