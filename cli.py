@@ -352,13 +352,27 @@ def wait_for(obj: Context, job_id: str, timeout: float | None, as_json: bool) ->
 
 # ---- Single jobs ----
 
+def job_ids_argument(name: str, **kwargs):
+    """A JOB_ID argument (or several, with nargs=-1) that refuses what rq cannot take as an id, as a usage error."""
+    def check(ctx: click.Context, param: click.Parameter, value):
+        from rq.job import JOB_ID_PATTERN
+
+        for job_id in (value if isinstance(value, tuple) else (value,)):
+            if not JOB_ID_PATTERN.fullmatch(job_id):
+                raise click.BadParameter(f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -, '
+                                         f'for example warehouse-42.')
+        return value
+
+    return click.argument(name, callback=check, **kwargs)
+
+
 @main.group('job')
 def job_group() -> None:
     """One job: show, cancel, stop or delete it."""
 
 
 @job_group.command('show')
-@click.argument('job_id')
+@job_ids_argument('job_id')
 @click.option('--json', 'as_json', is_flag=True, help='Print the job as JSON.')
 @click.pass_obj
 def job_show(obj: Context, job_id: str, as_json: bool) -> None:
@@ -381,7 +395,7 @@ def job_show(obj: Context, job_id: str, as_json: bool) -> None:
 
 
 @job_group.command('cancel')
-@click.argument('job_id')
+@job_ids_argument('job_id')
 @click.pass_obj
 def job_cancel(obj: Context, job_id: str) -> None:
     """Cancel a queued, scheduled or deferred job."""
@@ -392,7 +406,7 @@ def job_cancel(obj: Context, job_id: str) -> None:
 
 
 @job_group.command('stop')
-@click.argument('job_id')
+@job_ids_argument('job_id')
 @click.pass_obj
 def job_stop(obj: Context, job_id: str) -> None:
     """Stop a running job (its worker kills the work horse; the job ends as stopped)."""
@@ -403,7 +417,7 @@ def job_stop(obj: Context, job_id: str) -> None:
 
 
 @job_group.command('delete')
-@click.argument('job_id')
+@job_ids_argument('job_id')
 @click.pass_obj
 def job_delete(obj: Context, job_id: str) -> None:
     """Delete a job that is not running, with its result."""
@@ -414,7 +428,7 @@ def job_delete(obj: Context, job_id: str) -> None:
 
 
 @main.command()
-@click.argument('job_ids', nargs=-1)
+@job_ids_argument('job_ids', nargs=-1)
 @click.option('--queue', help='Only failed jobs of this queue.')
 @click.option('--all', 'everything', is_flag=True, help='Requeue every failed job (of --queue, if given).')
 @click.pass_obj

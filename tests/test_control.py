@@ -339,3 +339,13 @@ def test_workers_and_schedulers_pass_over_unreadable_jobs(ops):
     assert good.get_status() == JobStatus.FINISHED
     assert due in queues.get_queue('ops', ops).failed_job_registry.get_job_ids()
     assert f'{due}: set aside as failed on queue ops' in run.stderr
+
+
+@pytest.mark.parametrize('args', [['job', 'show'], ['job', 'cancel'], ['job', 'stop'], ['job', 'delete'],
+                                  ['requeue', 'fine-id']])
+@pytest.mark.parametrize('job_id', ['a b', '../x', 'x:y', ''])
+def test_commands_refuse_an_id_rq_cannot_take(redis_conn, args, job_id):
+    result = invoke(*args, job_id)
+    assert result.exit_code == 2, result.output
+    assert f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -' in result.stderr
+    assert 'Traceback' not in result.output
