@@ -299,7 +299,7 @@ def enqueue(obj: Context, job: str | None, args: tuple[str, ...], kwargs: tuple[
     spec = queues.find_job(job, obj.settings)
     values = [parse_value(arg) for arg in args]
     keywords = parse_kwargs(kwargs)
-    queues.check_arguments(spec, values, keywords)
+    queues.check_arguments(spec, values, keywords, obj.settings)
     options = {} if retry else {'retry': None}
     rq_job = queues.enqueue(spec.path, values, keywords, queue=queue, at=at, delay=delay, connection=obj.redis,
                             settings=obj.settings, **options)

@@ -8,6 +8,7 @@ run any function that is not a registered job, so a job hash forged in Redis can
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -25,8 +26,8 @@ from rq.job import Job, Retry, get_current_job
 from rq.utils import utcformat
 
 from rqjobs import clock
-from rqjobs.exceptions import (ForbiddenJob, InvalidJobArguments, PermanentJobError, UnknownJob, UnknownQueue,
-                               UnreadableJob)
+from rqjobs.exceptions import (ForbiddenJob, InvalidJobArguments, PermanentJobError, RedisUnavailable, UnknownJob,
+                               UnknownQueue, UnreadableJob)
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -332,16 +333,21 @@ def _allowed(path: str | None, subject: str, *, callback: bool = False) -> Calla
     return func
 
 
-def check_arguments(spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-    """Raise `InvalidJobArguments` unless the arguments fit the job's signature and survive JSON."""
+def check_arguments(spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any],
+                    settings: Settings | None = None) -> None:
+    """Raise `InvalidJobArguments` unless the arguments fit the job's signature, survive JSON and are small."""
+    settings = settings or get_settings()
     try:
         inspect.signature(spec.func).bind(*args, **kwargs)
     except TypeError as exc:
         raise InvalidJobArguments(f'{exc}; expected {spec.signature}') from None
     try:
-        JSONSerializer.dumps([list(args), dict(kwargs)])
+        size = len(JSONSerializer.dumps([list(args), dict(kwargs)]))
     except (TypeError, ValueError) as exc:
         raise InvalidJobArguments(f'Arguments of {spec.name} must be JSON values (ids and scalars): {exc}') from None
+    if size > settings.job_args_max_size:
+        raise InvalidJobArguments(f'Arguments of {spec.name} take {size} bytes as JSON, over JOB_ARGS_MAX_SIZE '
+                                  f'({settings.job_args_max_size}); pass an id and let the job load the rest.')
 
 
 def get_queue(name: str, connection: redis.Redis, settings: Settings | None = None) -> JsonQueue:
@@ -387,7 +393,7 @@ def enqueue(
     settings = settings or get_settings()
     spec = find_job(job, settings)
     args, kwargs = list(args), dict(kwargs or {})
-    check_arguments(spec, args, kwargs)
+    check_arguments(spec, args, kwargs, settings)
     if retry is _DEFAULT_RETRY:
         retry = Retry(max=RETRY_MAX, interval=list(RETRY_INTERVALS))
     if job_id is not None:
@@ -415,11 +421,23 @@ def enqueue(
     target = get_queue(queue or spec.queue, connection, settings)
     if at is not None and delay is not None:
         raise InvalidJobArguments('Give either a time (at) or a delay, not both.')
-    if delay is not None:
-        return target.enqueue_in(delay, spec.path, **_scheduled(options))
-    if at is not None:
-        return target.enqueue_at(at, spec.path, **_scheduled(options))
-    return target.enqueue_call(spec.path, **options)
+    with redis_full(f'job {spec.name}'):
+        if delay is not None:
+            return target.enqueue_in(delay, spec.path, **_scheduled(options))
+        if at is not None:
+            return target.enqueue_at(at, spec.path, **_scheduled(options))
+        return target.enqueue_call(spec.path, **options)
+
+
+@contextlib.contextmanager
+def redis_full(subject: str):
+    """Turn Redis refusing a write at its `maxmemory` into `RedisUnavailable` saying that `subject` was not stored."""
+    try:
+        yield
+    except redis.exceptions.OutOfMemoryError:
+        raise RedisUnavailable(f'Redis is full (maxmemory reached, no eviction): the {subject} was not stored. Free '
+                               f'memory (`jobs cleanup --finished`, `jobs cleanup --failed-older-than 1d`) or raise '
+                               f'maxmemory, then try again.') from None
 
 
 def _scheduled(options: dict[str, Any]) -> dict[str, Any]:

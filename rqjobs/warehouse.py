@@ -104,7 +104,7 @@ def submit_warehouse(
     lock_name = 'rqjobs:lock:submit:' + hashlib.sha256(
         f'{parsed.organization}/{parsed.name}@{branch}'.encode()).hexdigest()
     lock = connection.lock(lock_name, timeout=SUBMIT_LOCK_SECONDS, blocking_timeout=SUBMIT_LOCK_SECONDS)
-    with lock, database.connection(settings) as db_:
+    with queues.redis_full('warehouse'), lock, database.connection(settings) as db_:
         if user_id is not None and User.get_or_none(User.id == user_id, User.is_deleted == False) is None:
             raise InvalidSubmission(f'User {user_id} does not exist.')
         fields = {'organization_name': parsed.organization, 'name': parsed.name, 'address': parsed.url,
@@ -116,7 +116,11 @@ def submit_warehouse(
                                          git_password=secret, creator=user_id)
     logger.info('warehouse %s: submitted %s/%s (branch %s)', warehouse.id, parsed.organization, parsed.name,
                 branch or 'default')
-    dispatch_pending(connection, settings)
+    try:
+        dispatch_pending(connection, settings)
+    except redis.exceptions.OutOfMemoryError:
+        # The row is stored and Pending: the periodic dispatch queues it once Redis has room again.
+        logger.warning('warehouse %s: Redis is full; left Pending for the periodic dispatch', warehouse.id)
     return warehouse
 
 

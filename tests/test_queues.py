@@ -6,10 +6,13 @@ from base64 import b64decode
 from datetime import datetime, timedelta
 
 import pytest
+from click.testing import CliRunner
 from rq.job import JobStatus
 
+import cli
 from conftest import run_jobs_cli
 from rqjobs import queues
+from rqjobs import settings as settings_module
 from rqjobs.exceptions import ForbiddenJob, InvalidJobArguments, UnknownJob, UnknownQueue, UnreadableJob
 
 pytestmark = pytest.mark.db
@@ -259,3 +262,29 @@ def test_listings_pass_over_unreadable_jobs(redis_conn, database):
     assert jobs[0] is None and jobs[1].id == readable.id and jobs[2] is None
     with pytest.raises(UnreadableJob, match=f'`jobs job delete {forged}` removes it'):
         queues.JsonJob.fetch(forged, connection=redis_conn)
+
+
+# ---- Sizes of what is enqueued ----
+
+def test_arguments_over_the_size_limit_are_refused(redis_conn, custom_jobs, env):
+    with pytest.raises(InvalidJobArguments, match=r'take 70\d{3} bytes as JSON, over JOB_ARGS_MAX_SIZE \(65536\)'):
+        queues.enqueue('add', ['x' * 70_000], connection=redis_conn)
+    refused = CliRunner().invoke(cli.main, ['enqueue', 'add', 'x' * 70_000])
+    assert refused.exit_code == 2 and 'over JOB_ARGS_MAX_SIZE (65536); pass an id' in refused.stderr
+    assert not redis_conn.keys('rq:job:*')
+    # Counted in UTF-8 bytes, kwargs too; the limit is a setting.
+    env.setenv('JOB_ARGS_MAX_SIZE', '2048')
+    settings_module.reset()
+    with pytest.raises(InvalidJobArguments, match=r'over JOB_ARGS_MAX_SIZE \(2048\)'):
+        queues.enqueue('add', [1], {'b': 'é' * 1100}, connection=redis_conn)
+    assert queues.enqueue('add', [1], {'b': 'é' * 900}, connection=redis_conn).get_status() == JobStatus.QUEUED
+
+
+def test_a_full_redis_refuses_an_enqueue_in_one_line(full_redis):
+    keys = full_redis.dbsize()
+    result = run_jobs_cli('enqueue', 'ping')
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): the '
+                                                     'job ping was not stored.')
+    assert 'Traceback' not in result.stderr
+    assert full_redis.dbsize() == keys

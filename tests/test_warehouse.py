@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from rq.job import JobStatus
 
 import cli
-from conftest import commit_files, git, redis_contents
+from conftest import commit_files, git, redis_contents, run_jobs_cli
 from models import (
     Document,
     DocumentCatalog,
@@ -437,3 +437,13 @@ def test_token_from_the_environment_never_reaches_argv_or_redis(redis_conn, data
     assert row.git_user_name == 'bob' and row.git_password and 'tok_abcdef' not in row.git_password
     assert 'tok_abcdef' not in result.output
     assert b'tok_abcdef' not in redis_contents(redis_conn)
+
+
+def test_warehouse_add_against_a_full_redis_is_one_line_and_stores_nothing(full_redis, database):
+    keys = full_redis.dbsize()
+    result = run_jobs_cli('warehouse', 'add', 'https://github.com/org/repo')
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): the '
+                                                     'warehouse was not stored.')
+    assert 'Traceback' not in result.stderr
+    assert full_redis.dbsize() == keys and Warehouse.select().count() == 0
