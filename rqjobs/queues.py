@@ -194,11 +194,16 @@ def set_aside(connection: redis.Redis, queue_key: str, job_id: str, reason: str,
     settings = settings or get_settings()
     queue = JsonQueue(queue_key.removeprefix(JsonQueue.redis_queue_namespace_prefix), connection=connection)
     ended = clock.utcnow().replace(tzinfo=timezone.utc)
+    # The started jobs are kept as job_id:execution_id, rare enough for an unreadable job to look them up.
+    started = [entry for entry in connection.zrange(queue.started_job_registry.key, 0, -1)
+               if entry.decode('utf-8', 'replace').partition(':')[0] == job_id]
     with connection.pipeline() as pipe:
         pipe.lrem(queue.intermediate_queue_key, 0, job_id)
         pipe.lrem(queue.key, 0, job_id)
-        for registry in (queue.scheduled_job_registry, queue.started_job_registry, queue.deferred_job_registry):
+        for registry in (queue.scheduled_job_registry, queue.deferred_job_registry):
             pipe.zrem(registry.key, job_id)
+        if started:
+            pipe.zrem(queue.started_job_registry.key, *started)
         pipe.zadd(queue.failed_job_registry.key, {job_id: ended.timestamp() + settings.failure_ttl})
         pipe.hset(JsonJob.key_for(job_id), mapping={'status': 'failed', 'ended_at': utcformat(ended),
                                                     UNREADABLE_FIELD: reason})

@@ -123,6 +123,15 @@ class JobsWorker(Worker):
             else:
                 self.scheduler.start()
 
+    def clean_registries(self):
+        # rq passes over an unreadable job that was abandoned, or left in the intermediate queue by a worker that
+        # crashed on it, without a word and keeps it for good: such jobs are failed with their reason first.
+        for queue in self.queues:
+            stale = queue.started_job_registry.get_expired_job_ids() + queue.intermediate_queue.get_job_ids()
+            if stale:
+                queues.set_aside_unreadable(self.connection, queue.key, list(dict.fromkeys(stale)))
+        return super().clean_registries()
+
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         if job.timeout and job.timeout > 0:
             return int(min(job.timeout - working_time, self.job_monitoring_interval)) + HEARTBEAT_GRACE

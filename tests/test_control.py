@@ -320,15 +320,17 @@ def test_operator_commands_pass_over_an_unreadable_job(ops, burst_worker):
 
 def test_workers_and_schedulers_pass_over_unreadable_jobs(ops):
     import scheduler
-    from rq.utils import current_timestamp
 
     # Due in rq's scheduled jobs, in rq-scheduler's, and abandoned in the started jobs: all unreadable.
     due = forge(ops, queues.enqueue('nap', delay=timedelta(minutes=5), connection=ops))
     ops.zadd('rq:scheduled:ops', {due: 1})
     abandoned = forge(ops, queues.enqueue('nap', connection=ops))
     ops.lrem('rq:queue:ops', 0, abandoned)
-    ops.zadd('rq:wip:ops', {abandoned: 1})
+    ops.zadd('rq:wip:ops', {f'{abandoned}:0123456789abcdef': 1})  # as rq keeps it: job id and execution id
     ops.hset(f'rq:job:{abandoned}', 'status', 'started')
+    # Left in the intermediate queue by a worker that crashed on it before unreadable jobs were set aside.
+    stuck = forge(ops, queues.enqueue('nap', connection=ops), {'data': b'\xff'})
+    ops.lmove('rq:queue:ops', queues.get_queue('ops', ops).intermediate_queue_key, 'RIGHT', 'LEFT')
     forge(ops, scheduler.build_scheduler(ops).enqueue_at(clock.utcnow() - timedelta(minutes=1), 'ops_jobs.nap'))
     good = queues.enqueue('nap', connection=ops)
 
@@ -337,8 +339,12 @@ def test_workers_and_schedulers_pass_over_unreadable_jobs(ops):
     run = run_jobs_cli('worker', '--burst', 'ops')
     assert run.returncode == 0 and 'Traceback' not in run.stderr, run.stderr
     assert good.get_status() == JobStatus.FINISHED
-    assert due in queues.get_queue('ops', ops).failed_job_registry.get_job_ids()
-    assert f'{due}: set aside as failed on queue ops' in run.stderr
+    failed = queues.get_queue('ops', ops).failed_job_registry.get_job_ids()
+    for job_id in (due, abandoned, stuck):
+        assert job_id in failed
+        assert f'{job_id}: set aside as failed on queue ops' in run.stderr
+    assert not ops.lrange(queues.get_queue('ops', ops).intermediate_queue_key, 0, -1)
+    assert not ops.zrange('rq:wip:ops', 0, -1)
 
 
 @pytest.mark.parametrize('args', [['job', 'show'], ['job', 'cancel'], ['job', 'stop'], ['job', 'delete'],

@@ -241,7 +241,7 @@ def test_a_worker_process_fails_an_unreadable_job_and_goes_on(redis_conn, databa
     assert good.get_status() == JobStatus.FINISHED
     assert redis_conn.hget(f'rq:job:{forged}', 'status') == b'failed'
     assert forged in queues.get_queue('default', redis_conn).failed_job_registry.get_job_ids()
-    assert not redis_conn.lrange('rq:intermediate:rq:queue:default', 0, -1)
+    assert not redis_conn.lrange(queues.get_queue('default', redis_conn).intermediate_queue_key, 0, -1)
     assert redis_conn.ttl(f'rq:job:{forged}') > 0
     reason = queues.unreadable_reason(redis_conn, forged)
     assert reason.startswith(f'Job {forged} cannot be read from Redis (forged or corrupted: ')
