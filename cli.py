@@ -53,6 +53,14 @@ class JobsGroup(click.Group):
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            # Any command's write can meet a full Redis; redis is looked up only once a command has imported it.
+            redis = sys.modules.get('redis')
+            if redis is not None and isinstance(exc, redis.exceptions.OutOfMemoryError):
+                from rqjobs import queues
+
+                raise click.ClickException(queues.redis_full_message('the command could not write to it')) from None
+            raise
 
 
 def emit(data, as_json: bool, human) -> None:

@@ -440,9 +440,13 @@ def redis_full(subject: str):
     try:
         yield
     except redis.exceptions.OutOfMemoryError:
-        raise RedisUnavailable(f'Redis is full (maxmemory reached, no eviction): the {subject} was not stored. Free '
-                               f'memory (`jobs cleanup --finished`, `jobs cleanup --failed-older-than 1d`) or raise '
-                               f'maxmemory, then try again.') from None
+        raise RedisUnavailable(redis_full_message(f'the {subject} was not stored')) from None
+
+
+def redis_full_message(what: str) -> str:
+    """Say that Redis is at its `maxmemory`, what that left undone, and how to make room."""
+    return (f'Redis is full (maxmemory reached, no eviction): {what}. Free memory (`jobs cleanup --finished`, '
+            f'`jobs cleanup --failed-older-than 1d`) or raise maxmemory, then try again.')
 
 
 def _scheduled(options: dict[str, Any]) -> dict[str, Any]:

@@ -288,3 +288,12 @@ def test_a_full_redis_refuses_an_enqueue_in_one_line(full_redis):
                                                      'job ping was not stored.')
     assert 'Traceback' not in result.stderr
     assert full_redis.dbsize() == keys
+
+
+@pytest.mark.parametrize('args', [['suspend'], ['schedule', 'register']])
+def test_other_commands_against_a_full_redis_are_one_line(full_redis, args):
+    result = run_jobs_cli(*args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): '
+                                                     'the command could not write to it.')
+    assert 'Traceback' not in result.stderr
