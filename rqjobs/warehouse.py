@@ -180,10 +180,7 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
                 in_flight[creator] += 1
         enqueued = []
         for warehouse_id, status, creator in rows:
-            if not (queues.is_job_id(process_job_id(warehouse_id)) and queues.is_job_id(update_job_id(warehouse_id))):
-                # A row written by hand or by another tool: one bad id must not hold back every other warehouse.
-                logger.error('warehouse %r: id cannot name a job (letters, digits, _ and - only); skipped',
-                             warehouse_id)
+            if not _usable_id(warehouse_id):
                 continue
             if process_job_id(warehouse_id) in live or update_job_id(warehouse_id) in live:
                 continue
@@ -197,6 +194,20 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
             _enqueue_fresh(connection, 'process_warehouse', warehouse_id, process_job_id(warehouse_id), settings)
             enqueued.append(warehouse_id)
     return enqueued
+
+
+def _usable_id(warehouse_id: str) -> bool:
+    """Return whether a row's id can name its jobs and its clone; log the row and return False otherwise."""
+    # A row written by hand or by another tool: one bad id must not hold back every other warehouse of a pass.
+    try:
+        git.clone_path(warehouse_id)
+        usable = queues.is_job_id(process_job_id(warehouse_id)) and queues.is_job_id(update_job_id(warehouse_id))
+    except ValueError:
+        usable = False
+    if not usable:
+        logger.error('warehouse %r: id cannot name a job or a clone (letters, digits and - only); skipped',
+                     warehouse_id)
+    return usable
 
 
 def _enqueue_fresh(connection: redis.Redis, job: str, warehouse_id: str, job_id: str, settings: Settings) -> None:
@@ -495,6 +506,8 @@ def schedule_warehouse_updates() -> dict:
     live = queues.live_job_ids(connection, [update_job_id(i) for i in due] + [process_job_id(i) for i in due])
     enqueued = []
     for warehouse_id in due:
+        if not _usable_id(warehouse_id):
+            continue
         if update_job_id(warehouse_id) in live or process_job_id(warehouse_id) in live:
             continue
         _enqueue_fresh(connection, 'process_warehouse_update', warehouse_id, update_job_id(warehouse_id), settings)
@@ -507,9 +520,10 @@ def cleanup_failed_warehouses() -> dict:
     # Safe twice: a soft-deleted warehouse is no longer selected, and removing a missing clone is a no-op.
     cutoff = clock.utcnow() - FAILED_RETENTION
     with database.connection():
-        failed = list(Warehouse.select().where(Warehouse.status == WarehouseStatus.FAILED,
-                                               Warehouse.is_deleted == False,
-                                               Warehouse.updated_at < cutoff))
+        failed = [warehouse for warehouse in Warehouse.select().where(Warehouse.status == WarehouseStatus.FAILED,
+                                                                     Warehouse.is_deleted == False,
+                                                                     Warehouse.updated_at < cutoff)
+                  if _usable_id(warehouse.id)]
         for warehouse in failed:
             _soft_delete(warehouse)
     logger.info('cleanup: %d failed warehouses removed', len(failed))

@@ -94,13 +94,33 @@ def test_warehouse_add_refuses_a_long_name_in_one_line(redis_conn, database):
     assert 'Traceback' not in result.output and Warehouse.select().count() == 0
 
 
-def test_a_row_whose_id_cannot_name_a_job_holds_back_no_other(redis_conn, database, caplog):
-    bad = Warehouse.create(id='bad id/..', organization_name='o', name='bad', address='https://github.com/o/bad.git')
-    good = Warehouse.create(organization_name='o', name='good', address='https://github.com/o/good.git')
+@pytest.mark.parametrize('bad_id', ['bad id/..', '../x', 'a_b', 'caf\u00e9'])
+def test_a_row_whose_id_names_no_job_or_clone_holds_back_no_other(redis_conn, database, caplog, bad_id):
+    old = clock.utcnow() - timedelta(days=30)
+
+    def rows(status):
+        bad = Warehouse.create(id=bad_id, organization_name='o', name='bad', address='https://github.com/o/bad.git',
+                               status=status)
+        good = Warehouse.create(organization_name='o', name='good', address='https://github.com/o/good.git',
+                                status=status)
+        for row in (bad, good):
+            Document.create(warehouse=row, last_update=old)
+        Warehouse.update(updated_at=old).execute()
+        return bad, good
+
+    bad, good = rows(WarehouseStatus.PENDING)
     assert warehouses.dispatch_pending(redis_conn) == [good.id]
     assert job_of(redis_conn, good.id).args == [good.id]
-    assert f"warehouse {bad.id!r}: id cannot name a job" in caplog.text
-    assert warehouses.dispatch_pending(redis_conn) == []
+    assert f"warehouse {bad_id!r}: id cannot name a job or a clone" in caplog.text
+    Warehouse.delete().execute()
+
+    bad, good = rows(WarehouseStatus.COMPLETED)
+    assert warehouses.schedule_warehouse_updates()['warehouse_ids'] == [good.id]
+    Warehouse.delete().execute()
+
+    bad, good = rows(WarehouseStatus.FAILED)
+    assert warehouses.cleanup_failed_warehouses()['warehouse_ids'] == [good.id]
+    assert fetch(good.id).is_deleted and not fetch(bad_id).is_deleted
 
 
 @pytest.mark.parametrize('address', ['ext::sh -c touch% /tmp/x', 'file:///etc', '/tmp/repo', '-uhttps://x/y/z',
