@@ -144,7 +144,7 @@ class JsonJob(Job):
     @classmethod
     def fetch_many(cls, job_ids: Iterable[str], connection: redis.Redis, serializer=None) -> list[JsonJob | None]:
         """Return the jobs, None for those that are gone or cannot be read (one Redis round trip)."""
-        # rq's fetch_many stops at the first job it cannot read; listings and rq's scheduler must go on past it.
+        # rq's fetch_many stops at the first job it cannot read; listings and rq's registry code must go on past it.
         job_ids = [job_id.decode() if isinstance(job_id, bytes) else job_id for job_id in job_ids]
         with connection.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
