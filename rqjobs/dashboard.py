@@ -1,4 +1,4 @@
-"""rq-dashboard on the project's Redis, with the project's JSON jobs and three repairs for rq-dashboard 0.9.
+"""rq-dashboard on the project's Redis, with the project's JSON jobs and four repairs for rq-dashboard 0.9.
 
 - Its Workers tab loads each busy worker's current job with pickle, ignoring its JSON option, and fails; here it
   loads workers with the project's job class and serializer.
@@ -7,6 +7,8 @@
 - Its job page inserts a job's description, error and metadata into the page as HTML; a job whose error message
   holds markup would run it in the operator's browser, on a page that can delete and requeue jobs. Here the job
   data it serves has those texts HTML-escaped, so the page shows them as text.
+- Its lists load jobs with rq's own queue class, and one job hash that cannot be read (forged or corrupted) fails
+  the whole list; here lists leave such a job out, and its own page answers 404 with the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flask import Flask, Response, request
 from rq import Worker
 
 from rqjobs import queues
+from rqjobs.exceptions import UnreadableJob
 
 ESCAPED_FIELDS = ('description', 'exc_info', 'metadata', 'origin', 'id', 'status')
 
@@ -39,6 +42,14 @@ class DashboardJob(queues.JsonJob):
         return sorted(self.connection.smembers(self.dependencies_key))
 
 
+class DashboardQueue(queues.JsonQueue):
+    """The queue class rq-dashboard lists through: JSON jobs as `DashboardJob`s, unreadable ones left out."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.job_class = DashboardJob
+
+
 def create_app(redis_url: str, username: str | None = None, password: str | None = None) -> Flask:
     """Return the rq-dashboard Flask app, set up for the project's Redis and JSON jobs."""
     from rq_dashboard import web
@@ -53,9 +64,17 @@ def create_app(redis_url: str, username: str | None = None, password: str | None
     # rq-dashboard looks the worker class up in its module: the project's one reads JSON jobs.
     web.Worker = DashboardWorker
     web.Job = DashboardJob
+    # rq-dashboard lists with rq's own queue class, which stops at the first job it cannot read.
+    web.Queue = DashboardQueue
     app.after_request(escape_job_text)
+    app.register_error_handler(UnreadableJob, unreadable_job)
     web.setup_rq_connection(app)
     return app
+
+
+def unreadable_job(exc: UnreadableJob) -> tuple[dict, int]:
+    """Answer a request for a job that cannot be read with 404 and the reason, instead of a 500 and a traceback."""
+    return {'error': str(exc)}, 404
 
 
 def escape_job_text(response: Response) -> Response:

@@ -173,6 +173,18 @@ class JsonQueue(Queue):
         kwargs['serializer'] = JSONSerializer
         super().__init__(name, connection=connection, **kwargs)
 
+    def fetch_job(self, job_id: str) -> JsonJob | None:
+        # rq's, except that an unreadable job is only left out: rq would take it off the queue as if it had vanished,
+        # where a worker that dequeues it fails it with its reason.
+        try:
+            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except UnreadableJob:
+            return None
+        except NoSuchJobError:
+            self.remove(job_id)
+            return None
+        return job if job.origin == self.name else None
+
     @classmethod
     def _fetch_dequeued_job(cls, connection: redis.Redis, queue_key: str, job_id: str, *args, **kwargs):
         # rq re-raises any error of a dequeued job's fetch and leaves the job in the intermediate queue, from where
