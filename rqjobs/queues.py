@@ -129,11 +129,10 @@ class JsonJob(Job):
         # rq decodes a job's fields as it loads them and leaves the payload for later: a field that is not UTF-8 or
         # not a date, or a payload that is not JSON, would raise wherever the job is next touched (a worker's
         # dequeue, a listing), so every field and the payload are read here, once, into one project error.
+        # rq's NoSuchJobError here means a hash without a payload: unreadable too, not gone.
         try:
             super().restore(raw_data)
             self._deserialize_data()
-        except NoSuchJobError:
-            raise
         except Exception as exc:  # noqa: BLE001 - any field rq cannot read makes the whole job unreadable
             reason = f'{type(exc).__name__}: {exc}'
             reason = reason if len(reason) <= 160 else reason[:157] + '...'

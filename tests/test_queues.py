@@ -218,13 +218,18 @@ FORGED_FIELDS = {
     'payload not UTF-8': {'data': b'\xff\xfe\xfd'},
     'created_at not a date': {'created_at': b'yesterday'},
     'origin not UTF-8': {'origin': b'\xff'},
+    'no payload': {'data': None},
 }
 
 
 def forge(redis_conn, fields):
     """Enqueue a ping and overwrite fields of its hash in Redis, as a corrupted or forged job."""
     job = queues.enqueue('ping', connection=redis_conn)
-    redis_conn.hset(f'rq:job:{job.id}', mapping=fields)
+    for name, value in fields.items():
+        if value is None:
+            redis_conn.hdel(f'rq:job:{job.id}', name)
+        else:
+            redis_conn.hset(f'rq:job:{job.id}', name, value)
     return job.id
 
 
