@@ -54,6 +54,12 @@ class JobsGroup(click.Group):
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
+            # Any command's write can meet a full Redis; redis is looked up only once a command has imported it.
+            redis = sys.modules.get('redis')
+            if redis is not None and isinstance(exc, redis.exceptions.OutOfMemoryError):
+                from rqjobs import queues
+
+                raise click.ClickException(queues.redis_full_message('the command could not write to it')) from None
             from rqjobs import connections  # only once something failed: --help stays instant
 
             lost = connections.lost(exc)
@@ -320,7 +326,7 @@ def enqueue(obj: Context, job: str | None, args: tuple[str, ...], kwargs: tuple[
     spec = queues.find_job(job, obj.settings)
     values = [parse_value(arg) for arg in args]
     keywords = parse_kwargs(kwargs)
-    queues.check_arguments(spec, values, keywords)
+    queues.check_arguments(spec, values, keywords, obj.settings)
     options = {} if retry else {'retry': None}
     rq_job = queues.enqueue(spec.path, values, keywords, queue=queue, at=at, delay=delay, connection=obj.redis,
                             settings=obj.settings, **options)
@@ -385,13 +391,27 @@ def print_failure(details: dict) -> None:
 
 # ---- Single jobs ----
 
+def job_ids_argument(name: str, **kwargs):
+    """A JOB_ID argument (or several, with nargs=-1) that refuses what rq cannot take as an id, as a usage error."""
+    def check(ctx: click.Context, param: click.Parameter, value):
+        from rq.job import JOB_ID_PATTERN
+
+        for job_id in (value if isinstance(value, tuple) else (value,)):
+            if not JOB_ID_PATTERN.fullmatch(job_id):
+                raise click.BadParameter(f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -, '
+                                         f'for example warehouse-42.')
+        return value
+
+    return click.argument(name, callback=check, **kwargs)
+
+
 @main.group('job')
 def job_group() -> None:
     """One job: show, cancel, stop or delete it."""
 
 
 @job_group.command('show')
-@click.argument('job_id')
+@job_ids_argument('job_id')
 @click.option('--json', 'as_json', is_flag=True, help='Print the job as JSON.')
 @click.pass_obj
 def job_show(obj: Context, job_id: str, as_json: bool) -> None:
@@ -416,7 +436,7 @@ def job_show(obj: Context, job_id: str, as_json: bool) -> None:
 
 
 @job_group.command('cancel')
-@click.argument('job_id')
+@job_ids_argument('job_id')
 @click.pass_obj
 def job_cancel(obj: Context, job_id: str) -> None:
     """Cancel a queued, scheduled or deferred job."""
@@ -427,7 +447,7 @@ def job_cancel(obj: Context, job_id: str) -> None:
 
 
 @job_group.command('stop')
-@click.argument('job_id')
+@job_ids_argument('job_id')
 @click.pass_obj
 def job_stop(obj: Context, job_id: str) -> None:
     """Stop a running job (its worker kills the work horse; the job ends as stopped)."""
@@ -438,7 +458,7 @@ def job_stop(obj: Context, job_id: str) -> None:
 
 
 @job_group.command('delete')
-@click.argument('job_id')
+@job_ids_argument('job_id')
 @click.pass_obj
 def job_delete(obj: Context, job_id: str) -> None:
     """Delete a job that is not running, with its result."""
@@ -449,7 +469,7 @@ def job_delete(obj: Context, job_id: str) -> None:
 
 
 @main.command()
-@click.argument('job_ids', nargs=-1)
+@job_ids_argument('job_ids', nargs=-1)
 @click.option('--queue', help='Only failed jobs of this queue.')
 @click.option('--all', 'everything', is_flag=True, help='Requeue every failed job (of --queue, if given).')
 @click.pass_obj

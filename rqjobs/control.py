@@ -11,12 +11,13 @@ import redis
 from rq import Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from rq.suspension import is_suspended, resume, suspend
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from models import Warehouse
 from rqjobs import clock, database, git, queues
-from rqjobs.exceptions import RqjobsError
+from rqjobs.exceptions import RqjobsError, UnreadableJob
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 DURATION = re.compile(r'(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|m|min|h|d)?', re.IGNORECASE)
 UNITS = {None: 1, 's': 1, 'sec': 1, 'm': 60, 'min': 60, 'h': 3600, 'd': 86400}
 LIVE = ('queued', 'scheduled', 'deferred')
+REGISTRIES = ('started', 'finished', 'failed', 'deferred', 'scheduled', 'canceled', 'ready')
 
 
 class JobActionRefused(RqjobsError):
@@ -57,6 +59,8 @@ def fetch(connection: redis.Redis, job_id: str) -> queues.JsonJob:
     """Return a job, or raise `JobActionRefused` saying it does not exist."""
     try:
         return queues.JsonJob.fetch(job_id, connection=connection)
+    except UnreadableJob:
+        raise
     except NoSuchJobError:
         raise JobActionRefused(f'No job {job_id!r} (it may have expired); `jobs inspect failed` lists failed jobs.') \
             from None
@@ -86,7 +90,10 @@ def stop_job(connection: redis.Redis, job_id: str) -> None:
 
 def delete_job(connection: redis.Redis, job_id: str) -> str:
     """Delete a job that is not running, from its queue and every registry; return its status."""
-    job = fetch(connection, job_id)
+    try:
+        job = fetch(connection, job_id)
+    except UnreadableJob:
+        return _delete_unreadable(connection, job_id)
     status = job.get_status().value
     if status == 'started':
         raise JobActionRefused(f'Job {job_id} is running; stop it first with `jobs job stop {job_id}`.')
@@ -94,10 +101,27 @@ def delete_job(connection: redis.Redis, job_id: str) -> str:
     return status
 
 
+def _delete_unreadable(connection: redis.Redis, job_id: str, settings: Settings | None = None) -> str:
+    # rq deletes a job through its loaded fields (origin, dependencies), which an unreadable job does not have: its
+    # id is taken out of every queue and registry by name instead.
+    status = (connection.hget(Job.key_for(job_id), 'status') or b'unreadable').decode('utf-8', 'replace')
+    with connection.pipeline() as pipe:
+        for queue in queues.all_queues(connection, settings):
+            pipe.lrem(queue.key, 0, job_id)
+            pipe.lrem(queue.intermediate_queue_key, 0, job_id)
+            for registry in REGISTRIES:
+                pipe.zrem(getattr(queue, f'{registry}_job_registry').key, job_id)
+        blank = Job(job_id, connection=connection)
+        pipe.delete(blank.key, blank.dependents_key, blank.dependencies_key)
+        pipe.execute()
+    logger.info('%s: unreadable job deleted', job_id)
+    return status
+
+
 def requeue_failed(connection: redis.Redis, job_ids: list[str] | None = None, queue_name: str | None = None,
                    settings: Settings | None = None) -> list[str]:
     """Put failed jobs back on their queues: the ones named, or every failed job (of one queue)."""
-    requeued = []
+    requeued, unreadable = [], []
     for queue in queues.all_queues(connection, settings):
         if queue_name and queue.name != queue_name:
             continue
@@ -105,8 +129,15 @@ def requeue_failed(connection: redis.Redis, job_ids: list[str] | None = None, qu
         failed = set(registry.get_job_ids())
         for job_id in (job_ids if job_ids is not None else sorted(failed)):
             if job_id in failed:
-                registry.requeue(job_id)
+                try:
+                    registry.requeue(job_id)
+                except UnreadableJob:  # logged by the job class; one bad job must not hold back the others
+                    unreadable.append(job_id)
+                    continue
                 requeued.append(job_id)
+    if unreadable:
+        raise JobActionRefused(f'{len(requeued)} requeued; {len(unreadable)} cannot be read and stay failed '
+                               f'(`jobs job delete ID` removes one): {", ".join(unreadable)}.')
     if job_ids is not None:
         missing = sorted(set(job_ids) - set(requeued))
         if missing:

@@ -8,6 +8,8 @@
   holds markup would run it in the operator's browser, on a page that can delete and requeue jobs. Here the job
   data it serves has those texts HTML-escaped, so the page shows them as text.
 - It makes a Redis client per request with no socket timeout; here its URL carries REDIS_TIMEOUT.
+- Its lists load jobs with rq's own queue class, and one job hash that cannot be read (forged or corrupted) fails
+  the whole list; here lists leave such a job out, and its own page answers 404 with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rq import Worker
 
 from rqjobs import queues
 from rqjobs.settings import get_settings
+from rqjobs.exceptions import UnreadableJob
 
 ESCAPED_FIELDS = ('description', 'exc_info', 'metadata', 'origin', 'id', 'status')
 
@@ -42,6 +45,14 @@ class DashboardJob(queues.JsonJob):
         return sorted(self.connection.smembers(self.dependencies_key))
 
 
+class DashboardQueue(queues.JsonQueue):
+    """The queue class rq-dashboard lists through: JSON jobs as `DashboardJob`s, unreadable ones left out."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.job_class = DashboardJob
+
+
 def create_app(redis_url: str, username: str | None = None, password: str | None = None) -> Flask:
     """Return the rq-dashboard Flask app, set up for the project's Redis and JSON jobs."""
     from rq_dashboard import web
@@ -56,7 +67,10 @@ def create_app(redis_url: str, username: str | None = None, password: str | None
     # rq-dashboard looks the worker class up in its module: the project's one reads JSON jobs.
     web.Worker = DashboardWorker
     web.Job = DashboardJob
+    # rq-dashboard lists with rq's own queue class, which stops at the first job it cannot read.
+    web.Queue = DashboardQueue
     app.after_request(escape_job_text)
+    app.register_error_handler(UnreadableJob, unreadable_job)
     web.setup_rq_connection(app)
     return app
 
@@ -70,6 +84,9 @@ def bounded_url(redis_url: str, timeout: float) -> str:
     given = {name for name, _ in options}
     options += [(name, f'{timeout:g}') for name in ('socket_timeout', 'socket_connect_timeout') if name not in given]
     return f'{base}?{urllib.parse.urlencode(options)}'
+def unreadable_job(exc: UnreadableJob) -> tuple[dict, int]:
+    """Answer a request for a job that cannot be read with 404 and the reason, instead of a 500 and a traceback."""
+    return {'error': str(exc)}, 404
 
 
 def escape_job_text(response: Response) -> Response:

@@ -4,6 +4,8 @@ Jobs raise a `PermanentJobError` subclass for failures that a retry cannot fix; 
 remaining retries. Any other exception is treated as transient and retried by the job's retry policy.
 """
 
+from rq.exceptions import NoSuchJobError
+
 
 class RqjobsError(Exception):
     """Raised for any failure the project itself detects; the root of all project exceptions."""
@@ -91,3 +93,11 @@ class WorkHorseKilled(RqjobsError):
 
 class ForbiddenJob(PermanentJobError):
     """Raised when a job in Redis names a function outside the registered job modules."""
+
+
+class UnreadableJob(PermanentJobError, NoSuchJobError):
+    """Raised when a job hash in Redis holds fields that cannot be decoded (forged or corrupted).
+
+    It is also an rq `NoSuchJobError`, so that rq's own loops (registry cleanup, schedulers, the intermediate queue)
+    pass over such a job as over a vanished one instead of stopping at it.
+    """

@@ -143,7 +143,15 @@ def failed_jobs(connection: redis.Redis, settings: Settings | None = None, queue
     for queue in queues.all_queues(connection, settings):
         if queue_name and queue.name != queue_name:
             continue
-        for job in _jobs(connection, queue.failed_job_registry.get_job_ids(desc=True)[:limit]):
+        job_ids = queue.failed_job_registry.get_job_ids(desc=True)[:limit]
+        for job_id, job in zip(job_ids, queues.JsonJob.fetch_many(job_ids, connection=connection)):
+            if job is None:
+                # Gone, or unreadable (forged or corrupted): listed with the reason, so that it can be deleted.
+                reason = queues.unreadable_reason(connection, job_id)
+                if reason:
+                    rows.append({'id': job_id, 'job': None, 'queue': queue.name, 'args': None, 'failed_at': None,
+                                 'error': reason})
+                continue
             rows.append({'id': job.id, 'job': job.func_name, 'queue': queue.name, 'args': job.args,
                          'failed_at': job.ended_at.isoformat(timespec='seconds') if job.ended_at else None,
                          'error': error_line(job)})

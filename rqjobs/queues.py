@@ -8,23 +8,29 @@ run any function that is not a registered job, so a job hash forged in Redis can
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
 from rq import Callback, Queue
-from rq.exceptions import DeserializationError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, Retry, get_current_job
+from rq.utils import utcformat
 
 from rqjobs import clock
-from rqjobs.exceptions import ForbiddenJob, InvalidJobArguments, PermanentJobError, UnknownJob, UnknownQueue
+from rqjobs.exceptions import (ForbiddenJob, InvalidJobArguments, PermanentJobError, RedisUnavailable, UnknownJob,
+                               UnknownQueue, UnreadableJob)
 from rqjobs.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 DEFAULT = 'default'
 WAREHOUSE = 'warehouse'
@@ -50,6 +56,9 @@ RETRY_MAX = 3
 RETRY_INTERVALS = (60, 60, 60)
 # The job meta key holding a `PermanentJobError`'s message, which says all a reader needs.
 PERMANENT_ERROR = 'permanent_error'
+
+# The field of a job hash that says why a worker set the job aside as unreadable.
+UNREADABLE_FIELD = 'rqjobs_unreadable'
 
 
 class JSONSerializer:
@@ -123,6 +132,42 @@ class JsonJob(Job):
             self.retries_left = 0  # a payload that is not our JSON never will be
             raise
 
+    def restore(self, raw_data) -> None:
+        # rq decodes a job's fields as it loads them and leaves the payload for later: a field that is not UTF-8 or
+        # not a date, or a payload that is not JSON, would raise wherever the job is next touched (a worker's
+        # dequeue, a listing), so every field and the payload are read here, once, into one project error.
+        # rq's NoSuchJobError here means a hash without a payload: unreadable too, not gone.
+        try:
+            super().restore(raw_data)
+            self._deserialize_data()
+        except Exception as exc:  # noqa: BLE001 - any field rq cannot read makes the whole job unreadable
+            reason = f'{type(exc).__name__}: {exc}'
+            reason = reason if len(reason) <= 160 else reason[:157] + '...'
+            logger.warning('%s: job hash cannot be read (%s)', self.id, reason)
+            raise UnreadableJob(f'Job {self.id} cannot be read from Redis (forged or corrupted: {reason}); '
+                                f'`jobs job delete {self.id}` removes it.') from None
+
+    @classmethod
+    def fetch_many(cls, job_ids: Iterable[str], connection: redis.Redis, serializer=None) -> list[JsonJob | None]:
+        """Return the jobs, None for those that are gone or cannot be read (one Redis round trip)."""
+        # rq's fetch_many stops at the first job it cannot read; listings and rq's registry code must go on past it.
+        job_ids = [job_id.decode() if isinstance(job_id, bytes) else job_id for job_id in job_ids]
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(cls.key_for(job_id))
+            hashes = pipe.execute()
+        jobs: list[JsonJob | None] = []
+        for job_id, raw in zip(job_ids, hashes):
+            job = None
+            if raw:
+                job = cls(job_id, connection=connection)
+                try:
+                    job.restore(raw)
+                except NoSuchJobError:
+                    job = None
+            jobs.append(job)
+        return jobs
+
 
 class JsonQueue(Queue):
     """An rq queue whose jobs are always `JsonJob`s."""
@@ -133,6 +178,78 @@ class JsonQueue(Queue):
         kwargs['job_class'] = JsonJob
         kwargs['serializer'] = JSONSerializer
         super().__init__(name, connection=connection, **kwargs)
+
+    def fetch_job(self, job_id: str) -> JsonJob | None:
+        # rq's, except that an unreadable job is only left out: rq would take it off the queue as if it had vanished,
+        # where a worker that dequeues it fails it with its reason.
+        try:
+            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except UnreadableJob:
+            return None
+        except NoSuchJobError:
+            self.remove(job_id)
+            return None
+        return job if job.origin == self.name else None
+
+    @classmethod
+    def _fetch_dequeued_job(cls, connection: redis.Redis, queue_key: str, job_id: str, *args, **kwargs):
+        # rq re-raises any error of a dequeued job's fetch and leaves the job in the intermediate queue, from where
+        # it comes back to crash the next worker too; rq also passes over a vanished job in silence. One more read
+        # tells the two apart, so that an unreadable job is failed with its reason and the worker goes on.
+        try:
+            JsonJob.fetch(job_id, connection=connection)
+        except UnreadableJob as exc:
+            set_aside(connection, queue_key, job_id, str(exc))
+            return None
+        except NoSuchJobError:
+            pass
+        return super()._fetch_dequeued_job(connection, queue_key, job_id, *args, **kwargs)
+
+
+def set_aside(connection: redis.Redis, queue_key: str, job_id: str, reason: str,
+              settings: Settings | None = None) -> None:
+    """Fail a job that cannot be read: off its queue and registries, into the failed jobs, `reason` in its hash."""
+    settings = settings or get_settings()
+    queue = JsonQueue(queue_key.removeprefix(JsonQueue.redis_queue_namespace_prefix), connection=connection)
+    ended = clock.utcnow().replace(tzinfo=timezone.utc)
+    # The started jobs are kept as job_id:execution_id, rare enough for an unreadable job to look them up.
+    started = [entry for entry in connection.zrange(queue.started_job_registry.key, 0, -1)
+               if entry.decode('utf-8', 'replace').partition(':')[0] == job_id]
+    with connection.pipeline() as pipe:
+        pipe.lrem(queue.intermediate_queue_key, 0, job_id)
+        pipe.lrem(queue.key, 0, job_id)
+        for registry in (queue.scheduled_job_registry, queue.deferred_job_registry):
+            pipe.zrem(registry.key, job_id)
+        if started:
+            pipe.zrem(queue.started_job_registry.key, *started)
+        pipe.zadd(queue.failed_job_registry.key, {job_id: ended.timestamp() + settings.failure_ttl})
+        pipe.hset(JsonJob.key_for(job_id), mapping={'status': 'failed', 'ended_at': utcformat(ended),
+                                                    UNREADABLE_FIELD: reason})
+        pipe.expire(JsonJob.key_for(job_id), settings.failure_ttl)
+        pipe.execute()
+    logger.error('%s: set aside as failed on queue %s: %s', job_id, queue.name, reason)
+
+
+def set_aside_unreadable(connection: redis.Redis, queue_key: str, job_ids: Sequence[str]) -> list[str]:
+    """Set aside those of `job_ids` that cannot be read; return their ids."""
+    unreadable = []
+    for job_id, job in zip(job_ids, JsonJob.fetch_many(job_ids, connection=connection)):
+        reason = unreadable_reason(connection, job_id) if job is None else None
+        if reason:
+            set_aside(connection, queue_key, job_id, reason)
+            unreadable.append(job_id)
+    return unreadable
+
+
+def unreadable_reason(connection: redis.Redis, job_id: str) -> str | None:
+    """Return why a job cannot be read, or None when it can be read or is gone."""
+    try:
+        JsonJob.fetch(job_id, connection=connection)
+    except UnreadableJob as exc:
+        return str(exc)
+    except NoSuchJobError:
+        return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -239,16 +356,21 @@ def _allowed(path: str | None, subject: str, *, callback: bool = False) -> Calla
     return func
 
 
-def check_arguments(spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-    """Raise `InvalidJobArguments` unless the arguments fit the job's signature and survive JSON."""
+def check_arguments(spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any],
+                    settings: Settings | None = None) -> None:
+    """Raise `InvalidJobArguments` unless the arguments fit the job's signature, survive JSON and are small."""
+    settings = settings or get_settings()
     try:
         inspect.signature(spec.func).bind(*args, **kwargs)
     except TypeError as exc:
         raise InvalidJobArguments(f'{exc}; expected {spec.signature}') from None
     try:
-        JSONSerializer.dumps([list(args), dict(kwargs)])
+        size = len(JSONSerializer.dumps([list(args), dict(kwargs)]))
     except (TypeError, ValueError) as exc:
         raise InvalidJobArguments(f'Arguments of {spec.name} must be JSON values (ids and scalars): {exc}') from None
+    if size > settings.job_args_max_size:
+        raise InvalidJobArguments(f'Arguments of {spec.name} take {size} bytes as JSON, over JOB_ARGS_MAX_SIZE '
+                                  f'({settings.job_args_max_size}); pass an id and let the job load the rest.')
 
 
 def get_queue(name: str, connection: redis.Redis, settings: Settings | None = None) -> JsonQueue:
@@ -294,7 +416,7 @@ def enqueue(
     settings = settings or get_settings()
     spec = find_job(job, settings)
     args, kwargs = list(args), dict(kwargs or {})
-    check_arguments(spec, args, kwargs)
+    check_arguments(spec, args, kwargs, settings)
     if retry is _DEFAULT_RETRY:
         retry = Retry(max=RETRY_MAX, interval=list(RETRY_INTERVALS))
     if job_id is not None:
@@ -322,11 +444,27 @@ def enqueue(
     target = get_queue(queue or spec.queue, connection, settings)
     if at is not None and delay is not None:
         raise InvalidJobArguments('Give either a time (at) or a delay, not both.')
-    if delay is not None:
-        return target.enqueue_in(delay, spec.path, **_scheduled(options))
-    if at is not None:
-        return target.enqueue_at(at, spec.path, **_scheduled(options))
-    return target.enqueue_call(spec.path, **options)
+    with redis_full(f'job {spec.name}'):
+        if delay is not None:
+            return target.enqueue_in(delay, spec.path, **_scheduled(options))
+        if at is not None:
+            return target.enqueue_at(at, spec.path, **_scheduled(options))
+        return target.enqueue_call(spec.path, **options)
+
+
+@contextlib.contextmanager
+def redis_full(subject: str):
+    """Turn Redis refusing a write at its `maxmemory` into `RedisUnavailable` saying that `subject` was not stored."""
+    try:
+        yield
+    except redis.exceptions.OutOfMemoryError:
+        raise RedisUnavailable(redis_full_message(f'the {subject} was not stored')) from None
+
+
+def redis_full_message(what: str) -> str:
+    """Say that Redis is at its `maxmemory`, what that left undone, and how to make room."""
+    return (f'Redis is full (maxmemory reached, no eviction): {what}. Free memory (`jobs cleanup --finished`, '
+            f'`jobs cleanup --failed-older-than 1d`) or raise maxmemory, then try again.')
 
 
 def _scheduled(options: dict[str, Any]) -> dict[str, Any]:
@@ -334,9 +472,14 @@ def _scheduled(options: dict[str, Any]) -> dict[str, Any]:
     return {('job_timeout' if key == 'timeout' else key): value for key, value in options.items()}
 
 
+def is_job_id(job_id: str) -> bool:
+    """Return whether `job_id` is one the project gives jobs: 1 to 128 ASCII letters, digits, _ or -."""
+    return (isinstance(job_id, str) and 0 < len(job_id) <= 128 and job_id.isascii()
+            and all(c.isalnum() or c in '_-' for c in job_id))
+
+
 def _check_job_id(job_id: str) -> None:
-    if (not isinstance(job_id, str) or not job_id or len(job_id) > 128 or not job_id.isascii()
-            or not all(c.isalnum() or c in '_-' for c in job_id)):
+    if not is_job_id(job_id):
         raise InvalidJobArguments(f'Job id {job_id!r} must be 1 to 128 letters, digits, _ or -; '
                                   f'for example process-warehouse-42.')
 

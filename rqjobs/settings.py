@@ -23,6 +23,7 @@ VARIABLES = (
     'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_ALLOW_PRIVATE_HOSTS', 'GIT_CLONE_TIMEOUT',
     'GIT_MAX_REPO_SIZE', 'GIT_MAX_REPO_FILES', 'BACKUP_DIR',
     'JOBS_SECRET_KEY', 'JOBS_ADMIN_PASSWORD', 'JOBS_SCHEDULE', 'ACCESS_LOG_BUFFER_MAX', 'ACCESS_LOG_BATCH_SIZE', 'ACCESS_LOG_MAX_PER_RUN',
+    'JOB_ARGS_MAX_SIZE',
 )
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off'}
@@ -61,6 +62,7 @@ class Settings:
     access_log_buffer_max: int = 100_000
     access_log_batch_size: int = 1000
     access_log_max_per_run: int = 50_000
+    job_args_max_size: int = 65_536
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +108,7 @@ class Settings:
             access_log_buffer_max=_int(env, 'ACCESS_LOG_BUFFER_MAX', 100_000, minimum=1, example='100000'),
             access_log_batch_size=_int(env, 'ACCESS_LOG_BATCH_SIZE', 1000, minimum=1, example='1000'),
             access_log_max_per_run=_int(env, 'ACCESS_LOG_MAX_PER_RUN', 50_000, minimum=1, example='50000'),
+            job_args_max_size=_int(env, 'JOB_ARGS_MAX_SIZE', 65_536, minimum=1024, example='65536'),
         )
 
     @property

@@ -108,19 +108,23 @@ def submit_warehouse(
     lock_name = 'rqjobs:lock:submit:' + hashlib.sha256(
         f'{parsed.organization}/{parsed.name}@{branch}'.encode()).hexdigest()
     lock = connection.lock(lock_name, timeout=SUBMIT_LOCK_SECONDS, blocking_timeout=SUBMIT_LOCK_SECONDS)
-    with lock, database.connection(settings) as db_:
+    with queues.redis_full('warehouse'), lock, database.connection(settings) as db_:
         if user_id is not None and User.get_or_none(User.id == user_id, User.is_deleted == False) is None:
             raise InvalidSubmission(f'User {user_id} does not exist.')
+        fields = {'organization_name': parsed.organization, 'name': parsed.name, 'address': parsed.url,
+                  'branch': branch, 'git_user_name': username}
+        _check_lengths(fields)
         with db_.atomic():
             _check_duplicate(parsed.organization, parsed.name, branch)
-            warehouse = Warehouse.create(
-                organization_name=parsed.organization, name=parsed.name, address=parsed.url, branch=branch,
-                type=WarehouseType.GIT, status=WarehouseStatus.PENDING, git_user_name=username,
-                git_password=secret, creator=user_id,
-            )
+            warehouse = Warehouse.create(**fields, type=WarehouseType.GIT, status=WarehouseStatus.PENDING,
+                                         git_password=secret, creator=user_id)
     logger.info('warehouse %s: submitted %s/%s (branch %s)', warehouse.id, parsed.organization, parsed.name,
                 branch or 'default')
-    dispatch_pending(connection, settings)
+    try:
+        dispatch_pending(connection, settings)
+    except redis.exceptions.OutOfMemoryError:
+        # The row is stored and Pending: the periodic dispatch queues it once Redis has room again.
+        logger.warning('warehouse %s: Redis is full; left Pending for the periodic dispatch', warehouse.id)
     return warehouse
 
 
@@ -148,6 +152,16 @@ def local_path_warning(warehouse: Warehouse, connection: redis.Redis) -> str | N
 def _is_local(address: str) -> bool:
     # A local repository is stored as its absolute path (git.parse_address), whether given as a path or file://.
     return address.startswith('/')
+
+
+def _check_lengths(fields: dict[str, str | None]) -> None:
+    # PostgreSQL and MySQL refuse a value longer than its column and SQLite stores it whole: checked here, the same
+    # on every database.
+    for name, value in fields.items():
+        limit = Warehouse._meta.fields[name].max_length
+        if value is not None and len(value) > limit:
+            label = name.replace('_', ' ')
+            raise InvalidSubmission(f'The {label} is {len(value)} characters long; at most {limit} are allowed.')
 
 
 def _check_duplicate(organization: str, name: str, branch: str) -> None:
@@ -196,6 +210,8 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
                 in_flight[creator] += 1
         enqueued = []
         for warehouse_id, status, creator in rows:
+            if not _usable_id(warehouse_id):
+                continue
             if process_job_id(warehouse_id) in live or update_job_id(warehouse_id) in live:
                 continue
             if status == WarehouseStatus.PENDING:
@@ -208,6 +224,20 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
             _enqueue_fresh(connection, 'process_warehouse', warehouse_id, process_job_id(warehouse_id), settings)
             enqueued.append(warehouse_id)
     return enqueued
+
+
+def _usable_id(warehouse_id: str) -> bool:
+    """Return whether a row's id can name its jobs and its clone; log the row and return False otherwise."""
+    # A row written by hand or by another tool: one bad id must not hold back every other warehouse of a pass.
+    try:
+        git.clone_path(warehouse_id)
+        usable = queues.is_job_id(process_job_id(warehouse_id)) and queues.is_job_id(update_job_id(warehouse_id))
+    except ValueError:
+        usable = False
+    if not usable:
+        logger.error('warehouse %r: id cannot name a job or a clone (letters, digits and - only); skipped',
+                     warehouse_id)
+    return usable
 
 
 def _enqueue_fresh(connection: redis.Redis, job: str, warehouse_id: str, job_id: str, settings: Settings) -> None:
@@ -513,6 +543,8 @@ def schedule_warehouse_updates() -> dict:
     live = queues.live_job_ids(connection, [update_job_id(i) for i in due] + [process_job_id(i) for i in due])
     enqueued = []
     for warehouse_id in due:
+        if not _usable_id(warehouse_id):
+            continue
         if update_job_id(warehouse_id) in live or process_job_id(warehouse_id) in live:
             continue
         _enqueue_fresh(connection, 'process_warehouse_update', warehouse_id, update_job_id(warehouse_id), settings)
@@ -525,9 +557,10 @@ def cleanup_failed_warehouses() -> dict:
     # Safe twice: a soft-deleted warehouse is no longer selected, and removing a missing clone is a no-op.
     cutoff = clock.utcnow() - FAILED_RETENTION
     with database.connection():
-        failed = list(Warehouse.select().where(Warehouse.status == WarehouseStatus.FAILED,
-                                               Warehouse.is_deleted == False,
-                                               Warehouse.updated_at < cutoff))
+        failed = [warehouse for warehouse in Warehouse.select().where(Warehouse.status == WarehouseStatus.FAILED,
+                                                                     Warehouse.is_deleted == False,
+                                                                     Warehouse.updated_at < cutoff)
+                  if _usable_id(warehouse.id)]
         for warehouse in failed:
             _soft_delete(warehouse)
     logger.info('cleanup: %d failed warehouses removed', len(failed))

@@ -17,12 +17,14 @@ from collections.abc import Sequence
 import redis
 from rq import Worker, worker_registration
 from rq.callbacks import execute_failure_callback
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.rate_limit import RateLimitRegistry
 from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry,
                          StartedJobRegistry)
-from rq.utils import as_text, now
+from rq.scheduler import RQScheduler
+from rq.utils import as_text, current_timestamp, now
 
 from rqjobs import limits, queues
 from rqjobs.exceptions import RedisUnavailable, WorkerStopped, WorkHorseKilled
@@ -77,6 +79,20 @@ def clean_registries(queue, exception_handlers: list | None = None) -> None:
         rate_limit_registry.cleanup()
 
 
+class JobsScheduler(RQScheduler):
+    """rq's scheduler, which first sets aside due jobs that cannot be read."""
+
+    def enqueue_scheduled_jobs(self):
+        # rq loads due jobs with its base job class and stops at the first unreadable one, for every queue and
+        # every pass after: such jobs are failed with their reason before rq sees them.
+        for name in self._acquired_locks:
+            queue = queues.JsonQueue(as_text(name), connection=self.connection)
+            due = queue.scheduled_job_registry.get_jobs_to_schedule(current_timestamp())
+            if due:
+                queues.set_aside_unreadable(self.connection, queue.key, due)
+        return super().enqueue_scheduled_jobs()
+
+
 class JobsWorker(Worker):
     """An rq worker with soft and hard time limits in the work horse and quick recovery of abandoned jobs."""
 
@@ -119,6 +135,12 @@ class JobsWorker(Worker):
 
     def clean_registries(self):
         # rq's maintenance (Worker.clean_registries), with the project's clean-up of each queue's registries.
+        # rq passes over an unreadable job that was abandoned, or left in the intermediate queue by a worker that
+        # crashed on it, without a word and keeps it for good: such jobs are failed with their reason first.
+        for queue in self.queues:
+            stale = queue.started_job_registry.get_expired_job_ids() + queue.intermediate_queue.get_job_ids()
+            if stale:
+                queues.set_aside_unreadable(self.connection, queue.key, list(dict.fromkeys(stale)))
         for queue in self.queues:
             if queue.acquire_maintenance_lock():
                 self.log.info('Worker %s: cleaning registries for queue: %s', self.name, queue.name)
@@ -156,6 +178,24 @@ class JobsWorker(Worker):
         with contextlib.suppress(Exception):  # execute_failure_callback logs what went wrong
             execute_failure_callback(job, self.death_penalty_class, WorkHorseKilled,
                                      WorkHorseKilled(f'work horse {retpid} ended with status {ret_val}'), None)
+
+    def _start_scheduler(self, burst: bool = False, logging_level: str | None = 'INFO',
+                         date_format: str = DEFAULT_LOGGING_DATE_FORMAT, log_format: str = DEFAULT_LOGGING_FORMAT):
+        # rq's own, with the scheduler class above: rq names its class here and offers no setting for it.
+        self.scheduler = JobsScheduler(self.queues, connection=self.connection, serializer=self.serializer,
+                                       logging_level=logging_level if logging_level is not None else self.log.level,
+                                       date_format=date_format, log_format=log_format)
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         if job.timeout and job.timeout > 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,34 @@ def redis_conn(redis_server):
     connection.flushall()
     yield connection
     connection.close()
+
+
+@pytest.fixture
+def full_redis(env, tmp_path):
+    """A private Redis at its maxmemory (noeviction), set as REDIS_URL: every write is refused, reads still answer."""
+    import redis as redis_module
+
+    from rqjobs.embedded import server_binary
+
+    socket = tmp_path / 'full.sock'
+    server = subprocess.Popen([server_binary(), '--port', '0', '--unixsocket', str(socket), '--save', '',
+                               '--appendonly', 'no', '--maxmemory-policy', 'noeviction'],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis_module.Redis(unix_socket_path=str(socket))
+    deadline = time.monotonic() + 10
+    while not socket.exists() and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # redis-server has no readiness signal but its socket
+    client.ping()
+    for number in range(20):
+        client.set(f'filler:{number}', b'x' * 100_000)
+    # Well under what is used, so that a new client's buffers cannot bring it back below the limit.
+    client.config_set('maxmemory', client.info('memory')['used_memory'] - 1_000_000)
+    env.setenv('REDIS_URL', f'unix://{socket}')
+    settings_module.reset()
+    yield client
+    client.close()
+    server.terminate()
+    server.wait(timeout=10)
 
 
 @pytest.fixture

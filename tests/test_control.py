@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from datetime import timedelta, timezone
 
 import pytest
@@ -16,7 +17,7 @@ from rq.job import JobStatus
 from rq.suspension import is_suspended
 
 import cli
-from conftest import ROOT
+from conftest import ROOT, run_jobs_cli
 from rqjobs import clock, control, git, monitor, queues, settings
 
 pytestmark = pytest.mark.db
@@ -360,3 +361,81 @@ def test_time_helpers_use_the_clock(monkeypatch):
     moment = clock.utcnow()
     monkeypatch.setattr(clock, 'utcnow', lambda: moment)
     assert clock.utcnow().replace(tzinfo=timezone.utc).tzinfo is timezone.utc
+
+
+# ---- Jobs that cannot be read ----
+
+def forge(redis_conn, job, fields=None):
+    """Overwrite fields of a job's hash in Redis with bytes rq cannot decode, as a forged or corrupted job."""
+    redis_conn.hset(f'rq:job:{job.id}', mapping=fields or {'exc_info': zlib.compress(b'\xff\xfe not text')})
+    return job.id
+
+
+def test_operator_commands_pass_over_an_unreadable_job(ops, burst_worker):
+    failed = queues.enqueue('explode', retry=None, connection=ops)
+    forged = forge(ops, queues.enqueue('nap', connection=ops))
+    burst_worker('ops')
+    delayed = forge(ops, queues.enqueue('nap', delay=timedelta(minutes=5), connection=ops),
+                    {'created_at': b'not a date'})
+
+    listed = data(invoke('inspect', 'failed', '--json'))
+    assert {row['id']: row['job'] for row in listed} == {failed.id: 'ops_jobs.explode', forged: None}
+    assert [row['error'] for row in listed if row['id'] == forged][0].startswith(f'Job {forged} cannot be read')
+    for args in (['status'], ['inspect', 'stats'], ['inspect', 'active'], ['inspect', 'scheduled'],
+                 ['cleanup', '--failed-older-than', '1s', '--finished', '--dry-run']):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+    for args in (['job', 'show', forged], ['job', 'cancel', delayed], ['job', 'stop', forged]):
+        refused = invoke(*args)
+        assert refused.exit_code == 1 and refused.stderr.splitlines()[-1].startswith('Error: Job '), refused.output
+        assert 'cannot be read from Redis' in refused.stderr and 'Traceback' not in refused.output
+
+    requeued = invoke('requeue', '--all')
+    assert requeued.exit_code == 1 and f'1 requeued; 1 cannot be read and stay failed' in requeued.output
+    assert failed.get_status() == JobStatus.QUEUED
+
+    for job_id in (forged, delayed):
+        deleted = invoke('job', 'delete', job_id)
+        assert deleted.exit_code == 0, deleted.output
+        assert not ops.exists(f'rq:job:{job_id}')
+    assert forged not in queues.get_queue('ops', ops).failed_job_registry.get_job_ids()
+    assert delayed not in queues.get_queue('ops', ops).scheduled_job_registry.get_job_ids()
+
+
+def test_workers_and_schedulers_pass_over_unreadable_jobs(ops):
+    import scheduler
+
+    # Due in rq's scheduled jobs, in rq-scheduler's, and abandoned in the started jobs: all unreadable.
+    due = forge(ops, queues.enqueue('nap', delay=timedelta(minutes=5), connection=ops))
+    ops.zadd('rq:scheduled:ops', {due: 1})
+    abandoned = forge(ops, queues.enqueue('nap', connection=ops))
+    ops.lrem('rq:queue:ops', 0, abandoned)
+    ops.zadd('rq:wip:ops', {f'{abandoned}:0123456789abcdef': 1})  # as rq keeps it: job id and execution id
+    ops.hset(f'rq:job:{abandoned}', 'status', 'started')
+    # Left in the intermediate queue by a worker that crashed on it before unreadable jobs were set aside.
+    stuck = forge(ops, queues.enqueue('nap', connection=ops), {'data': b'\xff'})
+    ops.lmove('rq:queue:ops', queues.get_queue('ops', ops).intermediate_queue_key, 'RIGHT', 'LEFT')
+    forge(ops, scheduler.build_scheduler(ops).enqueue_at(clock.utcnow() - timedelta(minutes=1), 'ops_jobs.nap'))
+    good = queues.enqueue('nap', connection=ops)
+
+    assert scheduler.tick(ops) == []
+    # A real worker process, which runs its maintenance (abandoned jobs) and rq's scheduler before the queue.
+    run = run_jobs_cli('worker', '--burst', 'ops')
+    assert run.returncode == 0 and 'Traceback' not in run.stderr, run.stderr
+    assert good.get_status() == JobStatus.FINISHED
+    failed = queues.get_queue('ops', ops).failed_job_registry.get_job_ids()
+    for job_id in (due, abandoned, stuck):
+        assert job_id in failed
+        assert f'{job_id}: set aside as failed on queue ops' in run.stderr
+    assert not ops.lrange(queues.get_queue('ops', ops).intermediate_queue_key, 0, -1)
+    assert not ops.zrange('rq:wip:ops', 0, -1)
+
+
+@pytest.mark.parametrize('args', [['job', 'show'], ['job', 'cancel'], ['job', 'stop'], ['job', 'delete'],
+                                  ['requeue', 'fine-id']])
+@pytest.mark.parametrize('job_id', ['a b', '../x', 'x:y', ''])
+def test_commands_refuse_an_id_rq_cannot_take(redis_conn, args, job_id):
+    result = invoke(*args, job_id)
+    assert result.exit_code == 2, result.output
+    assert f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -' in result.stderr
+    assert 'Traceback' not in result.output

@@ -232,6 +232,32 @@ def test_every_job_shows_in_its_registry_with_json_arguments(redis_conn, databas
     assert all('metadata' not in job for jobs in registries.values() for job in jobs.values())
 
 
+def test_unreadable_jobs_are_left_out_of_the_lists_and_left_in_place(redis_conn, report_jobs, burst_worker,
+                                                                    tmp_path):
+    import zlib
+
+    failed = queues.enqueue('broken_report', [8], retry=None, connection=redis_conn)
+    burst_worker('reports')
+    waiting = queues.enqueue('render_report', [9], connection=redis_conn)
+    forged = {}
+    for place in ('queued', 'failed'):
+        job = queues.enqueue('render_report', [1], connection=redis_conn)
+        redis_conn.hset(f'rq:job:{job.id}', 'exc_info', zlib.compress(b'\xff not text'))
+        forged[place] = job.id
+    queue = queues.get_queue('reports', redis_conn)
+    redis_conn.lrem(queue.key, 0, forged['failed'])
+    redis_conn.zadd(queue.failed_job_registry.key, {forged['failed']: time.time() + 3600})
+
+    with running_dashboard(tmp_path) as dashboard:
+        assert set(listed(dashboard, 'reports', 'queued')) == {waiting.id}
+        assert set(listed(dashboard, 'reports', 'failed')) == {failed.id}
+        status, body = dashboard.get(f'/0/data/job/{forged["queued"]}.json')
+        assert status == 404 and b'cannot be read from Redis' in body
+        assert 'Traceback' not in dashboard.log()
+    # Listing is no reason to drop a job: the unreadable one is still queued, for a worker to set aside.
+    assert forged['queued'] in queue.get_job_ids()
+
+
 def test_job_text_is_escaped_for_the_job_page(redis_conn, report_jobs, burst_worker, tmp_path):
     broken = queues.enqueue('broken_report', ['<i>probe</i>'], connection=redis_conn)
     burst_worker('reports')

@@ -6,10 +6,14 @@ from base64 import b64decode
 from datetime import datetime, timedelta
 
 import pytest
+from click.testing import CliRunner
 from rq.job import JobStatus
 
+import cli
+from conftest import run_jobs_cli
 from rqjobs import queues
-from rqjobs.exceptions import ForbiddenJob, InvalidJobArguments, UnknownJob, UnknownQueue
+from rqjobs import settings as settings_module
+from rqjobs.exceptions import ForbiddenJob, InvalidJobArguments, UnknownJob, UnknownQueue, UnreadableJob
 
 pytestmark = pytest.mark.db
 
@@ -204,3 +208,97 @@ def test_permanent_errors_fail_at_once_transient_ones_are_retried(custom_jobs, r
 
 def test_forbidden_is_a_permanent_error():
     assert issubclass(ForbiddenJob, queues.PermanentJobError)
+
+
+# ---- Jobs whose stored fields cannot be read ----
+
+FORGED_FIELDS = {
+    'exc_info not UTF-8': {'exc_info': zlib.compress(b'\xff\xfe\xfd not text')},
+    'payload not JSON': {'data': zlib.compress(b'\x80\x04garbage')},
+    'payload not UTF-8': {'data': b'\xff\xfe\xfd'},
+    'created_at not a date': {'created_at': b'yesterday'},
+    'origin not UTF-8': {'origin': b'\xff'},
+    'no payload': {'data': None},
+}
+
+
+def forge(redis_conn, fields):
+    """Enqueue a ping and overwrite fields of its hash in Redis, as a corrupted or forged job."""
+    job = queues.enqueue('ping', connection=redis_conn)
+    for name, value in fields.items():
+        if value is None:
+            redis_conn.hdel(f'rq:job:{job.id}', name)
+        else:
+            redis_conn.hset(f'rq:job:{job.id}', name, value)
+    return job.id
+
+
+@pytest.mark.parametrize('fields', FORGED_FIELDS.values(), ids=FORGED_FIELDS.keys())
+def test_a_worker_process_fails_an_unreadable_job_and_goes_on(redis_conn, database, fields):
+    forged = forge(redis_conn, fields)
+    good = queues.enqueue('ping', connection=redis_conn)
+
+    # Twice: the first worker must not leave the job behind for the next one to trip over.
+    for _ in range(2):
+        run = run_jobs_cli('worker', '--burst', 'default')
+        assert run.returncode == 0, run.stderr
+        assert 'Traceback' not in run.stderr
+    assert good.get_status() == JobStatus.FINISHED
+    assert redis_conn.hget(f'rq:job:{forged}', 'status') == b'failed'
+    assert forged in queues.get_queue('default', redis_conn).failed_job_registry.get_job_ids()
+    assert not redis_conn.lrange(queues.get_queue('default', redis_conn).intermediate_queue_key, 0, -1)
+    assert redis_conn.ttl(f'rq:job:{forged}') > 0
+    reason = queues.unreadable_reason(redis_conn, forged)
+    assert reason.startswith(f'Job {forged} cannot be read from Redis (forged or corrupted: ')
+
+
+def test_a_worker_on_several_queues_sets_an_unreadable_job_aside(redis_conn, database, burst_worker):
+    forged = forge(redis_conn, FORGED_FIELDS['exc_info not UTF-8'])
+    good = queues.enqueue('ping', connection=redis_conn)
+    burst_worker('default', 'statistics')
+    assert good.get_status() == JobStatus.FINISHED
+    assert forged in queues.get_queue('default', redis_conn).failed_job_registry.get_job_ids()
+
+
+def test_listings_pass_over_unreadable_jobs(redis_conn, database):
+    readable = queues.enqueue('ping', connection=redis_conn)
+    forged = forge(redis_conn, FORGED_FIELDS['payload not JSON'])
+    jobs = queues.JsonJob.fetch_many([forged, readable.id, 'gone'], connection=redis_conn)
+    assert jobs[0] is None and jobs[1].id == readable.id and jobs[2] is None
+    with pytest.raises(UnreadableJob, match=f'`jobs job delete {forged}` removes it'):
+        queues.JsonJob.fetch(forged, connection=redis_conn)
+
+
+# ---- Sizes of what is enqueued ----
+
+def test_arguments_over_the_size_limit_are_refused(redis_conn, custom_jobs, env):
+    with pytest.raises(InvalidJobArguments, match=r'take 70\d{3} bytes as JSON, over JOB_ARGS_MAX_SIZE \(65536\)'):
+        queues.enqueue('add', ['x' * 70_000], connection=redis_conn)
+    refused = CliRunner().invoke(cli.main, ['enqueue', 'add', 'x' * 70_000])
+    assert refused.exit_code == 2 and 'over JOB_ARGS_MAX_SIZE (65536); pass an id' in refused.stderr
+    assert not redis_conn.keys('rq:job:*')
+    # Counted in UTF-8 bytes, kwargs too; the limit is a setting.
+    env.setenv('JOB_ARGS_MAX_SIZE', '2048')
+    settings_module.reset()
+    with pytest.raises(InvalidJobArguments, match=r'over JOB_ARGS_MAX_SIZE \(2048\)'):
+        queues.enqueue('add', [1], {'b': 'é' * 1100}, connection=redis_conn)
+    assert queues.enqueue('add', [1], {'b': 'é' * 900}, connection=redis_conn).get_status() == JobStatus.QUEUED
+
+
+def test_a_full_redis_refuses_an_enqueue_in_one_line(full_redis):
+    keys = full_redis.dbsize()
+    result = run_jobs_cli('enqueue', 'ping')
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): the '
+                                                     'job ping was not stored.')
+    assert 'Traceback' not in result.stderr
+    assert full_redis.dbsize() == keys
+
+
+@pytest.mark.parametrize('args', [['suspend'], ['schedule', 'register']])
+def test_other_commands_against_a_full_redis_are_one_line(full_redis, args):
+    result = run_jobs_cli(*args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): '
+                                                     'the command could not write to it.')
+    assert 'Traceback' not in result.stderr

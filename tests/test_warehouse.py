@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from rq.job import JobStatus
 
 import cli
-from conftest import commit_files, git, redis_contents
+from conftest import commit_files, git, redis_contents, run_jobs_cli
 from models import (
     Document,
     DocumentCatalog,
@@ -69,6 +69,60 @@ def test_submissions_can_be_disabled(redis_conn, database, env):
     with pytest.raises(InvalidSubmission, match='ENABLE_WAREHOUSE_COMMIT=false'):
         warehouses.submit_warehouse('https://github.com/a/b', connection=redis_conn)
     assert Warehouse.select().count() == 0
+
+
+LONG = 'x' * 192
+
+
+@pytest.mark.parametrize('address, options, field', [
+    (f'https://github.com/{LONG}/repo', {}, 'organization name'),
+    (f'https://github.com/org/{LONG}', {}, 'name'),
+    ('https://github.com/org/repo', {'git_user_name': LONG}, 'git user name'),
+    ('https://github.com/org/repo', {'branch': LONG}, 'branch'),
+])
+def test_values_longer_than_their_column_are_refused_on_every_database(redis_conn, database, address, options,
+                                                                        field):
+    with pytest.raises(InvalidSubmission, match=f'^The {field} is 192 characters long; at most 191 are allowed'):
+        warehouses.submit_warehouse(address, connection=redis_conn, **options)
+    assert Warehouse.select().count() == 0
+    at_limit = warehouses.submit_warehouse('https://github.com/org/' + 'y' * 191, connection=redis_conn)
+    assert len(fetch(at_limit.id).name) == 191
+
+
+def test_warehouse_add_refuses_a_long_name_in_one_line(redis_conn, database):
+    result = CliRunner().invoke(cli.main, ['warehouse', 'add', 'https://github.com/org/' + 'x' * 300])
+    assert result.exit_code == 2, result.output
+    assert 'The name is 300 characters long; at most 191 are allowed.' in result.stderr
+    assert 'Traceback' not in result.output and Warehouse.select().count() == 0
+
+
+@pytest.mark.parametrize('bad_id', ['bad id/..', '../x', 'a_b', 'caf\u00e9'])
+def test_a_row_whose_id_names_no_job_or_clone_holds_back_no_other(redis_conn, database, caplog, bad_id):
+    old = clock.utcnow() - timedelta(days=30)
+
+    def rows(status):
+        bad = Warehouse.create(id=bad_id, organization_name='o', name='bad', address='https://github.com/o/bad.git',
+                               status=status)
+        good = Warehouse.create(organization_name='o', name='good', address='https://github.com/o/good.git',
+                                status=status)
+        for row in (bad, good):
+            Document.create(warehouse=row, last_update=old)
+        Warehouse.update(updated_at=old).execute()
+        return bad, good
+
+    bad, good = rows(WarehouseStatus.PENDING)
+    assert warehouses.dispatch_pending(redis_conn) == [good.id]
+    assert job_of(redis_conn, good.id).args == [good.id]
+    assert f"warehouse {bad_id!r}: id cannot name a job or a clone" in caplog.text
+    Warehouse.delete().execute()
+
+    bad, good = rows(WarehouseStatus.COMPLETED)
+    assert warehouses.schedule_warehouse_updates()['warehouse_ids'] == [good.id]
+    Warehouse.delete().execute()
+
+    bad, good = rows(WarehouseStatus.FAILED)
+    assert warehouses.cleanup_failed_warehouses()['warehouse_ids'] == [good.id]
+    assert fetch(good.id).is_deleted and not fetch(bad_id).is_deleted
 
 
 @pytest.mark.parametrize('address', ['ext::sh -c touch% /tmp/x', 'file:///etc', '/tmp/repo', '-uhttps://x/y/z',
@@ -500,3 +554,13 @@ def test_cli_add_warns_when_no_worker_accepts_local_paths(redis_conn, database, 
     assert ('Warning: No running worker on queue warehouse says it accepts local paths: start one with '
             'ALLOW_LOCAL_REPOSITORIES=true') in result.stderr
     assert 'is Pending; queued.' in result.stdout
+
+
+def test_warehouse_add_against_a_full_redis_is_one_line_and_stores_nothing(full_redis, database):
+    keys = full_redis.dbsize()
+    result = run_jobs_cli('warehouse', 'add', 'https://github.com/org/repo')
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): the '
+                                                     'warehouse was not stored.')
+    assert 'Traceback' not in result.stderr
+    assert full_redis.dbsize() == keys and Warehouse.select().count() == 0
