@@ -672,9 +672,13 @@ def dashboard(obj: Context, bind: str, port: int, username: str | None, password
     It listens on 127.0.0.1 by default. To listen on another address, set DASHBOARD_USERNAME and
     DASHBOARD_PASSWORD: basic auth is then required.
     """
+    import errno
     import ipaddress
     import logging as logging_module
     import os
+    import socket
+
+    from werkzeug import serving
 
     from rqjobs import connections
     from rqjobs import dashboard as dashboard_module
@@ -689,8 +693,24 @@ def dashboard(obj: Context, bind: str, port: int, username: str | None, password
     obj.redis  # noqa: B018 - fail fast, and start the embedded server, before the web server starts
     app = dashboard_module.create_app(connections.redis_url(obj.settings), username, password)
     logging_module.getLogger('werkzeug').setLevel(logging_module.WARNING)
+    # Flask's app.run() lets werkzeug print a failed bind in several lines and exit by itself: bind here, say why
+    # in one line, and hand werkzeug the listening socket.
+    family = serving.select_address_family(bind, port)
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug does
+    try:
+        listener.bind(serving.get_sockaddr(bind, port, family))
+        listener.listen()
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise click.ClickException(f'Port {port} on {bind} is in use by another program; stop that program or '
+                                       f'pick another port, for example --port {port % 65535 + 1}.') from None
+        raise click.ClickException(f'Cannot listen on {bind}:{port} ({exc.strerror or exc}); check --bind, for '
+                                   f'example --bind 127.0.0.1.') from None
+    server = serving.make_server(bind, port, app, threaded=True, fd=listener.fileno())
     click.echo(f'rq-dashboard on http://{bind}:{port}/' + (' (basic auth)' if username else ''), err=True)
-    app.run(host=bind, port=port)
+    server.serve_forever()
 
 
 def _is_loopback(address: str, ipaddress) -> bool:
