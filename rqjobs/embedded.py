@@ -92,8 +92,16 @@ class EmbeddedRedis:
         """Start the server unless one already answers; return its URL."""
         if self.is_running():
             return self.url
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.directory / 'redis.lock', 'w') as lock:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = open(self.directory / 'redis.lock', 'w')  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise RedisUnavailable(
+                f'Cannot start the embedded Redis in {self.directory} ({exc.strerror or exc}). Set JOBS_DATA_DIR to a '
+                f'directory you can write, for example JOBS_DATA_DIR=$HOME/.local/share/rqjobs, or set REDIS_URL to '
+                f'use another server.'
+            ) from None
+        with lock:
             # Whoever holds the lock starts the server; the others find it running once they get the lock.
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self.is_running():
