@@ -55,6 +55,24 @@ class JobsGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+class Utf8Text(click.ParamType):
+    """A text argument that must be valid UTF-8, as the database and Redis store it."""
+
+    name = 'text'
+
+    def convert(self, value, param, ctx):
+        # Python hands over bytes that are not UTF-8 as lone surrogates, which no database driver can encode.
+        try:
+            value.encode('utf-8')
+        except UnicodeEncodeError:
+            self.fail(f'{value!r} is not UTF-8 text; type it again in a UTF-8 terminal, for example with '
+                      f'LANG=C.UTF-8.', param, ctx)
+        return value
+
+
+UTF8_TEXT = Utf8Text()
+
+
 def emit(data, as_json: bool, human) -> None:
     """Print `data` as JSON, or through `human(data)` for people."""
     if as_json:
@@ -182,7 +200,7 @@ def minimap_group() -> None:
 
 
 @minimap_group.command('show')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.option('--json', 'as_json', is_flag=True, help='Print the tree as JSON.')
 @click.option('--max-lines', type=click.IntRange(1, 100000), default=500, show_default=True,
               help='Print at most this many lines of the tree.')
@@ -198,7 +216,7 @@ def minimap_show(warehouse_id: str, as_json: bool, max_lines: int) -> None:
 
 
 @minimap_group.command('regenerate')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 def minimap_regenerate(warehouse_id: str) -> None:
     """Build a warehouse's mind map again now and replace the stored one."""
     from rqjobs import minimap
@@ -210,7 +228,7 @@ def minimap_regenerate(warehouse_id: str) -> None:
 
 
 @minimap_group.command('validate')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.option('--json', 'as_json', is_flag=True, help='Print the result as JSON.')
 def minimap_validate(warehouse_id: str, as_json: bool) -> None:
     """Check a stored mind map's shape; exit 1 if it is missing or invalid."""
@@ -730,8 +748,8 @@ def warehouse() -> None:
 @warehouse.command('add')
 @click.argument('url')
 @click.option('--branch', help='Branch to document [default: the repository\'s default branch].')
-@click.option('--user', 'user_id', help='Id of the user who owns the warehouse (counts toward their limit).')
-@click.option('--git-user', help='User name for the repository, if it needs one.')
+@click.option('--user', 'user_id', type=UTF8_TEXT, help='Id of the user who owns the warehouse (counts toward their limit).')
+@click.option('--git-user', type=UTF8_TEXT, help='User name for the repository, if it needs one.')
 @click.option('--token-env', metavar='VAR',
               help='Name of an environment variable holding the access token (never pass a token as an argument).')
 @click.option('--json', 'as_json', is_flag=True, help='Print the warehouse as JSON.')
@@ -781,7 +799,7 @@ def warehouse_list(obj: Context, status: str | None, limit: int, as_json: bool) 
 
 
 @warehouse.command('show')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.option('--json', 'as_json', is_flag=True, help='Print the warehouse as JSON.')
 @click.pass_obj
 def warehouse_show(obj: Context, warehouse_id: str, as_json: bool) -> None:
@@ -824,7 +842,7 @@ def print_tree(node: dict, depth: int = 0, limit: list[int] | None = None) -> No
 
 
 @warehouse.command('reprocess')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.pass_obj
 def warehouse_reprocess(obj: Context, warehouse_id: str) -> None:
     """Document a warehouse again from scratch (it goes back to Pending)."""
@@ -835,7 +853,7 @@ def warehouse_reprocess(obj: Context, warehouse_id: str) -> None:
 
 
 @warehouse.command('remove')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.pass_obj
 def warehouse_remove(obj: Context, warehouse_id: str) -> None:
     """Remove a warehouse: cancel its queued jobs, delete its clone, soft-delete its row."""
