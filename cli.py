@@ -748,7 +748,8 @@ def warehouse() -> None:
 @warehouse.command('add')
 @click.argument('url')
 @click.option('--branch', help='Branch to document [default: the repository\'s default branch].')
-@click.option('--user', 'user_id', type=UTF8_TEXT, help='Id of the user who owns the warehouse (counts toward their limit).')
+@click.option('--user', 'user_id', type=UTF8_TEXT,
+              help='Id of the user who owns the warehouse (counts toward their limit).')
 @click.option('--git-user', type=UTF8_TEXT, help='User name for the repository, if it needs one.')
 @click.option('--token-env', metavar='VAR',
               help='Name of an environment variable holding the access token (never pass a token as an argument).')

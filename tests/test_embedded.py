@@ -61,6 +61,6 @@ def test_a_data_directory_that_cannot_be_made_ends_in_one_line(tmp_path):
     env['JOBS_DATA_DIR'] = str(tmp_path / 'a-file' / 'var')
     result = run_jobs_cli('status', env=env, timeout=60)
     assert result.returncode == 1, result.stderr
-    assert result.stderr == (f'Error: Cannot start the embedded Redis in {tmp_path}/a-file/var/redis (Not a directory). '
-                             f'Set JOBS_DATA_DIR to a directory you can write, for example '
+    assert result.stderr == (f'Error: Cannot start the embedded Redis in {tmp_path}/a-file/var/redis '
+                             f'(Not a directory). Set JOBS_DATA_DIR to a directory you can write, for example '
                              f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs, or set REDIS_URL to use another server.\n')
