@@ -228,7 +228,8 @@ def test_every_command_ends_in_one_clear_line(walk, scenario, command):
     assert 'Traceback' not in result.stdout + result.stderr, shown
     assert result.returncode in documented_exit_statuses(), shown
     if result.returncode != 0:
-        assert len(error_lines(result.stderr)) == 1 and error_lines(result.stderr)[0].startswith('Error: '), shown
+        lines = error_lines(result.stderr)
+        assert len(lines) == 1 and lines[0].startswith('Error: '), shown
 
 
 # What stderr may hold besides the error: the line saying which Redis a command uses, progress logged below WARNING,
@@ -238,3 +239,15 @@ NOT_ERRORS = re.compile(r"Redis: |\d{4}-\d\d-\d\d [\d:,]+ (DEBUG|INFO) |Usage: |
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not NOT_ERRORS.match(line)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('command', [['worker'], ['scheduler'], ['dashboard'], ['demo']], ids=' '.join)
+def test_long_running_commands_stop_at_once_without_redis(command, tmp_path, closed_port):
+    # Without --burst these run until stopped: when Redis is down they must say so and exit, not wait.
+    env = base_env(JOBS_DATA_DIR=str(tmp_path / 'var'), REDIS_URL=f'redis://127.0.0.1:{closed_port}/0',
+                   REDIS_TIMEOUT='1')
+    result = run(command, env, tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f'Error: Cannot reach Redis at redis://127.0.0.1:{closed_port}/0')
