@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -57,14 +58,16 @@ class EmbeddedRedis:
     @property
     def socket_path(self) -> Path:
         path = self.directory / 'redis.sock'
-        if len(str(path)) <= MAX_SOCKET_PATH:
+        if len(str(path)) <= MAX_SOCKET_PATH and _is_text(str(path)):
             return path
-        digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
+        # A socket path that is too long, or not UTF-8 (which a unix:// URL cannot carry), moves to the temp dir.
+        digest = hashlib.sha256(os.fsencode(self.directory)).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f'rqjobs-{digest}.sock'
 
     @property
     def url(self) -> str:
-        return f'unix://{self.socket_path}'
+        # redis-py unquotes the path: a data directory may hold spaces, '#' or '?'.
+        return f'unix://{quote(str(self.socket_path))}'
 
     @property
     def log_path(self) -> Path:
@@ -131,11 +134,11 @@ class EmbeddedRedis:
         lines = {
             'daemonize': 'yes',
             'port': '0',
-            'unixsocket': str(self.socket_path),
+            'unixsocket': _quoted(self.socket_path),
             'unixsocketperm': '700',
-            'dir': str(self.directory),
-            'pidfile': str(self.pid_path),
-            'logfile': str(self.log_path),
+            'dir': _quoted(self.directory),
+            'pidfile': _quoted(self.pid_path),
+            'logfile': _quoted(self.log_path),
             'appendonly': 'yes',
             'appendfsync': 'everysec',
             'save': '""',
@@ -162,3 +165,20 @@ class EmbeddedRedis:
         while time.monotonic() < deadline and self.is_running():
             time.sleep(0.05)
         return True
+
+
+def _is_text(path: str) -> bool:
+    try:
+        path.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _quoted(path: Path) -> str:
+    """Return `path` as a double-quoted redis.conf string, every byte outside printable ASCII as \\xHH.
+
+    Unquoted, redis-server splits a path with a space into two arguments and refuses the file.
+    """
+    return '"' + ''.join(chr(byte) if 0x20 <= byte < 0x7f and byte not in b'"\\' else f'\\x{byte:02x}'
+                         for byte in os.fsencode(path)) + '"'

@@ -64,3 +64,17 @@ def test_a_data_directory_that_cannot_be_made_ends_in_one_line(tmp_path):
     assert result.stderr == (f'Error: Cannot start the embedded Redis in {tmp_path}/a-file/var/redis '
                              f'(Not a directory). Set JOBS_DATA_DIR to a directory you can write, for example '
                              f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs, or set REDIS_URL to use another server.\n')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [b'my projects #1?', b'caf\xc3\xa9', b'latin-1 caf\xe9'], ids=repr)
+def test_a_data_directory_with_spaces_or_any_bytes_in_its_name_works(tmp_path, name):
+    data_dir = tmp_path / os.fsdecode(name) / 'var'
+    env = {key: value for key, value in os.environ.items() if key != 'REDIS_URL'}
+    env['JOBS_DATA_DIR'] = str(data_dir)
+    try:
+        result = run_jobs_cli('status', env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert 'No workers.' in result.stdout
+    finally:
+        EmbeddedRedis(data_dir / 'redis').stop()
