@@ -599,7 +599,7 @@ def inspect_failed(obj: Context, queue: str | None, limit: int, as_json: bool) -
 @click.argument('queues', nargs=-1)
 @click.option('--burst/--no-burst', default=False, help='Stop when the queues are empty instead of waiting.')
 @click.option('--max-jobs', type=click.IntRange(1), help='Stop after this many jobs.')
-@click.option('--name', help='Worker name (default: a unique id).')
+@click.option('--name', type=UTF8_TEXT, help='Worker name (default: a unique id).')
 @click.pass_context
 def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name: str | None) -> None:
     """Run an rq worker on QUEUES (default: all, in priority order)."""

@@ -161,6 +161,7 @@ def test_redis_stop_refuses_when_redis_url_is_set(runner):
     ['minimap', 'show', b'\xff'], ['minimap', 'regenerate', b'\xff'], ['minimap', 'validate', b'\xff'],
     ['warehouse', 'add', 'https://github.com/example/project', '--user', b'\xff'],
     ['warehouse', 'add', 'https://github.com/example/project', '--git-user', b'\xff'],
+    ['worker', '--burst', '--name', b'\xff'],
 ], ids=lambda args: ' '.join(map(os.fsdecode, args)))
 def test_arguments_that_are_not_utf8_are_refused_in_one_line(database, args):
     # A terminal in a Latin-1 locale, or a pasted byte, gives arguments Python holds as lone surrogates.
