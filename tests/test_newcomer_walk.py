@@ -2,8 +2,9 @@
 
 Every group's and command's `--help`, then every command with minimal plausible arguments against a fresh data
 directory, a database that is down (PostgreSQL on a closed port, SQLite in a directory that cannot exist) and a Redis
-that is down. Each must end with a status README documents and, when it fails, one line on stderr, never a
-traceback. The command tree is read from click, so a new command is walked without editing this module.
+that is down, and every required argument with a byte that is not UTF-8. Each must end with a status README
+documents and, when it fails, one line on stderr, never a traceback. The command tree is read from click, so a new
+command is walked without editing this module.
 """
 
 from __future__ import annotations
