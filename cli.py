@@ -68,6 +68,24 @@ class JobsGroup(click.Group):
             raise click.ClickException(str(lost)) from None
 
 
+class Utf8Text(click.ParamType):
+    """A text argument that must be valid UTF-8, as the database and Redis store it."""
+
+    name = 'text'
+
+    def convert(self, value, param, ctx):
+        # Python hands over bytes that are not UTF-8 as lone surrogates, which no database driver can encode.
+        try:
+            value.encode('utf-8')
+        except UnicodeEncodeError:
+            self.fail(f'{value!r} is not UTF-8 text; type it again in a UTF-8 terminal, for example with '
+                      f'LANG=C.UTF-8.', param, ctx)
+        return value
+
+
+UTF8_TEXT = Utf8Text()
+
+
 def emit(data, as_json: bool, human) -> None:
     """Print `data` as JSON, or through `human(data)` for people."""
     if as_json:
@@ -199,7 +217,7 @@ def minimap_group() -> None:
 
 
 @minimap_group.command('show')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.option('--json', 'as_json', is_flag=True, help='Print the tree as JSON.')
 @click.option('--max-lines', type=click.IntRange(1, 100000), default=500, show_default=True,
               help='Print at most this many lines of the tree.')
@@ -221,7 +239,7 @@ def minimap_show(warehouse_id: str, as_json: bool, max_lines: int) -> None:
 
 
 @minimap_group.command('regenerate')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 def minimap_regenerate(warehouse_id: str) -> None:
     """Build a warehouse's mind map again now and replace the stored one."""
     from rqjobs import minimap
@@ -235,7 +253,7 @@ def minimap_regenerate(warehouse_id: str) -> None:
 
 
 @minimap_group.command('validate')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.option('--json', 'as_json', is_flag=True, help='Print the result as JSON.')
 def minimap_validate(warehouse_id: str, as_json: bool) -> None:
     """Check a stored mind map's shape; exit 1 if it is missing or invalid."""
@@ -637,7 +655,7 @@ def inspect_failed(obj: Context, queue: str | None, limit: int, as_json: bool) -
 @click.argument('queues', nargs=-1)
 @click.option('--burst/--no-burst', default=False, help='Stop when the queues are empty instead of waiting.')
 @click.option('--max-jobs', type=click.IntRange(1), help='Stop after this many jobs.')
-@click.option('--name', help='Worker name (default: a unique id).')
+@click.option('--name', type=UTF8_TEXT, help='Worker name (default: a unique id).')
 @click.pass_context
 def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name: str | None) -> None:
     """Run an rq worker on QUEUES (default: all, in priority order)."""
@@ -728,9 +746,13 @@ def dashboard(obj: Context, bind: str, port: int, username: str | None, password
     It listens on 127.0.0.1 by default. To listen on another address, set DASHBOARD_USERNAME and
     DASHBOARD_PASSWORD: basic auth is then required.
     """
+    import errno
     import ipaddress
     import logging as logging_module
     import os
+    import socket
+
+    from werkzeug import serving
 
     from rqjobs import connections
     from rqjobs import dashboard as dashboard_module
@@ -745,8 +767,24 @@ def dashboard(obj: Context, bind: str, port: int, username: str | None, password
     obj.redis  # noqa: B018 - fail fast, and start the embedded server, before the web server starts
     app = dashboard_module.create_app(connections.redis_url(obj.settings), username, password)
     logging_module.getLogger('werkzeug').setLevel(logging_module.WARNING)
+    # Flask's app.run() lets werkzeug print a failed bind in several lines and exit by itself: bind here, say why
+    # in one line, and hand werkzeug the listening socket.
+    family = serving.select_address_family(bind, port)
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug does
+    try:
+        listener.bind(serving.get_sockaddr(bind, port, family))
+        listener.listen()
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise click.ClickException(f'Port {port} on {bind} is in use by another program; stop that program or '
+                                       f'pick another port, for example --port {port % 65535 + 1}.') from None
+        raise click.ClickException(f'Cannot listen on {bind}:{port} ({exc.strerror or exc}); check --bind, for '
+                                   f'example --bind 127.0.0.1.') from None
+    server = serving.make_server(bind, port, app, threaded=True, fd=listener.fileno())
     click.echo(f'rq-dashboard on http://{bind}:{port}/' + (' (basic auth)' if username else ''), err=True)
-    app.run(host=bind, port=port)
+    server.serve_forever()
 
 
 def _is_loopback(address: str, ipaddress) -> bool:
@@ -766,8 +804,9 @@ def warehouse() -> None:
 @warehouse.command('add')
 @click.argument('url')
 @click.option('--branch', help='Branch to document [default: the repository\'s default branch].')
-@click.option('--user', 'user_id', help='Id of the user who owns the warehouse (counts toward their limit).')
-@click.option('--git-user', help='User name for the repository, if it needs one.')
+@click.option('--user', 'user_id', type=UTF8_TEXT,
+              help='Id of the user who owns the warehouse (counts toward their limit).')
+@click.option('--git-user', type=UTF8_TEXT, help='User name for the repository, if it needs one.')
 @click.option('--token-env', metavar='VAR',
               help='Name of an environment variable holding the access token (never pass a token as an argument).')
 @click.option('--json', 'as_json', is_flag=True, help='Print the warehouse as JSON.')
@@ -820,7 +859,7 @@ def warehouse_list(obj: Context, status: str | None, limit: int, as_json: bool) 
 
 
 @warehouse.command('show')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.option('--json', 'as_json', is_flag=True, help='Print the warehouse as JSON.')
 @click.pass_obj
 def warehouse_show(obj: Context, warehouse_id: str, as_json: bool) -> None:
@@ -863,7 +902,7 @@ def print_tree(node: dict, depth: int = 0, limit: list[int] | None = None) -> No
 
 
 @warehouse.command('reprocess')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.pass_obj
 def warehouse_reprocess(obj: Context, warehouse_id: str) -> None:
     """Document a warehouse again from scratch (it goes back to Pending)."""
@@ -874,7 +913,7 @@ def warehouse_reprocess(obj: Context, warehouse_id: str) -> None:
 
 
 @warehouse.command('remove')
-@click.argument('warehouse_id')
+@click.argument('warehouse_id', type=UTF8_TEXT)
 @click.pass_obj
 def warehouse_remove(obj: Context, warehouse_id: str) -> None:
     """Remove a warehouse: cancel its queued jobs, delete its clone, soft-delete its row."""

@@ -35,6 +35,7 @@ from peewee import (
 from playhouse import db_url
 
 from rqjobs import clock
+from rqjobs.exceptions import DatabaseUnavailable
 
 db = DatabaseProxy()
 
@@ -474,7 +475,14 @@ def open_database(url: str) -> Database:
     if issubclass(database_class, SqliteDatabase):
         params['pragmas'] = SQLITE_PRAGMAS
         if params['database'] != ':memory:' and not params['database'].startswith('file:'):
-            Path(params['database']).parent.mkdir(parents=True, exist_ok=True)
+            directory = Path(params['database']).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f'Cannot create {directory} for the SQLite database ({exc.strerror or exc}); set JOBS_DATA_DIR '
+                    f'or DATABASE_URL to a place you can write, for example JOBS_DATA_DIR=$HOME/.local/share/rqjobs.'
+                ) from None
     return database_class(**params)
 
 

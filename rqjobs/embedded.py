@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -58,14 +59,16 @@ class EmbeddedRedis:
     @property
     def socket_path(self) -> Path:
         path = self.directory / 'redis.sock'
-        if len(str(path)) <= MAX_SOCKET_PATH:
+        if len(str(path)) <= MAX_SOCKET_PATH and _is_text(str(path)):
             return path
-        digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
+        # A socket path that is too long, or not UTF-8 (which a unix:// URL cannot carry), moves to the temp dir.
+        digest = hashlib.sha256(os.fsencode(self.directory)).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f'rqjobs-{digest}.sock'
 
     @property
     def url(self) -> str:
-        return f'unix://{self.socket_path}'
+        # redis-py unquotes the path: a data directory may hold spaces, '#' or '?'.
+        return f'unix://{quote(str(self.socket_path))}'
 
     @property
     def log_path(self) -> Path:
@@ -93,8 +96,16 @@ class EmbeddedRedis:
         """Start the server unless one already answers; return its URL."""
         if self.is_running():
             return self.url
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.directory / 'redis.lock', 'w') as lock:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = open(self.directory / 'redis.lock', 'w')  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise RedisUnavailable(
+                f'Cannot start the embedded Redis in {self.directory} ({exc.strerror or exc}). Set JOBS_DATA_DIR to a '
+                f'directory you can write, for example JOBS_DATA_DIR=$HOME/.local/share/rqjobs, or set REDIS_URL to '
+                f'use another server.'
+            ) from None
+        with lock:
             # Whoever holds the lock starts the server; the others find it running once they get the lock.
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self.is_running():
@@ -124,11 +135,11 @@ class EmbeddedRedis:
         lines = {
             'daemonize': 'yes',
             'port': '0',
-            'unixsocket': str(self.socket_path),
+            'unixsocket': _quoted(self.socket_path),
             'unixsocketperm': '700',
-            'dir': str(self.directory),
-            'pidfile': str(self.pid_path),
-            'logfile': str(self.log_path),
+            'dir': _quoted(self.directory),
+            'pidfile': _quoted(self.pid_path),
+            'logfile': _quoted(self.log_path),
             'appendonly': 'yes',
             'appendfsync': 'everysec',
             'save': '""',
@@ -155,3 +166,20 @@ class EmbeddedRedis:
         while time.monotonic() < deadline and self.is_running():
             time.sleep(0.05)
         return True
+
+
+def _is_text(path: str) -> bool:
+    try:
+        path.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _quoted(path: Path) -> str:
+    """Return `path` as a double-quoted redis.conf string, every byte outside printable ASCII as \\xHH.
+
+    Unquoted, redis-server splits a path with a space into two arguments and refuses the file.
+    """
+    return '"' + ''.join(chr(byte) if 0x20 <= byte < 0x7f and byte not in b'"\\' else f'\\x{byte:02x}'
+                         for byte in os.fsencode(path)) + '"'

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from models import EXAMPLE_URLS, SUPPORTED_SCHEMES
 from rqjobs.exceptions import SettingsError
@@ -183,6 +184,7 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
             f'REDIS_URL={redact_url(url)!r} is not a Redis URL; for example REDIS_URL=redis://127.0.0.1:6379/0 '
             f'(rediss:// for TLS, unix:///path/to/redis.sock for a socket), or leave it unset for the embedded server.'
         )
+    _check_port('REDIS_URL', url, 'redis://127.0.0.1:6379/0')
     return url
 
 
@@ -191,6 +193,22 @@ def _check_database_url(url: str) -> None:
         raise SettingsError(
             f'DATABASE_URL={redact_url(url)!r} is not a supported database URL; for example DATABASE_URL={EXAMPLE_URLS}.'
         )
+    _check_port('DATABASE_URL', url, EXAMPLE_URLS)
+    if not urlsplit(url).path.strip('/'):
+        raise SettingsError(
+            f'DATABASE_URL={redact_url(url)!r} names no database; for example DATABASE_URL={EXAMPLE_URLS}.'
+        )
+
+
+def _check_port(name: str, url: str, example: str) -> None:
+    # Checked here because redis-py and peewee fail on first use, with a traceback, and urllib's message quotes the
+    # text it took for a port, which may be part of a password.
+    try:
+        urlsplit(url).port
+    except ValueError:
+        raise SettingsError(
+            f'{name} has an invalid port (a number up to 65535); for example {name}={example}.'
+        ) from None
 
 
 def _schedule_overrides(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -198,3 +198,19 @@ def test_hints_name_the_command_a_shell_does_not_shadow(runner, redis_conn, data
     assert status.exit_code == 0 and 'No workers. Start one with `rqjobs worker`.' in status.stdout
     listed = runner.invoke(cli.main, ['warehouse', 'list'])
     assert listed.exit_code == 0 and listed.stdout == 'No warehouses. Add one with `rqjobs warehouse add URL`.\n'
+
+
+@pytest.mark.parametrize('args', [
+    ['warehouse', 'show', b'\xff'], ['warehouse', 'reprocess', b'\xff'], ['warehouse', 'remove', b'caf\xe9'],
+    ['minimap', 'show', b'\xff'], ['minimap', 'regenerate', b'\xff'], ['minimap', 'validate', b'\xff'],
+    ['warehouse', 'add', 'https://github.com/example/project', '--user', b'\xff'],
+    ['warehouse', 'add', 'https://github.com/example/project', '--git-user', b'\xff'],
+    ['worker', '--burst', '--name', b'\xff'],
+], ids=lambda args: ' '.join(map(os.fsdecode, args)))
+def test_arguments_that_are_not_utf8_are_refused_in_one_line(database, args):
+    # A terminal in a Latin-1 locale, or a pasted byte, gives arguments Python holds as lone surrogates.
+    result = run_jobs_cli(*map(os.fsdecode, args))
+    assert result.returncode == 2, result.stderr
+    assert 'Traceback' not in result.stderr
+    assert result.stderr.splitlines()[-1].endswith('is not UTF-8 text; type it again in a UTF-8 terminal, for '
+                                                   'example with LANG=C.UTF-8.')

@@ -357,3 +357,21 @@ def test_public_bind_without_credentials_is_refused(redis_conn):
     result = run_jobs_cli('dashboard', '--bind', '127.0.0.1', '--port', port, env=half, timeout=30)
     assert result.returncode == 2, result.stderr
     assert 'Set both DASHBOARD_USERNAME and DASHBOARD_PASSWORD' in result.stderr
+
+
+def test_a_busy_port_or_an_unknown_address_ends_in_one_line(redis_conn):
+    with socket.socket() as other_program:
+        other_program.bind(('127.0.0.1', 0))
+        other_program.listen()
+        port = str(other_program.getsockname()[1])
+        result = run_jobs_cli('dashboard', '--port', port, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (f'Error: Port {port} on 127.0.0.1 is in use by another program; stop '
+                                              f'that program or pick another port, for example --port {int(port) + 1}.')
+    assert 'rq-dashboard on' not in result.stderr and 'Traceback' not in result.stderr
+
+    credentials = dict(os.environ, DASHBOARD_USERNAME='operator', DASHBOARD_PASSWORD='secret')
+    result = run_jobs_cli('dashboard', '--bind', 'no-such-host.invalid', '--port', port, env=credentials, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith('Error: Cannot listen on no-such-host.invalid:')
+    assert 'Traceback' not in result.stderr

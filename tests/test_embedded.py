@@ -1,9 +1,11 @@
+import os
 import subprocess
 import sys
 
 import pytest
 import redis
 
+from conftest import run_jobs_cli
 from rqjobs.embedded import MAX_SOCKET_PATH, EmbeddedRedis
 
 
@@ -51,3 +53,28 @@ def test_deep_directories_get_a_short_socket_path(tmp_path):
 def test_a_running_server_answers(redis_server):
     assert redis_server.is_running()
     assert isinstance(redis_server.client(), redis.Redis)
+
+
+def test_a_data_directory_that_cannot_be_made_ends_in_one_line(tmp_path):
+    (tmp_path / 'a-file').write_text('')
+    env = {name: value for name, value in os.environ.items() if name != 'REDIS_URL'}
+    env['JOBS_DATA_DIR'] = str(tmp_path / 'a-file' / 'var')
+    result = run_jobs_cli('status', env=env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f'Error: Cannot start the embedded Redis in {tmp_path}/a-file/var/redis '
+                             f'(Not a directory). Set JOBS_DATA_DIR to a directory you can write, for example '
+                             f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs, or set REDIS_URL to use another server.\n')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [b'my projects #1?', b'caf\xc3\xa9', b'latin-1 caf\xe9'], ids=repr)
+def test_a_data_directory_with_spaces_or_any_bytes_in_its_name_works(tmp_path, name):
+    data_dir = tmp_path / os.fsdecode(name) / 'var'
+    env = {key: value for key, value in os.environ.items() if key != 'REDIS_URL'}
+    env['JOBS_DATA_DIR'] = str(data_dir)
+    try:
+        result = run_jobs_cli('status', env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert 'No workers.' in result.stdout
+    finally:
+        EmbeddedRedis(data_dir / 'redis').stop()

@@ -1,6 +1,7 @@
 """Tests of the schema and of opening the database, on SQLite or the database named by TEST_DATABASE_URL."""
 
 import datetime
+import os
 import warnings
 
 import pytest
@@ -23,6 +24,7 @@ from models import (
     Warehouse,
     WarehouseStatus,
 )
+from conftest import run_jobs_cli
 from rqjobs import clock
 
 FIXED_NOW = datetime.datetime(2024, 5, 17, 8, 30, 15, 123456)
@@ -286,3 +288,14 @@ def test_mysql_credentials_reach_the_driver_decoded_and_without_a_deprecation_wa
         warnings.simplefilter('error')
         with pytest.raises(OperationalError):
             database.connect()
+
+
+def test_an_sqlite_directory_that_cannot_be_made_ends_in_one_line(tmp_path):
+    (tmp_path / 'a-file').write_text('')
+    env = dict(os.environ, JOBS_DATA_DIR=str(tmp_path / 'a-file' / 'var'))
+    env.pop('DATABASE_URL')
+    result = run_jobs_cli('db', 'status', env=env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f'Error: Cannot create {tmp_path}/a-file/var for the SQLite database (Not a directory); '
+                             f'set JOBS_DATA_DIR or DATABASE_URL to a place you can write, for example '
+                             f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs.\n')

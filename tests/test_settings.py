@@ -1,8 +1,10 @@
+import os
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
 
+from conftest import run_jobs_cli
 from rqjobs.exceptions import SettingsError
 from rqjobs.settings import VARIABLES, Settings, get_settings, redact_url
 
@@ -82,3 +84,20 @@ def test_every_variable_is_documented_in_the_readme():
     readme = (Path(__file__).parent.parent / 'README.md').read_text()
     missing = [name for name in VARIABLES if f'`{name}`' not in readme]
     assert not missing
+
+
+@pytest.mark.parametrize('name, value, expected', [
+    # A password with an unescaped "/" ends the host part early: urllib takes its start for a port.
+    ('REDIS_URL', 'redis://jobs:s3/cret@127.0.0.1:6379/0', 'REDIS_URL has an invalid port (a number up to 65535)'),
+    ('REDIS_URL', 'redis://127.0.0.1:99999/0', 'REDIS_URL has an invalid port (a number up to 65535)'),
+    ('DATABASE_URL', 'postgresql://jobs:s3/cret@127.0.0.1/jobs',
+     'DATABASE_URL has an invalid port (a number up to 65535)'),
+    ('DATABASE_URL', 'sqlite://', "DATABASE_URL='sqlite://' names no database"),
+    ('DATABASE_URL', 'postgresql://127.0.0.1:5432/', "DATABASE_URL='postgresql://127.0.0.1:5432/' names no database"),
+])
+def test_a_url_that_cannot_be_used_is_a_setting_error_in_one_line(env, name, value, expected):
+    env.setenv(name, value)
+    result = run_jobs_cli('status', env=dict(os.environ))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f'Error: {expected}; for example {name}=') and result.stderr.count('\n') == 1
+    assert 's3' not in result.stderr
