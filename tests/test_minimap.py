@@ -255,4 +255,4 @@ def test_cli_show_validate_regenerate(completed):
 def test_cli_says_an_unknown_warehouse_does_not_exist(database, command):
     result = CliRunner().invoke(cli.main, ['minimap', command, 'nope'])
     assert result.exit_code == 2 and result.output.splitlines()[-1] == (
-        'Error: Warehouse nope does not exist (or was removed); `jobs warehouse list` shows the ids.')
+        'Error: Warehouse nope does not exist (or was removed); `rqjobs warehouse list` shows the ids.')
