@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import peewee
 
 import models
-from rqjobs.settings import Settings, get_settings
+from rqjobs.exceptions import DatabaseUnavailable, SettingsError
+from rqjobs.settings import Settings, get_settings, redact_url
 
 _bound_url: str | None = None
 # Connections a forked child inherited: kept referenced, never used or closed (closing a PostgreSQL connection in
@@ -22,7 +23,14 @@ def database(settings: Settings | None = None) -> peewee.Database:
     global _bound_url
     settings = settings or get_settings()
     if _bound_url != settings.database_url or models.db.obj is None:
-        models.init_database(settings.database_url)
+        url = redact_url(settings.database_url)
+        try:
+            models.init_database(settings.database_url, settings.database_connect_timeout)
+        except ValueError as exc:
+            raise SettingsError(f'DATABASE_URL={url!r}: {exc}') from None
+        except OSError as exc:  # the directory of a SQLite file cannot be made
+            raise DatabaseUnavailable(f'Cannot reach the database at {url}: {_sentence(exc)} Fix DATABASE_URL or '
+                                      f'JOBS_DATA_DIR (for example DATABASE_URL=sqlite:///var/rqjobs.db).') from None
         _bound_url = settings.database_url
     return models.db.obj
 
@@ -30,9 +38,30 @@ def database(settings: Settings | None = None) -> peewee.Database:
 @contextlib.contextmanager
 def connection(settings: Settings | None = None) -> Iterator[peewee.Database]:
     """Open a connection for the length of one job or command, and close it afterwards."""
+    settings = settings or get_settings()
     db = database(settings)
+    connect(db, settings.database_url)
     with db.connection_context():
         yield db
+
+
+def connect(db: peewee.Database, url: str) -> None:
+    """Open `db`'s connection unless open, or raise `DatabaseUnavailable` in one line that says why."""
+    if not db.is_closed():
+        return
+    try:
+        db.connect()
+    except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        raise DatabaseUnavailable(
+            f'Cannot reach the database at {redact_url(url)}: {_sentence(exc)} Start that server or create that '
+            f'database, or fix DATABASE_URL (for example DATABASE_URL=postgresql://user:password@127.0.0.1:5432/rqjobs).'
+        ) from None
+
+
+def _sentence(exc: BaseException) -> str:
+    text = ' '.join(str(exc).split()) or type(exc).__name__  # drivers' messages span lines
+    return text if text.endswith(('.', '?', '!')) else text + '.'
+
 
 
 def _drop_inherited_connection() -> None:

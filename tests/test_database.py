@@ -1,0 +1,115 @@
+"""Tests of opening the database: a database that cannot be reached."""
+
+import os
+import socket
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from conftest import run_jobs_cli
+from rqjobs import queues, settings
+
+
+def on_postgresql() -> bool:
+    return os.environ.get('TEST_DATABASE_URL', '').startswith(('postgres://', 'postgresql://'))
+
+
+def other_database(path: str = '', user: str | None = None) -> str:
+    """TEST_DATABASE_URL with another database name or user."""
+    parts = urlsplit(os.environ['TEST_DATABASE_URL'])
+    netloc = parts.netloc if user is None else f'{user}:not-the-password@{parts.netloc.rpartition("@")[2]}'
+    return urlunsplit(parts._replace(netloc=netloc, path=path or parts.path))
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def assert_one_line_error(result, *phrases: str) -> str:
+    output = result.stdout + result.stderr if hasattr(result, 'stderr') and isinstance(result.stderr, str) else (
+        result.output)
+    assert 'Traceback' not in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    for phrase in phrases:
+        assert phrase in lines[0]
+    return lines[0]
+
+
+# ---- A database that cannot be reached ----
+
+def unreachable_urls() -> list:
+    urls = [pytest.param(f'postgresql://jobs:s3cret@127.0.0.1:{closed_port()}/rqjobs', 'Connection refused',
+                         id='postgresql down'),
+            pytest.param(f'mysql://jobs:s3cret@127.0.0.1:{closed_port()}/rqjobs', 'Connection refused',
+                         id='mysql down')]
+    if on_postgresql():
+        urls += [pytest.param(other_database('/nosuchdb'), 'database "nosuchdb" does not exist', id='no database'),
+                 pytest.param(other_database(user='nosuchrole'), 'nosuchrole', id='unknown user')]
+    return urls
+
+
+@pytest.mark.db
+@pytest.mark.parametrize('url, reason', unreachable_urls())
+def test_a_database_that_cannot_be_reached_is_one_line_and_exit_1(env, url, reason):
+    env.setenv('DATABASE_URL', url)
+    env.setenv('DATABASE_CONNECT_TIMEOUT', '2')
+    for command in (['warehouse', 'list'], ['db', 'init'], ['db', 'status']):
+        started = time.monotonic()
+        result = run_jobs_cli('-q', *command, env=os.environ.copy())
+        assert time.monotonic() - started < 30
+        assert result.returncode == 1
+        line = assert_one_line_error(result, 'Error: Cannot reach the database at ', reason, 'DATABASE_URL')
+        assert 's3cret' not in line and 'not-the-password' not in line
+        assert settings.redact_url(url) in line
+
+
+def test_a_server_that_never_answers_fails_within_the_connect_timeout(env):
+    # A listening socket that is never accepted: the TCP handshake succeeds, the server never speaks.
+    with socket.socket() as silent:
+        silent.bind(('127.0.0.1', 0))
+        silent.listen(8)
+        env.setenv('DATABASE_URL', f'postgresql://jobs@127.0.0.1:{silent.getsockname()[1]}/rqjobs')
+        env.setenv('DATABASE_CONNECT_TIMEOUT', '2')
+        started = time.monotonic()
+        result = run_jobs_cli('-q', 'warehouse', 'list', env=os.environ.copy())
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert_one_line_error(result, 'Cannot reach the database at', 'timeout expired')
+    assert elapsed < 15
+
+
+def test_a_sqlite_file_that_cannot_be_made_is_one_line(env, tmp_path):
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('')
+    env.setenv('DATABASE_URL', f'sqlite:///{blocker}/rqjobs.db')
+    result = run_jobs_cli('-q', 'warehouse', 'list', env=os.environ.copy())
+    assert result.returncode == 1
+    assert_one_line_error(result, f'Cannot reach the database at sqlite:///{blocker}/rqjobs.db')
+
+
+def test_a_database_url_that_names_no_database_is_a_usage_error(env):
+    env.setenv('DATABASE_URL', 'postgresql://jobs:s3cret@127.0.0.1:5432/')
+    result = run_jobs_cli('-q', 'warehouse', 'list', env=os.environ.copy())
+    assert result.returncode == 2
+    line = [line for line in result.stderr.splitlines() if line.startswith('Error:')][0]
+    assert 'names no database' in line and 's3cret' not in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.db
+def test_a_job_on_an_unreachable_database_fails_in_one_line_and_is_retried(env, redis_conn, burst_worker):
+    env.setenv('DATABASE_URL', f'postgresql://jobs:s3cret@127.0.0.1:{closed_port()}/rqjobs')
+    settings.reset()
+    retried = queues.enqueue('ping', connection=redis_conn)
+    once = queues.enqueue('ping', connection=redis_conn, retry=None)
+    burst_worker('default')
+    retried.refresh()
+    assert retried.get_status().value == 'scheduled' and retried.retries_left == queues.RETRY_MAX - 1
+    assert once.get_status().value == 'failed'
+    error = once.latest_result().exc_string.strip().splitlines()[-1]
+    assert error.startswith('rqjobs.exceptions.DatabaseUnavailable: Cannot reach the database at postgresql://jobs:***@')
+    assert 's3cret' not in once.latest_result().exc_string
