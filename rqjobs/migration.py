@@ -12,6 +12,7 @@ import datetime as dt
 import fcntl
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -204,7 +205,7 @@ def initialize_users() -> dict:
             password = settings.admin_password or passwords.generate_password()
             users = [User.create(name='admin', email='admin@localhost', password=passwords.hash_password(password))]
             if not settings.admin_password:
-                password_file = _write_password_once(settings.data_dir / PASSWORD_FILE, password)
+                password_file = _write_password_once(settings.data_dir, password)
         UserInRole.insert_many([
             {'user': user.id, 'role': admin_role.id if user.name == 'admin' else user_role.id} for user in users
         ]).execute()
@@ -214,13 +215,20 @@ def initialize_users() -> dict:
             'admin_created': admin_created, 'password_file': str(password_file) if password_file else None}
 
 
-def _write_password_once(path: Path, password: str) -> Path:
-    # The generated password goes to a file only its owner can read, never to a log, a job result or Redis.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, 'w') as handle:
-        handle.write(password + '\n')
-    return path
+def _write_password_once(directory: Path, password: str) -> Path:
+    # The generated password goes to a file only its owner can read, never to a log, a job result or Redis. A file
+    # there already (another database sharing this directory, an earlier run rolled back) is never overwritten: it
+    # may hold the only copy of a password. The next free name is taken instead.
+    directory.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        path = directory / (PASSWORD_FILE if number == 1 else PASSWORD_FILE.replace('.txt', f'-{number}.txt'))
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(descriptor, 'w') as handle:
+            handle.write(password + '\n')
+        return path
 
 
 def migrate_warehouses() -> dict:

@@ -306,6 +306,29 @@ def test_db_init_prints_the_generated_password_once(database, tmp_path):
     assert second.exit_code == 0 and password not in second.output
 
 
+def test_db_init_on_a_second_database_sharing_the_data_directory(database, env, tmp_path):
+    runner = CliRunner()
+    first = runner.invoke(cli.main, ['-q', 'db', 'init'])
+    assert first.exit_code == 0, first.output
+    first_file = tmp_path / 'var' / 'admin-password.txt'
+    first_password = first_file.read_text()
+    # The same data directory, another database.
+    env.setenv('DATABASE_URL', f'sqlite:///{tmp_path / "var" / "other.db"}')
+    from rqjobs import settings
+    settings.reset()
+    second = runner.invoke(cli.main, ['-q', 'db', 'init'])
+    assert second.exit_code == 0, second.output
+    second_file = tmp_path / 'var' / 'admin-password-2.txt'
+    second_password = second_file.read_text()
+    assert second_password.strip() in second.output and f'also in {second_file}' in second.output
+    assert second_password != first_password and first_file.read_text() == first_password
+    assert stat.S_IMODE(second_file.stat().st_mode) == 0o600
+    again = runner.invoke(cli.main, ['-q', 'db', 'init'])
+    assert again.exit_code == 0 and ': 0 tables created,' in again.output
+    assert sorted(path.name for path in (tmp_path / 'var').glob('admin-password*')) == [
+        'admin-password-2.txt', 'admin-password.txt']
+
+
 def test_jobs_run_through_a_worker(redis_conn, database, burst_worker):
     from rqjobs import queues
     job = queues.enqueue('data_migration', connection=redis_conn)
