@@ -102,8 +102,9 @@ def create_schema() -> dict:
     return {'created': created, 'tables': len(after), 'applied': applied}
 
 
-def upgrade(steps: Sequence[Migration] = MIGRATIONS) -> list[dict]:
-    """Apply the steps not yet recorded, in version order; return the ones applied."""
+def upgrade(steps: Sequence[Migration] | None = None) -> list[dict]:
+    """Apply the steps not yet recorded (of `MIGRATIONS` unless given), in version order; return the ones applied."""
+    steps = MIGRATIONS if steps is None else steps
     versions = [step.version for step in steps]
     if len(set(versions)) != len(versions):
         raise MigrationError(f'Schema steps have duplicate versions: {sorted(versions)}.')
@@ -133,6 +134,14 @@ def schema_status(steps: Sequence[Migration] = MIGRATIONS) -> list[dict]:
         done = {row.version: row.applied_at for row in SchemaVersion.select()}
     return [{'version': step.version, 'name': step.name, 'applied_at': done.get(step.version)}
             for step in sorted(steps, key=lambda s: s.version)]
+
+
+def _applied(db: peewee.Database) -> dict[int, dt.datetime]:
+    """Return the recorded schema steps and when each was applied; none on a database without the schema."""
+    # Looked up rather than queried: on PostgreSQL a failed query would abort the transaction around it.
+    if not db.table_exists(SchemaVersion._meta.table_name):
+        return {}
+    return {row.version: row.applied_at for row in SchemaVersion.select()}
 
 
 @contextlib.contextmanager
@@ -322,7 +331,9 @@ def backup_data(path: str | None = None) -> dict:
     digest = hashlib.sha256()
     try:
         with database.connection() as db, _snapshot(db), gzip.open(temporary, 'wb') as out:
-            _write_line(out, {'format': BACKUP_FORMAT, 'version': BACKUP_VERSION, 'created_at': now.isoformat()})
+            # The schema version lets a restore into an empty database build the schema these rows fit.
+            _write_line(out, {'format': BACKUP_FORMAT, 'version': BACKUP_VERSION, 'created_at': now.isoformat(),
+                              'schema': max(_applied(db), default=1)})
             for model, excluded in BACKUP_TABLES:
                 table = model._meta.table_name
                 columns = [field for field in model._meta.sorted_fields if field.name not in excluded]
@@ -376,6 +387,10 @@ def _json_default(value: Any) -> Any:
 
 def read_backup(path: str | Path) -> dict[str, list[dict]]:
     """Read and check a whole backup file; return its rows by table, or raise `MigrationError` saying what is wrong."""
+    return _read_backup(path)[1]
+
+
+def _read_backup(path: str | Path) -> tuple[dict, dict[str, list[dict]]]:
     path = Path(path)
     tables = {model._meta.table_name: model for model, _ in BACKUP_TABLES}
     rows: dict[str, list[dict]] = {name: [] for name in tables}
@@ -406,13 +421,23 @@ def read_backup(path: str | Path) -> dict[str, list[dict]]:
         raise MigrationError(f'{path} has no end marker: the backup is truncated or incomplete.')
     if trailer.get('sha256') != digest.hexdigest() or trailer.get('rows') != sum(map(len, rows.values())):
         raise MigrationError(f'{path} does not match its checksum: the file was altered or damaged.')
-    return rows
+    return header, rows
 
 
 def restore_data(path: str, replace: bool = False) -> dict:
-    """Restore a backup into an empty database (or, with `replace`, instead of its rows), all or nothing."""
+    """Restore a backup into an empty database (or, with `replace`, instead of its rows), all or nothing.
+
+    A database without the schema gets it first, at the version the backup was made from; the steps after that
+    version run once the rows are in. The rows are all or nothing; the schema stays if they fail.
+    """
     # All or nothing in one transaction; without `replace`, a second run finds the database no longer empty.
-    rows = read_backup(path)
+    header, rows = _read_backup(path)
+    made_from = header.get('schema', 1)  # backups that do not say were made from the baseline schema
+    newest = max(step.version for step in MIGRATIONS)
+    if not isinstance(made_from, int) or made_from > newest:
+        raise MigrationError(f'{path} was made from schema version {made_from}, newer than this rqjobs knows '
+                             f'({newest}); restore it with the release that made it, or a later one.')
+    upgrade([step for step in MIGRATIONS if step.version <= made_from])
     counts = {}
     with database.connection() as db, db.atomic():
         filled = [model._meta.table_name for model, _ in BACKUP_TABLES if model.select().exists()]
@@ -428,6 +453,7 @@ def restore_data(path: str, replace: bool = False) -> dict:
             for batch in peewee.chunked(prepared, 200):
                 model.insert_many(batch).execute()
             counts[table] = len(prepared)
+    upgrade()
     logger.info('restore: %s restored, %d rows', path, sum(counts.values()))
     return {'path': str(path), 'counts': counts}
 
