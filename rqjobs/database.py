@@ -13,6 +13,8 @@ from rqjobs.exceptions import DatabaseUnavailable, SettingsError
 from rqjobs.settings import Settings, get_settings, redact_url
 
 _bound_url: str | None = None
+# The URL whose schema this process found current: checked once, not on every connection.
+_schema_current: str | None = None
 # Connections a forked child inherited: kept referenced, never used or closed (closing a PostgreSQL connection in
 # the child would end the parent's session).
 _inherited: list = []
@@ -36,12 +38,22 @@ def database(settings: Settings | None = None) -> peewee.Database:
 
 
 @contextlib.contextmanager
-def connection(settings: Settings | None = None) -> Iterator[peewee.Database]:
-    """Open a connection for the length of one job or command, and close it afterwards."""
+def connection(settings: Settings | None = None, *, schema: bool = True) -> Iterator[peewee.Database]:
+    """Open a connection for the length of one job or command, and close it afterwards.
+
+    With `schema` (the default), the schema is made sure of first: on SQLite pending steps are applied, elsewhere a
+    missing or older schema raises `SchemaNotCurrent`. Schema commands themselves pass `schema=False`.
+    """
+    global _schema_current
     settings = settings or get_settings()
     db = database(settings)
     connect(db, settings.database_url)
     with db.connection_context():
+        if schema and _schema_current != settings.database_url:
+            from rqjobs import migration  # migration imports this module; the check needs its schema steps
+
+            migration.ensure_schema()
+            _schema_current = settings.database_url
         yield db
 
 
@@ -62,6 +74,12 @@ def _sentence(exc: BaseException) -> str:
     text = ' '.join(str(exc).split()) or type(exc).__name__  # drivers' messages span lines
     return text if text.endswith(('.', '?', '!')) else text + '.'
 
+
+
+def reset() -> None:
+    """Forget that the schema was found current, so the next connection checks it again."""
+    global _schema_current
+    _schema_current = None
 
 
 def _drop_inherited_connection() -> None:

@@ -38,8 +38,8 @@ from models import (
     WarehouseType,
 )
 from rqjobs import clock, database, passwords
-from rqjobs.exceptions import PermanentJobError
-from rqjobs.settings import get_settings
+from rqjobs.exceptions import PermanentJobError, SchemaNotCurrent
+from rqjobs.settings import get_settings, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,10 @@ MIGRATIONS: tuple[Migration, ...] = (
 def create_schema() -> dict:
     """Bring the schema up to date: apply every pending schema step."""
     # Applied steps are recorded and skipped, so a second run changes nothing.
-    with database.connection() as db:
+    with database.connection(schema=False) as db:
         before = set(db.get_tables())
     applied = upgrade()
-    with database.connection() as db:
+    with database.connection(schema=False) as db:
         after = set(db.get_tables())
     created = sorted(after - before)
     logger.info('schema: %d tables created, %d present, steps applied: %s', len(created), len(after),
@@ -109,7 +109,7 @@ def upgrade(steps: Sequence[Migration] | None = None) -> list[dict]:
     if len(set(versions)) != len(versions):
         raise MigrationError(f'Schema steps have duplicate versions: {sorted(versions)}.')
     applied = []
-    with database.connection() as db, _migration_lock(db):
+    with database.connection(schema=False) as db, _migration_lock(db):
         db.create_tables([SchemaVersion], safe=True)
         done = {row.version for row in SchemaVersion.select(SchemaVersion.version)}
         migrator = SchemaMigrator.from_database(db)
@@ -127,13 +127,34 @@ def upgrade(steps: Sequence[Migration] | None = None) -> list[dict]:
     return applied
 
 
-def schema_status(steps: Sequence[Migration] = MIGRATIONS) -> list[dict]:
+def schema_status(steps: Sequence[Migration] | None = None) -> list[dict]:
     """Return every schema step with when it was applied (None while pending)."""
-    with database.connection() as db:
-        db.create_tables([SchemaVersion], safe=True)
-        done = {row.version: row.applied_at for row in SchemaVersion.select()}
+    steps = MIGRATIONS if steps is None else steps
+    with database.connection(schema=False) as db:
+        done = _applied(db)
     return [{'version': step.version, 'name': step.name, 'applied_at': done.get(step.version)}
             for step in sorted(steps, key=lambda s: s.version)]
+
+
+def ensure_schema() -> None:
+    """Make sure the schema is current: on SQLite apply the pending steps, elsewhere raise `SchemaNotCurrent`."""
+    steps = MIGRATIONS
+    with database.connection(schema=False) as db:
+        applied = _applied(db)
+        pending = [step.version for step in steps if step.version not in applied]
+        if not pending:
+            return
+        if isinstance(db, peewee.SqliteDatabase):
+            # The embedded default has no one to run `jobs db upgrade`: its schema is simply there. upgrade() holds
+            # the migration lock and skips the steps another process applied meanwhile.
+            upgrade(steps)
+            return
+    url = redact_url(get_settings().database_url)
+    if not applied:
+        raise SchemaNotCurrent(f'The database at {url} has no schema yet; create it with `jobs db upgrade` '
+                               f'(or `jobs db init`, which also creates the first admin user).')
+    raise SchemaNotCurrent(f'The schema of the database at {url} is behind this version of rqjobs (steps '
+                           f'{", ".join(map(str, pending))} pending); apply them with `jobs db upgrade`.')
 
 
 def _applied(db: peewee.Database) -> dict[int, dt.datetime]:
@@ -439,7 +460,7 @@ def restore_data(path: str, replace: bool = False) -> dict:
                              f'({newest}); restore it with the release that made it, or a later one.')
     upgrade([step for step in MIGRATIONS if step.version <= made_from])
     counts = {}
-    with database.connection() as db, db.atomic():
+    with database.connection(schema=False) as db, db.atomic():
         filled = [model._meta.table_name for model, _ in BACKUP_TABLES if model.select().exists()]
         if filled and not replace:
             raise MigrationError(f'The database is not empty ({", ".join(filled)} have rows); restore into an empty '

@@ -1,18 +1,33 @@
-"""Tests of opening the database: a database that cannot be reached."""
+"""Tests of opening the database: a schema that is missing or behind, a database that cannot be reached."""
 
 import os
 import socket
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+import peewee
 import pytest
+from click.testing import CliRunner
 
+import cli
+import models
 from conftest import run_jobs_cli
-from rqjobs import queues, settings
+from models import SchemaVersion, Warehouse
+from rqjobs import database as database_module
+from rqjobs import migration, queues, settings
+from rqjobs.migration import MIGRATIONS, Migration
+
+# Commands that read or write the platform's tables, each on a database that is not ready.
+TABLE_COMMANDS = (['warehouse', 'list'], ['warehouse', 'add', 'https://github.com/octo/hello'], ['stats', 'show'],
+                  ['warehouse', 'show', 'nope'], ['db', 'backup'])
 
 
 def on_postgresql() -> bool:
     return os.environ.get('TEST_DATABASE_URL', '').startswith(('postgres://', 'postgresql://'))
+
+
+def postgresql_only():
+    return pytest.mark.skipif(not on_postgresql(), reason='needs TEST_DATABASE_URL on PostgreSQL')
 
 
 def other_database(path: str = '', user: str | None = None) -> str:
@@ -38,6 +53,68 @@ def assert_one_line_error(result, *phrases: str) -> str:
     for phrase in phrases:
         assert phrase in lines[0]
     return lines[0]
+
+
+def drop_schema(db: peewee.Database) -> None:
+    with db.connection_context():
+        models.drop_tables()
+    database_module.reset()
+
+
+def extra_step(calls: list) -> Migration:
+    def record(migrator):
+        calls.append(Warehouse.select().count())
+
+    return Migration(2, 'a later step', record)
+
+
+# ---- A database without the schema ----
+
+def test_a_fresh_sqlite_database_gets_its_schema_on_first_use(tmp_path, env):
+    env.delenv('DATABASE_URL')
+    for command in (['warehouse', 'list'], ['stats', 'show'], ['warehouse', 'list']):
+        result = run_jobs_cli('-q', *command, env=os.environ.copy())
+        assert result.returncode == 0, result.stderr
+        assert 'Traceback' not in result.stderr
+    settings.reset()
+    with database_module.connection(schema=False):
+        assert [row.version for row in SchemaVersion.select()] == [step.version for step in MIGRATIONS]
+
+
+@pytest.mark.db
+def test_a_schema_that_is_behind_is_upgraded_on_sqlite_and_named_elsewhere(database, monkeypatch):
+    calls = []
+    monkeypatch.setattr(migration, 'MIGRATIONS', (*MIGRATIONS, extra_step(calls)))
+    database_module.reset()
+    result = CliRunner().invoke(cli.main, ['-q', 'warehouse', 'list'])
+    if isinstance(database, peewee.SqliteDatabase):
+        assert result.exit_code == 0, result.output
+        assert calls == [0]
+        return
+    assert result.exit_code == 1
+    assert_one_line_error(result, 'is behind', 'steps 2 pending', '`jobs db upgrade`')
+    assert CliRunner().invoke(cli.main, ['-q', 'db', 'upgrade']).exit_code == 0
+    assert CliRunner().invoke(cli.main, ['-q', 'warehouse', 'list']).exit_code == 0
+
+
+@pytest.mark.db
+@postgresql_only()
+@pytest.mark.parametrize('command', TABLE_COMMANDS, ids=' '.join)
+def test_a_postgresql_database_without_the_schema_names_jobs_db_upgrade(database, command):
+    drop_schema(database)
+    result = CliRunner().invoke(cli.main, ['-q', *command])
+    assert result.exit_code == 1
+    assert_one_line_error(result, 'has no schema yet', '`jobs db upgrade`')
+
+
+@pytest.mark.db
+@postgresql_only()
+def test_a_job_on_a_database_without_the_schema_fails_and_is_retried(database, redis_conn, burst_worker):
+    drop_schema(database)
+    job = queues.enqueue('regenerate_minimap', ['no-such-warehouse'], connection=redis_conn)
+    burst_worker('minimap')
+    job.refresh()
+    assert job.get_status().value == 'scheduled' and job.retries_left == queues.RETRY_MAX - 1
 
 
 # ---- A database that cannot be reached ----
