@@ -2,6 +2,7 @@
 
 import os
 import socket
+import sqlite3
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -190,3 +191,23 @@ def test_a_job_on_an_unreachable_database_fails_in_one_line_and_is_retried(env, 
     error = once.latest_result().exc_string.strip().splitlines()[-1]
     assert error.startswith('rqjobs.exceptions.DatabaseUnavailable: Cannot reach the database at postgresql://jobs:***@')
     assert 's3cret' not in once.latest_result().exc_string
+
+
+# ---- A database that fails mid-command ----
+
+@pytest.mark.db
+def test_a_database_locked_mid_command_is_one_line(database, monkeypatch):
+    if not isinstance(database, peewee.SqliteDatabase):
+        pytest.skip('holds a SQLite write lock')
+    # The command waits 5 s for a lock by default; a test waits less.
+    monkeypatch.setattr(database, '_pragmas', [(name, 100 if name == 'busy_timeout' else value)
+                                               for name, value in database._pragmas])
+    holder = sqlite3.connect(database.database, timeout=0.1, isolation_level=None)
+    try:
+        holder.execute('BEGIN EXCLUSIVE')
+        result = CliRunner().invoke(cli.main, ['-q', 'warehouse', 'add', 'https://github.com/octo/hello'])
+    finally:
+        holder.execute('ROLLBACK')
+        holder.close()
+    assert result.exit_code == 1
+    assert_one_line_error(result, 'Error: The database at sqlite:///', 'failed: database is locked', 'try the command again')
