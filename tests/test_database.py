@@ -23,12 +23,14 @@ TABLE_COMMANDS = (['warehouse', 'list'], ['warehouse', 'add', 'https://github.co
                   ['warehouse', 'show', 'nope'], ['db', 'backup'])
 
 
-def on_postgresql() -> bool:
-    return os.environ.get('TEST_DATABASE_URL', '').startswith(('postgres://', 'postgresql://'))
+def server_scheme() -> str | None:
+    """'postgresql' or 'mysql' when TEST_DATABASE_URL names a server, else None."""
+    scheme = urlsplit(os.environ.get('TEST_DATABASE_URL', '')).scheme
+    return {'postgres': 'postgresql', 'postgresql': 'postgresql', 'mysql': 'mysql'}.get(scheme)
 
 
-def postgresql_only():
-    return pytest.mark.skipif(not on_postgresql(), reason='needs TEST_DATABASE_URL on PostgreSQL')
+def server_only():
+    return pytest.mark.skipif(server_scheme() is None, reason='needs TEST_DATABASE_URL on PostgreSQL or MySQL')
 
 
 def other_database(path: str = '', user: str | None = None) -> str:
@@ -99,9 +101,9 @@ def test_a_schema_that_is_behind_is_upgraded_on_sqlite_and_named_elsewhere(datab
 
 
 @pytest.mark.db
-@postgresql_only()
+@server_only()
 @pytest.mark.parametrize('command', TABLE_COMMANDS, ids=' '.join)
-def test_a_postgresql_database_without_the_schema_names_jobs_db_upgrade(database, command):
+def test_a_server_database_without_the_schema_names_jobs_db_upgrade(database, command):
     drop_schema(database)
     result = CliRunner().invoke(cli.main, ['-q', *command])
     assert result.exit_code == 1
@@ -109,7 +111,7 @@ def test_a_postgresql_database_without_the_schema_names_jobs_db_upgrade(database
 
 
 @pytest.mark.db
-@postgresql_only()
+@server_only()
 def test_a_job_on_a_database_without_the_schema_fails_and_is_retried(database, redis_conn, burst_worker):
     drop_schema(database)
     job = queues.enqueue('regenerate_minimap', ['no-such-warehouse'], connection=redis_conn)
@@ -125,9 +127,13 @@ def unreachable_urls() -> list:
                          id='postgresql down'),
             pytest.param(f'mysql://jobs:s3cret@127.0.0.1:{closed_port()}/rqjobs', 'Connection refused',
                          id='mysql down')]
-    if on_postgresql():
+    if server_scheme() == 'postgresql':
         urls += [pytest.param(other_database('/nosuchdb'), 'database "nosuchdb" does not exist', id='no database'),
                  pytest.param(other_database(user='nosuchrole'), 'nosuchrole', id='unknown user')]
+    elif server_scheme() == 'mysql':
+        urls += [pytest.param(other_database('/nosuchdb'), "Unknown database 'nosuchdb'", id='no database'),
+                 pytest.param(other_database(user='nosuchrole'), "Access denied for user 'nosuchrole'",
+                              id='unknown user')]
     return urls
 
 
