@@ -721,7 +721,8 @@ def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict
                 result['batches'] += 1
                 budget -= len(raws)
     except DatabaseUnavailable as exc:
-        raise DatabaseUnavailable(f'Access log: {exc} The entries stay in Redis and the next run stores them.') from None
+        raise DatabaseUnavailable(
+            f'Access log: {exc} The entries stay in Redis and the next run stores them.') from None
     except (peewee.DatabaseError, peewee.InterfaceError) as exc:
         url = redact_url(settings.database_url)
         reason = ' '.join(str(exc).split())  # drivers' messages span lines

@@ -47,7 +47,7 @@ def connection(settings: Settings | None = None, *, schema: bool = True) -> Iter
     global _schema_current
     settings = settings or get_settings()
     db = database(settings)
-    connect(db, settings.database_url)
+    _connect(db, settings.database_url)
     with db.connection_context():
         if schema and _schema_current != settings.database_url:
             from rqjobs import migration  # migration imports this module; the check needs its schema steps
@@ -57,7 +57,7 @@ def connection(settings: Settings | None = None, *, schema: bool = True) -> Iter
         yield db
 
 
-def connect(db: peewee.Database, url: str) -> None:
+def _connect(db: peewee.Database, url: str) -> None:
     """Open `db`'s connection unless open, or raise `DatabaseUnavailable` in one line that says why."""
     if not db.is_closed():
         return
@@ -66,14 +66,14 @@ def connect(db: peewee.Database, url: str) -> None:
     except (peewee.OperationalError, peewee.InterfaceError) as exc:
         raise DatabaseUnavailable(
             f'Cannot reach the database at {redact_url(url)}: {_sentence(exc)} Start that server or create that '
-            f'database, or fix DATABASE_URL (for example DATABASE_URL=postgresql://user:password@127.0.0.1:5432/rqjobs).'
+            f'database, or fix DATABASE_URL (for example '
+            f'DATABASE_URL=postgresql://user:password@127.0.0.1:5432/rqjobs).'
         ) from None
 
 
 def _sentence(exc: BaseException) -> str:
     text = ' '.join(str(exc).split()) or type(exc).__name__  # drivers' messages span lines
     return text if text.endswith(('.', '?', '!')) else text + '.'
-
 
 
 def reset() -> None:

@@ -195,7 +195,8 @@ def test_a_job_on_an_unreachable_database_fails_in_one_line_and_is_retried(env, 
     assert retried.get_status().value == 'scheduled' and retried.retries_left == queues.RETRY_MAX - 1
     assert once.get_status().value == 'failed'
     error = once.latest_result().exc_string.strip().splitlines()[-1]
-    assert error.startswith('rqjobs.exceptions.DatabaseUnavailable: Cannot reach the database at postgresql://jobs:***@')
+    assert error.startswith('rqjobs.exceptions.DatabaseUnavailable: '
+                            'Cannot reach the database at postgresql://jobs:***@')
     assert 's3cret' not in once.latest_result().exc_string
 
 
@@ -216,4 +217,5 @@ def test_a_database_locked_mid_command_is_one_line(database, monkeypatch):
         holder.execute('ROLLBACK')
         holder.close()
     assert result.exit_code == 1
-    assert_one_line_error(result, 'Error: The database at sqlite:///', 'failed: database is locked', 'try the command again')
+    assert_one_line_error(result, 'Error: The database at sqlite:///', 'failed: database is locked',
+                          'try the command again')
