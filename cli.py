@@ -12,6 +12,7 @@ import sys
 from functools import cached_property
 
 import click
+import peewee
 
 from rqjobs import exceptions
 from rqjobs.settings import get_settings
@@ -53,6 +54,13 @@ class JobsGroup(click.Group):
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            # Connecting fails as DatabaseUnavailable already; this is the database locked or lost mid-command.
+            from rqjobs.settings import redact_url
+
+            reason = ' '.join(str(exc).split())
+            raise click.ClickException(f'The database at {redact_url(get_settings().database_url)} failed: {reason}; '
+                                       f'try the command again.') from None
         except Exception as exc:
             # Any command's write can meet a full Redis; redis is looked up only once a command has imported it.
             redis = sys.modules.get('redis')

@@ -445,8 +445,12 @@ MODELS = (
 
 # ---- Opening the database ----
 
-def open_database(url: str) -> Database:
-    """Build the database that `url` names, without connecting to it."""
+def open_database(url: str, connect_timeout: int | None = None) -> Database:
+    """Build the database that `url` names, without connecting to it.
+
+    `connect_timeout` bounds, in seconds, the wait for a server to accept a connection (a `connect_timeout` in the
+    URL wins); SQLite has no server to wait for.
+    """
     scheme = urlsplit(url).scheme
     if scheme not in SUPPORTED_SCHEMES:
         raise ValueError(f'Unsupported database URL scheme {scheme!r}; use a URL such as {EXAMPLE_URLS}.')
@@ -472,6 +476,9 @@ def open_database(url: str) -> Database:
         params['field_types'] = {'DATETIME': 'DATETIME(6)'}
     else:
         params['field_types'] = {'LONGTEXT': 'TEXT'}
+    if connect_timeout and not issubclass(database_class, SqliteDatabase):
+        # Both drivers (psycopg2, PyMySQL) take this keyword; without it a server that drops packets hangs a command.
+        params.setdefault('connect_timeout', connect_timeout)
     if issubclass(database_class, SqliteDatabase):
         params['pragmas'] = SQLITE_PRAGMAS
         if params['database'] != ':memory:' and not params['database'].startswith('file:'):
@@ -486,9 +493,9 @@ def open_database(url: str) -> Database:
     return database_class(**params)
 
 
-def init_database(url: str) -> Database:
+def init_database(url: str, connect_timeout: int | None = None) -> Database:
     """Open the database that `url` names and bind the `db` proxy to it."""
-    database = open_database(url)
+    database = open_database(url, connect_timeout)
     db.initialize(database)
     return database
 

@@ -29,7 +29,7 @@ import time
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import models
-from rqjobs import clock, database, settings
+from rqjobs import clock, database, migration, settings
 from rqjobs import statistics as jobs
 
 AIM_RATIO = 2.0
@@ -185,8 +185,8 @@ def main() -> None:
 def run(options: argparse.Namespace) -> None:
     day = clock.utcnow().date() - dt.timedelta(days=1)
     start, end = jobs.day_range(day)
+    migration.upgrade()  # the private schema starts empty; the job's connection checks that it is current
     with database.connection() as db:
-        models.create_tables()
         started = time.perf_counter()
         load(db, options.records, day, options.days)
         loaded = time.perf_counter() - started

@@ -720,6 +720,9 @@ def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict
                 result['dead_lettered'] += len(dead)
                 result['batches'] += 1
                 budget -= len(raws)
+    except DatabaseUnavailable as exc:
+        raise DatabaseUnavailable(
+            f'Access log: {exc} The entries stay in Redis and the next run stores them.') from None
     except (peewee.DatabaseError, peewee.InterfaceError) as exc:
         url = redact_url(settings.database_url)
         reason = ' '.join(str(exc).split())  # drivers' messages span lines

@@ -71,6 +71,10 @@ class DatabaseUnavailable(RqjobsError):
     """Raised when the database cannot be reached or stays locked; the work is left for the next run."""
 
 
+class SchemaNotCurrent(RqjobsError):
+    """Raised when a PostgreSQL or MySQL database has no schema yet, or an older one than the code needs."""
+
+
 class InvalidStatisticsDate(PermanentJobError):
     """Raised when a statistics date is not a real past or present UTC day written as YYYY-MM-DD."""
 

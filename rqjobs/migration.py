@@ -12,6 +12,7 @@ import datetime as dt
 import fcntl
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -37,8 +38,8 @@ from models import (
     WarehouseType,
 )
 from rqjobs import clock, database, passwords
-from rqjobs.exceptions import PermanentJobError
-from rqjobs.settings import get_settings
+from rqjobs.exceptions import PermanentJobError, SchemaNotCurrent
+from rqjobs.settings import get_settings, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +91,10 @@ MIGRATIONS: tuple[Migration, ...] = (
 def create_schema() -> dict:
     """Bring the schema up to date: apply every pending schema step."""
     # Applied steps are recorded and skipped, so a second run changes nothing.
-    with database.connection() as db:
+    with database.connection(schema=False) as db:
         before = set(db.get_tables())
     applied = upgrade()
-    with database.connection() as db:
+    with database.connection(schema=False) as db:
         after = set(db.get_tables())
     created = sorted(after - before)
     logger.info('schema: %d tables created, %d present, steps applied: %s', len(created), len(after),
@@ -101,13 +102,14 @@ def create_schema() -> dict:
     return {'created': created, 'tables': len(after), 'applied': applied}
 
 
-def upgrade(steps: Sequence[Migration] = MIGRATIONS) -> list[dict]:
-    """Apply the steps not yet recorded, in version order; return the ones applied."""
+def upgrade(steps: Sequence[Migration] | None = None) -> list[dict]:
+    """Apply the steps not yet recorded (of `MIGRATIONS` unless given), in version order; return the ones applied."""
+    steps = MIGRATIONS if steps is None else steps
     versions = [step.version for step in steps]
     if len(set(versions)) != len(versions):
         raise MigrationError(f'Schema steps have duplicate versions: {sorted(versions)}.')
     applied = []
-    with database.connection() as db, _migration_lock(db):
+    with database.connection(schema=False) as db, _migration_lock(db):
         db.create_tables([SchemaVersion], safe=True)
         done = {row.version for row in SchemaVersion.select(SchemaVersion.version)}
         migrator = SchemaMigrator.from_database(db)
@@ -125,13 +127,42 @@ def upgrade(steps: Sequence[Migration] = MIGRATIONS) -> list[dict]:
     return applied
 
 
-def schema_status(steps: Sequence[Migration] = MIGRATIONS) -> list[dict]:
+def schema_status(steps: Sequence[Migration] | None = None) -> list[dict]:
     """Return every schema step with when it was applied (None while pending)."""
-    with database.connection() as db:
-        db.create_tables([SchemaVersion], safe=True)
-        done = {row.version: row.applied_at for row in SchemaVersion.select()}
+    steps = MIGRATIONS if steps is None else steps
+    with database.connection(schema=False) as db:
+        done = _applied(db)
     return [{'version': step.version, 'name': step.name, 'applied_at': done.get(step.version)}
             for step in sorted(steps, key=lambda s: s.version)]
+
+
+def ensure_schema() -> None:
+    """Make sure the schema is current: on SQLite apply the pending steps, elsewhere raise `SchemaNotCurrent`."""
+    steps = MIGRATIONS
+    with database.connection(schema=False) as db:
+        applied = _applied(db)
+        pending = [step.version for step in steps if step.version not in applied]
+        if not pending:
+            return
+        if isinstance(db, peewee.SqliteDatabase):
+            # The embedded default has no one to run `jobs db upgrade`: its schema is simply there. upgrade() holds
+            # the migration lock and skips the steps another process applied meanwhile.
+            upgrade(steps)
+            return
+    url = redact_url(get_settings().database_url)
+    if not applied:
+        raise SchemaNotCurrent(f'The database at {url} has no schema yet; create it with `jobs db upgrade` '
+                               f'(or `jobs db init`, which also creates the first admin user).')
+    raise SchemaNotCurrent(f'The schema of the database at {url} is behind this version of rqjobs (steps '
+                           f'{", ".join(map(str, pending))} pending); apply them with `jobs db upgrade`.')
+
+
+def _applied(db: peewee.Database) -> dict[int, dt.datetime]:
+    """Return the recorded schema steps and when each was applied; none on a database without the schema."""
+    # Looked up rather than queried: on PostgreSQL a failed query would abort the transaction around it.
+    if not db.table_exists(SchemaVersion._meta.table_name):
+        return {}
+    return {row.version: row.applied_at for row in SchemaVersion.select()}
 
 
 @contextlib.contextmanager
@@ -204,7 +235,7 @@ def initialize_users() -> dict:
             password = settings.admin_password or passwords.generate_password()
             users = [User.create(name='admin', email='admin@localhost', password=passwords.hash_password(password))]
             if not settings.admin_password:
-                password_file = _write_password_once(settings.data_dir / PASSWORD_FILE, password)
+                password_file = _write_password_once(settings.data_dir, password)
         UserInRole.insert_many([
             {'user': user.id, 'role': admin_role.id if user.name == 'admin' else user_role.id} for user in users
         ]).execute()
@@ -214,13 +245,20 @@ def initialize_users() -> dict:
             'admin_created': admin_created, 'password_file': str(password_file) if password_file else None}
 
 
-def _write_password_once(path: Path, password: str) -> Path:
-    # The generated password goes to a file only its owner can read, never to a log, a job result or Redis.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, 'w') as handle:
-        handle.write(password + '\n')
-    return path
+def _write_password_once(directory: Path, password: str) -> Path:
+    # The generated password goes to a file only its owner can read, never to a log, a job result or Redis. A file
+    # there already (another database sharing this directory, an earlier run rolled back) is never overwritten: it
+    # may hold the only copy of a password. The next free name is taken instead.
+    directory.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        path = directory / (PASSWORD_FILE if number == 1 else PASSWORD_FILE.replace('.txt', f'-{number}.txt'))
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(descriptor, 'w') as handle:
+            handle.write(password + '\n')
+        return path
 
 
 def migrate_warehouses() -> dict:
@@ -329,7 +367,9 @@ def write_backup(target: str | Path) -> dict:
     digest = hashlib.sha256()
     try:
         with database.connection() as db, _snapshot(db), gzip.open(temporary, 'wb') as out:
-            _write_line(out, {'format': BACKUP_FORMAT, 'version': BACKUP_VERSION, 'created_at': now.isoformat()})
+            # The schema version lets a restore into an empty database build the schema these rows fit.
+            _write_line(out, {'format': BACKUP_FORMAT, 'version': BACKUP_VERSION, 'created_at': now.isoformat(),
+                              'schema': max(_applied(db), default=1)})
             for model, excluded in BACKUP_TABLES:
                 table = model._meta.table_name
                 columns = [field for field in model._meta.sorted_fields if field.name not in excluded]
@@ -404,6 +444,10 @@ def _json_default(value: Any) -> Any:
 
 def read_backup(path: str | Path) -> dict[str, list[dict]]:
     """Read and check a whole backup file; return its rows by table, or raise `MigrationError` saying what is wrong."""
+    return _read_backup(path)[1]
+
+
+def _read_backup(path: str | Path) -> tuple[dict, dict[str, list[dict]]]:
     path = Path(path)
     tables = {model._meta.table_name: model for model, _ in BACKUP_TABLES}
     rows: dict[str, list[dict]] = {name: [] for name in tables}
@@ -434,7 +478,7 @@ def read_backup(path: str | Path) -> dict[str, list[dict]]:
         raise MigrationError(f'{path} has no end marker: the backup is truncated or incomplete.')
     if trailer.get('sha256') != digest.hexdigest() or trailer.get('rows') != sum(map(len, rows.values())):
         raise MigrationError(f'{path} does not match its checksum: the file was altered or damaged.')
-    return rows
+    return header, rows
 
 
 def restore_data(path: str, replace: bool = False) -> dict:
@@ -443,11 +487,21 @@ def restore_data(path: str, replace: bool = False) -> dict:
 
 
 def restore_file(path: str | Path, replace: bool = False) -> dict:
-    """Restore a backup into an empty database (or, with `replace`, instead of its rows), all or nothing."""
+    """Restore a backup into an empty database (or, with `replace`, instead of its rows), all or nothing.
+
+    A database without the schema gets it first, at the version the backup was made from; the steps after that
+    version run once the rows are in. The rows are all or nothing; the schema stays if they fail.
+    """
     # All or nothing in one transaction; without `replace`, a second run finds the database no longer empty.
-    rows = read_backup(path)
+    header, rows = _read_backup(path)
+    made_from = header.get('schema', 1)  # backups that do not say were made from the baseline schema
+    newest = max(step.version for step in MIGRATIONS)
+    if not isinstance(made_from, int) or made_from > newest:
+        raise MigrationError(f'{path} was made from schema version {made_from}, newer than this rqjobs knows '
+                             f'({newest}); restore it with the release that made it, or a later one.')
+    upgrade([step for step in MIGRATIONS if step.version <= made_from])
     counts = {}
-    with database.connection() as db, db.atomic():
+    with database.connection(schema=False) as db, db.atomic():
         filled = [model._meta.table_name for model, _ in BACKUP_TABLES if model.select().exists()]
         if filled and not replace:
             raise MigrationError(f'The database is not empty ({", ".join(filled)} have rows); restore into an empty '
@@ -461,6 +515,7 @@ def restore_file(path: str | Path, replace: bool = False) -> dict:
             for batch in peewee.chunked(prepared, 200):
                 model.insert_many(batch).execute()
             counts[table] = len(prepared)
+    upgrade()
     logger.info('restore: %s restored, %d rows', path, sum(counts.values()))
     return {'path': str(path), 'counts': counts}
 

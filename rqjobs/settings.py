@@ -20,6 +20,7 @@ from rqjobs.exceptions import SettingsError
 # Every environment variable the settings read, each documented in README.md.
 VARIABLES = (
     'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
+    'DATABASE_CONNECT_TIMEOUT',
     'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
     'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_ALLOW_PRIVATE_HOSTS', 'GIT_CLONE_TIMEOUT',
     'GIT_MAX_REPO_SIZE', 'GIT_MAX_REPO_FILES', 'BACKUP_DIR',
@@ -40,6 +41,7 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = Path('var')
     database_url: str = ''
+    database_connect_timeout: int = 5
     repo_root: Path = Path('var/repos')
     backup_dir: Path = Path('var/backups')
     update_interval_days: int = 7
@@ -86,6 +88,7 @@ class Settings:
             redis_url=redis_url,
             data_dir=data_dir,
             database_url=database_url,
+            database_connect_timeout=_int(env, 'DATABASE_CONNECT_TIMEOUT', 5, minimum=1, example='5'),
             repo_root=repo_root,
             backup_dir=backup_dir,
             update_interval_days=_int(env, 'UPDATE_INTERVAL', 7, minimum=1, example='7'),

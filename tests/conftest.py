@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import models
+from rqjobs import database as database_module
 from rqjobs import settings as settings_module
 from rqjobs.embedded import EmbeddedRedis
 from rqjobs.settings import VARIABLES
@@ -36,8 +37,10 @@ def env(monkeypatch, tmp_path, redis_server):
     monkeypatch.setenv('REDIS_URL', redis_server.url)
     monkeypatch.setenv('DATABASE_URL', os.environ.get('TEST_DATABASE_URL') or f'sqlite:///{tmp_path / "test.db"}')
     settings_module.reset()
+    database_module.reset()
     yield monkeypatch
     settings_module.reset()
+    database_module.reset()
 
 
 @pytest.fixture
@@ -88,13 +91,13 @@ def full_redis(env, tmp_path):
 
 @pytest.fixture
 def database(env):
-    """The test database (TEST_DATABASE_URL or a fresh SQLite file) with every table, dropped afterwards."""
-    from rqjobs import database as database_module
+    """The test database (TEST_DATABASE_URL or a fresh SQLite file) with the current schema, dropped afterwards."""
+    from rqjobs import migration
 
     db = database_module.database()
     with db.connection_context():
         models.drop_tables()
-        models.create_tables()
+    migration.upgrade()
     yield db
     if not db.is_closed():
         db.close()

@@ -326,7 +326,7 @@ def test_a_database_that_is_down_fails_the_run_and_keeps_the_entries(redis_conn,
     env.setenv('DATABASE_URL', 'postgresql://postgres@127.0.0.1:1/nowhere')
     settings.reset()
     access_log.enqueue_access_logs([entry(i) for i in range(5)], connection=redis_conn)
-    with pytest.raises(DatabaseUnavailable, match=r'127\.0\.0\.1:1/nowhere .*stay in Redis'):
+    with pytest.raises(DatabaseUnavailable, match=r'Cannot reach the database at postgresql://postgres@127\.0\.0\.1:1/nowhere: .*stay in Redis'):
         access_log.process_access_log()
     assert redis_conn.llen(BUFFER_KEY) + redis_conn.llen(PROCESSING_KEY) == 5
     assert not redis_conn.exists(LOCK_KEY)

@@ -51,7 +51,7 @@ def scratch(database):
 def test_upgrade_applies_pending_steps_in_order_once(scratch, database):
     calls = []
     applied = migration.upgrade(scratch_steps(calls))
-    assert [step['version'] for step in applied] == [1, 2, 3]
+    assert [step['version'] for step in applied] == [2, 3]
     assert 'size' in {column.name for column in database.get_columns('scratch')}
     assert migration.upgrade(scratch_steps(calls)) == []
     assert calls == ['add_column']
@@ -246,6 +246,39 @@ def test_restore_refuses_a_non_empty_database_unless_replacing(filled, database)
     assert after == before
 
 
+def test_restore_into_a_database_without_the_schema_builds_it_then_loads(filled, database, monkeypatch):
+    before = snapshot_rows()
+    path = migration.backup_data()['path']
+    with database.connection_context():
+        models.drop_tables()
+    seen = []
+
+    def later_step(migrator):
+        seen.append(Warehouse.select().count())
+
+    # A step newer than the backup runs after its rows are in, as it would have on the original database.
+    monkeypatch.setattr(migration, 'MIGRATIONS', (*MIGRATIONS, Migration(2, 'a later step', later_step)))
+    result = CliRunner().invoke(cli.main, ['-q', 'db', 'restore', path])
+    assert result.exit_code == 0, result.output
+    assert 'Traceback' not in result.output
+    assert seen == [1]
+    assert snapshot_rows() == before
+    assert sorted(row.version for row in SchemaVersion.select()) == [1, 2]
+
+
+def test_restore_refuses_a_backup_of_a_newer_schema_in_one_line(filled, database, tmp_path):
+    path = Path(migration.backup_data()['path'])
+    lines = gzip.decompress(path.read_bytes()).split(b'\n')
+    header = json.loads(lines[0])
+    newer = tmp_path / 'newer.jsonl.gz'
+    newer.write_bytes(gzip.compress(b'\n'.join([json.dumps({**header, 'schema': 99}).encode(), *lines[1:]])))
+    with database.connection_context():
+        models.drop_tables()
+    result = CliRunner().invoke(cli.main, ['-q', 'db', 'restore', str(newer)])
+    assert result.exit_code == 1
+    assert result.output.strip().count('\n') == 0 and 'schema version 99, newer than' in result.output
+
+
 def test_backup_never_overwrites(filled, tmp_path):
     target = tmp_path / 'backup.jsonl.gz'
     target.write_text('keep me')
@@ -278,6 +311,8 @@ def test_truncated_or_tampered_backups_are_refused(filled, database, tmp_path):
 
 def test_cli_db_commands(filled, database, tmp_path):
     runner = CliRunner()
+    with database.connection_context():
+        SchemaVersion.delete().execute()  # as a database made before steps were recorded
     pending = runner.invoke(cli.main, ['db', 'status', '--json'])
     assert pending.exit_code == 0 and json.loads(pending.output)[0]['state'] == 'pending'
     assert 'Applied step 1: baseline schema' in runner.invoke(cli.main, ['db', 'upgrade']).output
@@ -394,6 +429,29 @@ def test_db_init_prints_the_generated_password_once(database, tmp_path):
     assert first.exit_code == 0 and password in first.output
     second = runner.invoke(cli.main, ['db', 'init'])
     assert second.exit_code == 0 and password not in second.output
+
+
+def test_db_init_on_a_second_database_sharing_the_data_directory(database, env, tmp_path):
+    runner = CliRunner()
+    first = runner.invoke(cli.main, ['-q', 'db', 'init'])
+    assert first.exit_code == 0, first.output
+    first_file = tmp_path / 'var' / 'admin-password.txt'
+    first_password = first_file.read_text()
+    # The same data directory, another database.
+    env.setenv('DATABASE_URL', f'sqlite:///{tmp_path / "var" / "other.db"}')
+    from rqjobs import settings
+    settings.reset()
+    second = runner.invoke(cli.main, ['-q', 'db', 'init'])
+    assert second.exit_code == 0, second.output
+    second_file = tmp_path / 'var' / 'admin-password-2.txt'
+    second_password = second_file.read_text()
+    assert second_password.strip() in second.output and f'also in {second_file}' in second.output
+    assert second_password != first_password and first_file.read_text() == first_password
+    assert stat.S_IMODE(second_file.stat().st_mode) == 0o600
+    again = runner.invoke(cli.main, ['-q', 'db', 'init'])
+    assert again.exit_code == 0 and ': 0 tables created,' in again.output
+    assert sorted(path.name for path in (tmp_path / 'var').glob('admin-password*')) == [
+        'admin-password-2.txt', 'admin-password.txt']
 
 
 def test_jobs_run_through_a_worker(redis_conn, database, burst_worker):

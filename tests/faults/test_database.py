@@ -78,5 +78,6 @@ def test_a_database_that_is_down_fails_jobs_clearly_and_they_are_retried(redis_c
                    f'{job.func_name} failed and waits to retry', details=processes.logs_text)
         job.refresh()
         assert job.get_status() == JobStatus.SCHEDULED and job.retries_left == 2
-        assert attempt_failed(processes.log(worker), job, 'peewee.OperationalError: connection to server at '
-                              '"127.0.0.1", port 1 failed: Connection refused')
+        assert attempt_failed(processes.log(worker), job, 'DatabaseUnavailable: Cannot reach the database at '
+                              'postgresql://postgres@127.0.0.1:1/test: connection to server at "127.0.0.1", port 1 '
+                              'failed: Connection refused')
