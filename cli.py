@@ -19,7 +19,7 @@ from rqjobs.settings import get_settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-# `jobs enqueue --wait --timeout S` exits with this when the job did not end in time.
+# `rqjobs enqueue --wait --timeout S` exits with this when the job did not end in time.
 EXIT_TIMEOUT = 3
 
 
@@ -242,7 +242,7 @@ def minimap_show(warehouse_id: str, as_json: bool, max_lines: int) -> None:
                                    f'built for Completed warehouses.')
     if tree is None:
         raise click.ClickException(f'Warehouse {warehouse_id} has no mind map; make one with '
-                                   f'`jobs minimap regenerate {warehouse_id}`.')
+                                   f'`rqjobs minimap regenerate {warehouse_id}`.')
     emit(tree, as_json, lambda t: print_tree(t, limit=[max_lines]))
 
 
@@ -328,14 +328,14 @@ def enqueue(obj: Context, job: str | None, args: tuple[str, ...], kwargs: tuple[
 
     Each ARG and VALUE is read as JSON when it parses (42, true, null, "42" for the string) and as a plain string
     otherwise. With --wait the exit status is 0 when the job finished, 1 when it failed or was stopped, and
-    3 when --timeout passed first (the job goes on). Example: jobs enqueue ping --wait
+    3 when --timeout passed first (the job goes on). Example: rqjobs enqueue ping --wait
     """
     from rqjobs import control, queues
 
     if show_list:
         return list_jobs()
     if not job:
-        raise click.UsageError('Name the job to enqueue, for example `jobs enqueue ping`; `jobs enqueue --list` '
+        raise click.UsageError('Name the job to enqueue, for example `rqjobs enqueue ping`; `rqjobs enqueue --list` '
                                'lists them.')
     if at_text and in_text:
         raise click.UsageError('Give either --at or --in, not both.')
@@ -377,7 +377,7 @@ def wait_for(obj: Context, job_id: str, timeout: float | None, as_json: bool) ->
     deadline = None if timeout is None else time.monotonic() + timeout
     details = monitor.job_details(obj.redis, job_id)
     if details['status'] == 'queued' and not monitor.queue_has_worker(obj.redis, details['queue']):
-        click.echo(f'No worker listens on queue {details["queue"]}; start one with `jobs worker {details["queue"]}`.',
+        click.echo(f'No worker listens on queue {details["queue"]}; start one with `rqjobs worker {details["queue"]}`.',
                    err=True)
     shown = 0
     with click.progressbar(length=100, label=details['status'], file=sys.stderr, show_eta=False) as bar:
@@ -396,7 +396,7 @@ def wait_for(obj: Context, job_id: str, timeout: float | None, as_json: bool) ->
             time.sleep(0.2)
             details = monitor.job_details(obj.redis, job_id)
     if details is None:
-        message = f'Job {job_id} did not end within {timeout:g} s; it goes on (`jobs job show {job_id}`).'
+        message = f'Job {job_id} did not end within {timeout:g} s; it goes on (`rqjobs job show {job_id}`).'
         emit({'id': job_id, 'status': 'timeout', 'message': message}, as_json, lambda _: click.echo(message, err=True))
         raise SystemExit(EXIT_TIMEOUT)
     if details['status'] == 'finished':

@@ -178,8 +178,8 @@ def register(connection: redis.Redis, entries: Sequence[Entry] | None = None) ->
     # acquire() rather than `with`: redis-py raises the same LockError for a lock not taken and for one lost while
     # held, and only the first means that another process is registering.
     if not lock.acquire():
-        raise PlanLocked(f'Another scheduler (or `jobs schedule register`) held the plan\'s registration lock for '
-                         f'{REGISTER_LOCK_WAIT:g} s; nothing was registered. Check that only one `jobs scheduler` '
+        raise PlanLocked(f'Another scheduler (or `rqjobs schedule register`) held the plan\'s registration lock for '
+                         f'{REGISTER_LOCK_WAIT:g} s; nothing was registered. Check that only one `rqjobs scheduler` '
                          f'runs, then try again.')
     try:
         current = {job.id: job for job in scheduler.get_jobs() if job.meta.get(PLAN_MARK)}

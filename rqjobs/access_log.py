@@ -728,7 +728,7 @@ def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict
         reason = ' '.join(str(exc).split())  # drivers' messages span lines
         raise DatabaseUnavailable(
             f'Access log: cannot write to the database {url} ({reason}); it is locked, down or has no schema yet '
-            f'(`jobs db init`). The entries stay in Redis and the next run stores them.'
+            f'(`rqjobs db init`). The entries stay in Redis and the next run stores them.'
         ) from exc
 
 

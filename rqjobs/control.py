@@ -62,7 +62,7 @@ def fetch(connection: redis.Redis, job_id: str) -> queues.JsonJob:
     except UnreadableJob:
         raise
     except NoSuchJobError:
-        raise JobActionRefused(f'No job {job_id!r} (it may have expired); `jobs inspect failed` lists failed jobs.') \
+        raise JobActionRefused(f'No job {job_id!r} (it may have expired); `rqjobs inspect failed` lists failed jobs.') \
             from None
 
 
@@ -71,7 +71,7 @@ def cancel_job(connection: redis.Redis, job_id: str) -> str:
     job = fetch(connection, job_id)
     status = job.get_status().value
     if status not in LIVE:
-        hint = ' Use `jobs job stop` for a running job.' if status == 'started' else ''
+        hint = ' Use `rqjobs job stop` for a running job.' if status == 'started' else ''
         raise JobActionRefused(f'Job {job_id} is {status}; only queued, scheduled or deferred jobs can be cancelled.'
                                f'{hint}')
     job.cancel()
@@ -83,7 +83,7 @@ def stop_job(connection: redis.Redis, job_id: str) -> None:
     job = fetch(connection, job_id)
     status = job.get_status().value
     if status != 'started':
-        raise JobActionRefused(f'Job {job_id} is {status}, not running; `jobs job cancel` removes a '
+        raise JobActionRefused(f'Job {job_id} is {status}, not running; `rqjobs job cancel` removes a '
                                f'queued job.')
     send_stop_job_command(connection, job_id, serializer=queues.JSONSerializer)
 
@@ -96,7 +96,7 @@ def delete_job(connection: redis.Redis, job_id: str) -> str:
         return _delete_unreadable(connection, job_id)
     status = job.get_status().value
     if status == 'started':
-        raise JobActionRefused(f'Job {job_id} is running; stop it first with `jobs job stop {job_id}`.')
+        raise JobActionRefused(f'Job {job_id} is running; stop it first with `rqjobs job stop {job_id}`.')
     job.delete()
     return status
 
@@ -137,7 +137,7 @@ def requeue_failed(connection: redis.Redis, job_ids: list[str] | None = None, qu
                 requeued.append(job_id)
     if unreadable:
         raise JobActionRefused(f'{len(requeued)} requeued; {len(unreadable)} cannot be read and stay failed '
-                               f'(`jobs job delete ID` removes one): {", ".join(unreadable)}.')
+                               f'(`rqjobs job delete ID` removes one): {", ".join(unreadable)}.')
     if job_ids is not None:
         missing = sorted(set(job_ids) - set(requeued))
         if missing:

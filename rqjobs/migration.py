@@ -145,16 +145,16 @@ def ensure_schema() -> None:
         if not pending:
             return
         if isinstance(db, peewee.SqliteDatabase):
-            # The embedded default has no one to run `jobs db upgrade`: its schema is simply there. upgrade() holds
+            # The embedded default has no one to run `rqjobs db upgrade`: its schema is simply there. upgrade() holds
             # the migration lock and skips the steps another process applied meanwhile.
             upgrade(steps)
             return
     url = redact_url(get_settings().database_url)
     if not applied:
-        raise SchemaNotCurrent(f'The database at {url} has no schema yet; create it with `jobs db upgrade` '
-                               f'(or `jobs db init`, which also creates the first admin user).')
+        raise SchemaNotCurrent(f'The database at {url} has no schema yet; create it with `rqjobs db upgrade` '
+                               f'(or `rqjobs db init`, which also creates the first admin user).')
     raise SchemaNotCurrent(f'The schema of the database at {url} is behind this version of rqjobs (steps '
-                           f'{", ".join(map(str, pending))} pending); apply them with `jobs db upgrade`.')
+                           f'{", ".join(map(str, pending))} pending); apply them with `rqjobs db upgrade`.')
 
 
 def _applied(db: peewee.Database) -> dict[int, dt.datetime]:

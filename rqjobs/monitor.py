@@ -1,4 +1,4 @@
-"""Read-only views of queues and workers, for `jobs status` and scripts."""
+"""Read-only views of queues and workers, for `rqjobs status` and scripts."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ class JsonJob(Job):
             reason = reason if len(reason) <= 160 else reason[:157] + '...'
             logger.warning('%s: job hash cannot be read (%s)', self.id, reason)
             raise UnreadableJob(f'Job {self.id} cannot be read from Redis (forged or corrupted: {reason}); '
-                                f'`jobs job delete {self.id}` removes it.') from None
+                                f'`rqjobs job delete {self.id}` removes it.') from None
 
     @classmethod
     def fetch_many(cls, job_ids: Iterable[str], connection: redis.Redis, serializer=None) -> list[JsonJob | None]:
@@ -352,7 +352,7 @@ def _allowed(path: str | None, subject: str, *, callback: bool = False) -> Calla
         raise ForbiddenJob(f'{subject}: refused, the job registry cannot be loaded: {exc}') from None
     if func is None:
         raise ForbiddenJob(f'{subject}: refused to run {path!r}, which is not a registered job '
-                           f'(see `jobs enqueue --help` for the list).')
+                           f'(see `rqjobs enqueue --help` for the list).')
     return func
 
 
@@ -463,8 +463,8 @@ def redis_full(subject: str):
 
 def redis_full_message(what: str) -> str:
     """Say that Redis is at its `maxmemory`, what that left undone, and how to make room."""
-    return (f'Redis is full (maxmemory reached, no eviction): {what}. Free memory (`jobs cleanup --finished`, '
-            f'`jobs cleanup --failed-older-than 1d`) or raise maxmemory, then try again.')
+    return (f'Redis is full (maxmemory reached, no eviction): {what}. Free memory (`rqjobs cleanup --finished`, '
+            f'`rqjobs cleanup --failed-older-than 1d`) or raise maxmemory, then try again.')
 
 
 def _scheduled(options: dict[str, Any]) -> dict[str, Any]:

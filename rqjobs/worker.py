@@ -1,6 +1,6 @@
 """Workers: ordinary rq workers, set up with the project's job class, queue class and JSON serializer.
 
-`jobs worker` runs one. The same worker can be started with rq's own command line:
+`rqjobs worker` runs one. The same worker can be started with rq's own command line:
 
     rq worker --url "$REDIS_URL" --worker-class rqjobs.worker.JobsWorker --job-class rqjobs.queues.JsonJob \\
         --queue-class rqjobs.queues.JsonQueue --serializer rqjobs.queues.JSONSerializer --with-scheduler \\

@@ -156,7 +156,7 @@ def test_enqueue_wait_without_a_worker_says_queued(ops):
     result = invoke('enqueue', 'nap', '--wait', '--timeout', '0.3')
     assert result.exit_code == cli.EXIT_TIMEOUT
     lines = result.output.splitlines()[2:]
-    assert lines[:2] == ['No worker listens on queue ops; start one with `jobs worker ops`.', 'queued'], lines
+    assert lines[:2] == ['No worker listens on queue ops; start one with `rqjobs worker ops`.', 'queued'], lines
     assert len(lines) == 3 and 'did not end within 0.3 s' in lines[2]
 
 

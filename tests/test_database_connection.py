@@ -95,7 +95,7 @@ def test_a_schema_that_is_behind_is_upgraded_on_sqlite_and_named_elsewhere(datab
         assert calls == [0]
         return
     assert result.exit_code == 1
-    assert_one_line_error(result, 'is behind', 'steps 2 pending', '`jobs db upgrade`')
+    assert_one_line_error(result, 'is behind', 'steps 2 pending', '`rqjobs db upgrade`')
     assert CliRunner().invoke(cli.main, ['-q', 'db', 'upgrade']).exit_code == 0
     assert CliRunner().invoke(cli.main, ['-q', 'warehouse', 'list']).exit_code == 0
 
@@ -107,7 +107,7 @@ def test_a_server_database_without_the_schema_names_jobs_db_upgrade(database, co
     drop_schema(database)
     result = CliRunner().invoke(cli.main, ['-q', *command])
     assert result.exit_code == 1
-    assert_one_line_error(result, 'has no schema yet', '`jobs db upgrade`')
+    assert_one_line_error(result, 'has no schema yet', '`rqjobs db upgrade`')
 
 
 @pytest.mark.db

@@ -242,7 +242,7 @@ def test_cli_show_validate_regenerate(completed):
     assert again.exit_code == 0 and 'regenerated' in again.output
     MiniMap.delete().execute()
     missing = runner.invoke(cli.main, ['minimap', 'show', completed.id])
-    assert missing.exit_code == 1 and f'make one with `jobs minimap regenerate {completed.id}`' in missing.output
+    assert missing.exit_code == 1 and f'make one with `rqjobs minimap regenerate {completed.id}`' in missing.output
     invalid = runner.invoke(cli.main, ['minimap', 'validate', completed.id])
     assert invalid.exit_code == 1 and 'Not valid: no mind map stored' in invalid.output
     Warehouse.update(status=WarehouseStatus.FAILED).execute()

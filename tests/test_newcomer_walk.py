@@ -27,24 +27,6 @@ from rqjobs.settings import VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Cases that fail today in parts being fixed elsewhere: (scenario, command) -> area. The assertions are the final
-# ones; delete a line here once its fix is in.
-_SCHEMA_USERS = ('db backup', 'minimap regenerate', 'minimap show', 'minimap validate', 'stats generate', 'stats show',
-                 'warehouse list')
-_DATABASE_USERS = _SCHEMA_USERS + ('db init', 'db status', 'db upgrade', 'demo', 'warehouse add', 'warehouse remove',
-                                   'warehouse reprocess', 'warehouse show')
-PENDING = {
-    # A fresh SQLite database has no schema yet: `no such table`.
-    **{('fresh', name): 'db' for name in _SCHEMA_USERS + ('warehouse add', 'warehouse remove', 'warehouse reprocess',
-                                                          'warehouse show')},
-    # The same, for the commands that reach the database before Redis.
-    **{('redis-down', name): 'db' for name in _SCHEMA_USERS},
-    # A database that is down: a driver traceback.
-    **{('postgresql-down', name): 'db' for name in _DATABASE_USERS},
-    # rq refuses a job id with other characters in a ValueError traceback.
-    **{('not-utf8', f'job {name}'): 'poison' for name in ('cancel', 'delete', 'show', 'stop')},
-}
-
 SCENARIOS = ('fresh', 'postgresql-down', 'sqlite-unreachable', 'redis-down')
 
 # A value for each required argument, by its name; a new command with a new argument name needs a line here.
@@ -197,8 +179,6 @@ def cases():
             marks = []
             if (scenario, name) in SKIPPED:
                 marks.append(pytest.mark.skip(reason=SKIPPED[scenario, name]))
-            if (scenario, name) in PENDING:
-                marks.append(pytest.mark.xfail(reason=PENDING[scenario, name], strict=False))
             yield pytest.param(scenario, name, marks=marks, id=f'{scenario}:{name}')
 
 
@@ -257,15 +237,9 @@ def test_long_running_commands_stop_at_once_without_redis(command, tmp_path, clo
 
 
 def with_arguments() -> list:
-    """The commands that take a required argument, each marked as its case in PENDING says."""
-    params = []
-    for path in LEAVES:
-        name = ' '.join(path)
-        if any(isinstance(param, click.Argument) and param.required for param in command_of(path).params):
-            marks = [pytest.mark.xfail(reason=PENDING['not-utf8', name], strict=False)] if (
-                'not-utf8', name) in PENDING else []
-            params.append(pytest.param(path, marks=marks, id=name))
-    return params
+    """The commands that take a required argument."""
+    return [pytest.param(path, id=' '.join(path)) for path in LEAVES
+            if any(isinstance(param, click.Argument) and param.required for param in command_of(path).params)]
 
 
 @pytest.mark.slow

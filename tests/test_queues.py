@@ -265,7 +265,7 @@ def test_listings_pass_over_unreadable_jobs(redis_conn, database):
     forged = forge(redis_conn, FORGED_FIELDS['payload not JSON'])
     jobs = queues.JsonJob.fetch_many([forged, readable.id, 'gone'], connection=redis_conn)
     assert jobs[0] is None and jobs[1].id == readable.id and jobs[2] is None
-    with pytest.raises(UnreadableJob, match=f'`jobs job delete {forged}` removes it'):
+    with pytest.raises(UnreadableJob, match=f'`rqjobs job delete {forged}` removes it'):
         queues.JsonJob.fetch(forged, connection=redis_conn)
 
 

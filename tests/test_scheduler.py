@@ -327,8 +327,8 @@ def test_a_registration_lock_held_elsewhere_is_named_not_taken_for_a_lost_redis(
     refused = CliRunner().invoke(cli.main, command)
     assert refused.exit_code == 1 and 'Traceback' not in refused.output, refused.output
     assert refused.output.splitlines()[-1] == (
-        'Error: Another scheduler (or `jobs schedule register`) held the plan\'s registration lock for 0.2 s; nothing '
-        'was registered. Check that only one `jobs scheduler` runs, then try again.')
+        'Error: Another scheduler (or `rqjobs schedule register`) held the plan\'s registration lock for 0.2 s; nothing '
+        'was registered. Check that only one `rqjobs scheduler` runs, then try again.')
     assert scheduled(redis_conn) == {}
     other.release()
     assert CliRunner().invoke(cli.main, command).exit_code == 0
