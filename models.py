@@ -35,7 +35,6 @@ from peewee import (
 from playhouse import db_url
 
 from rqjobs import clock
-from rqjobs.exceptions import DatabaseUnavailable
 
 db = DatabaseProxy()
 
@@ -482,14 +481,8 @@ def open_database(url: str, connect_timeout: int | None = None) -> Database:
     if issubclass(database_class, SqliteDatabase):
         params['pragmas'] = SQLITE_PRAGMAS
         if params['database'] != ':memory:' and not params['database'].startswith('file:'):
-            directory = Path(params['database']).parent
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DatabaseUnavailable(
-                    f'Cannot create {directory} for the SQLite database ({exc.strerror or exc}); set JOBS_DATA_DIR '
-                    f'or DATABASE_URL to a place you can write, for example JOBS_DATA_DIR=$HOME/.local/share/rqjobs.'
-                ) from None
+            # An OSError here (a directory that cannot be made) is put in one line by rqjobs.database.
+            Path(params['database']).parent.mkdir(parents=True, exist_ok=True)
     return database_class(**params)
 
 

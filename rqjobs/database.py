@@ -31,8 +31,10 @@ def database(settings: Settings | None = None) -> peewee.Database:
         except ValueError as exc:
             raise SettingsError(f'DATABASE_URL={url!r}: {exc}') from None
         except OSError as exc:  # the directory of a SQLite file cannot be made
-            raise DatabaseUnavailable(f'Cannot reach the database at {url}: {_sentence(exc)} Fix DATABASE_URL or '
-                                      f'JOBS_DATA_DIR (for example DATABASE_URL=sqlite:///var/rqjobs.db).') from None
+            raise DatabaseUnavailable(
+                f'Cannot reach the database at {url}: cannot create {exc.filename} ({exc.strerror or exc}); set '
+                f'JOBS_DATA_DIR or DATABASE_URL to a place you can write, for example '
+                f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs.') from None
         _bound_url = settings.database_url
     return models.db.obj
 

@@ -296,6 +296,6 @@ def test_an_sqlite_directory_that_cannot_be_made_ends_in_one_line(tmp_path):
     env.pop('DATABASE_URL')
     result = run_jobs_cli('db', 'status', env=env, timeout=60)
     assert result.returncode == 1, result.stderr
-    assert result.stderr == (f'Error: Cannot create {tmp_path}/a-file/var for the SQLite database (Not a directory); '
-                             f'set JOBS_DATA_DIR or DATABASE_URL to a place you can write, for example '
-                             f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs.\n')
+    assert result.stderr == (f'Error: Cannot reach the database at sqlite:///{tmp_path}/a-file/var/rqjobs.db: cannot '
+                             f'create {tmp_path}/a-file/var (Not a directory); set JOBS_DATA_DIR or DATABASE_URL to a '
+                             f'place you can write, for example JOBS_DATA_DIR=$HOME/.local/share/rqjobs.\n')
