@@ -34,7 +34,7 @@ sys.path[0] = str(ROOT)
 
 from rqjobs.embedded import EmbeddedRedis
 
-# A user's job module, added through JOBS_EXTRA_MODULES as the README describes; the project's own jobs never fail
+# A user's job module, added through JOBS_EXTRA_MODULES as docs/jobs.md describes; the project's own jobs never fail
 # on purpose.
 REPORT_JOBS = '''
     from rqjobs.exceptions import PermanentJobError

@@ -181,7 +181,7 @@ def test_redis_url_prints_redis_url_when_it_is_set(runner, env):
 
 
 def test_bash_completes_the_rqjobs_command():
-    """`jobs` is a bash builtin; the `rqjobs` name gets click's completion as README says."""
+    """`jobs` is a bash builtin; the `rqjobs` name gets click's completion as docs/cli.md says."""
     script = ('eval "$(_RQJOBS_COMPLETE=bash_source rqjobs)"; COMP_WORDS=(rqjobs redis ""); COMP_CWORD=2; '
               '_rqjobs_completion rqjobs; printf "%s\\n" "${COMPREPLY[@]}"')
     environ = dict(os.environ, PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}')

@@ -13,7 +13,7 @@ from rqjobs import access_log, dashboard, settings, warehouse
 from rqjobs.exceptions import RedisUnavailable
 
 TIMEOUT = 1.0
-# What README promises (1.5x REDIS_TIMEOUT), plus room for imports and the database on a busy machine.
+# What docs/reliability.md promises (1.5x REDIS_TIMEOUT), plus room for imports and the database on a busy machine.
 BOUND = 1.5 * TIMEOUT + 0.5
 
 

@@ -2,7 +2,7 @@
 
 Each test starts the dashboard as a user does and reads its JSON endpoints (the pages render from them with
 JavaScript). The limits of rq-dashboard 0.9 on rq 3 are pinned here, so a fixed version shows up as a failure that
-says which README paragraph to drop.
+says which paragraph of docs/operations.md to drop.
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ def test_running_job_shows_its_progress_and_its_busy_worker(redis_conn, report_j
 def test_job_page_inserts_job_text_as_html():
     """The job page's template interpolates description, meta and error unescaped (the jobs list escapes them)."""
     template = (Path(rq_dashboard.__file__).parent / 'templates' / 'rq_dashboard' / 'job.html').read_text()
-    # `<%= %>` is underscore's raw interpolation; `<%- %>` would escape. README: "rq-dashboard".
+    # `<%= %>` is underscore's raw interpolation; `<%- %>` would escape. docs/operations.md: "rq-dashboard".
     assert all(f'<%= d.{field} %>' in template for field in ('description', 'metadata', 'exc_info'))
 
 
