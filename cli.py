@@ -369,32 +369,22 @@ def enqueue(obj: Context, job: str | None, args: tuple[str, ...], kwargs: tuple[
 
 
 def wait_for(obj: Context, job_id: str, timeout: float | None, as_json: bool) -> None:
-    """Follow a job until it ends, with a progress bar fed by its progress meta; exit with its outcome."""
-    import time
-
+    """Follow a job with a progress bar fed by its progress meta, print how it ended and exit with that."""
     from rqjobs import monitor
 
-    deadline = None if timeout is None else time.monotonic() + timeout
     details = monitor.job_details(obj.redis, job_id)
     if details['status'] == 'queued' and not monitor.queue_has_worker(obj.redis, details['queue']):
         click.echo(f'No worker listens on queue {details["queue"]}; start one with `rqjobs worker {details["queue"]}`.',
                    err=True)
-    shown = 0
     with click.progressbar(length=100, label=details['status'], file=sys.stderr, show_eta=False) as bar:
-        while True:
+        def show(details: dict) -> None:
             progress = details['progress'] or {}
-            percent = max(shown, int(progress.get('percent', 0)))
+            percent = max(bar.pos, int(progress.get('percent', 0)))
             bar.label = progress.get('step') or details['status']
             # update() also prints a changed label when stderr is not a terminal, so logs show queued → started.
-            bar.update(percent - shown)
-            shown = percent
-            if details['status'] in ('finished', 'failed', 'stopped', 'canceled'):
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                details = None
-                break
-            time.sleep(0.2)
-            details = monitor.job_details(obj.redis, job_id)
+            bar.update(percent - bar.pos)
+
+        details = monitor.wait_for_job(obj.redis, job_id, timeout, on_update=show)
     if details is None:
         message = f'Job {job_id} did not end within {timeout:g} s; it goes on (`rqjobs job show {job_id}`).'
         emit({'id': job_id, 'status': 'timeout', 'message': message}, as_json, lambda _: click.echo(message, err=True))
