@@ -745,51 +745,29 @@ def dashboard(obj: Context, bind: str, port: int, username: str | None, password
     DASHBOARD_PASSWORD: basic auth is then required.
     """
     import errno
-    import ipaddress
-    import logging as logging_module
     import os
-    import socket
-
-    from werkzeug import serving
 
     from rqjobs import connections
     from rqjobs import dashboard as dashboard_module
+    from rqjobs.exceptions import SettingsError
 
     password = os.environ.get(password_env) or None
-    local = bind == 'localhost' or _is_loopback(bind, ipaddress)
-    if bool(username) != bool(password):
-        raise click.UsageError(f'Set both DASHBOARD_USERNAME and {password_env} for basic auth, or neither.')
-    if not local and not username:
-        raise click.UsageError(f'The dashboard shows and deletes jobs: to listen on {bind}, set DASHBOARD_USERNAME '
-                               f'and {password_env} (basic auth), or keep --bind 127.0.0.1.')
+    try:
+        dashboard_module.check_access(bind, username, password, password_env)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None  # with this command's usage, as for a bad option
     obj.redis  # noqa: B018 - fail fast, and start the embedded server, before the web server starts
     app = dashboard_module.create_app(connections.redis_url(obj.settings), username, password)
-    logging_module.getLogger('werkzeug').setLevel(logging_module.WARNING)
-    # Flask's app.run() lets werkzeug print a failed bind in several lines and exit by itself: bind here, say why
-    # in one line, and hand werkzeug the listening socket.
-    family = serving.select_address_family(bind, port)
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug does
     try:
-        listener.bind(serving.get_sockaddr(bind, port, family))
-        listener.listen()
+        server = dashboard_module.make_server(app, bind, port)
     except OSError as exc:
-        listener.close()
         if exc.errno == errno.EADDRINUSE:
             raise click.ClickException(f'Port {port} on {bind} is in use by another program; stop that program or '
                                        f'pick another port, for example --port {port % 65535 + 1}.') from None
         raise click.ClickException(f'Cannot listen on {bind}:{port} ({exc.strerror or exc}); check --bind, for '
                                    f'example --bind 127.0.0.1.') from None
-    server = serving.make_server(bind, port, app, threaded=True, fd=listener.fileno())
     click.echo(f'rq-dashboard on http://{bind}:{port}/' + (' (basic auth)' if username else ''), err=True)
     server.serve_forever()
-
-
-def _is_loopback(address: str, ipaddress) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 # ---- Warehouses ----
