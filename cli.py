@@ -908,38 +908,30 @@ def demo(ctx: click.Context) -> None:
     until its job ends, and prints the catalog, the start of the overview, the mind map and the timings. Local
     repositories are allowed for this command only.
     """
-    import os
-
     from rqjobs import demo as demo_module
-    from rqjobs import migration, minimap, queues, settings
-    from rqjobs import warehouse as warehouses
-    from rqjobs import worker as workers
 
-    os.environ['ALLOW_LOCAL_REPOSITORIES'] = 'true'
-    settings.reset()
+    def on_step(step: str, value) -> None:
+        if step == 'repository':
+            click.echo(f'Repository: {value}')
+        elif step == 'submitted':
+            click.echo(f'Warehouse {value.id} submitted; running a worker until its job ends…')
+
     obj: Context = ctx.obj
-    obj.__dict__.pop('settings', None)
-    migration.create_schema()
-    repository = demo_module.build_repository(obj.settings.data_dir / 'demo' / 'inkwell')
-    click.echo(f'Repository: {repository}')
-    row = demo_module.submit(repository, obj.redis, obj.settings)
-    click.echo(f'Warehouse {row.id} submitted; running a worker until its job ends…')
-    workers.run_worker(obj.redis, [queues.WAREHOUSE], burst=True, logging_level='WARNING', settings=obj.settings)
-    job = queues.JsonJob.fetch(warehouses.process_job_id(row.id), connection=obj.redis)
-    data = warehouses.describe(row.id, obj.redis)
+    obj.settings = demo_module.allow_local_repositories()
+    outcome = demo_module.run(obj.redis, obj.settings, on_step)
+    data = outcome['warehouse']
     if data['status'] != 'Completed':
-        raise click.ClickException(f'Warehouse {row.id} ended {data["status"]}: {data["error"]}')
-    result = job.return_value() or {}
+        raise click.ClickException(f'Warehouse {data["id"]} ended {data["status"]}: {data["error"]}')
+    result = outcome['result']
     click.echo(f'\nCompleted {data["organization"]}/{data["name"]} at {data["version"][:12]} '
                f'({data["classify"]}): {result.get("files")} files, {data["pages"]} pages, {data["commits"]} commits.')
     click.echo('\nCatalog:')
-    print_catalog(warehouses.catalog_tree(row.id), depth=1)
-    overview = warehouses.page_content(row.id, 'overview') or ''
+    print_catalog(outcome['catalog'], depth=1)
     click.echo('\nOverview (start):')
-    for line in overview.splitlines()[:16]:
+    for line in outcome['overview'].splitlines()[:16]:
         click.echo(f'  {line}')
     click.echo('\nMind map:')
-    print_tree(minimap.stored_tree(row.id) or {'title': '(none)', 'url': '', 'nodes': []}, depth=1)
+    print_tree(outcome['minimap'] or {'title': '(none)', 'url': '', 'nodes': []}, depth=1)
     timings = ', '.join(f'{name} {seconds:.2f} s' for name, seconds in result.get('timings', {}).items())
     click.echo(f'\nTimings: {timings}')
     if not obj.settings.redis_url:
