@@ -62,7 +62,7 @@ class CliConfig:
 
         connection = connections.get_redis(self.settings)
         if not self.quiet:
-            click.echo(f'Redis: {connections.describe(self.settings)}', err=True)
+            click.echo(f'Redis: {connections.location(self.settings)}', err=True)
         return connection
 
 

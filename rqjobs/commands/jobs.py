@@ -370,7 +370,7 @@ def status(obj, as_json: bool) -> None:
     from rqjobs import connections, monitor
 
     data = {
-        'redis': connections.describe(obj.settings),
+        'redis': connections.location(obj.settings),
         'queues': monitor.queue_counts(obj.redis, obj.settings),
         'workers': monitor.worker_states(obj.redis),
     }
