@@ -67,8 +67,7 @@ class CliConfig:
 
 
 class JobsGroup(click.Group):
-    """The root group: loads a command's module when it runs, and turns the project's exceptions into clear messages
-    and exit codes."""
+    """The root group: loads a command's module when it runs, and turns project exceptions into one-line exit codes."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
