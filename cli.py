@@ -13,7 +13,6 @@ import sys
 from functools import cached_property
 
 import click
-import peewee
 
 from rqjobs import exceptions
 from rqjobs.commands.helpers import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT  # noqa: F401 - the exit codes, for scripts
@@ -95,14 +94,16 @@ class JobsGroup(click.Group):
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            # Connecting fails as DatabaseUnavailable already; this is the database locked or lost mid-command.
-            from rqjobs.settings import redact_url
-
-            reason = ' '.join(str(exc).split())
-            raise click.ClickException(f'The database at {redact_url(get_settings().database_url)} failed: {reason}; '
-                                       f'try the command again.') from None
         except Exception as exc:
+            # Looked up, not imported, so that `--help` pays for no ORM: only a command that used peewee can raise it.
+            peewee = sys.modules.get('peewee')
+            if peewee is not None and isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+                # Connecting fails as DatabaseUnavailable already; this is the database locked or lost mid-command.
+                from rqjobs.settings import redact_url
+
+                reason = ' '.join(str(exc).split())
+                raise click.ClickException(f'The database at {redact_url(get_settings().database_url)} failed: '
+                                           f'{reason}; try the command again.') from None
             # Any command's write can meet a full Redis; redis is looked up only once a command has imported it.
             redis = sys.modules.get('redis')
             if redis is not None and isinstance(exc, redis.exceptions.OutOfMemoryError):
