@@ -25,7 +25,7 @@ def redis_url(settings: Settings | None = None) -> str:
     return EmbeddedRedis(settings.data_dir / 'redis').ensure_running()
 
 
-def describe(settings: Settings | None = None) -> str:
+def location(settings: Settings | None = None) -> str:
     """Say which Redis the project uses, without credentials."""
     settings = settings or get_settings()
     if settings.redis_url:
@@ -84,5 +84,5 @@ def lost(exc: BaseException, settings: Settings | None = None) -> RedisUnavailab
     """Return the project's error for a Redis that stopped answering or dropped a connection mid-command, or None."""
     if not isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return None
-    return RedisUnavailable(f'Redis at {describe(settings)} stopped answering ({exc}); check that the server is up and '
+    return RedisUnavailable(f'Redis at {location(settings)} stopped answering ({exc}); check that the server is up and '
                             f'not overloaded, then run the command again.')

@@ -15,15 +15,18 @@
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
+import logging
+import socket
 import urllib.parse
 
 from flask import Flask, Response, request
 from rq import Worker
 
 from rqjobs import queues
+from rqjobs.exceptions import SettingsError, UnreadableJob
 from rqjobs.settings import get_settings
-from rqjobs.exceptions import UnreadableJob
 
 ESCAPED_FIELDS = ('description', 'exc_info', 'metadata', 'origin', 'id', 'status')
 
@@ -101,3 +104,41 @@ def escape_job_text(response: Response) -> Response:
         data['depends_on'] = [html.escape(str(job_id)) for job_id in data['depends_on']]
     response.set_data(json.dumps(data))
     return response
+
+
+def check_access(bind: str, username: str | None, password: str | None, password_env: str) -> None:
+    """Refuse half of basic auth, and an address off localhost without it: the dashboard shows and deletes jobs."""
+    if bool(username) != bool(password):
+        raise SettingsError(f'Set both DASHBOARD_USERNAME and {password_env} for basic auth, or neither.')
+    if not is_loopback(bind) and not username:
+        raise SettingsError(f'The dashboard shows and deletes jobs: to listen on {bind}, set DASHBOARD_USERNAME '
+                            f'and {password_env} (basic auth), or keep --bind 127.0.0.1.')
+
+
+def is_loopback(address: str) -> bool:
+    """Whether `address` (a name or an IP address) is this machine only."""
+    if address == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def make_server(app: Flask, bind: str, port: int):
+    """Return a threaded werkzeug server for `app` listening on `bind`:`port`; an OSError says why it cannot listen."""
+    from werkzeug import serving
+
+    logging.getLogger('werkzeug').setLevel(logging.WARNING)
+    # Flask's app.run() lets werkzeug print a failed bind in several lines and exit by itself: bind here, so the
+    # caller can say why in one line, and hand werkzeug the listening socket.
+    family = serving.select_address_family(bind, port)
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug does
+    try:
+        listener.bind(serving.get_sockaddr(bind, port, family))
+        listener.listen()
+    except OSError:
+        listener.close()
+        raise
+    return serving.make_server(bind, port, app, threaded=True, fd=listener.fileno())

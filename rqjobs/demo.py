@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -15,10 +16,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus
 
 from models import Warehouse
-from rqjobs import queues
+from rqjobs import migration, minimap, queues
+from rqjobs import settings as settings_module
 from rqjobs import warehouse as warehouses
+from rqjobs import worker as workers
 from rqjobs.exceptions import InvalidSubmission
-from rqjobs.settings import Settings
+from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +184,33 @@ LATER = {
         }
         ''',
 }
+
+
+def allow_local_repositories() -> Settings:
+    """Let this process take local repositories, as the demo's worker (run in it) must, and return its settings."""
+    os.environ['ALLOW_LOCAL_REPOSITORIES'] = 'true'
+    settings_module.reset()
+    return get_settings()
+
+
+def run(connection: redis.Redis, settings: Settings,
+        on_step: Callable[[str, object], None] = lambda step, value: None) -> dict:
+    """Build, submit and document the demo repository with a burst worker in this process; return what it made.
+
+    `on_step` hears of the steps before the long one: 'repository' with its path, 'submitted' with the warehouse.
+    """
+    migration.create_schema()
+    repository = build_repository(settings.data_dir / 'demo' / 'inkwell')
+    on_step('repository', repository)
+    row = submit(repository, connection, settings)
+    on_step('submitted', row)
+    workers.run_worker(connection, [queues.WAREHOUSE], burst=True, logging_level='WARNING', settings=settings)
+    job = queues.JsonJob.fetch(warehouses.process_job_id(row.id), connection=connection)
+    warehouse = warehouses.describe(row.id, connection)
+    if warehouse['status'] != 'Completed':
+        return {'warehouse': warehouse}
+    return {'warehouse': warehouse, 'result': job.return_value() or {}, 'catalog': warehouses.catalog_tree(row.id),
+            'overview': warehouses.page_content(row.id, 'overview') or '', 'minimap': minimap.stored_tree(row.id)}
 
 
 def build_repository(path: Path) -> Path:

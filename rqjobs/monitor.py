@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
 from rq import Worker
+from rq.job import JobStatus
 
 from rqjobs import queues
 from rqjobs.settings import Settings
 
 REGISTRIES = ('started', 'finished', 'failed', 'scheduled', 'deferred')
+# A job in one of these states will not run again unless someone requeues it.
+ENDED = tuple(status.value for status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED))
+WAIT_POLL_INTERVAL = 0.2
 
 
 def queue_counts(connection: redis.Redis, settings: Settings | None = None) -> list[dict[str, Any]]:
@@ -177,3 +183,21 @@ def job_details(connection: redis.Redis, job_id: str) -> dict[str, Any]:
         'error': (result.exc_string or '').strip() if result is not None and status == 'failed' else None,
         'permanent_error': job.meta.get(queues.PERMANENT_ERROR) if status == 'failed' else None,
     }
+
+
+def wait_for_job(connection: redis.Redis, job_id: str, timeout: float | None = None,
+                 on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """Follow a job until it ends and return its details, or None when `timeout` seconds passed first.
+
+    `on_update` gets the job's details at each look, every WAIT_POLL_INTERVAL seconds (rq has no event for progress).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        details = job_details(connection, job_id)
+        if on_update is not None:
+            on_update(details)
+        if details['status'] in ENDED:
+            return details
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(WAIT_POLL_INTERVAL)

@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -40,6 +41,40 @@ def test_importing_the_project_touches_nothing(tmp_path, env):
                             check=False)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / 'untouched').exists()
+
+
+def imported_command_modules(*args: str) -> list[str]:
+    """Run `rqjobs ARGS` in a fresh process; return the command modules it imported (shared helpers aside)."""
+    code = ('import atexit, json, sys\n'
+            'atexit.register(lambda: print(json.dumps(sorted(name for name in sys.modules if name.startswith('
+            '"rqjobs.commands.") and name != "rqjobs.commands.helpers")), file=sys.stderr))\n'
+            'import cli\n'
+            'cli.main()')
+    result = subprocess.run([sys.executable, '-c', code, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stderr.splitlines()[-1])
+
+
+def test_help_imports_no_command_module(env):
+    env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
+    assert imported_command_modules('--help') == []
+
+
+@pytest.mark.parametrize('group, module', [
+    ('warehouse', 'warehouse'), ('db', 'db'), ('minimap', 'minimap'), ('job', 'jobs'), ('inspect', 'jobs'),
+    ('schedule', 'schedule'), ('stats', 'stats'), ('logs', 'logs'), ('redis', 'redis'),
+])
+def test_a_group_help_imports_only_its_own_module(env, group, module):
+    env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
+    assert imported_command_modules(group, '--help') == [f'rqjobs.commands.{module}']
+
+
+def test_the_root_help_lists_each_command_with_its_own_summary():
+    for name, (_, summary) in cli.COMMANDS.items():
+        command = cli.main.get_command(click.Context(cli.main), name)
+        assert command.name == name
+        assert ' '.join(command.help.split('\n\n')[0].split()) == summary, name
 
 
 @pytest.mark.db

@@ -183,6 +183,16 @@ def test_enqueue_wait_times_out_with_its_own_code(ops):
     assert 'did not end within 0.3 s' in result.output
 
 
+
+def test_waiting_ends_at_once_on_a_cancelled_job_and_gives_up_at_its_timeout(ops):
+    waiting = queues.enqueue('nap', [1], connection=ops)
+    seen = []
+    assert monitor.wait_for_job(ops, waiting.id, timeout=0, on_update=seen.append) is None  # no worker: still queued
+    assert [details['status'] for details in seen] == ['queued']
+    control.cancel_job(ops, waiting.id)
+    assert monitor.wait_for_job(ops, waiting.id)['status'] == 'canceled'  # no timeout: returns because it ended
+
+
 # ---- Single jobs ----
 
 def test_job_show_cancel_delete(ops):

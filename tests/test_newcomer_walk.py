@@ -60,7 +60,8 @@ JOBS = str(Path(sys.executable).with_name('jobs'))
 def command_paths(group: click.Group = cli.main, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every command and group under `group`, as the words a person types after `jobs`."""
     paths = []
-    for name, command in sorted(group.commands.items()):
+    for name in group.list_commands(click.Context(group)):  # the root group loads its commands on demand
+        command = group.get_command(click.Context(group), name)
         path = prefix + (name,)
         paths.append(path)
         if isinstance(command, click.Group):
@@ -71,7 +72,7 @@ def command_paths(group: click.Group = cli.main, prefix: tuple[str, ...] = ()) -
 def command_of(path: tuple[str, ...]) -> click.Command:
     command = cli.main
     for name in path:
-        command = command.commands[name]
+        command = command.get_command(click.Context(command), name)
     return command
 
 

@@ -35,7 +35,7 @@ NEWER_TYPING = {
 
 
 def project_sources() -> list:
-    return [ROOT / name for name in ('cli.py', 'models.py', 'scheduler.py')] + sorted((ROOT / 'rqjobs').glob('*.py'))
+    return [ROOT / name for name in ('cli.py', 'models.py', 'scheduler.py')] + sorted((ROOT / 'rqjobs').rglob('*.py'))
 
 
 def test_the_tests_run_on_a_declared_python():

@@ -1,0 +1,26 @@
+"""`rqjobs worker`: run an rq worker."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from rqjobs.commands.helpers import UTF8_TEXT
+
+
+@click.command()
+@click.argument('queues', nargs=-1)
+@click.option('--burst/--no-burst', default=False, help='Stop when the queues are empty instead of waiting.')
+@click.option('--max-jobs', type=click.IntRange(1), help='Stop after this many jobs.')
+@click.option('--name', type=UTF8_TEXT, help='Worker name (default: a unique id).')
+@click.pass_obj
+def worker(obj, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name: str | None) -> None:
+    """Run an rq worker on QUEUES (default: all, in priority order)."""
+    from rqjobs import connections
+    from rqjobs import worker as workers
+
+    obj.redis  # noqa: B018 - says which Redis, and fails fast when it is down
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    workers.run_worker(connections.get_redis(obj.settings, shared=False), queues, burst=burst, max_jobs=max_jobs,
+                       name=name, logging_level=level, settings=obj.settings)
