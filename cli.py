@@ -126,9 +126,10 @@ class JobsGroup(click.Group):
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Background jobs of the documentation platform, on RQ.
 
-    Configuration comes from environment variables (see README.md). Without REDIS_URL, an embedded Redis server is
-    started under JOBS_DATA_DIR (./var by default): one per data directory, shared by every command run with that
-    directory, and left running until `rqjobs redis stop`; `rqjobs redis url` prints its URL.
+    Configuration comes from environment variables (each with its default in docs/settings.md). Without REDIS_URL,
+    an embedded Redis server is started under JOBS_DATA_DIR (./var by default): one per data directory, shared by
+    every command run with that directory, and left running until `rqjobs redis stop`; `rqjobs redis url` prints
+    its URL.
 
     `rqjobs` and `jobs` are the same command; type `rqjobs` in a shell, where `jobs` is a builtin.
     """
