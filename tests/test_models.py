@@ -5,6 +5,7 @@ import os
 import warnings
 
 import pytest
+from helpers import run_jobs_cli
 from peewee import IntegrityError, MySQLDatabase, OperationalError, PostgresqlDatabase
 
 import models
@@ -24,7 +25,6 @@ from models import (
     Warehouse,
     WarehouseStatus,
 )
-from conftest import run_jobs_cli
 from rqjobs import clock
 
 FIXED_NOW = datetime.datetime(2024, 5, 17, 8, 30, 15, 123456)

@@ -6,10 +6,9 @@ import re
 import sys
 import tomllib
 
+from helpers import ROOT
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-
-from conftest import ROOT
 
 
 def metadata() -> configparser.ConfigParser:

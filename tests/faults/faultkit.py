@@ -1,6 +1,6 @@
-"""Helpers of the fault tests: real `jobs` processes, a job module of their own, waits with deadlines, process checks.
+"""Helpers of the fault tests: real `jobs` processes, a job module of their own, process checks.
 
-Not a conftest: a second `conftest.py` would shadow `tests/conftest.py` for the modules that import from it.
+Not a conftest: a second `conftest.py` would shadow `tests/conftest.py`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import peewee
 import psutil
+from helpers import ROOT, commit_files, git, wait_until
 
 import models
-from conftest import ROOT, commit_files, git
 from rqjobs import settings
 
 # The tests' own jobs, on the queue `faults`: sleepers that outlast their time limits, a recorder.
@@ -82,22 +81,6 @@ def fault_jobs(env, tmp_path: Path, monkeypatch) -> Iterator[Path]:
         yield directory
     finally:
         sys.modules.pop('fault_jobs', None)
-
-
-# ---- Waiting ----
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05,
-               details: Callable[[], str] | None = None) -> Any:
-    """Return the first true value of `predicate()`, polling until `timeout` seconds have passed; fail saying `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f'\n{details()}' if details else ''
-            raise AssertionError(f'{what}: not within {timeout:g} s{extra}')
-        time.sleep(interval)
 
 
 # ---- Processes ----

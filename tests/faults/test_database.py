@@ -7,7 +7,8 @@ from datetime import time as day_time
 
 import peewee
 import pytest
-from faultkit import wait_until, write_lock
+from faultkit import write_lock
+from helpers import wait_until
 from rq.job import JobStatus
 
 from models import AccessRecord, DailyStatistics

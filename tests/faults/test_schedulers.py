@@ -6,7 +6,7 @@ from datetime import datetime
 from itertools import pairwise
 
 import pytest
-from faultkit import wait_until
+from helpers import wait_until
 from rq.job import JobStatus
 
 import scheduler

@@ -8,8 +8,8 @@ from faultkit import (
     assert_no_git,
     big_repository,
     git_processes,
-    wait_until,
 )
+from helpers import wait_until
 from rq.job import JobStatus
 
 from models import Warehouse, WarehouseStatus

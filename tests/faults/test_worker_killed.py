@@ -17,9 +17,9 @@ from faultkit import (
     assert_no_git,
     big_repository,
     git_processes,
-    wait_until,
     write_lock,
 )
+from helpers import wait_until
 from rq.job import JobStatus, Retry
 
 from models import AccessRecord, DailyStatistics, Document, User, Warehouse, WarehouseStatus
