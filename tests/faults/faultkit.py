@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,13 +229,16 @@ def make_big_repository(path: Path, blob_mb: int = 16, blobs: int = 2, sources: 
 # ---- Holding a write lock on a table ----
 
 @contextlib.contextmanager
-def write_lock(db: peewee.Database, table: str) -> Iterator[None]:
-    """Hold a lock that keeps every other writer of `table` waiting (SQLite: the whole database), until the block ends."""
+def write_lock(db: peewee.Database, table: str) -> Iterator[Callable[[psutil.Process], bool]]:
+    """Hold a lock that keeps every other writer of `table` waiting (SQLite: the whole database), until the block ends.
+
+    Yields a check that tells whether a process (the work horse) is waiting for the lock.
+    """
     if isinstance(db, peewee.SqliteDatabase):
         holder = sqlite3.connect(db.database, timeout=5, isolation_level=None)
         try:
             holder.execute('BEGIN EXCLUSIVE')
-            yield
+            yield sleeping  # SQLite shows no waiter; its busy handler sleeps between tries, and a job does not
         finally:
             holder.execute('ROLLBACK')
             holder.close()
@@ -243,13 +246,26 @@ def write_lock(db: peewee.Database, table: str) -> Iterator[None]:
     other = models.open_database(settings.get_settings().database_url)
     other.connect()
     mysql = isinstance(other, peewee.MySQLDatabase)
+    if mysql:
+        waiters = ("SELECT COUNT(*) FROM information_schema.processlist WHERE id != CONNECTION_ID() "
+                   "AND state LIKE 'Waiting for table%%'", ())
+    else:
+        waiters = ('SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass', (f'"{table}"',))
     try:
         if mysql:
             other.execute_sql(f'LOCK TABLES `{table}` WRITE')
         else:
             other.execute_sql('BEGIN')
             other.execute_sql(f'LOCK TABLE "{table}" IN EXCLUSIVE MODE')
-        yield
+        yield lambda process: other.execute_sql(*waiters).fetchone()[0] > 0
     finally:
         other.execute_sql('UNLOCK TABLES' if mysql else 'ROLLBACK')
         other.close()
+
+
+def sleeping(process: psutil.Process) -> bool:
+    """Tell whether a process sleeps in nanosleep (Linux's /proc/PID/wchan), as SQLite does between lock attempts."""
+    try:
+        return Path(f'/proc/{process.pid}/wchan').read_text() in ('hrtimer_nanosleep', 'do_nanosleep')
+    except OSError:
+        return False
