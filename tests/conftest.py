@@ -6,9 +6,9 @@ import os
 import subprocess
 
 import pytest
-from helpers import SAMPLE_FILES, commit_files, git, wait_until
 
 import models
+from helpers import SAMPLE_FILES, commit_files, git, wait_until
 from rqjobs import database as database_module
 from rqjobs import settings as settings_module
 from rqjobs.embedded import EmbeddedRedis

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 import peewee
 import pytest
 from click.testing import CliRunner
-from helpers import ROOT
 
 import cli
+from helpers import ROOT
 from models import AccessRecord
 from rqjobs import access_log, clock, queues, settings
 from rqjobs.access_log import BUFFER_KEY, DEAD_KEY, DROPPED_KEY, LOCK_KEY, PROCESSING_KEY

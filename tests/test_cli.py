@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import ROOT, run_jobs_cli
 
 import cli
+from helpers import ROOT, run_jobs_cli
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ from datetime import timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
-from helpers import ROOT, run_jobs_cli, wait_until
 from rq.job import JobStatus
 from rq.suspension import is_suspended
 
 import cli
+from helpers import ROOT, run_jobs_cli, wait_until
 from rqjobs import clock, control, git, monitor, queues, settings
 
 pytestmark = pytest.mark.db

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 import rq_dashboard
-from helpers import ROOT, run_jobs_cli, wait_until
 
+from helpers import ROOT, run_jobs_cli, wait_until
 from rqjobs import queues
 from rqjobs import settings as settings_module
 

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 import pytest
 from click.testing import CliRunner
-from helpers import run_jobs_cli
 
 import cli
 import models
+from helpers import run_jobs_cli
 from models import SchemaVersion, Warehouse
 from rqjobs import database as database_module
 from rqjobs import migration, queues, settings

@@ -6,8 +6,8 @@ import sys
 import time
 
 import pytest
-from helpers import ROOT, git, run_jobs_cli
 
+from helpers import ROOT, git, run_jobs_cli
 from rqjobs import demo, settings
 
 

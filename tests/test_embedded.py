@@ -4,8 +4,8 @@ import sys
 
 import pytest
 import redis
-from helpers import run_jobs_cli
 
+from helpers import run_jobs_cli
 from rqjobs.embedded import MAX_SOCKET_PATH, EmbeddedRedis
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import peewee
 import pytest
 from click.testing import CliRunner
-from helpers import ROOT
 from playhouse.migrate import SchemaMigrator
 
 import cli
 import models
+from helpers import ROOT
 from models import Document, Role, SchemaVersion, User, UserInRole, Warehouse, WarehouseStatus
 from rqjobs import git, migration, passwords
 from rqjobs.migration import MIGRATIONS, Migration, MigrationError

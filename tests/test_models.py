@@ -5,7 +5,6 @@ import os
 import warnings
 
 import pytest
-from helpers import run_jobs_cli
 from peewee import IntegrityError, MySQLDatabase, OperationalError, PostgresqlDatabase
 
 import models
@@ -25,6 +24,7 @@ from models import (
     Warehouse,
     WarehouseStatus,
 )
+from helpers import run_jobs_cli
 from rqjobs import clock
 
 FIXED_NOW = datetime.datetime(2024, 5, 17, 8, 30, 15, 123456)

@@ -6,9 +6,10 @@ import re
 import sys
 import tomllib
 
-from helpers import ROOT
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from helpers import ROOT
 
 
 def metadata() -> configparser.ConfigParser:

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, wait_until
 
+from helpers import ROOT, wait_until
 from rqjobs import queues
 
 

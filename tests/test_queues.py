@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
-from helpers import run_jobs_cli
 from rq.job import JobStatus, Retry
 
 import cli
+from helpers import run_jobs_cli
 from rqjobs import queues
 from rqjobs import settings as settings_module
 from rqjobs.exceptions import InvalidJobArguments, UnknownJob, UnknownQueue, UnreadableJob

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
-from helpers import ROOT
 from rq.job import JobStatus
 
 import cli
 import scheduler
+from helpers import ROOT
 from rqjobs import clock, queues, settings
 from rqjobs.exceptions import SettingsError
 from scheduler import Entry

@@ -3,8 +3,8 @@ from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
-from helpers import run_jobs_cli
 
+from helpers import run_jobs_cli
 from rqjobs.exceptions import SettingsError
 from rqjobs.settings import VARIABLES, Settings, get_settings, redact_url
 

@@ -3,10 +3,10 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from helpers import commit_files, git, redis_contents, run_jobs_cli, wait_until
 from rq.job import JobStatus
 
 import cli
+from helpers import commit_files, git, redis_contents, run_jobs_cli, wait_until
 from models import (
     Document,
     DocumentCatalog,

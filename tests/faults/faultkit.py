@@ -18,9 +18,9 @@ from typing import Any
 
 import peewee
 import psutil
-from helpers import ROOT, commit_files, git, wait_until
 
 import models
+from helpers import ROOT, commit_files, git, wait_until
 from rqjobs import settings
 
 # The tests' own jobs, on the queue `faults`: sleepers that outlast their time limits, a recorder.

@@ -7,10 +7,10 @@ import sys
 import textwrap
 
 import pytest
-from helpers import ROOT, wait_until
 from rq.executions import Execution
 from rq.job import JobStatus, Retry
 
+from helpers import ROOT, wait_until
 from rqjobs import connections, queues, settings
 from rqjobs.worker import build_worker
 

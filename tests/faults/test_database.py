@@ -8,9 +8,9 @@ from datetime import time as day_time
 import peewee
 import pytest
 from faultkit import write_lock
-from helpers import wait_until
 from rq.job import JobStatus
 
+from helpers import wait_until
 from models import AccessRecord, DailyStatistics
 from rqjobs import clock, queues, settings
 from rqjobs import warehouse as warehouses

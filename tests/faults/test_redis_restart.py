@@ -7,9 +7,9 @@ from pathlib import Path
 import psutil
 import pytest
 from faultkit import FAULT_QUEUE, assert_all_dead, tree
-from helpers import run_jobs_cli, wait_until
 from rq.job import JobStatus
 
+from helpers import run_jobs_cli, wait_until
 from rqjobs import access_log, connections, queues, settings
 from rqjobs.embedded import EmbeddedRedis
 from rqjobs.worker import HEARTBEAT_GRACE, JOB_MONITORING_INTERVAL

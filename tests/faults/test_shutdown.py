@@ -8,9 +8,9 @@ import time
 
 import pytest
 from faultkit import FAULT_QUEUE, assert_all_dead, tree
-from helpers import ROOT, wait_until
 from rq.job import JobStatus
 
+from helpers import ROOT, wait_until
 from rqjobs import queues
 from rqjobs.worker import HEARTBEAT_GRACE, JOB_MONITORING_INTERVAL
 

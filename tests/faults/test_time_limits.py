@@ -9,9 +9,9 @@ from faultkit import (
     big_repository,
     git_processes,
 )
-from helpers import wait_until
 from rq.job import JobStatus
 
+from helpers import wait_until
 from models import Warehouse, WarehouseStatus
 from rqjobs import git as safe_git
 from rqjobs import queues, settings

@@ -20,9 +20,9 @@ from faultkit import (
     tree,
     write_lock,
 )
-from helpers import wait_until
 from rq.job import JobStatus, Retry
 
+from helpers import wait_until
 from models import AccessRecord, DailyStatistics, Document, User, Warehouse, WarehouseStatus
 from rqjobs import access_log, clock, queues, settings, statistics
 from rqjobs import git as safe_git
