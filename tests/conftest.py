@@ -120,7 +120,7 @@ def burst_worker(redis_conn):
 @pytest.fixture
 def processes(tmp_path):
     """Real worker and scheduler processes for the fault suite, all stopped afterwards."""
-    # Imported here: faultkit lives beside the fault tests and imports this module itself.
+    # Imported here: faultkit lives beside the fault tests, on the path once they are collected.
     from faultkit import Processes
 
     started = Processes(tmp_path / 'logs')
