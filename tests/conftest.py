@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 import models
+from helpers import SAMPLE_FILES, commit_files, git, wait_until
 from rqjobs import database as database_module
 from rqjobs import settings as settings_module
 from rqjobs.embedded import EmbeddedRedis
 from rqjobs.settings import VARIABLES
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope='session')
@@ -73,9 +69,8 @@ def full_redis(env, tmp_path):
                                '--appendonly', 'no', '--maxmemory-policy', 'noeviction'],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis_module.Redis(unix_socket_path=str(socket))
-    deadline = time.monotonic() + 10
-    while not socket.exists() and server.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)  # redis-server has no readiness signal but its socket
+    # redis-server has no readiness signal but its socket (or its exit, which the ping below reports).
+    wait_until(lambda: socket.exists() or server.poll() is not None, 10, 'redis-server opened its socket', interval=0.02)
     client.ping()
     for number in range(20):
         client.set(f'filler:{number}', b'x' * 100_000)
@@ -125,7 +120,7 @@ def burst_worker(redis_conn):
 @pytest.fixture
 def processes(tmp_path):
     """Real worker and scheduler processes for the fault suite, all stopped afterwards."""
-    # Imported here: faultkit lives beside the fault tests and imports this module itself.
+    # Imported here: faultkit lives beside the fault tests, on the path once they are collected.
     from faultkit import Processes
 
     started = Processes(tmp_path / 'logs')
@@ -140,54 +135,6 @@ def faults(env, tmp_path, monkeypatch):
 
     with fault_jobs(env, tmp_path, monkeypatch) as directory:
         yield directory
-
-
-def run_jobs_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the `jobs` command line in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, '-c', 'import cli; cli.main()', *args], cwd=ROOT, env=env or os.environ.copy(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-# ---- Git repositories built by the tests ----
-
-GIT_ENV = {'GIT_AUTHOR_NAME': 'Test Author', 'GIT_AUTHOR_EMAIL': 'author@example.invalid',
-           'GIT_COMMITTER_NAME': 'Test Author', 'GIT_COMMITTER_EMAIL': 'author@example.invalid',
-           'GIT_CONFIG_NOSYSTEM': '1', 'GIT_CONFIG_GLOBAL': '/dev/null'}
-
-
-def git(repo: Path, *args: str) -> str:
-    """Run git in a test repository and return its output."""
-    result = subprocess.run(['git', '-c', 'init.defaultBranch=main', *args], cwd=repo, capture_output=True,
-                            env={**os.environ, **GIT_ENV}, check=True)
-    return result.stdout.decode('utf-8', 'replace').strip()
-
-
-def commit_files(repo: Path, files: dict, message: str) -> str:
-    """Write files (str or bytes; None deletes) into a repository, commit them, and return the new HEAD."""
-    for name, content in files.items():
-        target = repo / os.fsdecode(name)
-        if content is None:
-            git(repo, 'rm', '-q', '--', os.fsdecode(name))
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content if isinstance(content, bytes) else content.encode())
-        # Only the named files: `add -A` would also stage the removal of a gitlink that has no directory.
-        git(repo, 'add', '--', os.fsdecode(name))
-    git(repo, 'commit', '-q', '-m', message)
-    return git(repo, 'rev-parse', 'HEAD')
-
-
-SAMPLE_FILES = {
-    'README.md': '# Sample\n\nSample is a small tool that greets people.\n\n## Installation\n\npip install sample\n',
-    'pyproject.toml': '[project]\nname = "sample"\n\n[project.scripts]\nsample = "sample.cli:main"\n',
-    'sample/__init__.py': '"""Sample package."""\n',
-    'sample/core.py': ('"""Greeting logic."""\n\n\nclass Greeter:\n    """Say hello."""\n\n'
-                       '    def greet(self, name: str = "world") -> str:\n        """Return a greeting."""\n'
-                       '        return f"hello {name}"\n\n\ndef shout(text: str) -> str:\n    return text.upper()\n'),
-    'sample/cli.py': 'import argparse\n\n\ndef main() -> int:\n    """Run the command line."""\n    return 0\n',
-    'web/app.js': 'export function render(items) {\n  return items.join(",");\n}\n',
-    'cmd/tool/main.go': 'package main\n\n// Run starts the tool.\nfunc Run() error {\n\treturn nil\n}\n',
-}
 
 
 @pytest.fixture
@@ -208,34 +155,3 @@ def sample_repo(tmp_path):
     git(repo, 'commit', '-q', '-m', 'Add a symlink and a submodule entry')
     git(repo, 'branch', 'feature')
     return repo
-
-
-def redis_contents(connection) -> bytes:
-    """Everything stored in Redis as bytes, with rq's zlib-compressed fields expanded, to search for secrets."""
-    import zlib
-
-    chunks = []
-    for key in connection.scan_iter(count=1000):
-        kind = connection.type(key)
-        if kind == b'string':
-            values = [connection.get(key)]
-        elif kind == b'hash':
-            values = [item for pair in connection.hgetall(key).items() for item in pair]
-        elif kind == b'list':
-            values = connection.lrange(key, 0, -1)
-        elif kind == b'set':
-            values = list(connection.smembers(key))
-        elif kind == b'zset':
-            values = connection.zrange(key, 0, -1)
-        elif kind == b'stream':
-            values = [item for _, fields in connection.xrange(key) for pair in fields.items() for item in pair]
-        else:
-            values = []
-        chunks.append(key)
-        for value in values:
-            chunks.append(value)
-            try:
-                chunks.append(zlib.decompress(value))
-            except zlib.error:
-                pass
-    return b'\n'.join(chunks)

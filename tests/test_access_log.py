@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from conftest import ROOT
+from helpers import ROOT
 from models import AccessRecord
 from rqjobs import access_log, clock, queues, settings
 from rqjobs.access_log import BUFFER_KEY, DEAD_KEY, DROPPED_KEY, LOCK_KEY, PROCESSING_KEY

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from conftest import ROOT, run_jobs_cli
+from helpers import ROOT, run_jobs_cli
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from datetime import timedelta, timezone
 
@@ -17,7 +16,7 @@ from rq.job import JobStatus
 from rq.suspension import is_suspended
 
 import cli
-from conftest import ROOT, run_jobs_cli
+from helpers import ROOT, run_jobs_cli, wait_until
 from rqjobs import clock, control, git, monitor, queues, settings
 
 pytestmark = pytest.mark.db
@@ -162,9 +161,7 @@ def test_enqueue_wait_without_a_worker_says_queued(ops):
 
 @pytest.mark.slow
 def test_enqueue_wait_shows_a_permanent_error_in_one_line(ops, worker_process):
-    deadline = time.monotonic() + 30
-    while not monitor.queue_has_worker(ops, 'ops') and time.monotonic() < deadline:
-        time.sleep(0.05)  # the worker process registers itself
+    wait_until(lambda: monitor.queue_has_worker(ops, 'ops'), 30, 'the worker registered itself')
     refused = invoke('enqueue', 'generate_statistics', 'yesterday', '--queue', 'ops', '--wait', '--timeout', '60')
     assert refused.exit_code == 1
     assert re.fullmatch(r"Job \S+ failed: Date 'yesterday' is not a day written as YYYY-MM-DD; for example "
@@ -249,17 +246,14 @@ def test_a_requeued_job_does_not_keep_its_old_permanent_error(ops, burst_worker,
 @pytest.mark.slow
 def test_job_stop_stops_a_running_job(ops, worker_process):
     job = queues.enqueue('nap', [60], connection=ops)
-    deadline = time.monotonic() + 30
-    while job.get_status() != JobStatus.STARTED and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: job.get_status() == JobStatus.STARTED, 30, 'the job started')
     active = invoke('inspect', 'active', '--json')
     assert [row['job_id'] for row in data(active)] == [job.id]
     assert data(active)[0]['progress']['step'] == 'napping'
     refused = invoke('job', 'delete', job.id)
     assert refused.exit_code == 1 and 'stop it first' in refused.output
     assert invoke('job', 'stop', job.id).exit_code == 0
-    while job.get_status() == JobStatus.STARTED and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: job.get_status() != JobStatus.STARTED, 30, 'the job left Started')
     assert job.get_status() == JobStatus.STOPPED
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import rq_dashboard
 
-from conftest import ROOT, run_jobs_cli
+from helpers import ROOT, run_jobs_cli, wait_until
 from rqjobs import queues
 from rqjobs import settings as settings_module
 
@@ -134,26 +134,18 @@ def running_dashboard(tmp_path: Path, *, extra_env: dict | None = None):
                                    cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = Dashboard(base=f'http://127.0.0.1:{port}', log_path=log_path)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
+        def listens() -> bool:
             assert process.poll() is None, f'jobs dashboard exited with {process.returncode}:\n{dashboard.log()}'
             try:
                 dashboard.get('/0/data/queues.json')  # any answer, 401 included, means it listens
-                break
             except OSError:
-                assert time.monotonic() < deadline, f'jobs dashboard did not answer:\n{dashboard.log()}'
-                time.sleep(0.1)
+                return False
+            return True
+
+        wait_until(listens, START_TIMEOUT, 'jobs dashboard answered', interval=0.1, details=dashboard.log)
         yield dashboard
     finally:
         stop(process)
-
-
-def wait_until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f'timed out waiting for {what}'
-        time.sleep(0.05)
-    return value
 
 
 def listed(dashboard: Dashboard, queue: str, registry: str) -> dict[str, dict]:
@@ -278,7 +270,7 @@ def test_running_job_shows_its_progress_and_its_busy_worker(redis_conn, report_j
                                   env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with running_dashboard(tmp_path) as dashboard:
-            wait_until(lambda: 'progress' in job.get_meta(refresh=True), 'the job to report progress')
+            wait_until(lambda: 'progress' in job.get_meta(refresh=True), 20, 'the job reported progress')
             shown = dashboard.json(f'/0/data/job/{job.id}.json')
             assert shown['status'] == 'started'
             assert json.loads(shown['metadata'])['progress']['step'] == 'waiting'
@@ -291,11 +283,11 @@ def test_running_job_shows_its_progress_and_its_busy_worker(redis_conn, report_j
             assert len(busy) == 1 and job.id in json.dumps(busy[0]['current_job'])
 
             flag.touch()
-            wait_until(lambda: job.get_status(refresh=True) == 'finished', 'the job to finish')
+            wait_until(lambda: job.get_status(refresh=True) == 'finished', 20, 'the job finished')
             # The worker drops its current job a moment before it records its state and count.
             workers = wait_until(lambda: [w for w in dashboard.json('/0/data/workers.json')['workers']
                                           if w['current_job'] == 'idle' and w['state'].lower().endswith('idle')
-                                          and w['successful_job_count'] == 1], 'the worker to be idle')
+                                          and w['successful_job_count'] == 1], 20, 'the worker is idle')
             assert len(workers) == 1 and workers[0]['queues'] == ['reports']
     finally:
         stop(worker)

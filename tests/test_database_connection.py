@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import cli
 import models
-from conftest import run_jobs_cli
+from helpers import run_jobs_cli
 from models import SchemaVersion, Warehouse
 from rqjobs import database as database_module
 from rqjobs import migration, queues, settings

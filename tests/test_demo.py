@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, git, run_jobs_cli
+from helpers import ROOT, git, run_jobs_cli
 from rqjobs import demo, settings
 
 

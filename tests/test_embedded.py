@@ -5,7 +5,7 @@ import sys
 import pytest
 import redis
 
-from conftest import run_jobs_cli
+from helpers import run_jobs_cli
 from rqjobs.embedded import MAX_SOCKET_PATH, EmbeddedRedis
 
 

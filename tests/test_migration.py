@@ -15,7 +15,7 @@ from playhouse.migrate import SchemaMigrator
 
 import cli
 import models
-from conftest import ROOT
+from helpers import ROOT
 from models import Document, Role, SchemaVersion, User, UserInRole, Warehouse, WarehouseStatus
 from rqjobs import git, migration, passwords
 from rqjobs.migration import MIGRATIONS, Migration, MigrationError

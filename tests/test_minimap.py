@@ -147,7 +147,7 @@ def test_generate_runs_concurrently_with_itself(completed):
 
 @pytest.mark.db
 def test_generate_is_bounded_and_counts_errors(completed, redis_conn, burst_worker, tmp_path, monkeypatch):
-    from conftest import SAMPLE_FILES, commit_files, git
+    from helpers import SAMPLE_FILES, commit_files, git
 
     other = tmp_path / 'upstream' / 'other'
     other.mkdir(parents=True)
@@ -207,7 +207,7 @@ def test_cleanup_refuses_bad_days(days):
 
 @pytest.mark.db
 def test_a_4000_file_repository_gets_at_most_2000_nodes(redis_conn, database, local, tmp_path, burst_worker):
-    from conftest import git
+    from helpers import git
 
     repo = tmp_path / 'upstream' / 'huge'
     for number in range(4000):

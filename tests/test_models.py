@@ -24,7 +24,7 @@ from models import (
     Warehouse,
     WarehouseStatus,
 )
-from conftest import run_jobs_cli
+from helpers import run_jobs_cli
 from rqjobs import clock
 
 FIXED_NOW = datetime.datetime(2024, 5, 17, 8, 30, 15, 123456)

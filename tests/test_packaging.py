@@ -9,7 +9,7 @@ import tomllib
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def metadata() -> configparser.ConfigParser:

@@ -6,13 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT, wait_until
 from rqjobs import queues
 
 
@@ -22,17 +21,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError('timed out')
+def answer(url: str) -> dict | None:
+    """Return the JSON at `url`, or None while nothing listens there yet."""
+    try:
+        return json.load(urllib.request.urlopen(url, timeout=2))
+    except OSError:
+        return None
 
 
 def test_procfile_names_the_three_processes():
@@ -60,9 +54,11 @@ def test_honcho_runs_worker_scheduler_and_dashboard_on_one_redis(redis_conn, dat
         honcho = subprocess.Popen([str(project / '.venv' / 'bin' / 'honcho'), 'start'], cwd=project, env=environ,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: job.get_status() == 'finished')
+        wait_until(lambda: job.get_status() == 'finished', 30, 'the worker ran the job', interval=0.2,
+                   details=(tmp_path / 'honcho.log').read_text)
         base = f'http://127.0.0.1:{port}/0/data'
-        data = wait_for(lambda: json.load(urllib.request.urlopen(f'{base}/queues.json', timeout=2)))
+        data = wait_until(lambda: answer(f'{base}/queues.json'), 30, 'the dashboard answered', interval=0.2,
+                          details=(tmp_path / 'honcho.log').read_text)
         assert {'name': 'default'}.items() <= next(q for q in data['queues'] if q['name'] == 'default').items()
         shown = json.load(urllib.request.urlopen(f'{base}/job/{job.id}.json', timeout=2))
         assert shown['status'] == 'finished'

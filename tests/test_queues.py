@@ -7,13 +7,13 @@ from datetime import datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
-from rq.job import JobStatus
+from rq.job import JobStatus, Retry
 
 import cli
-from conftest import run_jobs_cli
+from helpers import run_jobs_cli
 from rqjobs import queues
 from rqjobs import settings as settings_module
-from rqjobs.exceptions import ForbiddenJob, InvalidJobArguments, UnknownJob, UnknownQueue, UnreadableJob
+from rqjobs.exceptions import InvalidJobArguments, UnknownJob, UnknownQueue, UnreadableJob
 
 pytestmark = pytest.mark.db
 
@@ -206,8 +206,21 @@ def test_permanent_errors_fail_at_once_transient_ones_are_retried(custom_jobs, r
     assert flaky.retries_left == queues.RETRY_MAX - 1
 
 
-def test_forbidden_is_a_permanent_error():
-    assert issubclass(ForbiddenJob, queues.PermanentJobError)
+def test_a_forged_job_with_retries_fails_once_with_no_retry_left(redis_conn, burst_worker, tmp_path):
+    marker = tmp_path / 'pwned'
+    queue = queues.get_queue('default', redis_conn)
+    forged = queues.JsonJob.create('os.system', args=[f'touch {marker}'], connection=redis_conn, origin='default',
+                                   retry=Retry(max=3, interval=60))
+    queue.enqueue_job(forged)
+
+    burst_worker('default')
+    forged.refresh()
+    assert not marker.exists()
+    assert forged.get_status() == JobStatus.FAILED  # not scheduled again, nor back on its queue
+    assert forged.retries_left == 0
+    assert queue.count == 0
+    assert forged.id not in queue.scheduled_job_registry.get_job_ids()
+    assert "refused to run 'os.system'" in error_of(forged)
 
 
 # ---- Jobs whose stored fields cannot be read ----

@@ -12,7 +12,7 @@ from rq.job import JobStatus
 
 import cli
 import scheduler
-from conftest import ROOT
+from helpers import ROOT
 from rqjobs import clock, queues, settings
 from rqjobs.exceptions import SettingsError
 from scheduler import Entry

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_jobs_cli
+from helpers import run_jobs_cli
 from rqjobs.exceptions import SettingsError
 from rqjobs.settings import VARIABLES, Settings, get_settings, redact_url
 

@@ -1,5 +1,4 @@
 import json
-import time
 from datetime import timedelta
 
 import pytest
@@ -7,7 +6,7 @@ from click.testing import CliRunner
 from rq.job import JobStatus
 
 import cli
-from conftest import commit_files, git, redis_contents, run_jobs_cli
+from helpers import commit_files, git, redis_contents, run_jobs_cli, wait_until
 from models import (
     Document,
     DocumentCatalog,
@@ -295,10 +294,7 @@ def test_a_clone_of_too_many_files_fails_and_its_files_go(redis_conn, database, 
     root = settings.get_settings().repo_root
     assert sorted(path.name for path in root.iterdir()) == [TRASH_DIR]
     # Deleted by a process of its own, which the work horse did not wait for: nothing to join, so watch the trash.
-    deadline = time.monotonic() + 60
-    while any((root / TRASH_DIR).iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list((root / TRASH_DIR).iterdir()) == []
+    wait_until(lambda: not any((root / TRASH_DIR).iterdir()), 60, 'the trash was emptied')
 
 
 def test_a_crash_while_storing_keeps_the_last_good_documentation(redis_conn, database, local, sample_repo,

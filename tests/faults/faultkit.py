@@ -1,6 +1,6 @@
-"""Helpers of the fault tests: real `jobs` processes, a job module of their own, waits with deadlines, process checks.
+"""Helpers of the fault tests: real `jobs` processes, a job module of their own, process checks.
 
-Not a conftest: a second `conftest.py` would shadow `tests/conftest.py` for the modules that import from it.
+Not a conftest: a second `conftest.py` would shadow `tests/conftest.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import peewee
 import psutil
 
 import models
-from conftest import ROOT, commit_files, git
+from helpers import ROOT, commit_files, git, wait_until
 from rqjobs import settings
 
 # The tests' own jobs, on the queue `faults`: sleepers that outlast their time limits, a recorder.
@@ -82,22 +81,6 @@ def fault_jobs(env, tmp_path: Path, monkeypatch) -> Iterator[Path]:
         yield directory
     finally:
         sys.modules.pop('fault_jobs', None)
-
-
-# ---- Waiting ----
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05,
-               details: Callable[[], str] | None = None) -> Any:
-    """Return the first true value of `predicate()`, polling until `timeout` seconds have passed; fail saying `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f'\n{details()}' if details else ''
-            raise AssertionError(f'{what}: not within {timeout:g} s{extra}')
-        time.sleep(interval)
 
 
 # ---- Processes ----
@@ -246,13 +229,16 @@ def make_big_repository(path: Path, blob_mb: int = 16, blobs: int = 2, sources: 
 # ---- Holding a write lock on a table ----
 
 @contextlib.contextmanager
-def write_lock(db: peewee.Database, table: str) -> Iterator[None]:
-    """Hold a lock that keeps every other writer of `table` waiting (SQLite: the whole database), until the block ends."""
+def write_lock(db: peewee.Database, table: str) -> Iterator[Callable[[psutil.Process], bool]]:
+    """Hold a lock that keeps every other writer of `table` waiting (SQLite: the whole database), until the block ends.
+
+    Yields a check that tells whether a process (the work horse) is waiting for the lock.
+    """
     if isinstance(db, peewee.SqliteDatabase):
         holder = sqlite3.connect(db.database, timeout=5, isolation_level=None)
         try:
             holder.execute('BEGIN EXCLUSIVE')
-            yield
+            yield sleeping  # SQLite shows no waiter; its busy handler sleeps between tries, and a job does not
         finally:
             holder.execute('ROLLBACK')
             holder.close()
@@ -260,13 +246,26 @@ def write_lock(db: peewee.Database, table: str) -> Iterator[None]:
     other = models.open_database(settings.get_settings().database_url)
     other.connect()
     mysql = isinstance(other, peewee.MySQLDatabase)
+    if mysql:
+        waiters = ("SELECT COUNT(*) FROM information_schema.processlist WHERE id != CONNECTION_ID() "
+                   "AND state LIKE 'Waiting for table%%'", ())
+    else:
+        waiters = ('SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass', (f'"{table}"',))
     try:
         if mysql:
             other.execute_sql(f'LOCK TABLES `{table}` WRITE')
         else:
             other.execute_sql('BEGIN')
             other.execute_sql(f'LOCK TABLE "{table}" IN EXCLUSIVE MODE')
-        yield
+        yield lambda process: other.execute_sql(*waiters).fetchone()[0] > 0
     finally:
         other.execute_sql('UNLOCK TABLES' if mysql else 'ROLLBACK')
         other.close()
+
+
+def sleeping(process: psutil.Process) -> bool:
+    """Tell whether a process sleeps in nanosleep (Linux's /proc/PID/wchan), as SQLite does between lock attempts."""
+    try:
+        return Path(f'/proc/{process.pid}/wchan').read_text() in ('hrtimer_nanosleep', 'do_nanosleep')
+    except OSError:
+        return False

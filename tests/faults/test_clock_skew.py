@@ -7,11 +7,10 @@ import sys
 import textwrap
 
 import pytest
-from faultkit import wait_until
 from rq.executions import Execution
 from rq.job import JobStatus, Retry
 
-from conftest import ROOT
+from helpers import ROOT, wait_until
 from rqjobs import connections, queues, settings
 from rqjobs.worker import build_worker
 

@@ -7,9 +7,10 @@ from datetime import time as day_time
 
 import peewee
 import pytest
-from faultkit import wait_until, write_lock
+from faultkit import write_lock
 from rq.job import JobStatus
 
+from helpers import wait_until
 from models import AccessRecord, DailyStatistics
 from rqjobs import clock, queues, settings
 from rqjobs import warehouse as warehouses

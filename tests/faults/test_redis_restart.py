@@ -6,10 +6,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from faultkit import FAULT_QUEUE, assert_all_dead, tree, wait_until
+from faultkit import FAULT_QUEUE, assert_all_dead, tree
 from rq.job import JobStatus
 
-from conftest import run_jobs_cli
+from helpers import run_jobs_cli, wait_until
 from rqjobs import access_log, connections, queues, settings
 from rqjobs.embedded import EmbeddedRedis
 from rqjobs.worker import HEARTBEAT_GRACE, JOB_MONITORING_INTERVAL
@@ -125,7 +125,8 @@ def test_an_idle_worker_waits_for_redis_and_goes_on(server, faults, processes, t
     wait_until(lambda: any('b' in client['flags'] for client in connection.client_list()), 30,
                'the worker waits for jobs', details=processes.logs_text)
     kill_server(server)
-    time.sleep(3)
+    wait_until(lambda: 'could not connect to Redis' in processes.log(worker), 30, 'the worker noticed Redis is gone',
+               details=processes.logs_text)
     server.ensure_running()
     marker = tmp_path / 'after.txt'
     job = queues.enqueue('nap', [0, str(marker)], connection=connection)

@@ -6,10 +6,10 @@ from datetime import datetime
 from itertools import pairwise
 
 import pytest
-from faultkit import wait_until
 from rq.job import JobStatus
 
 import scheduler
+from helpers import wait_until
 from rqjobs import queues, settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.db]

@@ -7,10 +7,10 @@ import sys
 import time
 
 import pytest
-from faultkit import FAULT_QUEUE, assert_all_dead, tree, wait_until
+from faultkit import FAULT_QUEUE, assert_all_dead, tree
 from rq.job import JobStatus
 
-from conftest import ROOT
+from helpers import ROOT, wait_until
 from rqjobs import queues
 from rqjobs.worker import HEARTBEAT_GRACE, JOB_MONITORING_INTERVAL
 

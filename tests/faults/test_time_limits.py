@@ -8,10 +8,10 @@ from faultkit import (
     assert_no_git,
     big_repository,
     git_processes,
-    wait_until,
 )
 from rq.job import JobStatus
 
+from helpers import wait_until
 from models import Warehouse, WarehouseStatus
 from rqjobs import git as safe_git
 from rqjobs import queues, settings

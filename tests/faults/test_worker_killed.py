@@ -5,9 +5,9 @@ its scheduler; its work horse sits in a group of its own and must die with it (t
 and so must the git processes the horse started, in their own sessions.
 """
 
+import os
 import subprocess
 from datetime import datetime, time, timedelta
-from time import sleep
 
 import peewee
 import pytest
@@ -17,11 +17,12 @@ from faultkit import (
     assert_no_git,
     big_repository,
     git_processes,
-    wait_until,
+    tree,
     write_lock,
 )
 from rq.job import JobStatus, Retry
 
+from helpers import wait_until
 from models import AccessRecord, DailyStatistics, Document, User, Warehouse, WarehouseStatus
 from rqjobs import access_log, clock, queues, settings, statistics
 from rqjobs import git as safe_git
@@ -190,11 +191,13 @@ def test_a_worker_killed_mid_statistics_leaves_one_row_and_the_rerun_corrects_it
         visit(noon, i)
 
     job = queues.enqueue('generate_statistics', [day.isoformat()], connection=redis_conn)
-    with write_lock(database, DailyStatistics._meta.table_name):
+    with write_lock(database, DailyStatistics._meta.table_name) as waits_for_lock:
         worker = processes.worker('statistics', name='killed')
         wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 30, 'the job started',
                    details=processes.logs_text)
-        sleep(1)  # its reads take milliseconds; then its upsert waits for the lock
+        horse = wait_until(lambda: [p for p in tree(worker.pid)[1:] if os.getpgid(p.pid) == p.pid], 10, 'a work horse')
+        # Its reads take milliseconds; then its upsert waits for the lock, where it is killed.
+        wait_until(lambda: waits_for_lock(horse[0]), 30, 'the upsert waits for the lock', details=processes.logs_text)
         members = processes.kill_group(worker)
         assert worker.wait(timeout=10) == -9
     assert_all_dead(members)
