@@ -12,7 +12,6 @@ import sys
 from functools import cached_property
 
 import click
-import peewee
 
 from rqjobs import exceptions
 from rqjobs.settings import get_settings
@@ -43,6 +42,12 @@ class Context:
         return connection
 
 
+def _database_errors() -> tuple[type[Exception], ...]:
+    # peewee is looked up only once a command has imported it, so that `jobs --help` loads no ORM.
+    peewee = sys.modules.get('peewee')
+    return (peewee.OperationalError, peewee.InterfaceError) if peewee else ()
+
+
 class JobsGroup(click.Group):
     """A click group that turns the project's exceptions into clear messages and exit codes."""
 
@@ -54,7 +59,7 @@ class JobsGroup(click.Group):
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        except _database_errors() as exc:
             # Connecting fails as DatabaseUnavailable already; this is the database locked or lost mid-command.
             from rqjobs.settings import redact_url
 

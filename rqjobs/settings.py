@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from models import EXAMPLE_URLS, SUPPORTED_SCHEMES
 from rqjobs.exceptions import SettingsError
 
 # Every environment variable the settings read, each documented in README.md.
@@ -32,6 +31,12 @@ _FALSE = {'0', 'false', 'no', 'off'}
 _NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
 _QUEUE_NAME = re.compile(r'[a-z][a-z0-9_-]{0,63}')
 _REDIS_SCHEMES = ('redis://', 'rediss://', 'unix://')
+# The database URL schemes rqjobs.database opens (peewee's playhouse.db_url names), and a good value of each.
+SUPPORTED_SCHEMES = ('sqlite', 'postgres', 'postgresql', 'mysql')
+EXAMPLE_URLS = (
+    'sqlite:///var/rqjobs.db, postgresql://user:password@127.0.0.1:5432/rqjobs '
+    'or mysql://user:password@127.0.0.1:3306/rqjobs'
+)
 
 
 @dataclass(frozen=True)
