@@ -17,7 +17,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from models import Warehouse
 from rqjobs import clock, database, git, queues
-from rqjobs.exceptions import RqjobsError, UnreadableJob
+from rqjobs.exceptions import JobActionRefused, UnreadableJob
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -26,10 +26,6 @@ DURATION = re.compile(r'(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|m|min|h|d)?',
 UNITS = {None: 1, 's': 1, 'sec': 1, 'm': 60, 'min': 60, 'h': 3600, 'd': 86400}
 LIVE = ('queued', 'scheduled', 'deferred')
 REGISTRIES = ('started', 'finished', 'failed', 'deferred', 'scheduled', 'canceled', 'ready')
-
-
-class JobActionRefused(RqjobsError):
-    """Raised when an action does not fit the job's state (stopping a queued job, cancelling a finished one)."""
 
 
 def parse_duration(text: str) -> timedelta:

@@ -41,6 +41,7 @@ from rqjobs.exceptions import (
     InvalidSubmission,
     PermanentJobError,
     RepositoryUnauthorized,
+    WarehouseNotFound,
 )
 from rqjobs.settings import Settings, get_settings
 
@@ -570,11 +571,11 @@ def cleanup_failed_warehouses() -> dict:
 # ---- Operator actions (the CLI) ----
 
 def get_warehouse(warehouse_id: str) -> Warehouse:
-    """Return a warehouse that is not deleted, or raise `InvalidSubmission` saying it does not exist."""
+    """Return a warehouse that is not deleted, or raise `WarehouseNotFound` saying it does not exist."""
     with database.connection():
         warehouse = _live_warehouse(warehouse_id)
     if warehouse is None:
-        raise InvalidSubmission(f'Warehouse {warehouse_id} does not exist (or was removed); '
+        raise WarehouseNotFound(f'Warehouse {warehouse_id} does not exist (or was removed); '
                                 f'`rqjobs warehouse list` shows the ids.')
     return warehouse
 
