@@ -16,6 +16,7 @@ from conftest import ROOT
 from models import AccessRecord
 from rqjobs import access_log, clock, queues, settings
 from rqjobs.access_log import BUFFER_KEY, DEAD_KEY, DROPPED_KEY, LOCK_KEY, PROCESSING_KEY
+from rqjobs.contrib import access_log as producer
 from rqjobs.exceptions import DatabaseUnavailable, PermanentJobError
 
 NOW = datetime(2025, 6, 1, 12, 0, 0)
@@ -98,23 +99,23 @@ HOSTILE_RAW = [
 @pytest.mark.db
 def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, small):
     small(ACCESS_LOG_BUFFER_MAX=40, ACCESS_LOG_BATCH_SIZE=16)
-    drops_before = access_log.local_drop_count()
+    drops_before = producer.local_drop_count()
     sent = 0
     emoji = entry(100, path='/owner/repo100/文档/😀', user_agent='Agent ✓ 🚀', resource_id='owner/répo-😀')
     valid = [entry(i) for i in range(20)] + [emoji, entry(101, extra_key='ignored', access_time='2025-01-01T10:00:00Z'),
                                               entry(102, access_time=1735725600), entry(103, status_code=None)]
     for item in valid:
-        assert access_log.enqueue_access_log(item, connection=redis_conn)
+        assert producer.enqueue_access_log(item, connection=redis_conn)
     sent += len(valid)
     refused = [entry(0, resource_id=None), entry(0, response_time=float('nan')), entry(0, status_code=-1),
                entry(0, resource_id='x' * 500), entry(0, path='/a\x00b'), entry(0, status_code='200'),
                entry(0, access_time='not a date'), entry(0, user_id=12), 'not a mapping', None,
                entry(0, event_id='bad id!')]
     for item in refused:
-        assert access_log.enqueue_access_log(item, connection=redis_conn) is False
+        assert producer.enqueue_access_log(item, connection=redis_conn) is False
     sent += len(refused)
     # Past the cap of 40 (24 valid entries are in): a batch of 30 gets 16 in, the rest is dropped and counted.
-    assert access_log.enqueue_access_logs([entry(200 + i) for i in range(30)], connection=redis_conn) == 16
+    assert producer.enqueue_access_logs([entry(200 + i) for i in range(30)], connection=redis_conn) == 16
     sent += 30
     redis_conn.rpush(BUFFER_KEY, *[raw for raw, _ in HOSTILE_RAW])
     sent += len(HOSTILE_RAW)
@@ -122,7 +123,7 @@ def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, 
     results = drain_all()
     stored = sum(r['stored'] for r in results)
     dead = redis_conn.llen(DEAD_KEY)
-    drops = access_log.local_drop_count() - drops_before
+    drops = producer.local_drop_count() - drops_before
     assert stored == stored_count() == 40
     assert dead == sum(r['dead_lettered'] for r in results) == len(HOSTILE_RAW)
     assert drops == len(refused) + 14
@@ -147,18 +148,18 @@ def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, 
 def test_producer_normalises_entries(redis_conn):
     redis_conn.script_flush()  # the scripts are loaded again on first use
     at = datetime(2025, 3, 1, 8, 30)
-    assert access_log.enqueue_access_log(entry(1, ip_address='[2001:DB8::1]:443', user_agent='u' * 700,
-                                               path='/p' * 2000, access_time=at, event_id='given-id.1'),
-                                         connection=redis_conn)
-    assert access_log.enqueue_access_log(entry(2, ip_address='not an ip'), connection=redis_conn)
+    assert producer.enqueue_access_log(entry(1, ip_address='[2001:DB8::1]:443', user_agent='u' * 700,
+                                             path='/p' * 2000, access_time=at, event_id='given-id.1'),
+                                       connection=redis_conn)
+    assert producer.enqueue_access_log(entry(2, ip_address='not an ip'), connection=redis_conn)
     first, second = (json.loads(item) for item in redis_conn.lrange(BUFFER_KEY, 0, -1))
     assert first['event_id'] == 'given-id.1'
     assert first['ip_address'] == '2001:db8::1'
-    assert len(first['user_agent']) == access_log.USER_AGENT_MAX and len(first['path']) == access_log.PATH_MAX
+    assert len(first['user_agent']) == producer.USER_AGENT_MAX and len(first['path']) == producer.PATH_MAX
     assert first['access_time'] == '2025-03-01T08:30:00.000000'
     assert second['ip_address'] == ''
     assert len(second['event_id']) == 32 and second['event_id'][12] == '4'
-    assert access_log.enqueue_access_logs([], connection=redis_conn) == 0
+    assert producer.enqueue_access_logs([], connection=redis_conn) == 0
 
 
 # ---- Crashes, replays, locks ----
@@ -208,7 +209,7 @@ access_log.process_access_log()
 def test_a_drainer_killed_mid_run_loses_nothing_and_stores_nothing_twice(redis_conn, database, small, tmp_path,
                                                                          point):
     small(ACCESS_LOG_BATCH_SIZE=100)
-    assert access_log.enqueue_access_logs([entry(i) for i in range(1000)], connection=redis_conn) == 1000
+    assert producer.enqueue_access_logs([entry(i) for i in range(1000)], connection=redis_conn) == 1000
     marker = tmp_path / 'stalled'
     child = subprocess.Popen([sys.executable, '-c', CHILD, str(marker), point], cwd=ROOT, env=os.environ.copy(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -241,7 +242,7 @@ def test_a_drainer_killed_mid_run_loses_nothing_and_stores_nothing_twice(redis_c
 
 @pytest.mark.db
 def test_replayed_entries_are_stored_once(redis_conn, database):
-    access_log.enqueue_access_logs([entry(i) for i in range(50)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(50)], connection=redis_conn)
     raws = redis_conn.lrange(BUFFER_KEY, 0, -1)
     assert access_log.process_access_log()['stored'] == 50
     redis_conn.rpush(BUFFER_KEY, *raws)
@@ -254,7 +255,7 @@ def test_replayed_entries_are_stored_once(redis_conn, database):
 
 @pytest.mark.db
 def test_one_drain_at_a_time(redis_conn, database):
-    access_log.enqueue_access_log(entry(), connection=redis_conn)
+    producer.enqueue_access_log(entry(), connection=redis_conn)
     redis_conn.set(LOCK_KEY, 'another-drainer', px=access_log.LOCK_MS)
     result = access_log.process_access_log()
     assert result['status'] == 'busy' and result['stored'] == 0 and result['remaining'] == 1
@@ -267,7 +268,7 @@ def test_one_drain_at_a_time(redis_conn, database):
 @pytest.mark.db
 def test_work_per_run_is_bounded_and_the_next_run_continues(redis_conn, database, small):
     small(ACCESS_LOG_MAX_PER_RUN=25, ACCESS_LOG_BATCH_SIZE=10)
-    access_log.enqueue_access_logs([entry(i) for i in range(60)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(60)], connection=redis_conn)
     first = access_log.process_access_log()
     assert (first['stored'], first['batches'], first['remaining']) == (25, 3, 35)
     second = access_log.process_access_log()
@@ -280,8 +281,8 @@ def test_work_per_run_is_bounded_and_the_next_run_continues(redis_conn, database
 
 @pytest.mark.db
 def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(redis_conn, database, monkeypatch):
-    access_log.enqueue_access_logs([entry(i) for i in range(5)] + [entry(99, resource_id='poison/row')],
-                                   connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(5)] + [entry(99, resource_id='poison/row')],
+                                 connection=redis_conn)
     insert = access_log._insert
 
     def refusing(db, rows):
@@ -301,7 +302,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(redis_c
 def test_a_locked_database_fails_the_run_and_keeps_the_entries(redis_conn, database, monkeypatch):
     if not isinstance(database, peewee.SqliteDatabase):
         pytest.skip('holds a SQLite write lock')
-    access_log.enqueue_access_logs([entry(i) for i in range(30)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(30)], connection=redis_conn)
     # The drainer waits 5 s for a lock by default; a test waits less.
     monkeypatch.setattr(database, '_pragmas', [(name, 200 if name == 'busy_timeout' else value)
                                                for name, value in database._pragmas])
@@ -325,7 +326,7 @@ def test_a_locked_database_fails_the_run_and_keeps_the_entries(redis_conn, datab
 def test_a_database_that_is_down_fails_the_run_and_keeps_the_entries(redis_conn, env):
     env.setenv('DATABASE_URL', 'postgresql://postgres@127.0.0.1:1/nowhere')
     settings.reset()
-    access_log.enqueue_access_logs([entry(i) for i in range(5)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(5)], connection=redis_conn)
     with pytest.raises(DatabaseUnavailable, match=r'Cannot reach the database at postgresql://postgres@127\.0\.0\.1:1/nowhere: .*stay in Redis'):
         access_log.process_access_log()
     assert redis_conn.llen(BUFFER_KEY) + redis_conn.llen(PROCESSING_KEY) == 5
@@ -335,13 +336,13 @@ def test_a_database_that_is_down_fails_the_run_and_keeps_the_entries(redis_conn,
 def test_redis_down_drops_fast_and_counts_locally(env):
     env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
     settings.reset()
-    before = access_log.local_drop_count('unavailable')
+    before = producer.local_drop_count('unavailable')
     started = time.monotonic()
-    assert access_log.enqueue_access_log(entry()) is False
-    assert access_log.enqueue_access_log(entry()) is False
-    assert access_log.enqueue_access_logs([entry(i) for i in range(10)]) == 0
+    assert producer.enqueue_access_log(entry()) is False
+    assert producer.enqueue_access_log(entry()) is False
+    assert producer.enqueue_access_logs([entry(i) for i in range(10)]) == 0
     assert time.monotonic() - started < 1
-    assert access_log.local_drop_count('unavailable') - before == 12
+    assert producer.local_drop_count('unavailable') - before == 12
 
 
 # ---- Requests ----
@@ -359,7 +360,7 @@ def test_redis_down_drops_fast_and_counts_locally(env):
     ({}, 'not an address', ''),
 ])
 def test_client_ip_follows_the_header_precedence(headers, remote, expected):
-    assert access_log.client_ip(headers, remote) == expected
+    assert producer.client_ip(headers, remote) == expected
 
 
 @pytest.mark.parametrize('path', ['/static/app.css', '/assets/logo.PNG', '/_next/chunk.js', '/favicon.ico',
@@ -367,7 +368,7 @@ def test_client_ip_follows_the_header_precedence(headers, remote, expected):
                                   '/swagger/index.html', '/openapi.json', '/docs', '/docs/oauth2-redirect',
                                   '/robots.txt'])
 def test_assets_and_machinery_are_not_logged(path):
-    assert access_log.entry_from_request('GET', path, {}, '10.0.0.1', 200, 1.0) is None
+    assert producer.entry_from_request('GET', path, {}, '10.0.0.1', 200, 1.0) is None
 
 
 @pytest.mark.parametrize('path, resource', [
@@ -386,15 +387,15 @@ def test_assets_and_machinery_are_not_logged(path):
     ('/docsite/x', ('Repository', 'docsite/x')),
 ])
 def test_resources_are_parsed_from_the_path(path, resource):
-    assert access_log.resource_of(path) == resource
+    assert producer.resource_of(path) == resource
 
 
 def test_entry_from_request():
-    built = access_log.entry_from_request(
+    built = producer.entry_from_request(
         'get', '/owner/name/page?token=secret', {'user-AGENT': 'A' * 1000, 'X-Forwarded-For': '203.0.113.5'},
         '10.0.0.1', 404, 12.6, user_id='u1')
     assert built == {'resource_type': 'Repository', 'resource_id': 'owner/name', 'user_id': 'u1',
-                     'ip_address': '203.0.113.5', 'user_agent': 'A' * access_log.USER_AGENT_MAX,
+                     'ip_address': '203.0.113.5', 'user_agent': 'A' * producer.USER_AGENT_MAX,
                      'path': '/owner/name/page', 'method': 'GET', 'status_code': 404, 'response_time': 12.6}
 
 
@@ -435,7 +436,7 @@ def test_middleware_records_one_entry_after_the_body_is_closed(redis_conn):
         bodies.append(Body())
         return bodies[-1]
 
-    middleware = access_log.AccessLogMiddleware(app, connection=redis_conn)
+    middleware = producer.AccessLogMiddleware(app, connection=redis_conn)
     assert run_wsgi(middleware, wsgi_environ('/owner/name/文档')) == (['201 Created'], b'hello world')
     assert bodies[0].closed
     (raw,) = redis_conn.lrange(BUFFER_KEY, 0, -1)
@@ -455,7 +456,7 @@ def test_middleware_records_a_failing_app_as_500(redis_conn):
         raise RuntimeError('boom')
 
     with pytest.raises(RuntimeError, match='boom'):
-        access_log.AccessLogMiddleware(app, connection=redis_conn)(wsgi_environ(), lambda *args: None)
+        producer.AccessLogMiddleware(app, connection=redis_conn)(wsgi_environ(), lambda *args: None)
     assert json.loads(redis_conn.lindex(BUFFER_KEY, 0))['status_code'] == 500
 
 
@@ -470,13 +471,13 @@ def test_middleware_never_breaks_the_app(env):
     def broken_user(environ):
         raise LookupError('no session')
 
-    before = access_log.local_drop_count()
+    before = producer.local_drop_count()
     started = time.monotonic()
-    assert run_wsgi(access_log.AccessLogMiddleware(app), wsgi_environ()) == (['200 OK'], b'still served')
-    assert run_wsgi(access_log.AccessLogMiddleware(app, user_id=broken_user), wsgi_environ()) == (
+    assert run_wsgi(producer.AccessLogMiddleware(app), wsgi_environ()) == (['200 OK'], b'still served')
+    assert run_wsgi(producer.AccessLogMiddleware(app, user_id=broken_user), wsgi_environ()) == (
         ['200 OK'], b'still served')
     assert time.monotonic() - started < 1
-    assert access_log.local_drop_count() - before == 2
+    assert producer.local_drop_count() - before == 2
 
 
 # ---- Cleanup ----
@@ -533,7 +534,7 @@ def test_cleanup_of_logs_trims_old_dead_letters(redis_conn, monkeypatch):
 def test_jobs_are_registered_and_run_in_a_worker(redis_conn, database, burst_worker):
     for name in access_log.JOBS:
         assert queues.find_job(name).queue == 'access_log'
-    access_log.enqueue_access_logs([entry(i) for i in range(3)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(3)], connection=redis_conn)
     job = queues.enqueue('process_access_log', connection=redis_conn)
     assert burst_worker('access_log')
     assert job.return_value()['stored'] == 3
@@ -555,10 +556,10 @@ def test_requeue_dead_restores_the_bytes_sent(redis_conn, database):
 def test_cli_status_and_requeue_dead(redis_conn, database, small):
     small(ACCESS_LOG_BUFFER_MAX=3)
     runner = CliRunner()
-    access_log.enqueue_access_logs([entry(i) for i in range(5)] + [entry(9, status_code=1)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(5)] + [entry(9, status_code=1)], connection=redis_conn)
     redis_conn.rpush(BUFFER_KEY, b'garbage', b'[]')
     access_log.process_access_log()
-    access_log.enqueue_access_log(entry(20), connection=redis_conn)
+    producer.enqueue_access_log(entry(20), connection=redis_conn)
 
     result = runner.invoke(cli.main, ['logs', 'status', '--json'], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -574,3 +575,15 @@ def test_cli_status_and_requeue_dead(redis_conn, database, small):
     assert json.loads(result.stdout) == {'requeued': 1}
     assert redis_conn.lrange(BUFFER_KEY, 1, -1) == [b'garbage', b'[]']
     assert runner.invoke(cli.main, ['logs', 'requeue-dead', '--limit', '0']).exit_code == 2
+
+
+def test_the_web_side_imports_no_orm_and_the_earlier_path_still_works():
+    code = ('import sys\n'
+            'from rqjobs.contrib.access_log import AccessLogMiddleware, enqueue_access_log\n'
+            'print(sorted(name for name in sys.modules if name.split(".")[0] in {"peewee", "playhouse", "models"}))\n'
+            'from rqjobs import access_log\n'
+            'assert (access_log.AccessLogMiddleware, access_log.enqueue_access_log) == '
+            '(AccessLogMiddleware, enqueue_access_log)\n')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, '[]\n', '')
