@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -575,6 +576,152 @@ def test_cli_status_and_requeue_dead(redis_conn, database, small):
     assert json.loads(result.stdout) == {'requeued': 1}
     assert redis_conn.lrange(BUFFER_KEY, 1, -1) == [b'garbage', b'[]']
     assert runner.invoke(cli.main, ['logs', 'requeue-dead', '--limit', '0']).exit_code == 2
+
+
+# ---- The hand-optimised fast paths against their plain versions ----
+
+def plain_validate(data, now, *, producer_side, latest=None):
+    """What `validate` does, field by field and with no shortcut: the specification its fast path must meet."""
+    get = data.get
+    event_id = get('event_id')
+    if event_id is None:
+        if not producer_side:
+            raise ValueError('event_id is missing')
+        event_id = 'made-by-the-producer'
+    elif type(event_id) is not str or not producer._EVENT_ID.fullmatch(event_id):
+        raise ValueError('event_id must be 1 to 64 letters, digits, _ . : or -')
+    resource_type = producer._text(get('resource_type'), 'resource_type', required=True)
+    resource_id = producer._text(get('resource_id'), 'resource_id', required=True)
+    user_id = producer._text(get('user_id'), 'user_id', nullable=True)
+    address = producer._text(get('ip_address', ''), 'ip_address', cut=producer_side)
+    user_agent = producer._text(get('user_agent', ''), 'user_agent', cut=producer_side)
+    path = producer._text(get('path', ''), 'path', cut=producer_side)
+    method = producer._text(get('method', ''), 'method')
+    if address:
+        ip = producer._parse_ip(address)
+        if ip is None and not producer_side:
+            raise ValueError('ip_address is not an IP address')
+        address = ip or ''
+    access_time = get('access_time')
+    return (event_id, resource_type, resource_id, user_id, address, user_agent, path, method,
+            producer._status(get('status_code')),
+            producer._number(get('response_time'), 'response_time', 0, producer.RESPONSE_TIME_MAX),
+            now if access_time is None else producer._moment(access_time, now, latest))
+
+
+class Text(str):
+    """A str subclass, as some web frameworks hand out (markupsafe's Markup, say)."""
+
+
+TEXTS = ['', 'a', 'Page', 'owner/repo', 'é', 'répo-😀', '文档', 'e\u0301', '\u2028', '\x00', 'a\x00b', '\x01\x1f\x7f',
+         '\t\n\r', '"\\', '</script>', '\ud800', 'x\udfff', ' ' * 45, '9' * 32, 'x' * 36, 'x' * 37, 'y' * 191,
+         'y' * 192, 'u' * 512, 'u' * 513, 'p' * 2048, 'p' * 2049, 'h' * 100_000, '😀' * 300, Text('text'), None,
+         7, 1.5, b'bytes', ['list'], True]
+ADDRESSES = ['203.0.113.7', '[2001:DB8::1]:443', '10.0.0.1:80', '::ffff:1.2.3.4', 'not an ip', ' 1.2.3.4 ', '"1.1.1.1"',
+             '1' * 46, 'fe80::1%eth0']
+EVENT_IDS = [None, '', 'given-id.1', 'a' * 64, 'a' * 65, 'bad id', '0123456789abcdef0123456789abcdef',
+             '0123456789abcdéf0123456789abcdef', 'é' * 32, 5]
+NUMBERS = [None, 0, 1, 99, 100, 200, 404, 599, 600, -1, 12.4, 12.5, float('nan'), float('inf'), 10 ** 30, True,
+           '200', 3_600_000, 3_600_001]
+TIMES = [None, '2025-01-01T10:00:00', '2025-01-01T10:00:00+02:00', '1969-12-31T23:59:59', '2999-01-01', 'yesterday',
+         'x' * 41, 1_735_725_600, 1.5e9, -1e20, float('nan'), datetime(2025, 5, 31), [2025]]
+
+
+def random_entries(count, seed):
+    """Entries with one value or a few drawn from the tables above, the rest ordinary: many ways to be almost right."""
+    chooser = random.Random(seed)
+    tables = {'event_id': EVENT_IDS, 'resource_type': TEXTS, 'resource_id': TEXTS, 'user_id': TEXTS,
+              'ip_address': ADDRESSES + TEXTS, 'user_agent': TEXTS, 'path': TEXTS, 'method': TEXTS,
+              'status_code': NUMBERS, 'response_time': NUMBERS, 'access_time': TIMES}
+    for _ in range(count):
+        data = {'event_id': 'fixed-id', **entry(chooser.randrange(1000)), 'access_time': '2025-01-01T00:00:00'}
+        for name in chooser.sample(sorted(tables), chooser.choice([1, 1, 2, 3])):
+            if chooser.random() < 0.1:
+                data.pop(name)
+            else:
+                data[name] = chooser.choice(tables[name])
+        yield data
+
+
+def outcome(function, *args, **kwargs):
+    try:
+        return 'ok', function(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize('producer_side', [True, False])
+def test_the_combined_validation_decides_as_the_field_by_field_one(producer_side, monkeypatch):
+    monkeypatch.setattr(producer, '_new_event_id', lambda: 'made-by-the-producer')
+    checked = 0
+    for data in random_entries(5000, seed=13 + producer_side):
+        assert outcome(producer.validate, data, NOW, producer=producer_side) == \
+            outcome(plain_validate, data, NOW, producer_side=producer_side), data
+        checked += 1
+    assert checked == 5000
+
+
+def test_the_percent_built_json_is_what_json_dumps_writes(monkeypatch):
+    monkeypatch.setattr(producer, '_new_event_id', lambda: 'made-by-the-producer')
+    written = 0
+    for data in random_entries(5000, seed=31):
+        try:
+            row = producer.validate(data, NOW, producer=True)
+        except ValueError:
+            continue
+        plain = json.dumps(dict(zip(producer._ENTRY_KEYS, (*row[:10], row[10].isoformat(timespec='microseconds')))),
+                           ensure_ascii=False, separators=(',', ':')).encode()
+        assert producer._payload(data, NOW) == plain
+        assert json.loads(plain)['resource_id'] == row[2]
+        written += 1
+    assert written > 1000  # enough of them valid to mean something
+
+
+def test_the_drain_reads_entries_as_json_loads_does():
+    raws = [raw_entry(event_id=f'e{i}').encode() for i in range(3)] + [
+        raw_entry(event_id='spaces').encode() + b' \n\t ', b' ' + raw_entry(event_id='lead').encode(),
+        raw_entry(event_id='extra').encode() + b'{}', raw_entry(event_id='vt').encode() + b'\x0b',
+        raw_entry(event_id='nbsp').encode() + '\xa0'.encode(), '\u2028'.encode() + raw_entry(event_id='ls').encode(),
+        b'\r\n' + raw_entry(event_id='crlf').encode() + b'\r\n', b'[1]', b'"text"', b'{"a": NaN}', b'\xff\xfe', b'',
+        b'{' * 100_000, raw_entry(event_id='e0').encode(), raw_entry(event_id='big', user_agent='u' * 70_000).encode(),
+        raw_entry(event_id='uni', path='/文档/😀\u2028').encode(), b'{"event_id": "dup"}' * 2]
+
+    def plain(raw):
+        try:
+            data = json.loads(raw)
+            return access_log.validate(data, NOW, producer=False, latest=NOW + producer.FUTURE_TOLERANCE) \
+                if type(data) is dict and len(raw) <= access_log.RAW_MAX else None
+        except (ValueError, RecursionError):
+            return None
+
+    rows, kept, dead = access_log._parse(raws, NOW)
+    expected, seen = [], set()
+    for raw in raws:
+        row = plain(raw)
+        if row is not None and row[0] not in seen:
+            seen.add(row[0])
+            expected.append((raw, (*row, NOW)))
+    assert list(zip(kept, rows)) == expected
+    assert len(kept) + len(dead) + 1 == len(raws)  # the one left over is the repeated e0
+
+
+@pytest.mark.db
+@pytest.mark.parametrize('count', [1, 2, 7])
+def test_the_multi_row_insert_is_the_statement_peewee_builds(database, count):
+    db = AccessRecord._meta.database
+    rows = [(f'id{i}', 'Page', f'/p{i}', None, '10.0.0.1', 'agent é😀', f'/p{i}', 'GET', 200, i, NOW, NOW)
+            for i in range(count)]
+    query = AccessRecord.insert_many(rows, fields=access_log.FIELDS).on_conflict_ignore().returning()
+    sql, params = query.sql()
+    prefix, group, suffix, _ = access_log._insert_statement(db, AccessRecord._meta.table_name)
+
+    assert prefix + ', '.join([group] * count) + suffix == sql
+    assert access_log._values(db, rows) == [value.isoformat(' ') if isinstance(value, datetime) and
+                                            isinstance(db, peewee.SqliteDatabase) else value for value in params]
+    assert access_log._insert(db, rows) == count
+    assert access_log._insert(db, rows) == 0  # the event ids are taken: ignored, as peewee's statement ignores them
+    stored = list(AccessRecord.select(*access_log.FIELDS).order_by(AccessRecord.event_id).tuples())
+    assert stored == sorted(rows)
 
 
 def test_the_web_side_imports_no_orm_and_the_earlier_path_still_works():

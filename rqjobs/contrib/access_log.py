@@ -119,7 +119,10 @@ def _text(value: Any, name: str, *, required: bool = False, nullable: bool = Fal
             raise ValueError(f'{name} is missing')
         return None if nullable else ''
     if type(value) is not str:
-        raise ValueError(f'{name} must be a string, not {type(value).__name__}')
+        if not isinstance(value, str):
+            raise ValueError(f'{name} must be a string, not {type(value).__name__}')
+        # A subclass (markupsafe's Markup, say) is its text, as validate()'s combined check takes it.
+        value = str.__str__(value)
     limit = FIELD_LIMITS[name]
     if len(value) > limit:
         if not cut:
