@@ -90,7 +90,7 @@ class JobsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (exceptions.SettingsError, exceptions.UnknownJob, exceptions.UnknownQueue,
-                exceptions.InvalidJobArguments, exceptions.InvalidSubmission) as exc:
+                exceptions.InvalidJobArguments, exceptions.InvalidSubmission, exceptions.WarehouseNotFound) as exc:
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None

@@ -1,8 +1,8 @@
-"""The database schema: every table of the platform, and the one way to open and initialise the database.
+"""The database schema: every table of the platform.
 
 The tables follow the original platform field for field, in snake_case. Domain entities
 keep its 36-character text UUID keys; log and statistics rows use integer keys. Nothing here connects or touches
-the disk at import time: `init_database(url)` binds the `db` proxy at runtime.
+the disk at import time: `rqjobs.database` binds the `db` proxy at runtime.
 
 Rows keyed by a text UUID or a fixed integer are inserted with `Model.create()` or `save(force_insert=True)`:
 peewee treats a plain `save()` of a row whose key is already set as an UPDATE.
@@ -12,46 +12,25 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from peewee import (
     BigAutoField,
     BooleanField,
     CharField,
     CompositeKey,
-    Database,
     DatabaseProxy,
     DateField,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
     Model,
-    MySQLDatabase,
     PostgresqlDatabase,
-    SqliteDatabase,
     TextField,
 )
-from playhouse import db_url
 
 from rqjobs import clock
 
 db = DatabaseProxy()
-
-SUPPORTED_SCHEMES = ('sqlite', 'postgres', 'postgresql', 'mysql')
-EXAMPLE_URLS = (
-    'sqlite:///var/rqjobs.db, postgresql://user:password@127.0.0.1:5432/rqjobs '
-    'or mysql://user:password@127.0.0.1:3306/rqjobs'
-)
-SQLITE_PRAGMAS = {
-    # WAL lets the web side read while a worker writes; the busy timeout makes a writer wait for the lock instead
-    # of failing at once; SQLite enforces ON DELETE CASCADE only with foreign_keys on.
-    'journal_mode': 'wal',
-    'busy_timeout': 5000,
-    'foreign_keys': 1,
-    'synchronous': 'normal',
-}
-
 
 def utcnow():
     """Return the current naive UTC time from `rqjobs.clock`, looked up on each call so tests can freeze it."""
@@ -82,7 +61,7 @@ class UUIDKeyField(CharField):
 class LongTextField(TextField):
     """Text without a practical size limit on every database."""
 
-    # MySQL's TEXT stops at 64 KB, so the column is LONGTEXT there; open_database() maps LONGTEXT to TEXT on
+    # MySQL's TEXT stops at 64 KB, so the column is LONGTEXT there; rqjobs.database maps LONGTEXT to TEXT on
     # SQLite and PostgreSQL, whose TEXT is already unbounded.
     field_type = 'LONGTEXT'
 
@@ -442,56 +421,7 @@ MODELS = (
 )
 
 
-# ---- Opening the database ----
-
-def open_database(url: str, connect_timeout: int | None = None) -> Database:
-    """Build the database that `url` names, without connecting to it.
-
-    `connect_timeout` bounds, in seconds, the wait for a server to accept a connection (a `connect_timeout` in the
-    URL wins); SQLite has no server to wait for.
-    """
-    scheme = urlsplit(url).scheme
-    if scheme not in SUPPORTED_SCHEMES:
-        raise ValueError(f'Unsupported database URL scheme {scheme!r}; use a URL such as {EXAMPLE_URLS}.')
-    try:
-        params = db_url.parse(url, unquote_password=True)
-    except ValueError:
-        # urllib's message quotes the text it took for a port, which may be part of a password.
-        raise ValueError(f'The {scheme} database URL has an invalid port; use a URL such as {EXAMPLE_URLS}.') from None
-    if not params.get('database'):
-        raise ValueError(f'The {scheme} database URL names no database; use a URL such as {EXAMPLE_URLS}.')
-    if 'user' in params:
-        # peewee 3 cannot unquote the user name itself.
-        params['user'] = unquote(params['user'])
-
-    database_class = db_url.schemes[scheme]
-    if issubclass(database_class, MySQLDatabase):
-        if 'passwd' in params:
-            # db_url passes the password as `passwd`, which PyMySQL deprecates.
-            params['password'] = params.pop('passwd')
-        # Older peewee releases connected as 3-byte utf8, which cannot store emoji.
-        params.setdefault('charset', 'utf8mb4')
-        # Plain DATETIME drops microseconds; the other databases keep them.
-        params['field_types'] = {'DATETIME': 'DATETIME(6)'}
-    else:
-        params['field_types'] = {'LONGTEXT': 'TEXT'}
-    if connect_timeout and not issubclass(database_class, SqliteDatabase):
-        # Both drivers (psycopg2, PyMySQL) take this keyword; without it a server that drops packets hangs a command.
-        params.setdefault('connect_timeout', connect_timeout)
-    if issubclass(database_class, SqliteDatabase):
-        params['pragmas'] = SQLITE_PRAGMAS
-        if params['database'] != ':memory:' and not params['database'].startswith('file:'):
-            # An OSError here (a directory that cannot be made) is put in one line by rqjobs.database.
-            Path(params['database']).parent.mkdir(parents=True, exist_ok=True)
-    return database_class(**params)
-
-
-def init_database(url: str, connect_timeout: int | None = None) -> Database:
-    """Open the database that `url` names and bind the `db` proxy to it."""
-    database = open_database(url, connect_timeout)
-    db.initialize(database)
-    return database
-
+# ---- Creating the schema ----
 
 def create_tables() -> None:
     """Create every table and index that does not exist yet."""

@@ -22,8 +22,9 @@ import redis
 from peewee import SqliteDatabase
 
 from models import AccessRecord
-from rqjobs import access_log, database
+from rqjobs import access_log, clock, database
 from rqjobs import settings as settings_module
+from rqjobs.contrib import access_log as producer
 from rqjobs.embedded import EmbeddedRedis
 from rqjobs.settings import redact_url
 
@@ -41,9 +42,9 @@ def entries(count: int) -> list[dict]:
     built = []
     for i in range(count):
         headers = {'User-Agent': AGENTS[i % len(AGENTS)], 'X-Forwarded-For': f'203.0.113.{i % 250}, 10.0.0.1'}
-        built.append(access_log.entry_from_request('GET', PATHS[i % len(PATHS)], headers, '10.0.0.1',
-                                                   200 if i % 10 else 404, 3 + i % 40,
-                                                   user_id=f'{i % 500:08d}-0000-4000-8000-000000000000'))
+        built.append(producer.entry_from_request('GET', PATHS[i % len(PATHS)], headers, '10.0.0.1',
+                                                 200 if i % 10 else 404, 3 + i % 40,
+                                                 user_id=f'{i % 500:08d}-0000-4000-8000-000000000000'))
     return built
 
 
@@ -67,7 +68,7 @@ def paired(ours, baseline, calls: int, slice_size: int) -> tuple[float, float]:
 
 
 def bench_enqueue(raw: redis.Redis, sample: list[dict], options) -> dict:
-    payloads = [access_log._payload(entry, access_log.clock.utcnow()) for entry in sample[:BATCH]]
+    payloads = [producer._payload(entry, clock.utcnow()) for entry in sample[:BATCH]]
     entry, batch = sample[0], sample[:BATCH]
 
     def raw_pipelined() -> None:
@@ -79,10 +80,10 @@ def bench_enqueue(raw: redis.Redis, sample: list[dict], options) -> dict:
     one, many = [], []
     for _ in range(options.rounds):
         raw.delete(access_log.BUFFER_KEY)
-        one.append(paired(lambda: access_log.enqueue_access_log(entry),
+        one.append(paired(lambda: producer.enqueue_access_log(entry),
                           lambda: raw.rpush(access_log.BUFFER_KEY, payloads[0]), options.events, 250))
         raw.delete(access_log.BUFFER_KEY)
-        ours, baseline = paired(lambda: access_log.enqueue_access_logs(batch), raw_pipelined,
+        ours, baseline = paired(lambda: producer.enqueue_access_logs(batch), raw_pipelined,
                                 options.events // BATCH, 5)
         many.append((ours / BATCH, baseline / BATCH))
     raw.delete(access_log.BUFFER_KEY)
@@ -111,7 +112,7 @@ def bench_drain(raw: redis.Redis, sample: list[dict], options, batch_size: int) 
 
     def executemany(raws: list[bytes]) -> None:
         with database.connection() as db:
-            parsed = access_log._parse(raws, access_log.clock.utcnow())[0]
+            parsed = access_log._parse(raws, clock.utcnow())[0]
             prefix, group, suffix, _ = access_log._insert_statement(db, TABLE)
             sql = prefix + group + suffix
             connection = db.connection()
@@ -129,7 +130,7 @@ def bench_drain(raw: redis.Redis, sample: list[dict], options, batch_size: int) 
     for round_number in range(options.rounds):
         raw.delete(access_log.BUFFER_KEY, access_log.PROCESSING_KEY)
         for start in range(0, len(sample), 1000):
-            access_log.enqueue_access_logs(sample[start:start + 1000])
+            producer.enqueue_access_logs(sample[start:start + 1000])
         raws = raw.lrange(access_log.BUFFER_KEY, 0, -1)
         if round_number % 2:
             executemany(raws)

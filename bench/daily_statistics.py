@@ -71,7 +71,7 @@ def drop_sql(url: str) -> str | None:
 
 def run_on_server(url: str, sql: str | None) -> None:
     if sql:
-        server = models.open_database(url)
+        server = database.open_database(url)
         with server.connection_context():
             server.execute_sql(sql)
 

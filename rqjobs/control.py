@@ -1,4 +1,4 @@
-"""Operator actions on jobs, queues, workers and clones: cancel, stop, delete, requeue, clean up, suspend."""
+"""Operator actions on jobs, queues and workers: cancel, stop, delete, requeue, clean up, suspend."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from rq.job import Job
 from rq.suspension import is_suspended, resume, suspend
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from models import Warehouse
-from rqjobs import clock, database, git, queues
-from rqjobs.exceptions import RqjobsError, UnreadableJob
+from rqjobs import clock, queues, warehouse
+from rqjobs.exceptions import JobActionRefused, UnreadableJob
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -26,10 +25,6 @@ DURATION = re.compile(r'(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|m|min|h|d)?',
 UNITS = {None: 1, 's': 1, 'sec': 1, 'm': 60, 'min': 60, 'h': 3600, 'd': 86400}
 LIVE = ('queued', 'scheduled', 'deferred')
 REGISTRIES = ('started', 'finished', 'failed', 'deferred', 'scheduled', 'canceled', 'ready')
-
-
-class JobActionRefused(RqjobsError):
-    """Raised when an action does not fit the job's state (stopping a queued job, cancelling a finished one)."""
 
 
 def parse_duration(text: str) -> timedelta:
@@ -175,7 +170,7 @@ def cleanup(connection: redis.Redis, *, failed_older_than: timedelta | None = No
     if dead_workers:
         report['dead_workers'] = _dead_workers(connection, settings, dry_run)
     if orphan_clones:
-        report['orphan_clones'] = _orphan_clones(settings, dry_run)
+        report['orphan_clones'] = warehouse.remove_orphan_clones(settings, dry_run=dry_run)
     return report
 
 
@@ -191,26 +186,6 @@ def _dead_workers(connection: redis.Redis, settings: Settings, dry_run: bool) ->
                 pipe.srem(key, *dead)
             pipe.execute()
     return sorted(name.decode().removeprefix(Worker.redis_worker_namespace_prefix) for name in dead)
-
-
-def _orphan_clones(settings: Settings, dry_run: bool) -> list[str]:
-    root = settings.repo_root
-    if not root.is_dir():
-        return []
-    # A dot never starts a warehouse id: .trash holds what is being removed, and is emptied below.
-    names = [entry.name for entry in root.iterdir()
-             if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith('.')]
-    # <id>.partial is a clone of <id> in progress, or one a killed worker left: the warehouse's next try removes it.
-    owners = {name: name.removesuffix(git.PARTIAL_SUFFIX) for name in names}
-    with database.connection(settings):
-        alive = {row[0] for row in Warehouse.select(Warehouse.id).where(
-            Warehouse.id.in_(sorted(set(owners.values()))), Warehouse.is_deleted == False).tuples()}
-    orphans = sorted(name for name in names if owners[name] not in alive)
-    if not dry_run:
-        for name in orphans:
-            git.remove_clone(root / name, settings)
-        git.empty_trash(settings)  # what a killed removal left behind
-    return orphans
 
 
 def suspend_workers(connection: redis.Redis, seconds: int | None = None) -> None:

@@ -1,16 +1,28 @@
-"""The database named by `DATABASE_URL`, bound to the models' `db` proxy on first use."""
+"""The database named by `DATABASE_URL`: opened from its URL and bound to the models' `db` proxy on first use."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import peewee
+from playhouse import db_url
 
 import models
 from rqjobs.exceptions import DatabaseUnavailable, SettingsError
-from rqjobs.settings import Settings, get_settings, redact_url
+from rqjobs.settings import EXAMPLE_URLS, SUPPORTED_SCHEMES, Settings, get_settings, redact_url
+
+SQLITE_PRAGMAS = {
+    # WAL lets the web side read while a worker writes; the busy timeout makes a writer wait for the lock instead
+    # of failing at once; SQLite enforces ON DELETE CASCADE only with foreign_keys on.
+    'journal_mode': 'wal',
+    'busy_timeout': 5000,
+    'foreign_keys': 1,
+    'synchronous': 'normal',
+}
 
 _bound_url: str | None = None
 # The URL whose schema this process found current: checked once, not on every connection.
@@ -27,7 +39,7 @@ def database(settings: Settings | None = None) -> peewee.Database:
     if _bound_url != settings.database_url or models.db.obj is None:
         url = redact_url(settings.database_url)
         try:
-            models.init_database(settings.database_url, settings.database_connect_timeout)
+            models.db.initialize(open_database(settings.database_url, settings.database_connect_timeout))
         except ValueError as exc:
             raise SettingsError(f'DATABASE_URL={url!r}: {exc}') from None
         except OSError as exc:  # the directory of a SQLite file cannot be made
@@ -37,6 +49,45 @@ def database(settings: Settings | None = None) -> peewee.Database:
                 f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs.') from None
         _bound_url = settings.database_url
     return models.db.obj
+
+
+def open_database(url: str, connect_timeout: int | None = None) -> peewee.Database:
+    """Build the database that `url` names, without connecting to it.
+
+    `connect_timeout` bounds, in seconds, the wait for a server to accept a connection (a `connect_timeout` in the
+    URL wins); SQLite has no server to wait for.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in SUPPORTED_SCHEMES:
+        raise ValueError(f'Unsupported database URL scheme {scheme!r}; use a URL such as {EXAMPLE_URLS}.')
+    try:
+        params = db_url.parse(url, unquote_password=True, unquote_user=True)
+    except ValueError:
+        # urllib's message quotes the text it took for a port, which may be part of a password.
+        raise ValueError(f'The {scheme} database URL has an invalid port; use a URL such as {EXAMPLE_URLS}.') from None
+    if not params.get('database'):
+        raise ValueError(f'The {scheme} database URL names no database; use a URL such as {EXAMPLE_URLS}.')
+
+    database_class = db_url.schemes[scheme]
+    if issubclass(database_class, peewee.MySQLDatabase):
+        if 'passwd' in params:
+            # db_url passes the password as `passwd`, which PyMySQL deprecates.
+            params['password'] = params.pop('passwd')
+        # Older peewee releases connected as 3-byte utf8, which cannot store emoji.
+        params.setdefault('charset', 'utf8mb4')
+        # Plain DATETIME drops microseconds; the other databases keep them.
+        params['field_types'] = {'DATETIME': 'DATETIME(6)'}
+    else:
+        params['field_types'] = {'LONGTEXT': 'TEXT'}
+    if connect_timeout and not issubclass(database_class, peewee.SqliteDatabase):
+        # Both drivers (psycopg2, PyMySQL) take this keyword; without it a server that drops packets hangs a command.
+        params.setdefault('connect_timeout', connect_timeout)
+    if issubclass(database_class, peewee.SqliteDatabase):
+        params['pragmas'] = SQLITE_PRAGMAS
+        if params['database'] != ':memory:' and not params['database'].startswith('file:'):
+            # An OSError here (a directory that cannot be made) is put in one line by database().
+            Path(params['database']).parent.mkdir(parents=True, exist_ok=True)
+    return database_class(**params)
 
 
 @contextlib.contextmanager

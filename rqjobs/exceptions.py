@@ -39,6 +39,14 @@ class InvalidSubmission(RqjobsError):
     """Raised when a warehouse submission is refused (bad address, duplicate, submissions disabled)."""
 
 
+class WarehouseNotFound(RqjobsError):
+    """Raised when a warehouse id names no warehouse, or one that was removed."""
+
+
+class JobActionRefused(RqjobsError):
+    """Raised when an action does not fit the job's state (stopping a queued job, cancelling a finished one)."""
+
+
 class InvalidRepositoryAddress(PermanentJobError, InvalidSubmission):
     """Raised when a repository address is not one the project may clone (scheme, characters, path)."""
 
@@ -73,6 +81,10 @@ class DatabaseUnavailable(RqjobsError):
 
 class SchemaNotCurrent(RqjobsError):
     """Raised when a PostgreSQL or MySQL database has no schema yet, or an older one than the code needs."""
+
+
+class MigrationError(PermanentJobError):
+    """Raised when a schema step, a backup or a restore cannot go on; the message says why."""
 
 
 class InvalidStatisticsDate(PermanentJobError):

@@ -38,7 +38,7 @@ from models import (
     WarehouseType,
 )
 from rqjobs import clock, database, passwords
-from rqjobs.exceptions import PermanentJobError, SchemaNotCurrent
+from rqjobs.exceptions import MigrationError, SchemaNotCurrent
 from rqjobs.settings import get_settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,6 @@ PG_LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], 'b
 BACKUP_FORMAT = 'rqjobs-backup'
 BACKUP_VERSION = 1
 PASSWORD_FILE = 'admin-password.txt'
-
-
-class MigrationError(PermanentJobError):
-    """Raised when a schema step, a backup or a restore cannot go on; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Settings, read once from the environment into a frozen object.
 
-Every variable is documented in README.md with its default. A bad value fails at once with a message that names
+Every variable is documented in docs/settings.md with its default. A bad value fails at once with a message that names
 the variable and shows a good value, before any job or command does work with it.
 """
 
@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from models import EXAMPLE_URLS, SUPPORTED_SCHEMES
 from rqjobs.exceptions import SettingsError
 
-# Every environment variable the settings read, each documented in README.md.
+# Every environment variable the settings read, each documented in docs/settings.md.
 VARIABLES = (
     'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
     'DATABASE_CONNECT_TIMEOUT',
@@ -32,6 +31,12 @@ _FALSE = {'0', 'false', 'no', 'off'}
 _NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
 _QUEUE_NAME = re.compile(r'[a-z][a-z0-9_-]{0,63}')
 _REDIS_SCHEMES = ('redis://', 'rediss://', 'unix://')
+# The database URL schemes rqjobs.database opens (peewee's playhouse.db_url names), and a good value of each.
+SUPPORTED_SCHEMES = ('sqlite', 'postgres', 'postgresql', 'mysql')
+EXAMPLE_URLS = (
+    'sqlite:///var/rqjobs.db, postgresql://user:password@127.0.0.1:5432/rqjobs '
+    'or mysql://user:password@127.0.0.1:3306/rqjobs'
+)
 
 
 @dataclass(frozen=True)

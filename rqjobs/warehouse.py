@@ -41,6 +41,7 @@ from rqjobs.exceptions import (
     InvalidSubmission,
     PermanentJobError,
     RepositoryUnauthorized,
+    WarehouseNotFound,
 )
 from rqjobs.settings import Settings, get_settings
 
@@ -570,11 +571,11 @@ def cleanup_failed_warehouses() -> dict:
 # ---- Operator actions (the CLI) ----
 
 def get_warehouse(warehouse_id: str) -> Warehouse:
-    """Return a warehouse that is not deleted, or raise `InvalidSubmission` saying it does not exist."""
+    """Return a warehouse that is not deleted, or raise `WarehouseNotFound` saying it does not exist."""
     with database.connection():
         warehouse = _live_warehouse(warehouse_id)
     if warehouse is None:
-        raise InvalidSubmission(f'Warehouse {warehouse_id} does not exist (or was removed); '
+        raise WarehouseNotFound(f'Warehouse {warehouse_id} does not exist (or was removed); '
                                 f'`rqjobs warehouse list` shows the ids.')
     return warehouse
 
@@ -662,3 +663,24 @@ def page_content(warehouse_id: str, url: str) -> str | None:
                 .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.url == url).first())
     return item.content if item else None
 
+
+def remove_orphan_clones(settings: Settings | None = None, *, dry_run: bool = False) -> list[str]:
+    """Remove the clones under `REPO_ROOT` of warehouses that no longer exist; with `dry_run`, only list them."""
+    settings = settings or get_settings()
+    root = settings.repo_root
+    if not root.is_dir():
+        return []
+    # A dot never starts a warehouse id: .trash holds what is being removed, and is emptied below.
+    names = [entry.name for entry in root.iterdir()
+             if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith('.')]
+    # <id>.partial is a clone of <id> in progress, or one a killed worker left: the warehouse's next try removes it.
+    owners = {name: name.removesuffix(git.PARTIAL_SUFFIX) for name in names}
+    with database.connection(settings):
+        alive = {row[0] for row in Warehouse.select(Warehouse.id).where(
+            Warehouse.id.in_(sorted(set(owners.values()))), Warehouse.is_deleted == False).tuples()}
+    orphans = sorted(name for name in names if owners[name] not in alive)
+    if not dry_run:
+        for name in orphans:
+            git.remove_clone(root / name, settings)
+        git.empty_trash(settings)  # what a killed removal left behind
+    return orphans

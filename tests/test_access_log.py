@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ from helpers import ROOT
 from models import AccessRecord
 from rqjobs import access_log, clock, queues, settings
 from rqjobs.access_log import BUFFER_KEY, DEAD_KEY, DROPPED_KEY, LOCK_KEY, PROCESSING_KEY
+from rqjobs.contrib import access_log as producer
 from rqjobs.exceptions import DatabaseUnavailable, PermanentJobError
 
 NOW = datetime(2025, 6, 1, 12, 0, 0)
@@ -98,23 +100,23 @@ HOSTILE_RAW = [
 @pytest.mark.db
 def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, small):
     small(ACCESS_LOG_BUFFER_MAX=40, ACCESS_LOG_BATCH_SIZE=16)
-    drops_before = access_log.local_drop_count()
+    drops_before = producer.local_drop_count()
     sent = 0
     emoji = entry(100, path='/owner/repo100/文档/😀', user_agent='Agent ✓ 🚀', resource_id='owner/répo-😀')
     valid = [entry(i) for i in range(20)] + [emoji, entry(101, extra_key='ignored', access_time='2025-01-01T10:00:00Z'),
                                               entry(102, access_time=1735725600), entry(103, status_code=None)]
     for item in valid:
-        assert access_log.enqueue_access_log(item, connection=redis_conn)
+        assert producer.enqueue_access_log(item, connection=redis_conn)
     sent += len(valid)
     refused = [entry(0, resource_id=None), entry(0, response_time=float('nan')), entry(0, status_code=-1),
                entry(0, resource_id='x' * 500), entry(0, path='/a\x00b'), entry(0, status_code='200'),
                entry(0, access_time='not a date'), entry(0, user_id=12), 'not a mapping', None,
                entry(0, event_id='bad id!')]
     for item in refused:
-        assert access_log.enqueue_access_log(item, connection=redis_conn) is False
+        assert producer.enqueue_access_log(item, connection=redis_conn) is False
     sent += len(refused)
     # Past the cap of 40 (24 valid entries are in): a batch of 30 gets 16 in, the rest is dropped and counted.
-    assert access_log.enqueue_access_logs([entry(200 + i) for i in range(30)], connection=redis_conn) == 16
+    assert producer.enqueue_access_logs([entry(200 + i) for i in range(30)], connection=redis_conn) == 16
     sent += 30
     redis_conn.rpush(BUFFER_KEY, *[raw for raw, _ in HOSTILE_RAW])
     sent += len(HOSTILE_RAW)
@@ -122,7 +124,7 @@ def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, 
     results = drain_all()
     stored = sum(r['stored'] for r in results)
     dead = redis_conn.llen(DEAD_KEY)
-    drops = access_log.local_drop_count() - drops_before
+    drops = producer.local_drop_count() - drops_before
     assert stored == stored_count() == 40
     assert dead == sum(r['dead_lettered'] for r in results) == len(HOSTILE_RAW)
     assert drops == len(refused) + 14
@@ -147,18 +149,18 @@ def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, 
 def test_producer_normalises_entries(redis_conn):
     redis_conn.script_flush()  # the scripts are loaded again on first use
     at = datetime(2025, 3, 1, 8, 30)
-    assert access_log.enqueue_access_log(entry(1, ip_address='[2001:DB8::1]:443', user_agent='u' * 700,
-                                               path='/p' * 2000, access_time=at, event_id='given-id.1'),
-                                         connection=redis_conn)
-    assert access_log.enqueue_access_log(entry(2, ip_address='not an ip'), connection=redis_conn)
+    assert producer.enqueue_access_log(entry(1, ip_address='[2001:DB8::1]:443', user_agent='u' * 700,
+                                             path='/p' * 2000, access_time=at, event_id='given-id.1'),
+                                       connection=redis_conn)
+    assert producer.enqueue_access_log(entry(2, ip_address='not an ip'), connection=redis_conn)
     first, second = (json.loads(item) for item in redis_conn.lrange(BUFFER_KEY, 0, -1))
     assert first['event_id'] == 'given-id.1'
     assert first['ip_address'] == '2001:db8::1'
-    assert len(first['user_agent']) == access_log.USER_AGENT_MAX and len(first['path']) == access_log.PATH_MAX
+    assert len(first['user_agent']) == producer.USER_AGENT_MAX and len(first['path']) == producer.PATH_MAX
     assert first['access_time'] == '2025-03-01T08:30:00.000000'
     assert second['ip_address'] == ''
     assert len(second['event_id']) == 32 and second['event_id'][12] == '4'
-    assert access_log.enqueue_access_logs([], connection=redis_conn) == 0
+    assert producer.enqueue_access_logs([], connection=redis_conn) == 0
 
 
 # ---- Crashes, replays, locks ----
@@ -208,7 +210,7 @@ access_log.process_access_log()
 def test_a_drainer_killed_mid_run_loses_nothing_and_stores_nothing_twice(redis_conn, database, small, tmp_path,
                                                                          point):
     small(ACCESS_LOG_BATCH_SIZE=100)
-    assert access_log.enqueue_access_logs([entry(i) for i in range(1000)], connection=redis_conn) == 1000
+    assert producer.enqueue_access_logs([entry(i) for i in range(1000)], connection=redis_conn) == 1000
     marker = tmp_path / 'stalled'
     child = subprocess.Popen([sys.executable, '-c', CHILD, str(marker), point], cwd=ROOT, env=os.environ.copy(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -241,7 +243,7 @@ def test_a_drainer_killed_mid_run_loses_nothing_and_stores_nothing_twice(redis_c
 
 @pytest.mark.db
 def test_replayed_entries_are_stored_once(redis_conn, database):
-    access_log.enqueue_access_logs([entry(i) for i in range(50)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(50)], connection=redis_conn)
     raws = redis_conn.lrange(BUFFER_KEY, 0, -1)
     assert access_log.process_access_log()['stored'] == 50
     redis_conn.rpush(BUFFER_KEY, *raws)
@@ -254,7 +256,7 @@ def test_replayed_entries_are_stored_once(redis_conn, database):
 
 @pytest.mark.db
 def test_one_drain_at_a_time(redis_conn, database):
-    access_log.enqueue_access_log(entry(), connection=redis_conn)
+    producer.enqueue_access_log(entry(), connection=redis_conn)
     redis_conn.set(LOCK_KEY, 'another-drainer', px=access_log.LOCK_MS)
     result = access_log.process_access_log()
     assert result['status'] == 'busy' and result['stored'] == 0 and result['remaining'] == 1
@@ -267,7 +269,7 @@ def test_one_drain_at_a_time(redis_conn, database):
 @pytest.mark.db
 def test_work_per_run_is_bounded_and_the_next_run_continues(redis_conn, database, small):
     small(ACCESS_LOG_MAX_PER_RUN=25, ACCESS_LOG_BATCH_SIZE=10)
-    access_log.enqueue_access_logs([entry(i) for i in range(60)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(60)], connection=redis_conn)
     first = access_log.process_access_log()
     assert (first['stored'], first['batches'], first['remaining']) == (25, 3, 35)
     second = access_log.process_access_log()
@@ -280,8 +282,8 @@ def test_work_per_run_is_bounded_and_the_next_run_continues(redis_conn, database
 
 @pytest.mark.db
 def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(redis_conn, database, monkeypatch):
-    access_log.enqueue_access_logs([entry(i) for i in range(5)] + [entry(99, resource_id='poison/row')],
-                                   connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(5)] + [entry(99, resource_id='poison/row')],
+                                 connection=redis_conn)
     insert = access_log._insert
 
     def refusing(db, rows):
@@ -301,7 +303,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(redis_c
 def test_a_locked_database_fails_the_run_and_keeps_the_entries(redis_conn, database, monkeypatch):
     if not isinstance(database, peewee.SqliteDatabase):
         pytest.skip('holds a SQLite write lock')
-    access_log.enqueue_access_logs([entry(i) for i in range(30)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(30)], connection=redis_conn)
     # The drainer waits 5 s for a lock by default; a test waits less.
     monkeypatch.setattr(database, '_pragmas', [(name, 200 if name == 'busy_timeout' else value)
                                                for name, value in database._pragmas])
@@ -325,7 +327,7 @@ def test_a_locked_database_fails_the_run_and_keeps_the_entries(redis_conn, datab
 def test_a_database_that_is_down_fails_the_run_and_keeps_the_entries(redis_conn, env):
     env.setenv('DATABASE_URL', 'postgresql://postgres@127.0.0.1:1/nowhere')
     settings.reset()
-    access_log.enqueue_access_logs([entry(i) for i in range(5)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(5)], connection=redis_conn)
     with pytest.raises(DatabaseUnavailable, match=r'Cannot reach the database at postgresql://postgres@127\.0\.0\.1:1/nowhere: .*stay in Redis'):
         access_log.process_access_log()
     assert redis_conn.llen(BUFFER_KEY) + redis_conn.llen(PROCESSING_KEY) == 5
@@ -335,13 +337,13 @@ def test_a_database_that_is_down_fails_the_run_and_keeps_the_entries(redis_conn,
 def test_redis_down_drops_fast_and_counts_locally(env):
     env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
     settings.reset()
-    before = access_log.local_drop_count('unavailable')
+    before = producer.local_drop_count('unavailable')
     started = time.monotonic()
-    assert access_log.enqueue_access_log(entry()) is False
-    assert access_log.enqueue_access_log(entry()) is False
-    assert access_log.enqueue_access_logs([entry(i) for i in range(10)]) == 0
+    assert producer.enqueue_access_log(entry()) is False
+    assert producer.enqueue_access_log(entry()) is False
+    assert producer.enqueue_access_logs([entry(i) for i in range(10)]) == 0
     assert time.monotonic() - started < 1
-    assert access_log.local_drop_count('unavailable') - before == 12
+    assert producer.local_drop_count('unavailable') - before == 12
 
 
 # ---- Requests ----
@@ -359,7 +361,7 @@ def test_redis_down_drops_fast_and_counts_locally(env):
     ({}, 'not an address', ''),
 ])
 def test_client_ip_follows_the_header_precedence(headers, remote, expected):
-    assert access_log.client_ip(headers, remote) == expected
+    assert producer.client_ip(headers, remote) == expected
 
 
 @pytest.mark.parametrize('path', ['/static/app.css', '/assets/logo.PNG', '/_next/chunk.js', '/favicon.ico',
@@ -367,7 +369,7 @@ def test_client_ip_follows_the_header_precedence(headers, remote, expected):
                                   '/swagger/index.html', '/openapi.json', '/docs', '/docs/oauth2-redirect',
                                   '/robots.txt'])
 def test_assets_and_machinery_are_not_logged(path):
-    assert access_log.entry_from_request('GET', path, {}, '10.0.0.1', 200, 1.0) is None
+    assert producer.entry_from_request('GET', path, {}, '10.0.0.1', 200, 1.0) is None
 
 
 @pytest.mark.parametrize('path, resource', [
@@ -386,15 +388,15 @@ def test_assets_and_machinery_are_not_logged(path):
     ('/docsite/x', ('Repository', 'docsite/x')),
 ])
 def test_resources_are_parsed_from_the_path(path, resource):
-    assert access_log.resource_of(path) == resource
+    assert producer.resource_of(path) == resource
 
 
 def test_entry_from_request():
-    built = access_log.entry_from_request(
+    built = producer.entry_from_request(
         'get', '/owner/name/page?token=secret', {'user-AGENT': 'A' * 1000, 'X-Forwarded-For': '203.0.113.5'},
         '10.0.0.1', 404, 12.6, user_id='u1')
     assert built == {'resource_type': 'Repository', 'resource_id': 'owner/name', 'user_id': 'u1',
-                     'ip_address': '203.0.113.5', 'user_agent': 'A' * access_log.USER_AGENT_MAX,
+                     'ip_address': '203.0.113.5', 'user_agent': 'A' * producer.USER_AGENT_MAX,
                      'path': '/owner/name/page', 'method': 'GET', 'status_code': 404, 'response_time': 12.6}
 
 
@@ -435,7 +437,7 @@ def test_middleware_records_one_entry_after_the_body_is_closed(redis_conn):
         bodies.append(Body())
         return bodies[-1]
 
-    middleware = access_log.AccessLogMiddleware(app, connection=redis_conn)
+    middleware = producer.AccessLogMiddleware(app, connection=redis_conn)
     assert run_wsgi(middleware, wsgi_environ('/owner/name/文档')) == (['201 Created'], b'hello world')
     assert bodies[0].closed
     (raw,) = redis_conn.lrange(BUFFER_KEY, 0, -1)
@@ -455,7 +457,7 @@ def test_middleware_records_a_failing_app_as_500(redis_conn):
         raise RuntimeError('boom')
 
     with pytest.raises(RuntimeError, match='boom'):
-        access_log.AccessLogMiddleware(app, connection=redis_conn)(wsgi_environ(), lambda *args: None)
+        producer.AccessLogMiddleware(app, connection=redis_conn)(wsgi_environ(), lambda *args: None)
     assert json.loads(redis_conn.lindex(BUFFER_KEY, 0))['status_code'] == 500
 
 
@@ -470,13 +472,13 @@ def test_middleware_never_breaks_the_app(env):
     def broken_user(environ):
         raise LookupError('no session')
 
-    before = access_log.local_drop_count()
+    before = producer.local_drop_count()
     started = time.monotonic()
-    assert run_wsgi(access_log.AccessLogMiddleware(app), wsgi_environ()) == (['200 OK'], b'still served')
-    assert run_wsgi(access_log.AccessLogMiddleware(app, user_id=broken_user), wsgi_environ()) == (
+    assert run_wsgi(producer.AccessLogMiddleware(app), wsgi_environ()) == (['200 OK'], b'still served')
+    assert run_wsgi(producer.AccessLogMiddleware(app, user_id=broken_user), wsgi_environ()) == (
         ['200 OK'], b'still served')
     assert time.monotonic() - started < 1
-    assert access_log.local_drop_count() - before == 2
+    assert producer.local_drop_count() - before == 2
 
 
 # ---- Cleanup ----
@@ -533,7 +535,7 @@ def test_cleanup_of_logs_trims_old_dead_letters(redis_conn, monkeypatch):
 def test_jobs_are_registered_and_run_in_a_worker(redis_conn, database, burst_worker):
     for name in access_log.JOBS:
         assert queues.find_job(name).queue == 'access_log'
-    access_log.enqueue_access_logs([entry(i) for i in range(3)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(3)], connection=redis_conn)
     job = queues.enqueue('process_access_log', connection=redis_conn)
     assert burst_worker('access_log')
     assert job.return_value()['stored'] == 3
@@ -555,10 +557,10 @@ def test_requeue_dead_restores_the_bytes_sent(redis_conn, database):
 def test_cli_status_and_requeue_dead(redis_conn, database, small):
     small(ACCESS_LOG_BUFFER_MAX=3)
     runner = CliRunner()
-    access_log.enqueue_access_logs([entry(i) for i in range(5)] + [entry(9, status_code=1)], connection=redis_conn)
+    producer.enqueue_access_logs([entry(i) for i in range(5)] + [entry(9, status_code=1)], connection=redis_conn)
     redis_conn.rpush(BUFFER_KEY, b'garbage', b'[]')
     access_log.process_access_log()
-    access_log.enqueue_access_log(entry(20), connection=redis_conn)
+    producer.enqueue_access_log(entry(20), connection=redis_conn)
 
     result = runner.invoke(cli.main, ['logs', 'status', '--json'], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -574,3 +576,161 @@ def test_cli_status_and_requeue_dead(redis_conn, database, small):
     assert json.loads(result.stdout) == {'requeued': 1}
     assert redis_conn.lrange(BUFFER_KEY, 1, -1) == [b'garbage', b'[]']
     assert runner.invoke(cli.main, ['logs', 'requeue-dead', '--limit', '0']).exit_code == 2
+
+
+# ---- The hand-optimised fast paths against their plain versions ----
+
+def plain_validate(data, now, *, producer_side, latest=None):
+    """What `validate` does, field by field and with no shortcut: the specification its fast path must meet."""
+    get = data.get
+    event_id = get('event_id')
+    if event_id is None:
+        if not producer_side:
+            raise ValueError('event_id is missing')
+        event_id = 'made-by-the-producer'
+    elif type(event_id) is not str or not producer._EVENT_ID.fullmatch(event_id):
+        raise ValueError('event_id must be 1 to 64 letters, digits, _ . : or -')
+    resource_type = producer._text(get('resource_type'), 'resource_type', required=True)
+    resource_id = producer._text(get('resource_id'), 'resource_id', required=True)
+    user_id = producer._text(get('user_id'), 'user_id', nullable=True)
+    address = producer._text(get('ip_address', ''), 'ip_address', cut=producer_side)
+    user_agent = producer._text(get('user_agent', ''), 'user_agent', cut=producer_side)
+    path = producer._text(get('path', ''), 'path', cut=producer_side)
+    method = producer._text(get('method', ''), 'method')
+    if address:
+        ip = producer._parse_ip(address)
+        if ip is None and not producer_side:
+            raise ValueError('ip_address is not an IP address')
+        address = ip or ''
+    access_time = get('access_time')
+    return (event_id, resource_type, resource_id, user_id, address, user_agent, path, method,
+            producer._status(get('status_code')),
+            producer._number(get('response_time'), 'response_time', 0, producer.RESPONSE_TIME_MAX),
+            now if access_time is None else producer._moment(access_time, now, latest))
+
+
+class Text(str):
+    """A str subclass, as some web frameworks hand out (markupsafe's Markup, say)."""
+
+
+TEXTS = ['', 'a', 'Page', 'owner/repo', 'é', 'répo-😀', '文档', 'e\u0301', '\u2028', '\x00', 'a\x00b', '\x01\x1f\x7f',
+         '\t\n\r', '"\\', '</script>', '\ud800', 'x\udfff', ' ' * 45, '9' * 32, 'x' * 36, 'x' * 37, 'y' * 191,
+         'y' * 192, 'u' * 512, 'u' * 513, 'p' * 2048, 'p' * 2049, 'h' * 100_000, '😀' * 300, Text('text'), None,
+         7, 1.5, b'bytes', ['list'], True]
+ADDRESSES = ['203.0.113.7', '[2001:DB8::1]:443', '10.0.0.1:80', '::ffff:1.2.3.4', 'not an ip', ' 1.2.3.4 ', '"1.1.1.1"',
+             '1' * 46, 'fe80::1%eth0']
+EVENT_IDS = [None, '', 'given-id.1', 'a' * 64, 'a' * 65, 'bad id', '0123456789abcdef0123456789abcdef',
+             '0123456789abcdéf0123456789abcdef', 'é' * 32, 5]
+NUMBERS = [None, 0, 1, 99, 100, 200, 404, 599, 600, -1, 12.4, 12.5, float('nan'), float('inf'), 10 ** 30, True,
+           '200', 3_600_000, 3_600_001]
+TIMES = [None, '2025-01-01T10:00:00', '2025-01-01T10:00:00+02:00', '1969-12-31T23:59:59', '2999-01-01', 'yesterday',
+         'x' * 41, 1_735_725_600, 1.5e9, -1e20, float('nan'), datetime(2025, 5, 31), [2025]]
+
+
+def random_entries(count, seed):
+    """Entries with one value or a few drawn from the tables above, the rest ordinary: many ways to be almost right."""
+    chooser = random.Random(seed)
+    tables = {'event_id': EVENT_IDS, 'resource_type': TEXTS, 'resource_id': TEXTS, 'user_id': TEXTS,
+              'ip_address': ADDRESSES + TEXTS, 'user_agent': TEXTS, 'path': TEXTS, 'method': TEXTS,
+              'status_code': NUMBERS, 'response_time': NUMBERS, 'access_time': TIMES}
+    for _ in range(count):
+        data = {'event_id': 'fixed-id', **entry(chooser.randrange(1000)), 'access_time': '2025-01-01T00:00:00'}
+        for name in chooser.sample(sorted(tables), chooser.choice([1, 1, 2, 3])):
+            if chooser.random() < 0.1:
+                data.pop(name)
+            else:
+                data[name] = chooser.choice(tables[name])
+        yield data
+
+
+def outcome(function, *args, **kwargs):
+    try:
+        return 'ok', function(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize('producer_side', [True, False])
+def test_the_combined_validation_decides_as_the_field_by_field_one(producer_side, monkeypatch):
+    monkeypatch.setattr(producer, '_new_event_id', lambda: 'made-by-the-producer')
+    checked = 0
+    for data in random_entries(5000, seed=13 + producer_side):
+        assert outcome(producer.validate, data, NOW, producer=producer_side) == \
+            outcome(plain_validate, data, NOW, producer_side=producer_side), data
+        checked += 1
+    assert checked == 5000
+
+
+def test_the_percent_built_json_is_what_json_dumps_writes(monkeypatch):
+    monkeypatch.setattr(producer, '_new_event_id', lambda: 'made-by-the-producer')
+    written = 0
+    for data in random_entries(5000, seed=31):
+        try:
+            row = producer.validate(data, NOW, producer=True)
+        except ValueError:
+            continue
+        plain = json.dumps(dict(zip(producer._ENTRY_KEYS, (*row[:10], row[10].isoformat(timespec='microseconds')))),
+                           ensure_ascii=False, separators=(',', ':')).encode()
+        assert producer._payload(data, NOW) == plain
+        assert json.loads(plain)['resource_id'] == row[2]
+        written += 1
+    assert written > 1000  # enough of them valid to mean something
+
+
+def test_the_drain_reads_entries_as_json_loads_does():
+    raws = [raw_entry(event_id=f'e{i}').encode() for i in range(3)] + [
+        raw_entry(event_id='spaces').encode() + b' \n\t ', b' ' + raw_entry(event_id='lead').encode(),
+        raw_entry(event_id='extra').encode() + b'{}', raw_entry(event_id='vt').encode() + b'\x0b',
+        raw_entry(event_id='nbsp').encode() + '\xa0'.encode(), '\u2028'.encode() + raw_entry(event_id='ls').encode(),
+        b'\r\n' + raw_entry(event_id='crlf').encode() + b'\r\n', b'[1]', b'"text"', b'{"a": NaN}', b'\xff\xfe', b'',
+        b'{' * 100_000, raw_entry(event_id='e0').encode(), raw_entry(event_id='big', user_agent='u' * 70_000).encode(),
+        raw_entry(event_id='uni', path='/文档/😀\u2028').encode(), b'{"event_id": "dup"}' * 2]
+
+    def plain(raw):
+        try:
+            data = json.loads(raw)
+            return access_log.validate(data, NOW, producer=False, latest=NOW + producer.FUTURE_TOLERANCE) \
+                if type(data) is dict and len(raw) <= access_log.RAW_MAX else None
+        except (ValueError, RecursionError):
+            return None
+
+    rows, kept, dead = access_log._parse(raws, NOW)
+    expected, seen = [], set()
+    for raw in raws:
+        row = plain(raw)
+        if row is not None and row[0] not in seen:
+            seen.add(row[0])
+            expected.append((raw, (*row, NOW)))
+    assert list(zip(kept, rows)) == expected
+    assert len(kept) + len(dead) + 1 == len(raws)  # the one left over is the repeated e0
+
+
+@pytest.mark.db
+@pytest.mark.parametrize('count', [1, 2, 7])
+def test_the_multi_row_insert_is_the_statement_peewee_builds(database, count):
+    db = AccessRecord._meta.database
+    rows = [(f'id{i}', 'Page', f'/p{i}', None, '10.0.0.1', 'agent é😀', f'/p{i}', 'GET', 200, i, NOW, NOW)
+            for i in range(count)]
+    query = AccessRecord.insert_many(rows, fields=access_log.FIELDS).on_conflict_ignore().returning()
+    sql, params = query.sql()
+    prefix, group, suffix, _ = access_log._insert_statement(db, AccessRecord._meta.table_name)
+
+    assert prefix + ', '.join([group] * count) + suffix == sql
+    assert access_log._values(db, rows) == [value.isoformat(' ') if isinstance(value, datetime) and
+                                            isinstance(db, peewee.SqliteDatabase) else value for value in params]
+    assert access_log._insert(db, rows) == count
+    assert access_log._insert(db, rows) == 0  # the event ids are taken: ignored, as peewee's statement ignores them
+    stored = list(AccessRecord.select(*access_log.FIELDS).order_by(AccessRecord.event_id).tuples())
+    assert stored == sorted(rows)
+
+
+def test_the_web_side_imports_no_orm_and_the_earlier_path_still_works():
+    code = ('import sys\n'
+            'from rqjobs.contrib.access_log import AccessLogMiddleware, enqueue_access_log\n'
+            'print(sorted(name for name in sys.modules if name.split(".")[0] in {"peewee", "playhouse", "models"}))\n'
+            'from rqjobs import access_log\n'
+            'assert (access_log.AccessLogMiddleware, access_log.enqueue_access_log) == '
+            '(AccessLogMiddleware, enqueue_access_log)\n')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, '[]\n', '')

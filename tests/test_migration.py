@@ -18,7 +18,8 @@ import models
 from helpers import ROOT
 from models import Document, Role, SchemaVersion, User, UserInRole, Warehouse, WarehouseStatus
 from rqjobs import git, migration, passwords
-from rqjobs.migration import MIGRATIONS, Migration, MigrationError
+from rqjobs.exceptions import MigrationError
+from rqjobs.migration import MIGRATIONS, Migration
 
 pytestmark = pytest.mark.db
 

@@ -26,6 +26,7 @@ from models import (
 )
 from helpers import run_jobs_cli
 from rqjobs import clock
+from rqjobs.database import open_database
 
 FIXED_NOW = datetime.datetime(2024, 5, 17, 8, 30, 15, 123456)
 # Cyrillic, CJK, an accent, emoji and mathematical letters outside the Basic Multilingual Plane.
@@ -233,7 +234,7 @@ def test_timestamps_come_from_the_clock(database, monkeypatch):
 
 def test_sqlite_uses_wal_waits_for_locks_and_enforces_foreign_keys(tmp_path):
     path = tmp_path / 'data' / 'nested' / 'rqjobs.db'
-    database = models.open_database(f'sqlite:///{path}')
+    database = open_database(f'sqlite:///{path}')
 
     with database.connection_context():
         pragmas = {name: database.execute_sql(f'PRAGMA {name}').fetchone()[0]
@@ -251,7 +252,7 @@ def test_sqlite_uses_wal_waits_for_locks_and_enforces_foreign_keys(tmp_path):
 ])
 def test_open_database_refuses_a_bad_url_without_echoing_its_password(url, scheme):
     with pytest.raises(ValueError) as excinfo:
-        models.open_database(url)
+        open_database(url)
 
     message = str(excinfo.value)
     assert scheme in message
@@ -265,7 +266,7 @@ def test_open_database_refuses_a_bad_url_without_echoing_its_password(url, schem
     (f'mysql://admin:{PASSWORD}@192.0.2.1:3306/rqjobs', MySQLDatabase),
 ])
 def test_open_database_does_not_connect(url, database_class):
-    database = models.open_database(url)
+    database = open_database(url)
 
     assert isinstance(database, database_class)
     assert database.is_closed()
@@ -274,14 +275,14 @@ def test_open_database_does_not_connect(url, database_class):
 def test_open_database_does_not_create_the_sqlite_file(tmp_path):
     path = tmp_path / 'var' / 'rqjobs.db'
 
-    database = models.open_database(f'sqlite:///{path}')
+    database = open_database(f'sqlite:///{path}')
 
     assert database.is_closed()
     assert not path.exists()
 
 
 def test_mysql_credentials_reach_the_driver_decoded_and_without_a_deprecation_warning():
-    database = models.open_database('mysql://jobs%40ci:p%40ss%3Aword@127.0.0.1:1/rqjobs')
+    database = open_database('mysql://jobs%40ci:p%40ss%3Aword@127.0.0.1:1/rqjobs')
 
     assert (database.connect_params['user'], database.connect_params['password']) == ('jobs@ci', 'p@ss:word')
     with warnings.catch_warnings():

@@ -1,4 +1,7 @@
+import ast
 import os
+import subprocess
+import sys
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
@@ -7,6 +10,8 @@ import pytest
 from helpers import run_jobs_cli
 from rqjobs.exceptions import SettingsError
 from rqjobs.settings import VARIABLES, Settings, get_settings, redact_url
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults(tmp_path, monkeypatch):
@@ -101,3 +106,42 @@ def test_a_url_that_cannot_be_used_is_a_setting_error_in_one_line(env, name, val
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f'Error: {expected}; for example {name}=') and result.stderr.count('\n') == 1
     assert 's3' not in result.stderr
+
+
+# Arrows point down: settings and the schema sit at the bottom and import nothing of the project above them.
+BOTTOM_MODULES = {'rqjobs.clock', 'rqjobs.exceptions'}
+
+
+def project_imports(path: Path) -> set[str]:
+    """Return the project modules (rqjobs.*, models, cli, scheduler) that the module at `path` imports anywhere."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            if node.module == 'rqjobs':
+                names.update(f'rqjobs.{alias.name}' for alias in node.names)
+    return {name for name in names if name.split('.')[0] in {'rqjobs', 'models', 'cli', 'scheduler'}} - {'rqjobs'}
+
+
+@pytest.mark.parametrize('module', ['rqjobs/settings.py', 'models.py'])
+def test_settings_and_models_import_nothing_of_the_project_but_clock_and_exceptions(module):
+    assert project_imports(ROOT / module) <= BOTTOM_MODULES
+
+
+def test_the_import_check_sees_every_form_of_import(tmp_path):
+    source = tmp_path / 'module.py'
+    source.write_text('import models\nfrom rqjobs import clock, queues\ndef f():\n    from rqjobs.database import db\n')
+    assert project_imports(source) == {'models', 'rqjobs.clock', 'rqjobs.queues', 'rqjobs.database'}
+
+
+def test_the_command_line_and_its_help_load_no_orm():
+    code = ('import sys, cli\n'
+            'from click.testing import CliRunner\n'
+            'result = CliRunner().invoke(cli.main, ["--help"])\n'
+            'assert result.exit_code == 0, result.output\n'
+            'print(sorted(name for name in sys.modules if name.split(".")[0] in {"peewee", "playhouse", "models"}))\n')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, '[]\n', '')

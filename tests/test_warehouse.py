@@ -21,7 +21,7 @@ from models import (
 )
 from rqjobs import clock, minimap, queues, settings
 from rqjobs import warehouse as warehouses
-from rqjobs.exceptions import InvalidRepositoryAddress, InvalidSubmission, SecretKeyMissing
+from rqjobs.exceptions import InvalidRepositoryAddress, InvalidSubmission, SecretKeyMissing, WarehouseNotFound
 from rqjobs.git import TRASH_DIR
 
 pytestmark = pytest.mark.db
@@ -140,6 +140,21 @@ def test_bad_branch_and_unknown_user_are_refused(redis_conn, database):
         warehouses.submit_warehouse('https://github.com/a/b', user_id='nobody', connection=redis_conn)
     assert Warehouse.select().count() == 0
 
+
+
+@pytest.mark.parametrize('action', [warehouses.get_warehouse, warehouses.reprocess, warehouses.remove])
+def test_an_unknown_warehouse_is_not_found_rather_than_a_refused_submission(redis_conn, database, action):
+    arguments = ('nope',) if action is warehouses.get_warehouse else ('nope', redis_conn)
+    with pytest.raises(WarehouseNotFound, match='^Warehouse nope does not exist') as excinfo:
+        action(*arguments)
+    assert not isinstance(excinfo.value, InvalidSubmission)
+
+
+@pytest.mark.parametrize('command', ['show', 'reprocess', 'remove'])
+def test_cli_says_an_unknown_warehouse_does_not_exist_with_a_usage_exit(redis_conn, database, command):
+    result = CliRunner().invoke(cli.main, ['--quiet', 'warehouse', command, 'nope'])
+    assert (result.exit_code, result.output.splitlines()[-1]) == (
+        2, 'Error: Warehouse nope does not exist (or was removed); `rqjobs warehouse list` shows the ids.')
 
 def test_duplicates_follow_the_original_rules(redis_conn, database):
     first = warehouses.submit_warehouse('https://github.com/a/b', connection=redis_conn)

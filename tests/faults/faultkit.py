@@ -19,9 +19,9 @@ from typing import Any
 import peewee
 import psutil
 
-import models
 from helpers import ROOT, commit_files, git, wait_until
 from rqjobs import settings
+from rqjobs.database import open_database
 
 # The tests' own jobs, on the queue `faults`: sleepers that outlast their time limits, a recorder.
 FAULT_JOBS = '''
@@ -243,7 +243,7 @@ def write_lock(db: peewee.Database, table: str) -> Iterator[Callable[[psutil.Pro
             holder.execute('ROLLBACK')
             holder.close()
         return
-    other = models.open_database(settings.get_settings().database_url)
+    other = open_database(settings.get_settings().database_url)
     other.connect()
     mysql = isinstance(other, peewee.MySQLDatabase)
     if mysql:

@@ -17,7 +17,7 @@ from rqjobs import warehouse as warehouses
 
 pytestmark = pytest.mark.slow
 
-BUSY_TIMEOUT = 5  # SQLite's busy_timeout (models.SQLITE_PRAGMAS), in seconds
+BUSY_TIMEOUT = 5  # SQLite's busy_timeout (rqjobs.database.SQLITE_PRAGMAS), in seconds
 
 
 def attempt_failed(log: str, job, error: str) -> bool:

@@ -28,6 +28,7 @@ from rqjobs import access_log, clock, queues, settings, statistics
 from rqjobs import git as safe_git
 from rqjobs import warehouse as warehouses
 from rqjobs.access_log import BUFFER_KEY, DEAD_KEY, LOCK_KEY, PROCESSING_KEY
+from rqjobs.contrib import access_log as producer
 
 pytestmark = [pytest.mark.slow, pytest.mark.db]
 
@@ -147,7 +148,7 @@ def test_a_worker_killed_mid_drain_stores_every_entry_exactly_once(redis_conn, d
     env.setenv('ACCESS_LOG_BATCH_SIZE', '100')
     settings.reset()
     sent = 20_000
-    assert access_log.enqueue_access_logs([access_entry(i) for i in range(sent)], connection=redis_conn) == sent
+    assert producer.enqueue_access_logs([access_entry(i) for i in range(sent)], connection=redis_conn) == sent
     queues.enqueue('process_access_log', retry=None, connection=redis_conn)  # as the periodic plan enqueues it
     worker = processes.worker('access_log', name='killed')
     wait_until(lambda: AccessRecord.select().count() >= 100, 60, 'the drain committed a batch',
