@@ -1,7 +1,7 @@
 """Settings, read once from the environment into a frozen object.
 
-Every variable is documented in docs/settings.md with its default. A bad value fails at once with a message that names
-the variable and shows a good value, before any job or command does work with it.
+Every variable is documented in docs/settings.md with its default. A bad value fails at once with a message that
+names the variable and shows a good value, before any job or command does work with it.
 """
 
 from __future__ import annotations
