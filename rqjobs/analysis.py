@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import stat
-import subprocess
 import time
 import warnings
 from collections import Counter, defaultdict, deque
@@ -27,7 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Self
 
-from rqjobs.exceptions import GitError, PermanentJobError
+from rqjobs import git
+from rqjobs.exceptions import PermanentJobError
 
 logger = logging.getLogger(__name__)
 
@@ -163,32 +163,16 @@ class Analysis:
 # Reading the checkout
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _git_env(checkout: Path) -> dict[str, str]:
-    # Nothing from the caller's or the machine's git configuration applies, and git never prompts or searches above
-    # the checkout for another repository.
-    env = {key: value for key, value in os.environ.items() if not key.startswith('GIT_')}
-    env.update(GIT_CONFIG_NOSYSTEM='1', GIT_CONFIG_GLOBAL='/dev/null', GIT_TERMINAL_PROMPT='0', GIT_OPTIONAL_LOCKS='0',
-               GIT_CEILING_DIRECTORIES=str(checkout.parent), LC_ALL='C')
-    return env
-
-
 def tracked_files(checkout: Path) -> list[tuple[bytes, str]]:
     """Return git's tracked entries of a checkout as (raw path bytes, mode), in git's (byte) order."""
     checkout = Path(checkout).absolute()
     if not os.path.lexists(checkout / '.git'):
         raise PermanentJobError(f'{checkout} is not a git checkout (it has no .git); clone the repository first.')
-    command = ['git', '-c', 'core.hooksPath=/dev/null', '-c', 'core.fsmonitor=false', '-c', 'core.quotepath=off',
-               '-c', 'core.untrackedCache=false', 'ls-files', '-z', '--stage']
-    try:
-        result = subprocess.run(command, cwd=checkout, env=_git_env(checkout), stdin=subprocess.DEVNULL,
-                                capture_output=True, timeout=GIT_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise GitError(f'{checkout}: git ls-files ran past {GIT_TIMEOUT} s') from None
-    if result.returncode != 0:
-        message = result.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:] or ['no message']
-        raise GitError(f'{checkout}: git ls-files failed (exit {result.returncode}): {message[0]}')
+    # The same hardened runner as the clone's: the checkout is as untrusted as the repository it came from.
+    output = git.read(checkout, '-c', 'core.quotepath=off', '-c', 'core.untrackedCache=false', 'ls-files', '-z',
+                      '--stage', binary=True, timeout=GIT_TIMEOUT)
     entries, seen = [], set()
-    for record in result.stdout.split(b'\0'):
+    for record in output.split(b'\0'):
         head, tab, path = record.partition(b'\t')
         if not tab:
             continue

@@ -775,21 +775,29 @@ def _open_repo(dest: Path | str) -> Iterator[gitpython.Repo]:
         repo.close()
 
 
-def _read(dest: Path | str, *args: str) -> str:
-    """Run one reading git command in the clone and return its output."""
+def read(dest: Path | str, *args: str, binary: bool = False, timeout: float | None = None) -> str | bytes:
+    """Run one reading git command in the clone, in the hardened environment, and return its output.
+
+    Every git command on a clone or an untrusted checkout goes through here (or `_run` for clone and fetch), so one
+    policy decides what git may read: nothing of the worker's environment or configuration, no hook, no transport.
+    """
     import git
 
     try:
-        return _gitpython()[0](_clone_dir(dest)).execute(['git', *args])
+        return _gitpython()[0](_clone_dir(dest)).execute(['git', *args], stdout_as_string=not binary,
+                                                          kill_after_timeout=timeout)
     except git.GitCommandError as exc:
-        stderr = re.sub(r"^\s*stderr: '|'\s*$", '', str(exc.stderr or ''))
+        stderr = exc.stderr.decode('utf-8', 'replace') if isinstance(exc.stderr, bytes) else str(exc.stderr or '')
+        if timeout is not None and 'did not complete in' in stderr:
+            raise GitError(f'git {args[0]} ran past {timeout:g} s in {dest}') from None
+        stderr = re.sub(r"^\s*stderr: '|'\s*$", '', stderr)
         raise GitError(f'git {args[0]} failed in {dest}: {_last_line(stderr.splitlines(), ())}') from None
 
 
 def _succeeds(dest: Path | str, *args: str) -> bool:
     """Run one git command in the clone that answers by its exit status."""
     try:
-        _read(dest, *args)
+        read(dest, *args)
     except RepositoryNotFound:
         raise
     except GitError:
@@ -1224,14 +1232,14 @@ def _redact(line: str, secrets: Sequence[str]) -> str:
 
 def head_commit(dest: Path) -> str:
     """Return the sha (40 hex digits) of the clone's HEAD commit."""
-    return _read(dest, 'rev-parse', '--verify', '--quiet', 'HEAD^{commit}').strip()
+    return read(dest, 'rev-parse', '--verify', '--quiet', 'HEAD^{commit}').strip()
 
 
 def current_branch(dest: Path) -> str:
     """Return the name of the branch checked out in the clone."""
     _clone_dir(dest)
     try:
-        return _read(dest, 'symbolic-ref', '--quiet', '--short', 'HEAD').strip()
+        return read(dest, 'symbolic-ref', '--quiet', '--short', 'HEAD').strip()
     except GitError:
         raise GitError(f'The clone at {dest} has no branch checked out (a detached HEAD).') from None
 
@@ -1257,7 +1265,7 @@ def changed_paths(dest: Path, old: str, new: str) -> dict[str, str] | None:
     """
     if not has_commit(dest, old) or not is_ancestor(dest, old, new):
         return None
-    fields = _read(dest, 'diff-tree', '-r', '-z', '--no-renames', '--name-status', _sha(old), _sha(new)).split('\0')
+    fields = read(dest, 'diff-tree', '-r', '-z', '--no-renames', '--name-status', _sha(old), _sha(new)).split('\0')
     changes: dict[str, str] = {}
     index = 0
     while index + 1 < len(fields) and fields[index]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -326,6 +327,38 @@ def test_tracked_files_are_raw_git_entries(full_repo):
     assert entries[b'link_passwd'] == entries[b'link_dir'] == '120000'
     assert entries[b'vendor/lib'] == '160000'
     assert b'secret.env' not in entries
+
+
+def test_reading_a_checkout_runs_git_in_the_hardened_environment(tmp_path, monkeypatch):
+    # A git first on PATH that records the environment it starts with, then runs the real git.
+    recorded = tmp_path / 'recorded'
+    recorded.mkdir()
+    wrapper = tmp_path / 'bin' / 'git'
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nenv > "$(mktemp {recorded}/env.XXXXXX)"\nexec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    repo = make_repo(tmp_path / 'repo', {'README.md': '# Demo\n', 'app.py': 'def run():\n    pass\n'})
+    home = tmp_path / 'home'
+    (home / '.config' / 'git').mkdir(parents=True)
+    (home / '.config' / 'git' / 'config').write_text('[core]\n\tfsmonitor = touch hostile\n')
+    monkeypatch.setenv('PATH', f'{wrapper.parent}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setenv('HOME', str(home))
+    monkeypatch.setenv('XDG_CONFIG_HOME', str(home / '.config'))
+    monkeypatch.setenv('GIT_CONFIG_PARAMETERS', "'core.hooksPath'='/tmp'")
+    monkeypatch.setenv('RQJOBS_HOSTILE', 'inherited')
+
+    assert {source.path for source in analyse(repo).files} == {'README.md', 'app.py'}
+
+    runs = [dict(line.split('=', 1) for line in path.read_text().splitlines() if '=' in line)
+            for path in recorded.iterdir()]
+    assert runs
+    for env in runs:
+        assert 'RQJOBS_HOSTILE' not in env and 'XDG_CONFIG_HOME' not in env and 'GIT_CONFIG_PARAMETERS' not in env
+        assert env['HOME'] != str(home) and env['GIT_CONFIG_GLOBAL'] == env['GIT_CONFIG_SYSTEM'] == os.devnull
+        assert env['GIT_ALLOW_PROTOCOL'] == ''  # no transport at all
+        config = {env[f'GIT_CONFIG_KEY_{i}']: env[f'GIT_CONFIG_VALUE_{i}'] for i in range(int(env['GIT_CONFIG_COUNT']))}
+        assert config['core.hooksPath'] == os.devnull and config['core.fsmonitor'] == 'false'
+        assert config['protocol.allow'] == 'never'
 
 
 def test_analysed_and_skipped_files(full_repo, tmp_path):
