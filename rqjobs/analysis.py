@@ -395,11 +395,12 @@ def outline(path: str, text: str, language: str | None) -> list[Declaration]:
     return _BraceScanner(text, grammar, header).run()
 
 
-# A blank line ends the first paragraph, and so does a tag line (@param ...): tags are not prose.
+# A doc summary is the first paragraph of a doc comment: a blank line ends it, and so does a tag line (@param ...),
+# since tags are not prose.
 _PARAGRAPH_END = re.compile(r'\n[ \t]*(?:\r?\n|@)')
 
 
-def _first_paragraph(text: str) -> str:
+def _doc_summary(text: str) -> str:
     text = text.strip()
     if text.startswith('@'):
         return ''
@@ -635,7 +636,7 @@ def _python_body(body: list[ast.stmt], budget: list[int], *, in_class: bool) -> 
 def _python_doc(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> str:
     first = node.body[0] if node.body else None
     if type(first) is ast.Expr and type(first.value) is ast.Constant and type(first.value.value) is str:
-        return _first_paragraph(first.value.value)
+        return _doc_summary(first.value.value)
     return ''
 
 
@@ -1047,13 +1048,13 @@ class _BraceScanner:
                 if opening == -1:
                     break
                 body = text[opening + 2:text.rfind('*/', opening, end)].lstrip('*!')
-                return _first_paragraph('\n'.join(part.strip().lstrip('*').strip() for part in body.splitlines()))
+                return _doc_summary('\n'.join(part.strip().lstrip('*').strip() for part in body.splitlines()))
             elif line.startswith(('@', '#[', '[')) and not collected:
                 pass  # an annotation or attribute between the comment and the declaration
             else:
                 break
             end = start
-        return _first_paragraph('\n'.join(reversed(collected))) if collected else ''
+        return _doc_summary('\n'.join(reversed(collected))) if collected else ''
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1253,7 +1254,7 @@ def classify(files: Sequence[SourceFile], readme: str, *, manifests: Mapping[str
 _CONTROL = {code: '?' for code in [*range(0x20), 0x7f]}
 
 
-def build_tree(paths: Sequence[str], max_lines: int | None = None) -> str:
+def path_tree(paths: Sequence[str], max_lines: int | None = None) -> str:
     """Return a compact `├──` tree of repository paths: directories first, breadth first when it must be cut."""
     max_lines = MAX_TREE_LINES if max_lines is None else max_lines
     root: dict[str, dict | None] = {}
@@ -1448,7 +1449,7 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
         languages=language_table(files),
         readme_path=readme_path,
         readme=readme,
-        tree=build_tree(names),
+        tree=path_tree(names),
         classification=classify(files, readme, manifests=manifests, cli_files=cli_files),
         components=components,
         total_files=total,

@@ -348,7 +348,7 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
     queues.report_progress('document', 70)
     since = old_version if changed is not None else None
     commits = git.recent_commits(dest, CHANGELOG_COMMITS, since=since)
-    context = documentation.Context(f'{warehouse.organization_name}/{warehouse.name}', analysis, commits)
+    context = documentation.PageContext(f'{warehouse.organization_name}/{warehouse.name}', analysis, commits)
     pages = documentation.catalog(analysis)
     structure_changed = changed is None or any(status[0] in 'ADRC' for status in changed.values())
     tree = minimap.build_tree(context.title, analysis) if structure_changed else None
@@ -364,7 +364,7 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
                     changed_files=None if changed is None else len(changed), **counts)
 
 
-def _store(warehouse: Warehouse, analysis, context: documentation.Context, pages: list[documentation.Page],
+def _store(warehouse: Warehouse, analysis, context: documentation.PageContext, pages: list[documentation.Page],
            changed: dict[str, str] | None, structure_changed: bool, tree: dict | None, commits: list[dict],
            version: str, settings: Settings) -> dict:
     """Write the documentation in one transaction: readers see the old set or the new one, never a mix.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rqjobs import analysis
-from rqjobs.analysis import Analysis, SourceFile, analyse, build_tree, classify, find_components, outline
+from rqjobs.analysis import Analysis, SourceFile, analyse, classify, find_components, outline, path_tree
 
 GIT_ENV = {**os.environ, 'GIT_CONFIG_NOSYSTEM': '1', 'GIT_CONFIG_GLOBAL': '/dev/null', 'GIT_TERMINAL_PROMPT': '0'}
 GIT = ['git', '-c', 'user.name=t', '-c', 'user.email=t@e', '-c', 'init.defaultBranch=main',
@@ -526,8 +526,8 @@ def test_tree_is_capped_with_a_summary(full_repo, monkeypatch):
     assert len(tree) == 10
     assert re.fullmatch(r'… \d+ more entries in \d+ director(y|ies)', tree[-1])
     assert tree[:3] == ['├── assets/', '├── core/', '├── data/']  # breadth first: the top level comes first
-    assert build_tree(['a/1', 'a/2', 'b/1', 'c'], max_lines=3) == '├── a/\n└── b/\n… 4 more entries in 3 directories'
-    assert build_tree(['a/1', 'b'], max_lines=3) == '├── a/\n│   └── 1\n└── b'
+    assert path_tree(['a/1', 'a/2', 'b/1', 'c'], max_lines=3) == '├── a/\n└── b/\n… 4 more entries in 3 directories'
+    assert path_tree(['a/1', 'b'], max_lines=3) == '├── a/\n│   └── 1\n└── b'
 
 
 def test_progress_reports_increasing_counts(full_repo, monkeypatch):
