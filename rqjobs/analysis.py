@@ -26,8 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Self
 
-from rqjobs import git
 from rqjobs.exceptions import PermanentJobError
+from rqjobs.repository import runner
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def tracked_files(checkout: Path) -> list[tuple[bytes, str]]:
     if not os.path.lexists(checkout / '.git'):
         raise PermanentJobError(f'{checkout} is not a git checkout (it has no .git); clone the repository first.')
     # The same hardened runner as the clone's: the checkout is as untrusted as the repository it came from.
-    output = git.read(checkout, '-c', 'core.quotepath=off', '-c', 'core.untrackedCache=false', 'ls-files', '-z',
+    output = runner.read(checkout, '-c', 'core.quotepath=off', '-c', 'core.untrackedCache=false', 'ls-files', '-z',
                       '--stage', binary=True, timeout=GIT_TIMEOUT)
     entries, seen = [], set()
     for record in output.split(b'\0'):

@@ -16,8 +16,9 @@ from rq.suspension import is_suspended, resume, suspend
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from models import Warehouse
-from rqjobs import clock, database, git, queues
+from rqjobs import clock, database, queues
 from rqjobs.exceptions import RqjobsError, UnreadableJob
+from rqjobs.repository import storage
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -201,15 +202,15 @@ def _orphan_clones(settings: Settings, dry_run: bool) -> list[str]:
     names = [entry.name for entry in root.iterdir()
              if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith('.')]
     # <id>.partial is a clone of <id> in progress, or one a killed worker left: the warehouse's next try removes it.
-    owners = {name: name.removesuffix(git.PARTIAL_SUFFIX) for name in names}
+    owners = {name: name.removesuffix(storage.PARTIAL_SUFFIX) for name in names}
     with database.connection(settings):
         alive = {row[0] for row in Warehouse.select(Warehouse.id).where(
             Warehouse.id.in_(sorted(set(owners.values()))), Warehouse.is_deleted == False).tuples()}
     orphans = sorted(name for name in names if owners[name] not in alive)
     if not dry_run:
         for name in orphans:
-            git.remove_clone(root / name, settings)
-        git.empty_trash(settings)  # what a killed removal left behind
+            storage.remove_clone(root / name, settings)
+        storage.empty_trash(settings)  # what a killed removal left behind
     return orphans
 
 

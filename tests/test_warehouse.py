@@ -23,7 +23,7 @@ from models import (
 from rqjobs import clock, minimap, queues, settings
 from rqjobs import warehouse as warehouses
 from rqjobs.exceptions import InvalidRepositoryAddress, InvalidSubmission, SecretKeyMissing
-from rqjobs.git import TRASH_DIR
+from rqjobs.repository.storage import TRASH_DIR
 
 pytestmark = pytest.mark.db
 
