@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from rqjobs.analysis import Analysis, Declaration, SourceFile
+from rqjobs.repository.declarations import Declaration
+from rqjobs.repository.results import Analysis, SourceFile
 
 MAX_COMPONENT_FILES = 60
 MAX_COMPONENT_DECLARATIONS = 300

@@ -16,11 +16,12 @@ from datetime import timedelta
 from peewee import JOIN, fn
 
 from models import MiniMap, Warehouse, WarehouseStatus, new_id
-from rqjobs import analysis as analysis_module
 from rqjobs import clock, credentials, database
-from rqjobs.analysis import Analysis, Declaration, SourceFile
 from rqjobs.exceptions import PermanentJobError
+from rqjobs.repository import analysis as analysis_module
 from rqjobs.repository import clone, storage
+from rqjobs.repository.declarations import Declaration
+from rqjobs.repository.results import Analysis, SourceFile
 
 logger = logging.getLogger(__name__)
 

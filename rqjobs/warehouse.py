@@ -33,7 +33,6 @@ from models import (
     WarehouseStatus,
     WarehouseType,
 )
-from rqjobs import analysis as analysis_module
 from rqjobs import clock, connections, credentials, database, documentation, minimap, queues
 from rqjobs import worker as worker_module
 from rqjobs.exceptions import (
@@ -43,6 +42,7 @@ from rqjobs.exceptions import (
     RepositoryUnauthorized,
 )
 from rqjobs.repository import addresses, clone, history, storage
+from rqjobs.repository import analysis as analysis_module
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from rqjobs import analysis
-from rqjobs.analysis import Analysis, SourceFile, analyse, classify, find_components, outline, path_tree
+from rqjobs.repository import analysis, checkout, classification, declarations, layout
+from rqjobs.repository.analysis import analyse, outline
+from rqjobs.repository.classification import classify
+from rqjobs.repository.layout import find_components, path_tree
+from rqjobs.repository.results import Analysis, SourceFile
 
 GIT_ENV = {**os.environ, 'GIT_CONFIG_NOSYSTEM': '1', 'GIT_CONFIG_GLOBAL': '/dev/null', 'GIT_TERMINAL_PROMPT': '0'}
 GIT = ['git', '-c', 'user.name=t', '-c', 'user.email=t@e', '-c', 'init.defaultBranch=main',
@@ -322,7 +325,7 @@ def names(declarations) -> list[tuple[str, str]]:
 
 
 def test_tracked_files_are_raw_git_entries(full_repo):
-    entries = dict(analysis.tracked_files(full_repo))
+    entries = dict(checkout.tracked_files(full_repo))
     assert entries[b'caf\xe9.py'] == '100644'
     assert entries[b'link_passwd'] == entries[b'link_dir'] == '120000'
     assert entries[b'vendor/lib'] == '160000'
@@ -486,15 +489,15 @@ def test_brace_language_outlines():
 def test_adversarial_lines_finish_fast(text):
     started = time.perf_counter()
     for language in ('Python', 'JavaScript', 'TypeScript', 'Go', 'Java', 'Rust', 'C', 'C++', 'C#'):
-        assert len(outline('x', text, language)) <= analysis.MAX_DECLARATIONS
+        assert len(outline('x', text, language)) <= declarations.MAX_DECLARATIONS
     assert time.perf_counter() - started < 3
 
 
 def test_declarations_are_capped():
     text = ''.join(f'def f{index}():\n    pass\n' for index in range(500))
-    assert len(outline('many.py', text, 'Python')) == analysis.MAX_DECLARATIONS
+    assert len(outline('many.py', text, 'Python')) == declarations.MAX_DECLARATIONS
     text = ''.join(f'func F{index}() {{\n}}\n' for index in range(500))
-    assert len(outline('many.go', text, 'Go')) == analysis.MAX_DECLARATIONS
+    assert len(outline('many.go', text, 'Go')) == declarations.MAX_DECLARATIONS
 
 
 def test_languages_table(tmp_path):
@@ -521,7 +524,7 @@ def test_languages_table(tmp_path):
 
 
 def test_tree_is_capped_with_a_summary(full_repo, monkeypatch):
-    monkeypatch.setattr(analysis, 'MAX_TREE_LINES', 10)
+    monkeypatch.setattr(layout, 'MAX_TREE_LINES', 10)
     tree = analyse(full_repo).tree.splitlines()
     assert len(tree) == 10
     assert re.fullmatch(r'… \d+ more entries in \d+ director(y|ies)', tree[-1])
@@ -605,9 +608,9 @@ CLASSIFIED = {
 def test_classification(tmp_path, expected):
     repo = make_repo(tmp_path / expected, CLASSIFIED[expected])
     result = analyse(repo)
-    scores = analysis.classification_scores(result.files, result.readme)
+    scores = classification.classification_scores(result.files, result.readme)
     assert result.classification == expected, scores
-    assert result.classification in analysis.CLASSES
+    assert result.classification in classification.CLASSES
 
 
 def test_classify_from_files_and_readme_alone():
@@ -635,7 +638,7 @@ def test_classify_from_files_and_readme_alone():
     (None, 'import argparse\n', False),
 ])
 def test_uses_cli_library(language, text, expected):
-    assert analysis.uses_cli_library(text, language) is expected
+    assert classification.uses_cli_library(text, language) is expected
 
 
 def test_components_are_ranked_and_capped():
@@ -643,22 +646,22 @@ def test_components_are_ranked_and_capped():
     files += [SourceFile('src/alpha/a.py', 'Python', 10_000, 5, []), SourceFile('src/beta/b.py', 'Python', 50, 5, []),
               SourceFile('src/main.py', 'Python', 20, 1, []), SourceFile('setup.py', 'Python', 30, 2, [])]
     components = find_components(files)
-    assert len(components) == analysis.MAX_COMPONENTS
+    assert len(components) == layout.MAX_COMPONENTS
     assert components[0] == {'name': 'alpha', 'path': 'src/alpha', 'files': ['src/alpha/a.py'],
                              'languages': ['Python'], 'lines': 5, 'bytes': 10_000}
     assert [component['path'] for component in components[1:4]] == ['part14', 'part13', 'part12']
 
 
 def test_text_and_binary_detection():
-    assert analysis.decode_text(b'caf\xe9 au lait\n') == 'caf\ufffd au lait\n'  # Latin-1 text stays text
-    assert analysis.decode_text(b'plain\x00binary') is None
-    assert analysis.decode_text((bytes(range(1, 32)) + b'\xff') * 100) is None  # control bytes, not UTF-8
-    assert analysis.decode_text(bytes(range(1, 32)) * 100) is not None  # valid UTF-8 is text, even control bytes
-    assert analysis.count_lines(b'') == 0 and analysis.count_lines(b'a') == 1 and analysis.count_lines(b'a\nb\n') == 2
+    assert checkout.decode_text(b'caf\xe9 au lait\n') == 'caf\ufffd au lait\n'  # Latin-1 text stays text
+    assert checkout.decode_text(b'plain\x00binary') is None
+    assert checkout.decode_text((bytes(range(1, 32)) + b'\xff') * 100) is None  # control bytes, not UTF-8
+    assert checkout.decode_text(bytes(range(1, 32)) * 100) is not None  # valid UTF-8 is text, even control bytes
+    assert checkout.count_lines(b'') == 0 and checkout.count_lines(b'a') == 1 and checkout.count_lines(b'a\nb\n') == 2
 
 
 def test_reader_refuses_paths_leaving_the_checkout(full_repo):
-    with analysis.CheckoutReader(full_repo) as reader:
+    with checkout.CheckoutReader(full_repo) as reader:
         assert reader.read(b'../outside/secret.txt') == (None, 'unreadable')
         assert reader.read(b'escape/secret.txt') == (None, 'symlink')
         assert reader.read(b'link_passwd') == (None, 'symlink')
@@ -677,7 +680,7 @@ def test_not_a_checkout(tmp_path):
 
 def test_only_the_first_files_of_shown_components_are_outlined(tmp_path, monkeypatch):
     monkeypatch.setattr(analysis, 'MAX_OUTLINED_PER_COMPONENT', 2)
-    monkeypatch.setattr(analysis, 'MAX_COMPONENTS', 1)
+    monkeypatch.setattr(layout, 'MAX_COMPONENTS', 1)
     files = {f'big/m{index}.py': f'def f{index}():\n    pass\n' * 3 for index in range(4)}
     files['small/s.py'] = 'def s():\n    pass\n'
     result = analyse(make_repo(tmp_path / 'repo', files))

@@ -9,9 +9,10 @@ import cli
 from models import MiniMap, Warehouse, WarehouseStatus
 from rqjobs import clock, minimap
 from rqjobs import warehouse as warehouses
-from rqjobs.analysis import Analysis, Declaration, SourceFile
 from rqjobs.exceptions import PermanentJobError
 from rqjobs.repository import storage
+from rqjobs.repository.declarations import Declaration
+from rqjobs.repository.results import Analysis, SourceFile
 
 
 def tree(title='root', url='', nodes=None):
