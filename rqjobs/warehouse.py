@@ -33,7 +33,7 @@ from models import (
     WarehouseStatus,
     WarehouseType,
 )
-from rqjobs import clock, connections, credentials, database, documentation, minimap, queues
+from rqjobs import clock, connections, credentials, database, minimap, queues
 from rqjobs import worker as worker_module
 from rqjobs.exceptions import (
     InvalidRepositoryAddress,
@@ -41,7 +41,7 @@ from rqjobs.exceptions import (
     PermanentJobError,
     RepositoryUnauthorized,
 )
-from rqjobs.repository import addresses, clone, history, storage
+from rqjobs.repository import addresses, clone, documentation, history, storage
 from rqjobs.repository import analysis as analysis_module
 from rqjobs.settings import Settings, get_settings
 
