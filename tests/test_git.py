@@ -963,7 +963,7 @@ def test_public_hosts_pass_and_proxied_ones_are_left_to_the_proxy(env, monkeypat
         (socket.AF_INET6, socket.SOCK_STREAM, 6, '', ('2606:50c0:8000::154', port, 0, 0))])
     endpoint = addresses.check_host(parse_address('https://github.com/org/repo'))
     assert endpoint == addresses.Endpoint('https', 'github.com', 443, ('140.82.121.4', '2606:50c0:8000::154'))
-    assert addresses._pin_config(endpoint, guarded=True) == [
+    assert runner._pin_config(endpoint, guarded=True) == [
         ('http.curloptResolve', 'github.com:443:140.82.121.4,[2606:50c0:8000::154]'),
         ('http.followRedirects', 'false')]
     assert addresses.check_host(parse_address('https://[2606:50c0:8000::154]:8443/org/repo')).addresses == ()

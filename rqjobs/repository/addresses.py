@@ -482,18 +482,6 @@ def _proxied(endpoint: Endpoint) -> bool:
     return bool(proxy) and endpoint.protocol in ('http', 'https') and not proxy_bypass_environment(endpoint.host)
 
 
-def _pin_config(endpoint: Endpoint | None, guarded: bool) -> list[tuple[str, str]]:
-    """Return the configuration that holds git's HTTP connections to the checked addresses."""
-    config = []
-    if endpoint is not None and endpoint.addresses and endpoint.protocol in ('http', 'https'):
-        shown = ','.join(f'[{ip}]' if ':' in ip else ip for ip in endpoint.addresses)
-        config.append(('http.curloptResolve', f'{endpoint.host}:{endpoint.port}:{shown}'))
-    if guarded:
-        # A redirect names another host, which nothing checked: refused, as the address would be.
-        config.append(('http.followRedirects', 'false'))
-    return config
-
-
 def _protocol(address: RepoAddress) -> str:
     if address.is_local:
         return 'file'

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rqjobs.exceptions import GitError, RepositoryNotFound
-from rqjobs.repository.addresses import Endpoint, _pin_config
 
 if TYPE_CHECKING:
     import git as gitpython
+
+    from rqjobs.repository.addresses import Endpoint
 
 
 USERNAME_VARIABLE = 'RQJOBS_GIT_USERNAME'
@@ -119,6 +120,18 @@ def _config(repo: Path | None, protocols: Sequence[str], askpass: Path | None) -
     ]
     if repo is not None:
         config.append(('safe.directory', str(repo)))
+    return config
+
+
+def _pin_config(endpoint: Endpoint | None, guarded: bool) -> list[tuple[str, str]]:
+    """Return the configuration that holds git's HTTP connections to the checked addresses."""
+    config = []
+    if endpoint is not None and endpoint.addresses and endpoint.protocol in ('http', 'https'):
+        shown = ','.join(f'[{ip}]' if ':' in ip else ip for ip in endpoint.addresses)
+        config.append(('http.curloptResolve', f'{endpoint.host}:{endpoint.port}:{shown}'))
+    if guarded:
+        # A redirect names another host, which nothing checked: refused, as the address would be.
+        config.append(('http.followRedirects', 'false'))
     return config
 
 
