@@ -56,7 +56,7 @@ def main() -> None:
         began = time.monotonic()
         clone.sync(str(source), root / 'repos' / 'a', settings=settings)
         clone_seconds = time.monotonic() - began
-        allocated, files = storage._disk_usage(root / 'repos' / 'a')
+        allocated, files = storage.disk_usage(root / 'repos' / 'a')
         length = lengths(root / 'repos' / 'a')
         print(f'{options.files} files: full clone {clone_seconds:.1f} s, {files} files and directories, '
               f'{length / 2**20:.1f} MB of length, {allocated / 2**20:.1f} MB of disk blocks '

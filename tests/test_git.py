@@ -1019,7 +1019,7 @@ def test_ssh_hosts_are_checked_and_ssh_is_held_to_the_address(env, started, monk
     for url, host in (('git@[2606:50c0:8000::154]:org/repo.git', '2606:50c0:8000::154'),
                       ('ssh://git@github.com:2222/org/repo.git', 'github.com')):
         assert addresses._endpoint(parse_address(url)).host == host
-    env_of_git = runner._environment(home=Path('/nonexistent'), ceiling=Path('/'), repo=None, protocols=('ssh',),
+    env_of_git = runner.git_environment(home=Path('/nonexistent'), ceiling=Path('/'), repo=None, protocols=('ssh',),
                                        ssh=True, endpoint=endpoint, guarded=True)
     assert env_of_git['GIT_SSH_COMMAND'].endswith(' -oHostName=140.82.121.4 -oHostKeyAlias=github.com')
 

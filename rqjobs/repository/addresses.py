@@ -49,14 +49,15 @@ class RepoAddress:
     is_local: bool = False
 
 
-def parse_address(address: str, settings: Settings | None = None) -> RepoAddress:
+def parse_address(address: str, settings: Settings | None = None, *, allow_http: bool = False) -> RepoAddress:
     """Check an untrusted repository address and split it into a credential-free URL and credentials.
 
     Accepted: `https://[user:token@]host[:port]/org/.../name[.git]`; with GIT_ALLOW_SSH `ssh://user@host/org/name`
     and `user@host:org/name`; with ALLOW_LOCAL_REPOSITORIES an absolute path or `file://` URL. A lone `token@` is
-    the token, sent with the username `oauth2`. Raises `InvalidRepositoryAddress` naming what is wrong.
+    the token, sent with the username `oauth2`. Raises `InvalidRepositoryAddress` naming what is wrong. `allow_http`
+    also accepts `http://`, for an address already stored (a local test server).
     """
-    return _parse(address, settings or get_settings(), allow_http=False)
+    return _parse(address, settings or get_settings(), allow_http=allow_http)
 
 
 def _parse(address: str, settings: Settings, *, allow_http: bool) -> RepoAddress:
@@ -73,7 +74,7 @@ def _parse(address: str, settings: Settings, *, allow_http: bool) -> RepoAddress
         _refuse(text, 'it starts with "-", which git would read as an option', settings)
     if '::' in _BRACKETED_HOST.sub('', text, count=1):
         _refuse(text, '"::" selects a git remote helper (such as ext:: or fd::), which can run commands', settings)
-    bad = _first_unsafe_character(text)
+    bad = first_unsafe_character(text)
     if bad is not None:
         _refuse(text, f'it contains a whitespace or control character ({_describe(bad)})', settings)
     if '\\' in text:
@@ -296,7 +297,7 @@ def _check_segments(text: str, segments: Sequence[str], settings: Settings) -> N
             _refuse(text, 'its path has an empty segment ("//")', settings)
         if decoded in ('.', '..'):
             _refuse(text, f'its path has a {decoded!r} segment (also refused percent-encoded, as %2e%2e)', settings)
-        if _first_unsafe_character(decoded) is not None:
+        if first_unsafe_character(decoded) is not None:
             _refuse(text, 'its path percent-encodes a whitespace or control character', settings)
         if '/' in decoded or '\\' in decoded:
             _refuse(text, 'its path percent-encodes a slash or backslash', settings)
@@ -314,7 +315,7 @@ def _credentials(text: str, userinfo: str, settings: Settings) -> tuple[str | No
                       '(github.com@evil.com goes to evil.com)', settings)
     if not colon:
         username, password = LONE_TOKEN_USERNAME, username
-    if any(_first_unsafe_character(value) is not None for value in (username, password)):
+    if any(first_unsafe_character(value) is not None for value in (username, password)):
         _refuse(text, 'its credentials percent-encode a whitespace or control character', settings)
     return username or (LONE_TOKEN_USERNAME if password else None), password or None
 
@@ -335,7 +336,7 @@ def _strip_git(name: str) -> str:
     return name[:-4] if name.lower().endswith('.git') else name
 
 
-def _first_unsafe_character(text: str) -> str | None:
+def first_unsafe_character(text: str) -> str | None:
     # Categories C* (control, format, surrogate, private, unassigned) and Z* (separators), plus the ASCII ones.
     return next((ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] in 'CZ'), None)
 
@@ -355,11 +356,11 @@ def _example(settings: Settings) -> str:
 
 
 def _refuse(text: str, reason: str, settings: Settings) -> NoReturn:
-    raise InvalidRepositoryAddress(f'Repository address {_shown(text)} is refused: {reason}. '
+    raise InvalidRepositoryAddress(f'Repository address {shown_text(text)} is refused: {reason}. '
                                    f'Use an address like {_example(settings)}.')
 
 
-def _shown(text: str, limit: int = 100) -> str:
+def shown_text(text: str, limit: int = 100) -> str:
     """Return `text` safe for a message: anything before an "@" hidden, control characters escaped, shortened."""
     scheme, sep, rest = text.partition('://')
     if not sep:
@@ -411,7 +412,7 @@ def check_host(address: RepoAddress, settings: Settings | None = None) -> Endpoi
         for ip in found:
             if not _is_public(ip):
                 raise InvalidRepositoryAddress(
-                    f'Repository address {_shown(address.url)} is refused: {endpoint.host} is {ip}, not a public '
+                    f'Repository address {shown_text(address.url)} is refused: {endpoint.host} is {ip}, not a public '
                     f'address. Set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on your own network.')
     if literal is not None or proxied:
         return endpoint
@@ -419,7 +420,7 @@ def check_host(address: RepoAddress, settings: Settings | None = None) -> Endpoi
 
 
 def _endpoint(address: RepoAddress) -> Endpoint:
-    protocol = _protocol(address)
+    protocol = protocol_of(address)
     if '://' in address.url:
         parts = urlsplit(address.url)
         host, port = parts.hostname or '', parts.port
@@ -482,7 +483,7 @@ def _proxied(endpoint: Endpoint) -> bool:
     return bool(proxy) and endpoint.protocol in ('http', 'https') and not proxy_bypass_environment(endpoint.host)
 
 
-def _protocol(address: RepoAddress) -> str:
+def protocol_of(address: RepoAddress) -> str:
     if address.is_local:
         return 'file'
     scheme, sep, _ = address.url.partition('://')

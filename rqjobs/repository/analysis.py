@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rqjobs.repository.checkout import CheckoutReader, count_lines, decode_text, tracked_files
-from rqjobs.repository.classification import _CLI_NEEDLES, MANIFEST_NAMES, classify, uses_cli_library
+from rqjobs.repository.classification import CLI_NEEDLES, MANIFEST_NAMES, classify, uses_cli_library
 from rqjobs.repository.declarations import Declaration
-from rqjobs.repository.languages import CPP_EXTENSIONS, _extension, _shebang_language, detect_language
+from rqjobs.repository.languages import CPP_EXTENSIONS, detect_language, file_extension, shebang_language
 from rqjobs.repository.layout import find_components, language_table, path_tree
-from rqjobs.repository.outline_braces import _GRAMMARS, _BraceScanner
-from rqjobs.repository.outline_python import _outline_python
+from rqjobs.repository.outline_braces import GRAMMARS, BraceScanner
+from rqjobs.repository.outline_python import python_outline
 from rqjobs.repository.results import Analysis, SourceFile
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,12 @@ def outline(path: str, text: str, language: str | None) -> list[Declaration]:
     if '\r' in text:  # CRLF line ends: the patterns and the skeleton expect '\n' (line numbers do not change)
         text = text.replace('\r\n', '\n')
     if language == 'Python':
-        return _outline_python(text)
-    grammar = _GRAMMARS.get(language or '')
+        return python_outline(text)
+    grammar = GRAMMARS.get(language or '')
     if grammar is None:
         return []
-    header = _extension(path) in ('h', 'hh', 'hpp', 'hxx', 'h++')
-    return _BraceScanner(text, grammar, header).run()
+    header = file_extension(path) in ('h', 'hh', 'hpp', 'hxx', 'h++')
+    return BraceScanner(text, grammar, header).run()
 
 
 _README_EXTENSIONS = ('.md', '.rst', '.txt', '', '.markdown', '.adoc', '.org')
@@ -87,7 +87,7 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
     entries = tracked_files(checkout)
     total = len(entries)
     names = [raw.decode('utf-8', 'replace') for raw, _ in entries]
-    has_cpp = any(_extension(name) in CPP_EXTENSIONS for name in names)
+    has_cpp = any(file_extension(name) in CPP_EXTENSIONS for name in names)
     skipped: Counter[str] = Counter()
     files: list[SourceFile] = []
     raw_paths: dict[str, bytes] = {}
@@ -115,10 +115,10 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
             if '\0' in text:  # text stores (PostgreSQL among them) refuse NUL characters
                 text = text.replace('\0', '')
             language = detect_language(path, has_cpp=has_cpp) or (
-                _shebang_language(text) if '.' not in path.rsplit('/', 1)[-1] else None)
+                shebang_language(text) if '.' not in path.rsplit('/', 1)[-1] else None)
             files.append(SourceFile(path, language, len(data), count_lines(data), []))
             raw_paths[path] = raw
-            if language in _CLI_NEEDLES and uses_cli_library(text, language):
+            if language in CLI_NEEDLES and uses_cli_library(text, language):
                 cli_files += 1
             rank = _readme_rank(path)
             if rank is not None and (readme_rank is None or rank < readme_rank):

@@ -72,7 +72,7 @@ _CLI_WORDS = re.compile(r'command[- ]line|\bcli\b|usage:|\$ \w')
 _LIBRARY_WORDS = re.compile(r'\blibrary\b|\bsdk\b|pip install|npm install|yarn add|cargo add|go get|gem install|'
                             r'composer require')
 # Argument-parsing libraries, checked only in files of the matching language: a needle found, then confirmed.
-_CLI_NEEDLES = {
+CLI_NEEDLES = {
     'Python': ('argparse', 'click', 'typer', 'docopt', 'fire'),
     'Go': ('spf13/cobra', 'urfave/cli', 'alecthomas/kong', 'kingpin', '"flag"'),
     'Rust': ('clap', 'structopt', 'argh'),
@@ -102,7 +102,7 @@ def uses_cli_library(text: str, language: str | None) -> bool:
     """Tell whether a source file imports a command-line argument parser of its language."""
     # A substring test per needle (a fast search in C) is several times quicker than one regex alternation, which
     # tries every position; the regex then confirms the rare hit.
-    needles = _CLI_NEEDLES.get(language or '')
+    needles = CLI_NEEDLES.get(language or '')
     if not needles:
         return False
     for needle in needles:

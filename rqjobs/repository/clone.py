@@ -34,24 +34,23 @@ from rqjobs.repository.addresses import (
     LONE_TOKEN_USERNAME,
     Endpoint,
     RepoAddress,
-    _first_unsafe_character,
-    _parse,
-    _protocol,
-    _shown,
     check_host,
+    first_unsafe_character,
     parse_address,
+    protocol_of,
+    shown_text,
 )
 from rqjobs.repository.history import current_branch, head_commit
 from rqjobs.repository.runner import (
     HOST_VARIABLE,
     PASSWORD_VARIABLE,
     USERNAME_VARIABLE,
-    _environment,
-    _last_line,
-    _private_home,
-    _redact,
+    git_environment,
+    last_line,
+    private_home,
+    redact,
 )
-from rqjobs.repository.storage import _disk_usage, _inside_root, discard, partial_path
+from rqjobs.repository.storage import discard, disk_usage, inside_root, partial_path
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
     _check_credentials(username, password)
     if branch is not None:
         check_branch(branch)
-    dest = _inside_root(dest, settings)
+    dest = inside_root(dest, settings)
     endpoint = None if target.is_local else check_host(target, settings)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fresh = not (dest / '.git').is_dir()
@@ -101,7 +100,7 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
         branch = current_branch(dest)
     # A new clone is written beside `dest` and renamed into place once complete: `dest` exists only as a whole
     # clone, whenever the worker is killed. What a killed clone leaves is removed by the next try.
-    partial = _inside_root(partial_path(dest), settings)
+    partial = inside_root(partial_path(dest), settings)
     run = _Run(target, partial if fresh else dest, settings, username, password, progress, endpoint)
     try:
         if fresh:
@@ -136,9 +135,9 @@ def _checked_address(address: RepoAddress | str, settings: Settings) -> RepoAddr
     if not isinstance(address, RepoAddress):
         raise TypeError(f'sync takes a RepoAddress or a string, not {type(address).__name__}')
     # A RepoAddress built by hand is checked again; only here may it be http:// (a trusted caller, or a test).
-    checked = _parse(address.url, settings, allow_http=True)
+    checked = parse_address(address.url, settings, allow_http=True)
     if checked.username or checked.password:
-        raise InvalidRepositoryAddress(f'RepoAddress.url {_shown(address.url)} carries credentials; '
+        raise InvalidRepositoryAddress(f'RepoAddress.url {shown_text(address.url)} carries credentials; '
                                        f'pass them as username and password instead.')
     return RepoAddress(url=checked.url, organization=checked.organization, name=checked.name,
                        username=address.username, password=address.password, is_local=checked.is_local)
@@ -147,7 +146,7 @@ def _checked_address(address: RepoAddress | str, settings: Settings) -> RepoAddr
 def _check_credentials(username: str | None, password: str | None) -> None:
     for value in (username, password):
         # A space is fine in a password; a newline would end the askpass answer early.
-        if value is not None and (not isinstance(value, str) or _first_unsafe_character(value.replace(' ', ''))):
+        if value is not None and (not isinstance(value, str) or first_unsafe_character(value.replace(' ', ''))):
             raise InvalidRepositoryAddress('Git credentials must be strings without control characters or line '
                                            'breaks; check the stored username and token.')
 
@@ -200,9 +199,9 @@ class _Run:
         return f'{self.address.url} (branch {branch})' if branch else self.address.url
 
     def git(self, args: list[str], *, cwd: Path | None, what: str) -> None:
-        with _private_home() as (home, askpass):
-            protocol = _protocol(self.address)
-            env = _environment(home=home, ceiling=home.parent if cwd is None else self.dest.parent,
+        with private_home() as (home, askpass):
+            protocol = protocol_of(self.address)
+            env = git_environment(home=home, ceiling=home.parent if cwd is None else self.dest.parent,
                                repo=None if cwd is None else self.dest, protocols=(protocol,), askpass=askpass,
                                ssh=protocol == 'ssh', endpoint=self.endpoint, guarded=self.guarded)
             if protocol in ('http', 'https') and (self.username or self.password):
@@ -279,14 +278,14 @@ class _Run:
                     self.last_progress = report
                     self.progress(*report)
             elif line.strip():
-                lines.append(_redact(line.strip(), self.secrets))
+                lines.append(redact(line.strip(), self.secrets))
             try:
                 line = received.get_nowait()
             except queue.Empty:
                 return False
 
     def _check_size(self, process: subprocess.Popen | None, what: str) -> None:
-        allocated, files = _disk_usage(self.dest, self.max_bytes, self.max_files)
+        allocated, files = disk_usage(self.dest, self.max_bytes, self.max_files)
         if allocated > self.max_bytes:
             reason = f'grew past GIT_MAX_REPO_SIZE ({self.max_mb} MB on disk)'
         elif files > self.max_files:
@@ -327,7 +326,7 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def _classify(what: str, status: int, lines: Sequence[str], secrets: Sequence[str]) -> Exception:
-    last = _last_line(lines, secrets)
+    last = last_line(lines, secrets)
     text = '\n'.join(lines).lower()
     if any(marker in text for marker in _UNAUTHORIZED_MARKERS):
         return RepositoryUnauthorized(f'{what} failed: the remote refused the credentials, or asked for some and '

@@ -1,4 +1,4 @@
-"""A declaration of an outline (a class, function, method...), with the limits and the doc summary every language shares."""
+"""A declaration of an outline (a class, a function...), with the limits and the doc summary all languages share."""
 
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ class Declaration:
 _PARAGRAPH_END = re.compile(r'\n[ \t]*(?:\r?\n|@)')
 
 
-def _doc_summary(text: str) -> str:
+def doc_summary(text: str) -> str:
     text = text.strip()
     if text.startswith('@'):
         return ''
     end = _PARAGRAPH_END.search(text, 0, 4 * MAX_DOC)
-    return _shorten(' '.join(text[:end.start() if end else 4 * MAX_DOC].split()), MAX_DOC)
+    return shorten(' '.join(text[:end.start() if end else 4 * MAX_DOC].split()), MAX_DOC)
 
 
-def _shorten(text: str, limit: int) -> str:
+def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + '…'

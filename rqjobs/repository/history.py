@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rqjobs.exceptions import GitError
-from rqjobs.repository.runner import _clone_dir, _open_repo, _succeeds, read
+from rqjobs.repository.runner import clone_dir, open_repo, read, succeeds
 
 _SHA = re.compile(r'[0-9a-fA-F]{4,64}')
 
@@ -19,7 +19,7 @@ def head_commit(dest: Path) -> str:
 
 def current_branch(dest: Path) -> str:
     """Return the name of the branch checked out in the clone."""
-    _clone_dir(dest)
+    clone_dir(dest)
     try:
         return read(dest, 'symbolic-ref', '--quiet', '--short', 'HEAD').strip()
     except GitError:
@@ -28,16 +28,16 @@ def current_branch(dest: Path) -> str:
 
 def has_commit(dest: Path, sha: str) -> bool:
     """Return whether the clone holds the commit `sha`; False for anything that is not a sha."""
-    _clone_dir(dest)
+    clone_dir(dest)
     sha = _sha(sha)
-    return sha is not None and _succeeds(dest, 'cat-file', '-e', f'{sha}^{{commit}}')
+    return sha is not None and succeeds(dest, 'cat-file', '-e', f'{sha}^{{commit}}')
 
 
 def is_ancestor(dest: Path, old: str, new: str) -> bool:
     """Return whether `old` is an ancestor of (or equal to) `new`; False when either is unknown."""
-    _clone_dir(dest)
+    clone_dir(dest)
     old, new = _sha(old), _sha(new)
-    return old is not None and new is not None and _succeeds(dest, 'merge-base', '--is-ancestor', old, new)
+    return old is not None and new is not None and succeeds(dest, 'merge-base', '--is-ancestor', old, new)
 
 
 def changed_paths(dest: Path, old: str, new: str) -> dict[str, str] | None:
@@ -71,7 +71,7 @@ def recent_commits(dest: Path, limit: int = 20, since: str | None = None) -> lis
     if limit <= 0:
         return []
     revision = f'{_sha(since)}..HEAD' if since is not None and has_commit(dest, since) else 'HEAD'
-    with _open_repo(dest) as repo:
+    with open_repo(dest) as repo:
         commits = []
         for commit in repo.iter_commits(revision, max_count=limit):
             message = commit.message if isinstance(commit.message, str) else commit.message.decode('utf-8', 'replace')

@@ -35,7 +35,7 @@ _SHEBANGS = (('python', 'Python'), ('node', 'JavaScript'), ('bash', 'Shell'), ('
              ('zsh', 'Shell'), ('ruby', 'Ruby'), ('perl', 'Perl'), ('php', 'PHP'), ('deno', 'TypeScript'))
 
 
-def _extension(name: str) -> str:
+def file_extension(name: str) -> str:
     dot = name.rfind('.')
     return name[dot + 1:].lower() if dot > 0 else ''
 
@@ -49,13 +49,13 @@ def detect_language(path: str, *, has_cpp: bool = False) -> str | None:
         return language
     if lower.startswith(('dockerfile.', 'containerfile.')):
         return 'Dockerfile'
-    language = EXTENSIONS.get(_extension(lower))
+    language = EXTENSIONS.get(file_extension(lower))
     if language == 'C' and has_cpp and lower.endswith('.h'):
         return 'C++'
     return language
 
 
-def _shebang_language(text: str) -> str | None:
+def shebang_language(text: str) -> str | None:
     if not text.startswith('#!'):
         return None
     first = text[:200].split('\n', 1)[0]

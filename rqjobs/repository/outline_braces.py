@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rqjobs.repository.declarations import MAX_DECLARATIONS, MAX_SIGNATURE, Declaration, _doc_summary, _shorten
+from rqjobs.repository.declarations import MAX_DECLARATIONS, MAX_SIGNATURE, Declaration, doc_summary, shorten
 
 # Brace languages: anchored regular expressions find candidate declaration lines at one exact indentation (the top
 # level, then the member indentation inside each class-like body). Every pattern starts with the literal newline and
@@ -203,7 +203,7 @@ _JAVASCRIPT = _Grammar(
     classify=_javascript,
 )
 _C = _Grammar(top=_C_TYPE, member=_C_TYPE, classify=_c)
-_GRAMMARS = {'Go': _GO, 'Rust': _RUST, 'Java': _JAVA, 'C#': _CSHARP, 'JavaScript': _JAVASCRIPT,
+GRAMMARS = {'Go': _GO, 'Rust': _RUST, 'Java': _JAVA, 'C#': _CSHARP, 'JavaScript': _JAVASCRIPT,
              'TypeScript': _JAVASCRIPT, 'C': _C, 'C++': _C, 'Objective-C': _C}
 
 
@@ -217,7 +217,7 @@ def _compiled(template: str, indent: str) -> re.Pattern:
     return re.compile(r'\n' + re.escape(indent) + r'(?![ \t])(?:' + template + ')', re.MULTILINE)
 
 
-class _BraceScanner:
+class BraceScanner:
     """Outline of one file in a brace language; positions are in '\\n' + text, so every line starts after a '\\n'."""
 
     def __init__(self, text: str, grammar: _Grammar, header: bool) -> None:
@@ -293,8 +293,8 @@ class _BraceScanner:
             head = line if cut == -1 else line[:cut]
             if head.count('(') == head.count(')') and head.count('[') == head.count(']'):
                 if cut == -1 and text[end_of_line:end_of_line + 200].lstrip().startswith('{'):
-                    return _shorten(' '.join(head.split()), MAX_SIGNATURE), text.index('{', end_of_line)
-                return _shorten(' '.join(head.split()), MAX_SIGNATURE), start + cut if cut == brace != -1 else -1
+                    return shorten(' '.join(head.split()), MAX_SIGNATURE), text.index('{', end_of_line)
+                return shorten(' '.join(head.split()), MAX_SIGNATURE), start + cut if cut == brace != -1 else -1
         stop, body, depth = min(len(text), start + 600), -1, 0
         cut = stop
         for token in _SIG_TOKENS.finditer(text, start, stop):
@@ -320,7 +320,7 @@ class _BraceScanner:
                     body = text.index('{', cut)
                 break
         signature = ' '.join(text[start:cut].split())
-        return _shorten(signature, MAX_SIGNATURE), body
+        return shorten(signature, MAX_SIGNATURE), body
 
     def _doc(self, newline: int) -> str:
         """Return the first paragraph of the comment right above the declaration line that starts after `newline`."""
@@ -341,10 +341,10 @@ class _BraceScanner:
                 if opening == -1:
                     break
                 body = text[opening + 2:text.rfind('*/', opening, end)].lstrip('*!')
-                return _doc_summary('\n'.join(part.strip().lstrip('*').strip() for part in body.splitlines()))
+                return doc_summary('\n'.join(part.strip().lstrip('*').strip() for part in body.splitlines()))
             elif line.startswith(('@', '#[', '[')) and not collected:
                 pass  # an annotation or attribute between the comment and the declaration
             else:
                 break
             end = start
-        return _doc_summary('\n'.join(reversed(collected))) if collected else ''
+        return doc_summary('\n'.join(reversed(collected))) if collected else ''

@@ -7,7 +7,7 @@ import re
 import warnings
 from functools import lru_cache
 
-from rqjobs.repository.declarations import MAX_DECLARATIONS, MAX_SIGNATURE, Declaration, _doc_summary, _shorten
+from rqjobs.repository.declarations import MAX_DECLARATIONS, MAX_SIGNATURE, Declaration, doc_summary, shorten
 
 # Python: the standard library's parser, which builds a tree and never runs the code. Parsing a whole file costs
 # about a millisecond per 5 KB, mostly in function bodies that the outline never looks at, so the tree is built from a
@@ -22,7 +22,7 @@ _PY_STRING = re.compile(r'[rRuU]?("""|\'\'\'|"|\')')
 _PY_HEADER_LIMIT = 10_000  # characters a def or class header may span
 
 
-def _outline_python(text: str) -> list[Declaration]:
+def python_outline(text: str) -> list[Declaration]:
     text = text.removeprefix('\ufeff')
     if 'def' not in text and 'class' not in text:
         return []
@@ -232,7 +232,7 @@ def _python_body(body: list[ast.stmt], budget: list[int], *, in_class: bool) -> 
 def _python_doc(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> str:
     first = node.body[0] if node.body else None
     if type(first) is ast.Expr and type(first.value) is ast.Constant and type(first.value.value) is str:
-        return _doc_summary(first.value.value)
+        return doc_summary(first.value.value)
     return ''
 
 
@@ -280,10 +280,10 @@ def _python_signature(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDe
     if isinstance(node, ast.ClassDef):
         bases = [_expr(base) for base in node.bases] + [f'{kw.arg}={_expr(kw.value)}' if kw.arg else
                                                         f'**{_expr(kw.value)}' for kw in node.keywords]
-        return _shorten(f'class {node.name}({", ".join(bases)})' if bases else f'class {node.name}', MAX_SIGNATURE)
+        return shorten(f'class {node.name}({", ".join(bases)})' if bases else f'class {node.name}', MAX_SIGNATURE)
     prefix = 'async def' if isinstance(node, ast.AsyncFunctionDef) else 'def'
     returns = f' -> {_expr(node.returns)}' if node.returns is not None else ''
-    return _shorten(f'{prefix} {node.name}({_python_arguments(node.args)}){returns}', MAX_SIGNATURE)
+    return shorten(f'{prefix} {node.name}({_python_arguments(node.args)}){returns}', MAX_SIGNATURE)
 
 
 def _python_arguments(args: ast.arguments) -> str:

@@ -47,7 +47,7 @@ printf '%s\\n' "$value"
 """
 
 
-def _environment(*, home: Path, ceiling: Path, repo: Path | None, protocols: Sequence[str],
+def git_environment(*, home: Path, ceiling: Path, repo: Path | None, protocols: Sequence[str],
                  askpass: Path | None = None, ssh: bool = False, endpoint: Endpoint | None = None,
                  guarded: bool = False) -> dict[str, str]:
     """Return the complete environment of a git process; nothing else is inherited (no GIT_* variable)."""
@@ -136,7 +136,7 @@ def _pin_config(endpoint: Endpoint | None, guarded: bool) -> list[tuple[str, str
 
 
 @contextlib.contextmanager
-def _private_home() -> Iterator[tuple[Path, Path]]:
+def private_home() -> Iterator[tuple[Path, Path]]:
     """Yield a private empty HOME and the askpass helper in it; both are removed afterwards."""
     home = Path(tempfile.mkdtemp(prefix='rqjobs-git-'))
     try:
@@ -163,7 +163,7 @@ def _gitpython() -> tuple[type[gitpython.Git], type[gitpython.Repo]]:
                 raise TypeError('hardened git runs argument lists inside a clone only')
             kwargs.pop('env', None)
             repo = Path(self._working_dir)
-            env = _environment(home=repo.parent, ceiling=repo.parent, repo=repo, protocols=())
+            env = git_environment(home=repo.parent, ceiling=repo.parent, repo=repo, protocols=())
             # GitPython copies os.environ into every child; `env -i` starts git from exactly our environment.
             # The assignments are public configuration: nothing secret ever reaches these reading commands.
             prefix = [_env_program(), '-i', *(f'{key}={value}' for key, value in env.items())]
@@ -180,7 +180,7 @@ def _env_program() -> str:
     return shutil.which('env') or '/usr/bin/env'
 
 
-def _clone_dir(dest: Path | str) -> Path:
+def clone_dir(dest: Path | str) -> Path:
     path = Path(dest).absolute()
     if not (path / '.git').is_dir():
         raise RepositoryNotFound(f'There is no git clone at {path}.')
@@ -188,10 +188,10 @@ def _clone_dir(dest: Path | str) -> Path:
 
 
 @contextlib.contextmanager
-def _open_repo(dest: Path | str) -> Iterator[gitpython.Repo]:
+def open_repo(dest: Path | str) -> Iterator[gitpython.Repo]:
     import git
 
-    path = _clone_dir(dest)
+    path = clone_dir(dest)
     try:
         repo = _gitpython()[1](path)
     except (git.NoSuchPathError, git.InvalidGitRepositoryError):
@@ -216,17 +216,17 @@ def read(dest: Path | str, *args: str, binary: bool = False, timeout: float | No
     import git
 
     try:
-        return _gitpython()[0](_clone_dir(dest)).execute(['git', *args], stdout_as_string=not binary,
+        return _gitpython()[0](clone_dir(dest)).execute(['git', *args], stdout_as_string=not binary,
                                                           kill_after_timeout=timeout)
     except git.GitCommandError as exc:
         stderr = exc.stderr.decode('utf-8', 'replace') if isinstance(exc.stderr, bytes) else str(exc.stderr or '')
         if timeout is not None and 'did not complete in' in stderr:
             raise GitError(f'git {args[0]} ran past {timeout:g} s in {dest}') from None
         stderr = re.sub(r"^\s*stderr: '|'\s*$", '', stderr)
-        raise GitError(f'git {args[0]} failed in {dest}: {_last_line(stderr.splitlines(), ())}') from None
+        raise GitError(f'git {args[0]} failed in {dest}: {last_line(stderr.splitlines(), ())}') from None
 
 
-def _succeeds(dest: Path | str, *args: str) -> bool:
+def succeeds(dest: Path | str, *args: str) -> bool:
     """Run one git command in the clone that answers by its exit status."""
     try:
         read(dest, *args)
@@ -237,16 +237,16 @@ def _succeeds(dest: Path | str, *args: str) -> bool:
     return True
 
 
-def _last_line(lines: Sequence[str], secrets: Sequence[str]) -> str:
+def last_line(lines: Sequence[str], secrets: Sequence[str]) -> str:
     """Return the line that best says what went wrong: the last fatal, else the last error, else the last line."""
     for prefix in ('fatal:', 'error:', ''):
         for line in reversed(lines):
             if line.lower().startswith(prefix) and line.strip():
-                return _redact(line.strip(), secrets)[:500]
+                return redact(line.strip(), secrets)[:500]
     return 'git gave no message'
 
 
-def _redact(line: str, secrets: Sequence[str]) -> str:
+def redact(line: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         line = line.replace(secret, '***')
     return _USERINFO.sub('***@', line)

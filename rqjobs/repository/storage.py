@@ -28,7 +28,7 @@ def clone_path(warehouse_id: str, settings: Settings | None = None) -> Path:
     if not isinstance(warehouse_id, str) or not _WAREHOUSE_ID.fullmatch(warehouse_id):
         raise ValueError(f'Warehouse id {str(warehouse_id)[:80]!r} must be 1 to 64 letters, digits or "-", '
                          f'for example 3f6c2a9e-0d4b-4c1e-9a8f-2b7d5e1c0a11.')
-    return _inside_root(Path(settings.repo_root).resolve() / warehouse_id, settings)
+    return inside_root(Path(settings.repo_root).resolve() / warehouse_id, settings)
 
 
 def partial_path(dest: Path) -> Path:
@@ -52,7 +52,7 @@ def remove_partial(dest: Path, settings: Settings | None = None) -> bool:
 
 
 def _remove_inside(path: Path, settings: Settings, what: str) -> bool:
-    path = _inside_root(path, settings)
+    path = inside_root(path, settings)
     if not os.path.lexists(path):
         return False
     discard(path, settings)
@@ -68,11 +68,11 @@ def discard(path: Path, settings: Settings | None = None) -> subprocess.Popen | 
     Returns that process, or None when there was nothing to move or it was removed here (it could not be moved).
     """
     settings = settings or get_settings()
-    path = _inside_root(path, settings)
+    path = inside_root(path, settings)
     trash = Path(settings.repo_root).resolve() / TRASH_DIR
     try:
         trash.mkdir(exist_ok=True)
-        os.rename(path, _inside_root(trash, settings) / f'{path.name}.{os.urandom(6).hex()}')
+        os.rename(path, inside_root(trash, settings) / f'{path.name}.{os.urandom(6).hex()}')
     except FileNotFoundError:
         return None
     except OSError as exc:  # another file system (a mount inside REPO_ROOT): removed here, the slow way
@@ -88,7 +88,7 @@ def empty_trash(settings: Settings | None = None) -> subprocess.Popen | None:
     trash = Path(settings.repo_root).resolve() / TRASH_DIR
     if not os.path.lexists(trash):
         return None
-    entries = [os.fspath(entry) for entry in _inside_root(trash, settings).iterdir()]
+    entries = [os.fspath(entry) for entry in inside_root(trash, settings).iterdir()]
     if not entries:
         return None
     try:
@@ -105,7 +105,7 @@ def empty_trash(settings: Settings | None = None) -> subprocess.Popen | None:
     return remover
 
 
-def _inside_root(dest: Path | str, settings: Settings) -> Path:
+def inside_root(dest: Path | str, settings: Settings) -> Path:
     """Return `dest` resolved, or raise ValueError unless it lies strictly inside REPO_ROOT and is no symlink."""
     root = Path(settings.repo_root).resolve()
     path = Path(dest)
@@ -125,7 +125,7 @@ def _remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _disk_usage(path: Path, max_bytes: int | None = None, max_files: int | None = None) -> tuple[int, int]:
+def disk_usage(path: Path, max_bytes: int | None = None, max_files: int | None = None) -> tuple[int, int]:
     """Return the bytes allocated on disk under `path` and its number of files and directories.
 
     Allocated blocks (as `du` counts them), not lengths: a million files of 100 bytes take 4 GB, not 100 MB. Symlinks
