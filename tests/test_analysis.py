@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rqjobs.exceptions import GitError
 from rqjobs.repository import analysis, checkout, classification, declarations, layout
 from rqjobs.repository.analysis import analyse, outline
 from rqjobs.repository.classification import classify
@@ -362,6 +363,20 @@ def test_reading_a_checkout_runs_git_in_the_hardened_environment(tmp_path, monke
         config = {env[f'GIT_CONFIG_KEY_{i}']: env[f'GIT_CONFIG_VALUE_{i}'] for i in range(int(env['GIT_CONFIG_COUNT']))}
         assert config['core.hooksPath'] == os.devnull and config['core.fsmonitor'] == 'false'
         assert config['protocol.allow'] == 'never'
+
+
+def test_a_git_that_runs_past_its_time_is_stopped_with_one_line(tmp_path, monkeypatch):
+    wrapper = tmp_path / 'bin' / 'git'
+    wrapper.parent.mkdir()
+    wrapper.write_text('#!/bin/sh\nexec sleep 30\n')  # a git that never answers
+    wrapper.chmod(0o755)
+    repo = make_repo(tmp_path / 'repo', {'README.md': '# Demo\n'})
+    monkeypatch.setenv('PATH', f'{wrapper.parent}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setattr(checkout, 'GIT_TIMEOUT', 0.5)
+    started = time.monotonic()
+    with pytest.raises(GitError, match=r'^git ls-files ran past 0.5 s in '):
+        checkout.tracked_files(repo)
+    assert time.monotonic() - started < 20
 
 
 def test_analysed_and_skipped_files(full_repo, tmp_path):

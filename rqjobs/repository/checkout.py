@@ -26,8 +26,8 @@ def tracked_files(checkout: Path) -> list[tuple[bytes, str]]:
     if not os.path.lexists(checkout / '.git'):
         raise PermanentJobError(f'{checkout} is not a git checkout (it has no .git); clone the repository first.')
     # The same hardened runner as the clone's: the checkout is as untrusted as the repository it came from.
-    output = runner.read(checkout, '-c', 'core.quotepath=off', '-c', 'core.untrackedCache=false', 'ls-files', '-z',
-                      '--stage', binary=True, timeout=GIT_TIMEOUT)
+    # With -z, paths come verbatim (core.quotepath does not apply), and --stage never looks at untracked files.
+    output = runner.read(checkout, 'ls-files', '-z', '--stage', binary=True, timeout=GIT_TIMEOUT)
     entries, seen = [], set()
     for record in output.split(b'\0'):
         head, tab, path = record.partition(b'\t')

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -210,20 +211,24 @@ def open_repo(dest: Path | str) -> Iterator[gitpython.Repo]:
 def read(dest: Path | str, *args: str, binary: bool = False, timeout: float | None = None) -> str | bytes:
     """Run one reading git command in the clone, in the hardened environment, and return its output.
 
-    Every git command on a clone or an untrusted checkout goes through here (or `_run` for clone and fetch), so one
-    policy decides what git may read: nothing of the worker's environment or configuration, no hook, no transport.
+    Every reading git command on a clone or an untrusted checkout goes through here, and clone and fetch run in
+    `git_environment` too, so one policy decides what git may read: nothing of the worker's environment or
+    configuration, no hook, and no transport but the one a clone or fetch is given.
     """
-    import git
-
+    path = clone_dir(dest)
+    env = git_environment(home=path.parent, ceiling=path.parent, repo=path, protocols=())
+    # A plain subprocess rather than GitPython's runner: importing GitPython runs `git version` in the worker's own
+    # environment, and a reading command needs nothing GitPython adds.
     try:
-        return _gitpython()[0](clone_dir(dest)).execute(['git', *args], stdout_as_string=not binary,
-                                                          kill_after_timeout=timeout)
-    except git.GitCommandError as exc:
-        stderr = exc.stderr.decode('utf-8', 'replace') if isinstance(exc.stderr, bytes) else str(exc.stderr or '')
-        if timeout is not None and 'did not complete in' in stderr:
-            raise GitError(f'git {args[0]} ran past {timeout:g} s in {dest}') from None
-        stderr = re.sub(r"^\s*stderr: '|'\s*$", '', stderr)
-        raise GitError(f'git {args[0]} failed in {dest}: {last_line(stderr.splitlines(), ())}') from None
+        result = subprocess.run(['git', *args], cwd=path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise GitError(f'git {args[0]} ran past {timeout:g} s in {dest}') from None
+    if result.returncode != 0:
+        stderr = result.stderr.decode('utf-8', 'replace').splitlines()
+        raise GitError(f'git {args[0]} failed in {dest}: {last_line(stderr, ())}')
+    output = result.stdout.removesuffix(b'\n')  # as GitPython gave it
+    return output if binary else output.decode('utf-8', 'replace')
 
 
 def succeeds(dest: Path | str, *args: str) -> bool:
