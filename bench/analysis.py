@@ -1,4 +1,4 @@
-"""Throughput, linearity and memory of `rqjobs.analysis.analyse()` on synthetic git repositories.
+"""Throughput, linearity and memory of `rqjobs.repository.analysis.analyse()` on synthetic git repositories.
 
 Generates repositories of three sizes (Python, JavaScript, Go, Rust, Java, C and Markdown files of a few KB with
 classes and functions) in a temporary directory, then measures in the same run, on a warm page cache: the raw read
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rqjobs import analysis
+from rqjobs.repository import analysis, checkout
 
 AIM_RATIO = 0.25  # analyse throughput / raw read throughput
 AIM_RSS_MB = 300
@@ -167,8 +167,8 @@ def generate(root: Path, count: int, seed: int = 7) -> None:
 def raw_read(root: Path) -> tuple[int, int]:
     """Read every tracked file's bytes as `analyse()` opens them, without parsing; return (files, bytes)."""
     files = size = 0
-    with analysis.CheckoutReader(root) as reader:
-        for raw, mode in analysis.tracked_files(root):
+    with checkout.CheckoutReader(root) as reader:
+        for raw, mode in checkout.tracked_files(root):
             if mode in ('120000', '160000'):
                 continue
             data, _ = reader.read(raw)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rqjobs import git
 from rqjobs.exceptions import RepositoryTooLarge
+from rqjobs.repository import clone, storage
 from rqjobs.settings import Settings
 
 
@@ -54,9 +54,9 @@ def main() -> None:
                             git_max_repo_files=options.files * 2)
         (root / 'repos').mkdir()
         began = time.monotonic()
-        git.sync(str(source), root / 'repos' / 'a', settings=settings)
+        clone.sync(str(source), root / 'repos' / 'a', settings=settings)
         clone_seconds = time.monotonic() - began
-        allocated, files = git._disk_usage(root / 'repos' / 'a')
+        allocated, files = storage.disk_usage(root / 'repos' / 'a')
         length = lengths(root / 'repos' / 'a')
         print(f'{options.files} files: full clone {clone_seconds:.1f} s, {files} files and directories, '
               f'{length / 2**20:.1f} MB of length, {allocated / 2**20:.1f} MB of disk blocks '
@@ -64,7 +64,7 @@ def main() -> None:
         cap_mb = max(1, allocated // 2**20 // 5)
         began = time.monotonic()
         try:
-            git.sync(str(source), root / 'repos' / 'b', settings=dataclasses.replace(settings,
+            clone.sync(str(source), root / 'repos' / 'b', settings=dataclasses.replace(settings,
                                                                                      git_max_repo_size_mb=cap_mb))
         except RepositoryTooLarge:
             print(f'with GIT_MAX_REPO_SIZE={cap_mb}: refused after {time.monotonic() - began:.1f} s')
@@ -73,9 +73,9 @@ def main() -> None:
         shutil.rmtree(root / 'repos' / 'c')
         print(f'removal in place (rmtree): {time.monotonic() - began:.2f} s')
         began = time.monotonic()
-        git.remove_clone(root / 'repos' / 'a', settings)
+        storage.remove_clone(root / 'repos' / 'a', settings)
         returned = time.monotonic() - began
-        for remover in git._removers:
+        for remover in storage._removers:
             remover.wait()
         print(f'remove_clone: returned after {returned:.3f} s, background removal done after '
               f'{time.monotonic() - began:.2f} s')

@@ -16,10 +16,12 @@ from datetime import timedelta
 from peewee import JOIN, fn
 
 from models import MiniMap, Warehouse, WarehouseStatus, new_id
-from rqjobs import analysis as analysis_module
-from rqjobs import clock, database, git
-from rqjobs.analysis import Analysis, Declaration, SourceFile
+from rqjobs import clock, credentials, database
 from rqjobs.exceptions import PermanentJobError
+from rqjobs.repository import analysis as analysis_module
+from rqjobs.repository import clone, storage
+from rqjobs.repository.declarations import Declaration
+from rqjobs.repository.results import Analysis, SourceFile
 
 logger = logging.getLogger(__name__)
 
@@ -247,10 +249,10 @@ def _invalid(error: str) -> dict:
 
 def _tree_of(warehouse: Warehouse) -> dict:
     """Analyse the warehouse's clone (fetching it first if this host has none) and build its mind map."""
-    dest = git.clone_path(warehouse.id)
+    dest = storage.clone_path(warehouse.id)
     if not (dest / '.git').is_dir():
-        password = git.decrypt_secret(warehouse.git_password) if warehouse.git_password else None
-        git.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
+        password = credentials.decrypt_secret(warehouse.git_password) if warehouse.git_password else None
+        clone.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
                  password=password)
     analysis = analysis_module.analyse(dest)
     return build_tree(f'{warehouse.organization_name}/{warehouse.name}', analysis)

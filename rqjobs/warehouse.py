@@ -33,8 +33,7 @@ from models import (
     WarehouseStatus,
     WarehouseType,
 )
-from rqjobs import analysis as analysis_module
-from rqjobs import clock, connections, database, documentation, git, minimap, queues
+from rqjobs import clock, connections, credentials, database, minimap, queues
 from rqjobs import worker as worker_module
 from rqjobs.exceptions import (
     InvalidRepositoryAddress,
@@ -43,6 +42,8 @@ from rqjobs.exceptions import (
     RepositoryUnauthorized,
     WarehouseNotFound,
 )
+from rqjobs.repository import addresses, clone, documentation, history, storage
+from rqjobs.repository import analysis as analysis_module
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -96,13 +97,13 @@ def submit_warehouse(
     settings = settings or get_settings()
     if not settings.enable_warehouse_commit:
         raise InvalidSubmission('Submitting warehouses is disabled (ENABLE_WAREHOUSE_COMMIT=false).')
-    parsed = git.parse_address(address, settings)
+    parsed = addresses.parse_address(address, settings)
     branch = (branch or '').strip()
     if branch:
-        git.check_branch(branch)
+        clone.check_branch(branch)
     username = git_user_name or parsed.username
     password = git_password or parsed.password
-    secret = git.encrypt_secret(password, settings) if password else None
+    secret = credentials.encrypt_secret(password, settings) if password else None
     connection = connection or connections.get_redis(settings)
     if parsed.is_local:
         _check_workers_accept_local(connection)
@@ -151,7 +152,7 @@ def local_path_warning(warehouse: Warehouse, connection: redis.Redis) -> str | N
 
 
 def _is_local(address: str) -> bool:
-    # A local repository is stored as its absolute path (git.parse_address), whether given as a path or file://.
+    # A local repository is stored as its absolute path (addresses.parse_address), whether given as a path or file://.
     return address.startswith('/')
 
 
@@ -185,7 +186,7 @@ def _check_duplicate(organization: str, name: str, branch: str) -> None:
 def _soft_delete(warehouse: Warehouse) -> None:
     now = clock.utcnow()
     Warehouse.update(is_deleted=True, deleted_at=now, updated_at=now).where(Warehouse.id == warehouse.id).execute()
-    git.remove_clone(git.clone_path(warehouse.id))
+    storage.remove_clone(storage.clone_path(warehouse.id))
 
 
 # ---- Dispatching with per-user fairness ----
@@ -231,7 +232,7 @@ def _usable_id(warehouse_id: str) -> bool:
     """Return whether a row's id can name its jobs and its clone; log the row and return False otherwise."""
     # A row written by hand or by another tool: one bad id must not hold back every other warehouse of a pass.
     try:
-        git.clone_path(warehouse_id)
+        storage.clone_path(warehouse_id)
         usable = queues.is_job_id(process_job_id(warehouse_id)) and queues.is_job_id(update_job_id(warehouse_id))
     except ValueError:
         usable = False
@@ -324,9 +325,9 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
             f'Warehouse address {warehouse.address} is a local path, and this worker runs without '
             f'ALLOW_LOCAL_REPOSITORIES=true: set it for the worker processes too, restart them, then '
             f'`rqjobs warehouse reprocess {warehouse.id}`.')
-    dest = git.clone_path(warehouse.id, settings)
-    password = git.decrypt_secret(warehouse.git_password, settings) if warehouse.git_password else None
-    new_version = git.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
+    dest = storage.clone_path(warehouse.id, settings)
+    password = credentials.decrypt_secret(warehouse.git_password, settings) if warehouse.git_password else None
+    new_version = clone.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
                            password=password, settings=settings,
                            progress=lambda stage, percent: queues.report_progress('clone', 5 + percent * 20 // 100,
                                                                                   stage=stage))
@@ -338,7 +339,7 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
             _touch(warehouse.id)
             queues.report_progress('done', 100)
             return _summary(warehouse, 'unchanged', new_version, timings, started, message='no new commits')
-        changed = git.changed_paths(dest, old_version, new_version) if old_version else None
+        changed = history.changed_paths(dest, old_version, new_version) if old_version else None
         if changed is None:
             logger.info('warehouse %s: %s is no longer an ancestor of %s (force-push?); regenerating everything',
                         warehouse.id, old_version, new_version)
@@ -348,8 +349,8 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
     step('analyse')
     queues.report_progress('document', 70)
     since = old_version if changed is not None else None
-    commits = git.recent_commits(dest, CHANGELOG_COMMITS, since=since)
-    context = documentation.Context(f'{warehouse.organization_name}/{warehouse.name}', analysis, commits)
+    commits = history.recent_commits(dest, CHANGELOG_COMMITS, since=since)
+    context = documentation.PageContext(f'{warehouse.organization_name}/{warehouse.name}', analysis, commits)
     pages = documentation.catalog(analysis)
     structure_changed = changed is None or any(status[0] in 'ADRC' for status in changed.values())
     tree = minimap.build_tree(context.title, analysis) if structure_changed else None
@@ -365,7 +366,7 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
                     changed_files=None if changed is None else len(changed), **counts)
 
 
-def _store(warehouse: Warehouse, analysis, context: documentation.Context, pages: list[documentation.Page],
+def _store(warehouse: Warehouse, analysis, context: documentation.PageContext, pages: list[documentation.Page],
            changed: dict[str, str] | None, structure_changed: bool, tree: dict | None, commits: list[dict],
            version: str, settings: Settings) -> dict:
     """Write the documentation in one transaction: readers see the old set or the new one, never a mix.
@@ -379,7 +380,7 @@ def _store(warehouse: Warehouse, analysis, context: documentation.Context, pages
         old_sources = _sources_by_page(warehouse.id) if changed is not None else {}
         document = Document.get_or_none(Document.warehouse == warehouse.id)
         if document is None:
-            document = Document.create(warehouse=warehouse.id, git_path=str(git.clone_path(warehouse.id, settings)),
+            document = Document.create(warehouse=warehouse.id, git_path=str(storage.clone_path(warehouse.id, settings)),
                                        status=WarehouseStatus.COMPLETED)
         existing = {row.url: row for row in DocumentCatalog.select().where(
             DocumentCatalog.warehouse == warehouse.id, DocumentCatalog.is_deleted == False)}
@@ -517,7 +518,7 @@ def warehouse_job_failed(job, connection, exc_type, exc_value, traceback) -> Non
     if updated:
         logger.error('warehouse %s: failed: %s', warehouse_id, reason)
     # A clone the dead worker had begun would otherwise stay on disk until the warehouse is removed.
-    git.remove_partial(git.clone_path(warehouse_id))
+    storage.remove_partial(storage.clone_path(warehouse_id))
 
 
 # ---- Periodic jobs ----
@@ -674,13 +675,13 @@ def remove_orphan_clones(settings: Settings | None = None, *, dry_run: bool = Fa
     names = [entry.name for entry in root.iterdir()
              if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith('.')]
     # <id>.partial is a clone of <id> in progress, or one a killed worker left: the warehouse's next try removes it.
-    owners = {name: name.removesuffix(git.PARTIAL_SUFFIX) for name in names}
+    owners = {name: name.removesuffix(storage.PARTIAL_SUFFIX) for name in names}
     with database.connection(settings):
         alive = {row[0] for row in Warehouse.select(Warehouse.id).where(
             Warehouse.id.in_(sorted(set(owners.values()))), Warehouse.is_deleted == False).tuples()}
     orphans = sorted(name for name in names if owners[name] not in alive)
     if not dry_run:
         for name in orphans:
-            git.remove_clone(root / name, settings)
-        git.empty_trash(settings)  # what a killed removal left behind
+            storage.remove_clone(root / name, settings)
+        storage.empty_trash(settings)  # what a killed removal left behind
     return orphans

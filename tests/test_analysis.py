@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from rqjobs import analysis
-from rqjobs.analysis import Analysis, SourceFile, analyse, build_tree, classify, find_components, outline
+from rqjobs.exceptions import GitError
+from rqjobs.repository import analysis, checkout, classification, declarations, layout
+from rqjobs.repository.analysis import analyse, outline
+from rqjobs.repository.classification import classify
+from rqjobs.repository.layout import find_components, path_tree
+from rqjobs.repository.results import Analysis, SourceFile
 
 GIT_ENV = {**os.environ, 'GIT_CONFIG_NOSYSTEM': '1', 'GIT_CONFIG_GLOBAL': '/dev/null', 'GIT_TERMINAL_PROMPT': '0'}
 GIT = ['git', '-c', 'user.name=t', '-c', 'user.email=t@e', '-c', 'init.defaultBranch=main',
@@ -321,11 +326,57 @@ def names(declarations) -> list[tuple[str, str]]:
 
 
 def test_tracked_files_are_raw_git_entries(full_repo):
-    entries = dict(analysis.tracked_files(full_repo))
+    entries = dict(checkout.tracked_files(full_repo))
     assert entries[b'caf\xe9.py'] == '100644'
     assert entries[b'link_passwd'] == entries[b'link_dir'] == '120000'
     assert entries[b'vendor/lib'] == '160000'
     assert b'secret.env' not in entries
+
+
+def test_reading_a_checkout_runs_git_in_the_hardened_environment(tmp_path, monkeypatch):
+    # A git first on PATH that records the environment it starts with, then runs the real git.
+    recorded = tmp_path / 'recorded'
+    recorded.mkdir()
+    wrapper = tmp_path / 'bin' / 'git'
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nenv > "$(mktemp {recorded}/env.XXXXXX)"\nexec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    repo = make_repo(tmp_path / 'repo', {'README.md': '# Demo\n', 'app.py': 'def run():\n    pass\n'})
+    home = tmp_path / 'home'
+    (home / '.config' / 'git').mkdir(parents=True)
+    (home / '.config' / 'git' / 'config').write_text('[core]\n\tfsmonitor = touch hostile\n')
+    monkeypatch.setenv('PATH', f'{wrapper.parent}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setenv('HOME', str(home))
+    monkeypatch.setenv('XDG_CONFIG_HOME', str(home / '.config'))
+    monkeypatch.setenv('GIT_CONFIG_PARAMETERS', "'core.hooksPath'='/tmp'")
+    monkeypatch.setenv('RQJOBS_HOSTILE', 'inherited')
+
+    assert {source.path for source in analyse(repo).files} == {'README.md', 'app.py'}
+
+    runs = [dict(line.split('=', 1) for line in path.read_text().splitlines() if '=' in line)
+            for path in recorded.iterdir()]
+    assert runs
+    for env in runs:
+        assert 'RQJOBS_HOSTILE' not in env and 'XDG_CONFIG_HOME' not in env and 'GIT_CONFIG_PARAMETERS' not in env
+        assert env['HOME'] != str(home) and env['GIT_CONFIG_GLOBAL'] == env['GIT_CONFIG_SYSTEM'] == os.devnull
+        assert env['GIT_ALLOW_PROTOCOL'] == ''  # no transport at all
+        config = {env[f'GIT_CONFIG_KEY_{i}']: env[f'GIT_CONFIG_VALUE_{i}'] for i in range(int(env['GIT_CONFIG_COUNT']))}
+        assert config['core.hooksPath'] == os.devnull and config['core.fsmonitor'] == 'false'
+        assert config['protocol.allow'] == 'never'
+
+
+def test_a_git_that_runs_past_its_time_is_stopped_with_one_line(tmp_path, monkeypatch):
+    wrapper = tmp_path / 'bin' / 'git'
+    wrapper.parent.mkdir()
+    wrapper.write_text('#!/bin/sh\nexec sleep 30\n')  # a git that never answers
+    wrapper.chmod(0o755)
+    repo = make_repo(tmp_path / 'repo', {'README.md': '# Demo\n'})
+    monkeypatch.setenv('PATH', f'{wrapper.parent}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setattr(checkout, 'GIT_TIMEOUT', 0.5)
+    started = time.monotonic()
+    with pytest.raises(GitError, match=r'^git ls-files ran past 0.5 s in '):
+        checkout.tracked_files(repo)
+    assert time.monotonic() - started < 20
 
 
 def test_analysed_and_skipped_files(full_repo, tmp_path):
@@ -453,15 +504,15 @@ def test_brace_language_outlines():
 def test_adversarial_lines_finish_fast(text):
     started = time.perf_counter()
     for language in ('Python', 'JavaScript', 'TypeScript', 'Go', 'Java', 'Rust', 'C', 'C++', 'C#'):
-        assert len(outline('x', text, language)) <= analysis.MAX_DECLARATIONS
+        assert len(outline('x', text, language)) <= declarations.MAX_DECLARATIONS
     assert time.perf_counter() - started < 3
 
 
 def test_declarations_are_capped():
     text = ''.join(f'def f{index}():\n    pass\n' for index in range(500))
-    assert len(outline('many.py', text, 'Python')) == analysis.MAX_DECLARATIONS
+    assert len(outline('many.py', text, 'Python')) == declarations.MAX_DECLARATIONS
     text = ''.join(f'func F{index}() {{\n}}\n' for index in range(500))
-    assert len(outline('many.go', text, 'Go')) == analysis.MAX_DECLARATIONS
+    assert len(outline('many.go', text, 'Go')) == declarations.MAX_DECLARATIONS
 
 
 def test_languages_table(tmp_path):
@@ -488,13 +539,13 @@ def test_languages_table(tmp_path):
 
 
 def test_tree_is_capped_with_a_summary(full_repo, monkeypatch):
-    monkeypatch.setattr(analysis, 'MAX_TREE_LINES', 10)
+    monkeypatch.setattr(layout, 'MAX_TREE_LINES', 10)
     tree = analyse(full_repo).tree.splitlines()
     assert len(tree) == 10
     assert re.fullmatch(r'… \d+ more entries in \d+ director(y|ies)', tree[-1])
     assert tree[:3] == ['├── assets/', '├── core/', '├── data/']  # breadth first: the top level comes first
-    assert build_tree(['a/1', 'a/2', 'b/1', 'c'], max_lines=3) == '├── a/\n└── b/\n… 4 more entries in 3 directories'
-    assert build_tree(['a/1', 'b'], max_lines=3) == '├── a/\n│   └── 1\n└── b'
+    assert path_tree(['a/1', 'a/2', 'b/1', 'c'], max_lines=3) == '├── a/\n└── b/\n… 4 more entries in 3 directories'
+    assert path_tree(['a/1', 'b'], max_lines=3) == '├── a/\n│   └── 1\n└── b'
 
 
 def test_progress_reports_increasing_counts(full_repo, monkeypatch):
@@ -572,9 +623,9 @@ CLASSIFIED = {
 def test_classification(tmp_path, expected):
     repo = make_repo(tmp_path / expected, CLASSIFIED[expected])
     result = analyse(repo)
-    scores = analysis.classification_scores(result.files, result.readme)
+    scores = classification.classification_scores(result.files, result.readme)
     assert result.classification == expected, scores
-    assert result.classification in analysis.CLASSES
+    assert result.classification in classification.CLASSES
 
 
 def test_classify_from_files_and_readme_alone():
@@ -602,7 +653,7 @@ def test_classify_from_files_and_readme_alone():
     (None, 'import argparse\n', False),
 ])
 def test_uses_cli_library(language, text, expected):
-    assert analysis.uses_cli_library(text, language) is expected
+    assert classification.uses_cli_library(text, language) is expected
 
 
 def test_components_are_ranked_and_capped():
@@ -610,22 +661,22 @@ def test_components_are_ranked_and_capped():
     files += [SourceFile('src/alpha/a.py', 'Python', 10_000, 5, []), SourceFile('src/beta/b.py', 'Python', 50, 5, []),
               SourceFile('src/main.py', 'Python', 20, 1, []), SourceFile('setup.py', 'Python', 30, 2, [])]
     components = find_components(files)
-    assert len(components) == analysis.MAX_COMPONENTS
+    assert len(components) == layout.MAX_COMPONENTS
     assert components[0] == {'name': 'alpha', 'path': 'src/alpha', 'files': ['src/alpha/a.py'],
                              'languages': ['Python'], 'lines': 5, 'bytes': 10_000}
     assert [component['path'] for component in components[1:4]] == ['part14', 'part13', 'part12']
 
 
 def test_text_and_binary_detection():
-    assert analysis.decode_text(b'caf\xe9 au lait\n') == 'caf\ufffd au lait\n'  # Latin-1 text stays text
-    assert analysis.decode_text(b'plain\x00binary') is None
-    assert analysis.decode_text((bytes(range(1, 32)) + b'\xff') * 100) is None  # control bytes, not UTF-8
-    assert analysis.decode_text(bytes(range(1, 32)) * 100) is not None  # valid UTF-8 is text, even control bytes
-    assert analysis.count_lines(b'') == 0 and analysis.count_lines(b'a') == 1 and analysis.count_lines(b'a\nb\n') == 2
+    assert checkout.decode_text(b'caf\xe9 au lait\n') == 'caf\ufffd au lait\n'  # Latin-1 text stays text
+    assert checkout.decode_text(b'plain\x00binary') is None
+    assert checkout.decode_text((bytes(range(1, 32)) + b'\xff') * 100) is None  # control bytes, not UTF-8
+    assert checkout.decode_text(bytes(range(1, 32)) * 100) is not None  # valid UTF-8 is text, even control bytes
+    assert checkout.count_lines(b'') == 0 and checkout.count_lines(b'a') == 1 and checkout.count_lines(b'a\nb\n') == 2
 
 
 def test_reader_refuses_paths_leaving_the_checkout(full_repo):
-    with analysis.CheckoutReader(full_repo) as reader:
+    with checkout.CheckoutReader(full_repo) as reader:
         assert reader.read(b'../outside/secret.txt') == (None, 'unreadable')
         assert reader.read(b'escape/secret.txt') == (None, 'symlink')
         assert reader.read(b'link_passwd') == (None, 'symlink')
@@ -644,7 +695,7 @@ def test_not_a_checkout(tmp_path):
 
 def test_only_the_first_files_of_shown_components_are_outlined(tmp_path, monkeypatch):
     monkeypatch.setattr(analysis, 'MAX_OUTLINED_PER_COMPONENT', 2)
-    monkeypatch.setattr(analysis, 'MAX_COMPONENTS', 1)
+    monkeypatch.setattr(layout, 'MAX_COMPONENTS', 1)
     files = {f'big/m{index}.py': f'def f{index}():\n    pass\n' * 3 for index in range(4)}
     files['small/s.py'] = 'def s():\n    pass\n'
     result = analyse(make_repo(tmp_path / 'repo', files))

@@ -17,7 +17,8 @@ from rq.suspension import is_suspended
 
 import cli
 from helpers import ROOT, run_jobs_cli, wait_until
-from rqjobs import clock, control, git, monitor, queues, settings
+from rqjobs import clock, control, monitor, queues, settings
+from rqjobs.repository import storage
 
 pytestmark = pytest.mark.db
 
@@ -337,17 +338,17 @@ def test_cleanup_dead_workers_and_orphan_clones(ops, local, sample_repo, burst_w
     root = settings.get_settings().repo_root
     orphan, orphan_partial, live_partial = root / 'no-such-warehouse', root / 'gone.partial', root / f'{row.id}.partial'
     # What a killed background removal left in the trash: no clone, but removed too.
-    leftover = root / git.TRASH_DIR / 'w-old.0123456789ab'
+    leftover = root / storage.TRASH_DIR / 'w-old.0123456789ab'
     for directory in (orphan, orphan_partial, live_partial, leftover / 'docs'):
         directory.mkdir(parents=True)
     dry = data(invoke('cleanup', '--dead-workers', '--orphan-clones', '--dry-run', '--json'))
     assert dry == {'dead_workers': ['ghost'], 'orphan_clones': ['gone.partial', 'no-such-warehouse']}
     assert orphan.exists() and ops.sismember('rq:workers', 'rq:worker:ghost')
     invoke('cleanup', '--dead-workers', '--orphan-clones')
-    for remover in git._removers:
+    for remover in storage._removers:
         remover.wait(timeout=60)
     assert not orphan.exists() and not orphan_partial.exists() and (root / row.id).is_dir()
-    assert list((root / git.TRASH_DIR).iterdir()) == []
+    assert list((root / storage.TRASH_DIR).iterdir()) == []
     assert live_partial.is_dir()  # maybe a clone in progress: the warehouse's next try removes it
     assert not ops.sismember('rq:workers', 'rq:worker:ghost') and not ops.sismember('rq:workers:ops', 'rq:worker:ghost')
 
@@ -395,7 +396,7 @@ def test_operator_commands_pass_over_an_unreadable_job(ops, burst_worker):
         assert 'cannot be read from Redis' in refused.stderr and 'Traceback' not in refused.output
 
     requeued = invoke('requeue', '--all')
-    assert requeued.exit_code == 1 and f'1 requeued; 1 cannot be read and stay failed' in requeued.output
+    assert requeued.exit_code == 1 and '1 requeued; 1 cannot be read and stay failed' in requeued.output
     assert failed.get_status() == JobStatus.QUEUED
 
     for job_id in (forged, delayed):

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from rqjobs import git as safe_git
 from rqjobs import settings as settings_module
+from rqjobs.credentials import decrypt_secret, encrypt_secret
 from rqjobs.exceptions import (
     CloneTimeout,
     GitError,
@@ -33,22 +33,18 @@ from rqjobs.exceptions import (
     RepositoryUnauthorized,
     SecretKeyMissing,
 )
-from rqjobs.git import (
-    RepoAddress,
+from rqjobs.repository import addresses, clone, runner, storage
+from rqjobs.repository.addresses import RepoAddress, parse_address
+from rqjobs.repository.clone import sync
+from rqjobs.repository.history import (
     changed_paths,
-    clone_path,
     current_branch,
-    decrypt_secret,
-    encrypt_secret,
     has_commit,
     head_commit,
     is_ancestor,
-    parse_address,
-    partial_path,
     recent_commits,
-    remove_clone,
-    sync,
 )
+from rqjobs.repository.storage import clone_path, partial_path, remove_clone
 
 SECRET = 'S3cr3t-t0ken-Zq9'
 EXAMPLE = 'https://github.com/org/repo.git'
@@ -749,12 +745,12 @@ def many_files(tmp_path_factory) -> Path:
 
 
 def wait_for_removals() -> None:
-    for remover in list(safe_git._removers):
+    for remover in list(storage._removers):
         remover.wait(timeout=60)
 
 
 def trash_of(settings) -> list[str]:
-    trash = Path(settings.repo_root) / safe_git.TRASH_DIR
+    trash = Path(settings.repo_root) / storage.TRASH_DIR
     return sorted(str(path) for path in trash.rglob('*')) if trash.exists() else []
 
 
@@ -770,11 +766,11 @@ def test_a_clone_of_many_small_files_is_capped_by_what_it_takes(local, many_file
     assert not dest.exists() and not partial_path(dest).exists()
     wait_for_removals()
     assert trash_of(settings) == []
-    assert [path.name for path in Path(settings.repo_root).iterdir()] == [safe_git.TRASH_DIR]
+    assert [path.name for path in Path(settings.repo_root).iterdir()] == [storage.TRASH_DIR]
 
 
 def test_the_file_cap_stops_a_clone_while_it_runs(network, many_files, tmp_path, started, monkeypatch):
-    monkeypatch.setattr(safe_git, 'SIZE_POLL_INTERVAL', 0.05)
+    monkeypatch.setattr(clone, 'SIZE_POLL_INTERVAL', 0.05)
     bare = tmp_path / 'srv' / 'org' / 'repo.git'
     run_git(tmp_path, 'clone', '-q', '--bare', '--no-local', str(many_files), str(bare))
     # Loose objects, which dumb HTTP fetches one request and one file each: the clone's files grow as it runs.
@@ -808,8 +804,8 @@ def test_removing_a_clone_moves_it_away_at_once_and_deletes_it_in_the_background
     assert remove_clone(dest) is True
     # Gone from its place when remove_clone returns; the files go in a process of their own, in its own session.
     assert not dest.exists() and not partial_path(dest).exists()
-    remover = safe_git._removers[-1]
-    assert remover.args[:3] == [sys.executable, '-c', safe_git._REMOVER] and remover.pid != os.getpid()
+    remover = storage._removers[-1]
+    assert remover.args[:3] == [sys.executable, '-c', storage._REMOVER] and remover.pid != os.getpid()
     wait_for_removals()
     assert trash_of(settings) == []
     assert remove_clone(dest) is False
@@ -819,7 +815,7 @@ def test_what_a_killed_removal_left_is_removed_later(local, tmp_path):
     settings = settings_module.get_settings()
     root = Path(settings.repo_root)
     # A removal killed half-way: its tree is still in the trash, and no process works on it.
-    leftover = root / safe_git.TRASH_DIR / 'w-old.0123456789ab'
+    leftover = root / storage.TRASH_DIR / 'w-old.0123456789ab'
     for index in range(50):
         (leftover / f'd{index % 5}').mkdir(parents=True, exist_ok=True)
         (leftover / f'd{index % 5}' / f'f{index}').write_text('x')
@@ -830,13 +826,13 @@ def test_what_a_killed_removal_left_is_removed_later(local, tmp_path):
     assert trash_of(settings) == [] and not (root / 'w-next').exists()
     # Emptied, too, by itself (`jobs cleanup --orphan-clones` does it); an empty trash starts nothing.
     (leftover / 'd0').mkdir(parents=True)
-    safe_git.empty_trash(settings).wait(timeout=60)
+    storage.empty_trash(settings).wait(timeout=60)
     assert trash_of(settings) == []
-    assert safe_git.empty_trash(settings) is None
+    assert storage.empty_trash(settings) is None
 
 
 def test_the_size_cap_kills_a_running_clone(network, tmp_path, started, monkeypatch):
-    monkeypatch.setattr(safe_git, 'SIZE_POLL_INTERVAL', 0.05)
+    monkeypatch.setattr(clone, 'SIZE_POLL_INTERVAL', 0.05)
     source = tmp_path / 'source'
     make_repository(source, big_file_mb=4)
     make_bare_for_http(source, tmp_path / 'srv')
@@ -955,29 +951,29 @@ def test_hosts_that_are_not_public_are_refused_before_git_runs(env, started, url
 
 def test_a_host_that_cannot_be_resolved_is_a_retryable_error(env, started):
     address = parse_address('https://no-such-host.rqjobs.invalid/org/repo.git')
-    with pytest.raises(safe_git.GitError, match='cannot be resolved') as info:
+    with pytest.raises(GitError, match='cannot be resolved') as info:
         sync(address, clone_path('w-unresolved'))
-    assert not isinstance(info.value, safe_git.InvalidRepositoryAddress)  # DNS may come back: a retry may work
+    assert not isinstance(info.value, InvalidRepositoryAddress)  # DNS may come back: a retry may work
     assert started == []
 
 
 def test_public_hosts_pass_and_proxied_ones_are_left_to_the_proxy(env, monkeypatch):
-    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port)),
         (socket.AF_INET6, socket.SOCK_STREAM, 6, '', ('2606:50c0:8000::154', port, 0, 0))])
-    endpoint = safe_git.check_host(parse_address('https://github.com/org/repo'))
-    assert endpoint == safe_git.Endpoint('https', 'github.com', 443, ('140.82.121.4', '2606:50c0:8000::154'))
-    assert safe_git._pin_config(endpoint, guarded=True) == [
+    endpoint = addresses.check_host(parse_address('https://github.com/org/repo'))
+    assert endpoint == addresses.Endpoint('https', 'github.com', 443, ('140.82.121.4', '2606:50c0:8000::154'))
+    assert runner._pin_config(endpoint, guarded=True) == [
         ('http.curloptResolve', 'github.com:443:140.82.121.4,[2606:50c0:8000::154]'),
         ('http.followRedirects', 'false')]
-    assert safe_git.check_host(parse_address('https://[2606:50c0:8000::154]:8443/org/repo')).addresses == ()
+    assert addresses.check_host(parse_address('https://[2606:50c0:8000::154]:8443/org/repo')).addresses == ()
 
     monkeypatch.setenv('https_proxy', 'http://proxy.internal:3128')
-    monkeypatch.setattr(safe_git, '_getaddrinfo', _no_dns)
-    assert safe_git.check_host(parse_address('https://github.com/org/repo')).addresses == ()
+    monkeypatch.setattr(addresses, '_getaddrinfo', _no_dns)
+    assert addresses.check_host(parse_address('https://github.com/org/repo')).addresses == ()
     monkeypatch.setenv('no_proxy', 'github.com')
-    with pytest.raises(safe_git.GitError, match='cannot be resolved'):
-        safe_git.check_host(parse_address('https://github.com/org/repo'))
+    with pytest.raises(GitError, match='cannot be resolved'):
+        addresses.check_host(parse_address('https://github.com/org/repo'))
 
 
 def _no_dns(host, port, **_):
@@ -989,10 +985,10 @@ def test_git_connects_to_the_address_checked_not_to_a_second_lookup(env, tmp_pat
     shas = make_repository(source)
     make_bare_for_http(source, tmp_path / 'srv')
     # The name has no DNS entry (.test is reserved): git can only reach the server through the checked address.
-    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('127.0.0.1', port))] if host == 'git.rqjobs.test' else _no_dns(
         host, port))
-    monkeypatch.setattr(safe_git, '_is_public', lambda ip: True)  # the test server is on loopback
+    monkeypatch.setattr(addresses, '_is_public', lambda ip: True)  # the test server is on loopback
     hosts: list[str] = []
     with serve_dumb_http(tmp_path / 'srv', redirect_to_localhost=True, hosts=hosts) as base:
         port = base.rsplit(':', 1)[1]
@@ -1016,14 +1012,14 @@ def test_ssh_hosts_are_checked_and_ssh_is_held_to_the_address(env, started, monk
         with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
             sync(url, clone_path('w-ssh'))
     assert started == []
-    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port))])
-    endpoint = safe_git.check_host(parse_address('git@github.com:org/repo.git'))
-    assert endpoint == safe_git.Endpoint('ssh', 'github.com', 22, ('140.82.121.4',))
+    endpoint = addresses.check_host(parse_address('git@github.com:org/repo.git'))
+    assert endpoint == addresses.Endpoint('ssh', 'github.com', 22, ('140.82.121.4',))
     for url, host in (('git@[2606:50c0:8000::154]:org/repo.git', '2606:50c0:8000::154'),
                       ('ssh://git@github.com:2222/org/repo.git', 'github.com')):
-        assert safe_git._endpoint(parse_address(url)).host == host
-    env_of_git = safe_git._environment(home=Path('/nonexistent'), ceiling=Path('/'), repo=None, protocols=('ssh',),
+        assert addresses._endpoint(parse_address(url)).host == host
+    env_of_git = runner.git_environment(home=Path('/nonexistent'), ceiling=Path('/'), repo=None, protocols=('ssh',),
                                        ssh=True, endpoint=endpoint, guarded=True)
     assert env_of_git['GIT_SSH_COMMAND'].endswith(' -oHostName=140.82.121.4 -oHostKeyAlias=github.com')
 
@@ -1069,9 +1065,9 @@ def test_an_ipv6_address_carrying_an_internal_ipv4_address_is_refused(env, start
         with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
             parse_address(given)
     with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
-        safe_git.check_host(RepoAddress(url=url, organization='org', name='repo'))
+        addresses.check_host(RepoAddress(url=url, organization='org', name='repo'))
     # The same address given by a name's DNS answer.
-    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
         (socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))])
     with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
         sync('https://git.example.com/org/repo.git', clone_path('w-embedded'))
@@ -1081,10 +1077,10 @@ def test_an_ipv6_address_carrying_an_internal_ipv4_address_is_refused(env, start
 @pytest.mark.parametrize('ip', PUBLIC_IN_IPV6)
 def test_an_ipv6_address_carrying_a_public_ipv4_address_passes(env, monkeypatch, ip):
     address = parse_address(f'https://[{ip}]/org/repo')
-    assert safe_git.check_host(address).host == ip
-    monkeypatch.setattr(safe_git, '_getaddrinfo', lambda host, port, **_: [
+    assert addresses.check_host(address).host == ip
+    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
         (socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))])
-    assert safe_git.check_host(parse_address('https://git.example.com/org/repo')).addresses == (ip,)
+    assert addresses.check_host(parse_address('https://git.example.com/org/repo')).addresses == (ip,)
 
 
 @pytest.mark.parametrize('host, meant', [
@@ -1110,7 +1106,7 @@ def test_an_ipv4_address_spelled_oddly_is_judged_by_the_address_it_means(env, st
             sync(RepoAddress(url=url, organization='org', name='repo'), clone_path('w-odd'))
     # Asked without parsing first, the host is still read as the resolver would read it.
     with pytest.raises(InvalidRepositoryAddress, match=rf'is {meant}, not a public address'):
-        safe_git.check_host(RepoAddress(url=f'https://{host}/org/repo.git', organization='org', name='repo'))
+        addresses.check_host(RepoAddress(url=f'https://{host}/org/repo.git', organization='org', name='repo'))
     assert started == []
     # A private network allowed, the spelling is still refused: other tools read these digits otherwise.
     env.setenv('GIT_ALLOW_PRIVATE_HOSTS', 'true')

@@ -17,7 +17,7 @@ import cli
 import models
 from helpers import ROOT
 from models import Document, Role, SchemaVersion, User, UserInRole, Warehouse, WarehouseStatus
-from rqjobs import git, migration, passwords
+from rqjobs import credentials, migration, passwords
 from rqjobs.exceptions import MigrationError
 from rqjobs.migration import MIGRATIONS, Migration
 
@@ -201,7 +201,7 @@ def filled(redis_conn, database, local, sample_repo, burst_worker, env):
     migration.initialize_users()
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
     burst_worker('warehouse')
-    Warehouse.update(git_user_name='deploy-bot', git_password=git.encrypt_secret('tok_live_123456')).where(
+    Warehouse.update(git_user_name='deploy-bot', git_password=credentials.encrypt_secret('tok_live_123456')).where(
         Warehouse.id == row.id).execute()
     models.DailyStatistics.create(date='2026-11-28', page_views=7)
     return row

@@ -9,8 +9,10 @@ import cli
 from models import MiniMap, Warehouse, WarehouseStatus
 from rqjobs import clock, minimap
 from rqjobs import warehouse as warehouses
-from rqjobs.analysis import Analysis, Declaration, SourceFile
 from rqjobs.exceptions import PermanentJobError
+from rqjobs.repository import storage
+from rqjobs.repository.declarations import Declaration
+from rqjobs.repository.results import Analysis, SourceFile
 
 
 def tree(title='root', url='', nodes=None):
@@ -159,7 +161,7 @@ def test_generate_is_bounded_and_counts_errors(completed, redis_conn, burst_work
     # The second one lost its clone on this host and its upstream: it cannot be rebuilt.
     import shutil
     shutil.rmtree(other)
-    shutil.rmtree(minimap.git.clone_path(second.id))
+    shutil.rmtree(storage.clone_path(second.id))
     monkeypatch.setattr(minimap, 'MINIMAPS_PER_RUN', 1)
     assert minimap.generate_minimap()['warehouse_ids'] == [completed.id]
     failed = minimap.generate_minimap()
@@ -170,7 +172,7 @@ def test_generate_is_bounded_and_counts_errors(completed, redis_conn, burst_work
 @pytest.mark.db
 def test_a_missing_clone_is_fetched_again(completed):
     import shutil
-    shutil.rmtree(minimap.git.clone_path(completed.id))
+    shutil.rmtree(storage.clone_path(completed.id))
     MiniMap.delete().execute()
     assert minimap.generate_minimap()['processed'] == 1
 

@@ -5,7 +5,7 @@ from datetime import datetime
 
 import pytest
 
-from rqjobs import documentation
+from rqjobs.repository import documentation
 
 README = '# Sample\n\nSample greets people.\n\n## Installation\n\npip install sample\n'
 

@@ -22,7 +22,7 @@ from models import (
 from rqjobs import clock, minimap, queues, settings
 from rqjobs import warehouse as warehouses
 from rqjobs.exceptions import InvalidRepositoryAddress, InvalidSubmission, SecretKeyMissing, WarehouseNotFound
-from rqjobs.git import TRASH_DIR
+from rqjobs.repository.storage import TRASH_DIR
 
 pytestmark = pytest.mark.db
 
@@ -321,7 +321,7 @@ def test_a_crash_while_storing_keeps_the_last_good_documentation(redis_conn, dat
                                'sample/extra.py': 'X = 1\n'}, 'Rewrite core')
     Document.update(last_update=clock.utcnow() - timedelta(days=30)).execute()
 
-    from rqjobs import documentation
+    from rqjobs.repository import documentation
     original = documentation.render
 
     def failing(page, context):

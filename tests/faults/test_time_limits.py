@@ -13,9 +13,9 @@ from rq.job import JobStatus
 
 from helpers import wait_until
 from models import Warehouse, WarehouseStatus
-from rqjobs import git as safe_git
 from rqjobs import queues, settings
 from rqjobs import warehouse as warehouses
+from rqjobs.repository import storage
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_a_warehouse_past_its_soft_limit_fails_and_leaves_no_clone(redis_conn, d
     env.setenv('SOFT_TIME_LIMIT', '1')  # the clone takes longer
     settings.reset()
     row = warehouses.submit_warehouse(str(big_repo), connection=redis_conn)
-    dest = safe_git.clone_path(row.id)
+    dest = storage.clone_path(row.id)
     processes.worker('warehouse', name='worker')
     clones = wait_until(lambda: git_processes(dest), 30, 'a git clone started', details=processes.logs_text)
     wait_until(lambda: Warehouse.get_by_id(row.id).status != WarehouseStatus.PROCESSING, 30,

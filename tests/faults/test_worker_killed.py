@@ -25,10 +25,10 @@ from rq.job import JobStatus, Retry
 from helpers import wait_until
 from models import AccessRecord, DailyStatistics, Document, User, Warehouse, WarehouseStatus
 from rqjobs import access_log, clock, queues, settings, statistics
-from rqjobs import git as safe_git
 from rqjobs import warehouse as warehouses
 from rqjobs.access_log import BUFFER_KEY, DEAD_KEY, LOCK_KEY, PROCESSING_KEY
 from rqjobs.contrib import access_log as producer
+from rqjobs.repository import history, storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.db]
 
@@ -66,7 +66,7 @@ def head(repo) -> str:
 
 def kill_mid_clone(processes: Processes, redis_conn, warehouse_id: str, big_repo, name: str) -> None:
     """Start a worker, SIGKILL its process group once git clones, and check that no process of it survives."""
-    dest = safe_git.clone_path(warehouse_id)
+    dest = storage.clone_path(warehouse_id)
     worker = processes.worker('warehouse', name=name)
     clones = wait_until(lambda: git_processes(dest), 60, 'a git clone started', details=processes.logs_text)
     members = processes.kill_group(worker) + clones
@@ -96,9 +96,9 @@ def test_workers_killed_mid_clone_leave_nothing_running_and_no_warehouse_stuck(r
 
     row = Warehouse.get_by_id(retried)
     assert row.status == WarehouseStatus.COMPLETED, row.error
-    assert row.version == head(big_repo) == safe_git.head_commit(safe_git.clone_path(retried))
+    assert row.version == head(big_repo) == history.head_commit(storage.clone_path(retried))
     assert Document.select().where(Document.warehouse == retried).count() == 1
-    assert not safe_git.partial_path(safe_git.clone_path(retried)).exists()  # the retry cleared the leftover
+    assert not storage.partial_path(storage.clone_path(retried)).exists()  # the retry cleared the leftover
     job = queues.JsonJob.fetch(warehouses.process_job_id(retried), connection=redis_conn)
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, 'the retried job finished')
     job.refresh()
@@ -110,15 +110,15 @@ def test_workers_killed_mid_clone_leave_nothing_running_and_no_warehouse_stuck(r
     job = queues.JsonJob.fetch(warehouses.process_job_id(last), connection=redis_conn)
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 10, 'the abandoned job failed')
     assert 'AbandonedJobError' in job.latest_result().exc_string
-    assert not safe_git.clone_path(last).exists()
-    assert not safe_git.partial_path(safe_git.clone_path(last)).exists()  # removed when the warehouse failed
+    assert not storage.clone_path(last).exists()
+    assert not storage.partial_path(storage.clone_path(last)).exists()  # removed when the warehouse failed
 
 
 def test_a_work_horse_killed_mid_clone_on_the_last_try_fails_the_warehouse(redis_conn, database, local, big_repo,
                                                                           processes):
     """The kernel's OOM killer takes the work horse only: the worker goes on, and must fail the warehouse itself."""
     warehouse_id = submit(redis_conn, str(big_repo), None)
-    dest = safe_git.clone_path(warehouse_id)
+    dest = storage.clone_path(warehouse_id)
     worker = processes.worker('warehouse', name='worker')
     clones = wait_until(lambda: git_processes(dest), 60, 'a git clone started', details=processes.logs_text)
     clone = next(process for process in clones if 'clone' in process.cmdline())

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from rqjobs.analysis import Analysis, Declaration, SourceFile
+from rqjobs.repository.declarations import Declaration
+from rqjobs.repository.results import Analysis, SourceFile
 
 MAX_COMPONENT_FILES = 60
 MAX_COMPONENT_DECLARATIONS = 300
@@ -35,7 +36,7 @@ class Page:
 
 
 @dataclass
-class Context:
+class PageContext:
     """What every page may draw on."""
 
     title: str
@@ -64,7 +65,7 @@ def catalog(analysis: Analysis) -> list[Page]:
     return pages
 
 
-def render(page: Page, context: Context) -> str:
+def render(page: Page, context: PageContext) -> str:
     """Return the markdown of one page."""
     if page.key == 'overview':
         return overview(context)
@@ -78,7 +79,7 @@ def render(page: Page, context: Context) -> str:
     return component_page(component, context)
 
 
-def overview(context: Context) -> str:
+def overview(context: PageContext) -> str:
     """Return the overview page: what the project is, its languages, layout and recent activity."""
     analysis = context.analysis
     lines = [f'# {context.title}', '']
@@ -106,7 +107,7 @@ def overview(context: Context) -> str:
     return '\n'.join(lines)
 
 
-def getting_started(context: Context) -> str:
+def getting_started(context: PageContext) -> str:
     """Return the getting-started page: the README's installation and usage sections."""
     readme = context.analysis.readme
     sections = [body for heading, body in markdown_sections(readme) if GETTING_STARTED.search(heading)]
@@ -114,7 +115,7 @@ def getting_started(context: Context) -> str:
     return f'# Getting started\n\nFrom `{code(context.analysis.readme_path or "README")}`.\n\n{text.strip()}\n'
 
 
-def structure(context: Context) -> str:
+def structure(context: PageContext) -> str:
     """Return the structure page: the directory tree and the component table."""
     analysis = context.analysis
     lines = ['# Project structure', '', '```text', analysis.tree.rstrip(), '```', '']
@@ -126,7 +127,7 @@ def structure(context: Context) -> str:
     return '\n'.join(lines)
 
 
-def components_index(context: Context) -> str:
+def components_index(context: PageContext) -> str:
     """Return the index page of the components."""
     lines = ['# Components', '']
     lines += [f'- **{cell(c["name"])}**: `{code(c["path"])}`, {len(c["files"])} files in '
@@ -134,7 +135,7 @@ def components_index(context: Context) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def component_page(component: dict, context: Context) -> str:
+def component_page(component: dict, context: PageContext) -> str:
     """Return the page of one component: its files and their main declarations."""
     by_path = {source.path: source for source in context.analysis.files}
     files = [by_path[path] for path in sorted(component['files']) if path in by_path]
