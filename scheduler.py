@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -235,7 +235,7 @@ def describe(connection: redis.Redis) -> dict:
         last = _last_run(connection, job.meta.get('last_run_id'))
         entries.append({'id': job.id, 'job': entry['job'], 'when': f'every {entry["every"]} s' if entry['every']
                         else f'cron {entry["cron"]} (UTC)', 'next_run_utc': at,
-                        'next_run_local': at.replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None),
+                        'next_run_local': at.replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
                         'last_run': last, 'last_skipped_at': job.meta.get('last_skipped_at')})
     for queue in queues.all_queues(connection):
         registry = queue.scheduled_job_registry
@@ -282,11 +282,11 @@ def tick(connection: redis.Redis) -> list[str]:
 
 
 def _epoch(moment: datetime) -> float:
-    return moment.replace(tzinfo=timezone.utc).timestamp()
+    return moment.replace(tzinfo=UTC).timestamp()
 
 
 def _naive_utc(moment: datetime) -> datetime:
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
 

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import peewee
@@ -426,4 +426,4 @@ def _letter_time(letter: bytes) -> datetime | None:
         moment = datetime.fromisoformat(json.loads(letter)['at'])
     except (ValueError, KeyError, TypeError):
         return None
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

@@ -1,8 +1,8 @@
 """Time as one seam: code asks here for the current time, tests freeze it."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def utcnow() -> datetime:
     """Return the current time in UTC as a naive datetime, the form the database stores."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -46,7 +46,7 @@ def parse_time(text: str) -> datetime:
         raise ValueError(f'{text!r} is not an ISO 8601 time; for example 2026-12-01T02:30 (UTC) or '
                          f'2026-12-01T03:30+01:00.') from None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
 
 
@@ -148,7 +148,7 @@ def cleanup(connection: redis.Redis, *, failed_older_than: timedelta | None = No
     settings = settings or get_settings()
     report: dict[str, list[str]] = {}
     if failed_older_than is not None:
-        cutoff = clock.utcnow().replace(tzinfo=timezone.utc) - failed_older_than
+        cutoff = clock.utcnow().replace(tzinfo=UTC) - failed_older_than
         old = []
         for queue in queues.all_queues(connection, settings):
             for job in queues.JsonJob.fetch_many(queue.failed_job_registry.get_job_ids(), connection=connection):

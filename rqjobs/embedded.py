@@ -98,7 +98,7 @@ class EmbeddedRedis:
             return self.url
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            lock = open(self.directory / 'redis.lock', 'w')  # noqa: SIM115 - closed by the with below
+            lock = open(self.directory / 'redis.lock', 'w')
         except OSError as exc:
             raise RedisUnavailable(
                 f'Cannot start the embedded Redis in {self.directory} ({exc.strerror or exc}). Set JOBS_DATA_DIR to a '

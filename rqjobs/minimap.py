@@ -146,7 +146,7 @@ def generate_minimap() -> dict:
                 MiniMap.insert(id=new_id(), warehouse=warehouse.id, value=tree,
                                created_at=clock.utcnow(), updated_at=clock.utcnow()).on_conflict_ignore().execute()
             processed.append(warehouse.id)
-        except Exception as exc:  # noqa: BLE001 - one broken warehouse must not stop the others
+        except Exception as exc:
             logger.warning('minimap %s: not generated: %s', warehouse.id, exc)
             errors.append({'warehouse_id': warehouse.id, 'error': str(exc)})
     return {'processed': len(processed), 'errors': len(errors), 'warehouse_ids': processed, 'failures': errors,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -89,7 +89,7 @@ def active_jobs(connection: redis.Redis) -> list[dict[str, Any]]:
             'worker': worker['name'], 'job_id': worker['current_job'], 'job': job.func_name if job else None,
             'queue': job.origin if job else None, 'args': job.args if job else None,
             'started_at': started.isoformat(timespec='seconds') if started else None,
-            'running_for': round((datetime.now(timezone.utc) - started).total_seconds(), 1) if started else None,
+            'running_for': round((datetime.now(UTC) - started).total_seconds(), 1) if started else None,
             'progress': job.meta.get('progress') if job else None,
         })
     return rows

@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -26,8 +26,15 @@ from rq.job import Job, Retry, get_current_job
 from rq.utils import utcformat
 
 from rqjobs import clock
-from rqjobs.exceptions import (ForbiddenJob, InvalidJobArguments, PermanentJobError, RedisUnavailable, UnknownJob,
-                               UnknownQueue, UnreadableJob)
+from rqjobs.exceptions import (
+    ForbiddenJob,
+    InvalidJobArguments,
+    PermanentJobError,
+    RedisUnavailable,
+    UnknownJob,
+    UnknownQueue,
+    UnreadableJob,
+)
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -140,7 +147,7 @@ class JsonJob(Job):
         try:
             super().restore(raw_data)
             self._deserialize_data()
-        except Exception as exc:  # noqa: BLE001 - any field rq cannot read makes the whole job unreadable
+        except Exception as exc:
             reason = f'{type(exc).__name__}: {exc}'
             reason = reason if len(reason) <= 160 else reason[:157] + '...'
             logger.warning('%s: job hash cannot be read (%s)', self.id, reason)
@@ -211,7 +218,7 @@ def set_aside(connection: redis.Redis, queue_key: str, job_id: str, reason: str,
     """Fail a job that cannot be read: off its queue and registries, into the failed jobs, `reason` in its hash."""
     settings = settings or get_settings()
     queue = JsonQueue(queue_key.removeprefix(JsonQueue.redis_queue_namespace_prefix), connection=connection)
-    ended = clock.utcnow().replace(tzinfo=timezone.utc)
+    ended = clock.utcnow().replace(tzinfo=UTC)
     # The started jobs are kept as job_id:execution_id, rare enough for an unreadable job to look them up.
     started = [entry for entry in connection.zrange(queue.started_job_registry.key, 0, -1)
                if entry.decode('utf-8', 'replace').partition(':')[0] == job_id]

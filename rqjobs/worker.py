@@ -21,8 +21,13 @@ from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.rate_limit import RateLimitRegistry
-from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry,
-                         StartedJobRegistry)
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ReadyJobRegistry,
+    StartedJobRegistry,
+)
 from rq.scheduler import RQScheduler
 from rq.utils import as_text, current_timestamp, now
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import zlib
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -365,7 +365,7 @@ def test_suspend_and_resume(ops):
 def test_time_helpers_use_the_clock(monkeypatch):
     moment = clock.utcnow()
     monkeypatch.setattr(clock, 'utcnow', lambda: moment)
-    assert clock.utcnow().replace(tzinfo=timezone.utc).tzinfo is timezone.utc
+    assert clock.utcnow().replace(tzinfo=UTC).tzinfo is UTC
 
 
 # ---- Jobs that cannot be read ----

@@ -8,6 +8,7 @@ import pytest
 from peewee import IntegrityError, MySQLDatabase, OperationalError, PostgresqlDatabase
 
 import models
+from helpers import run_jobs_cli
 from models import (
     AccessRecord,
     DailyStatistics,
@@ -24,7 +25,6 @@ from models import (
     Warehouse,
     WarehouseStatus,
 )
-from helpers import run_jobs_cli
 from rqjobs import clock
 from rqjobs.database import open_database
 

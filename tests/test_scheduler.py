@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -37,7 +37,7 @@ def now(monkeypatch):
 
 def scheduled(redis_conn):
     """The schedule as {id: score as naive UTC}."""
-    return {key.decode(): datetime.fromtimestamp(score, timezone.utc).replace(tzinfo=None)
+    return {key.decode(): datetime.fromtimestamp(score, UTC).replace(tzinfo=None)
             for key, score in redis_conn.zrange('rq:scheduler:scheduled_jobs', 0, -1, withscores=True)}
 
 
@@ -170,7 +170,7 @@ def test_due_entries_become_fresh_json_runs(redis_conn, now):
     assert scheduler.tick(redis_conn) == []
     now(30)
     assert scheduler.tick(redis_conn) == ['ping-often']
-    slot = int((START + timedelta(seconds=30)).replace(tzinfo=timezone.utc).timestamp())
+    slot = int((START + timedelta(seconds=30)).replace(tzinfo=UTC).timestamp())
     run_id = f'ping-often-{slot}'
     assert queued(redis_conn) == [run_id]
     raw = redis_conn.hgetall(f'rq:job:{run_id}')
@@ -252,7 +252,7 @@ def test_runs_go_through_a_worker(redis_conn, database, now, burst_worker):
 def test_a_forged_scheduled_job_runs_nothing(redis_conn, burst_worker, tmp_path):
     marker = tmp_path / 'pwned'
     build = scheduler.build_scheduler(redis_conn)
-    job = build.schedule(datetime.now(timezone.utc) - timedelta(seconds=1), 'os.system', args=[f'touch {marker}'],
+    job = build.schedule(datetime.now(UTC) - timedelta(seconds=1), 'os.system', args=[f'touch {marker}'],
                          queue_name='default')
     scheduler.tick(redis_conn)
     burst_worker('default')

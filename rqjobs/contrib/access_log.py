@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from os import urandom
 from typing import Any
 
@@ -166,7 +166,7 @@ def _moment(value: Any, now: datetime, latest: datetime | None = None) -> dateti
         if not math.isfinite(value):
             raise ValueError('access_time is not a finite number')
         try:
-            moment = datetime.fromtimestamp(value, timezone.utc)
+            moment = datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
             raise ValueError(f'access_time {value!r} is out of range') from None
     elif isinstance(value, datetime):
@@ -174,7 +174,7 @@ def _moment(value: Any, now: datetime, latest: datetime | None = None) -> dateti
     else:
         raise ValueError(f'access_time must be an ISO 8601 string or seconds since 1970, not {kind.__name__}')
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     if not EARLIEST <= moment <= (latest or now + FUTURE_TOLERANCE):
         raise ValueError(f'access_time {moment.isoformat()} is out of range')
     return moment

@@ -167,5 +167,5 @@ def _outline_components(checkout: Path, files: list[SourceFile], components: lis
                 continue  # changed under us since the first pass: keep the file, without an outline
             try:
                 source.declarations = outline(source.path, text.replace('\0', ''), source.language)
-            except Exception as exc:  # noqa: BLE001 - one strange file must not fail a whole repository
+            except Exception as exc:
                 logger.warning('%s: %s has no outline, outlining failed: %r', checkout, source.path, exc)

@@ -222,7 +222,7 @@ class _Run:
             # The preexec_fn takes no lock (two system calls), so threads of this process cannot deadlock it.
             process = subprocess.Popen(['git', *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                                       preexec_fn=limits.parent_death_signal())  # noqa: PLW1509
+                                       preexec_fn=limits.parent_death_signal())
         except OSError as exc:
             raise GitError(f'{what} failed: git cannot be started ({exc.strerror}); is git installed?') from None
         # Known to the work horse's hard time limit, which kills this group along with itself.

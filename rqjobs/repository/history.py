@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rqjobs.exceptions import GitError
@@ -81,7 +81,7 @@ def recent_commits(dest: Path, limit: int = 20, since: str | None = None) -> lis
                 'title': title.strip(),
                 'description': description.strip(),
                 'author': commit.author.name or '',
-                'committed_at': datetime.fromtimestamp(commit.committed_date, timezone.utc).replace(tzinfo=None),
+                'committed_at': datetime.fromtimestamp(commit.committed_date, UTC).replace(tzinfo=None),
             })
         return commits
 
