@@ -21,8 +21,10 @@ from rqjobs.settings import get_settings
 # Each command's `module:function` under rqjobs.commands, and the first paragraph of its help: `rqjobs --help` lists
 # the commands from here without importing their modules. tests/test_cli.py checks each summary against its command.
 COMMANDS = {
-    'cleanup': ('jobs:cleanup', ("Trim rq's registries, dead worker entries and orphan clones; nothing is removed "
-                                 'without an option.')),
+    'cleanup': (
+        'jobs:cleanup',
+        ("Trim rq's registries, dead worker entries and orphan clones; nothing is removed without an option."),
+    ),
     'dashboard': ('dashboard:dashboard', "Run rq-dashboard on the project's Redis, reading the JSON job payloads."),
     'db': ('db:db', 'Database schema commands.'),
     'demo': ('demo:demo', 'Document a generated local repository end to end with a real worker, offline.'),
@@ -35,8 +37,10 @@ COMMANDS = {
     'requeue': ('jobs:requeue', 'Put failed jobs back on their queues: JOB_IDS, or --all.'),
     'resume': ('jobs:resume_command', 'Let suspended workers take jobs again.'),
     'schedule': ('schedule:schedule_group', 'The periodic plan in Redis.'),
-    'scheduler': ('schedule:scheduler_command', ('Register the periodic plan, then run the rq-scheduler loop (one '
-                                                 'active scheduler at a time).')),
+    'scheduler': (
+        'schedule:scheduler_command',
+        ('Register the periodic plan, then run the rq-scheduler loop (one active scheduler at a time).'),
+    ),
     'stats': ('stats:stats', 'Daily statistics and snapshots of the platform (the `statistics` jobs).'),
     'status': ('jobs:status', "Show every queue's job counts and every worker's state."),
     'suspend': ('jobs:suspend_command', 'Stop all workers from taking new jobs; running jobs finish.'),
@@ -81,16 +85,24 @@ class JobsGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # As click.Group does, from the summaries above instead of the commands, which would import every module.
         limit = formatter.width - 6 - max(map(len, COMMANDS))
-        rows = [(name, click.Command(name, help=summary).get_short_help_str(limit))
-                for name, (_, summary) in sorted(COMMANDS.items())]
+        rows = [
+            (name, click.Command(name, help=summary).get_short_help_str(limit))
+            for name, (_, summary) in sorted(COMMANDS.items())
+        ]
         with formatter.section('Commands'):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (exceptions.SettingsError, exceptions.UnknownJob, exceptions.UnknownQueue,
-                exceptions.InvalidJobArguments, exceptions.InvalidSubmission, exceptions.WarehouseNotFound) as exc:
+        except (
+            exceptions.SettingsError,
+            exceptions.UnknownJob,
+            exceptions.UnknownQueue,
+            exceptions.InvalidJobArguments,
+            exceptions.InvalidSubmission,
+            exceptions.WarehouseNotFound,
+        ) as exc:
             raise click.UsageError(str(exc), ctx=None) from None
         except exceptions.RqjobsError as exc:
             raise click.ClickException(str(exc)) from None
@@ -102,8 +114,10 @@ class JobsGroup(click.Group):
                 from rqjobs.settings import redact_url
 
                 reason = ' '.join(str(exc).split())
-                raise click.ClickException(f'The database at {redact_url(get_settings().database_url)} failed: '
-                                           f'{reason}; try the command again.') from None
+                raise click.ClickException(
+                    f'The database at {redact_url(get_settings().database_url)} failed: '
+                    f'{reason}; try the command again.'
+                ) from None
             # Any command's write can meet a full Redis; redis is looked up only once a command has imported it.
             redis = sys.modules.get('redis')
             if redis is not None and isinstance(exc, redis.exceptions.OutOfMemoryError):

@@ -32,6 +32,7 @@ from rqjobs import clock
 
 db = DatabaseProxy()
 
+
 def utcnow():
     """Return the current naive UTC time from `rqjobs.clock`, looked up on each call so tests can freeze it."""
     return clock.utcnow()
@@ -47,6 +48,7 @@ def _choices(values):
 
 
 # ---- Fields ----
+
 
 class UUIDKeyField(CharField):
     """Text primary key filled with a random UUID."""
@@ -80,6 +82,7 @@ class JSONField(LongTextField):
 
 # ---- Base models ----
 
+
 class BaseModel(Model):
     """Base of every table: bound to the `db` proxy, tables named in snake_case."""
 
@@ -103,6 +106,7 @@ class TimestampedModel(BaseModel):
 
 
 # ---- Users and roles ----
+
 
 class User(TimestampedModel):
     """A person who signs in and owns warehouses."""
@@ -147,6 +151,7 @@ class UserInRole(BaseModel):
 
 # ---- Warehouses ----
 
+
 class WarehouseStatus:
     """Where a warehouse is in its processing."""
 
@@ -178,7 +183,13 @@ class WarehouseClassify:
     DEVOPS_CONFIGURATION = 'DevOpsConfiguration'
     DOCUMENTATION = 'Documentation'
     ALL = (
-        APPLICATIONS, FRAMEWORKS, LIBRARIES, DEVELOPMENT_TOOLS, CLI_TOOLS, DEVOPS_CONFIGURATION, DOCUMENTATION,
+        APPLICATIONS,
+        FRAMEWORKS,
+        LIBRARIES,
+        DEVELOPMENT_TOOLS,
+        CLI_TOOLS,
+        DEVOPS_CONFIGURATION,
+        DOCUMENTATION,
     )
 
 
@@ -222,6 +233,7 @@ class Warehouse(TimestampedModel):
 
 
 # ---- Documents ----
+
 
 class Document(TimestampedModel):
     """The generated documentation of one warehouse."""
@@ -320,6 +332,7 @@ class DocumentCommitRecord(BaseModel):
 
 # ---- Mind maps ----
 
+
 class MiniMap(TimestampedModel):
     """The mind map of a warehouse, a JSON tree; at most one per warehouse."""
 
@@ -330,6 +343,7 @@ class MiniMap(TimestampedModel):
 
 
 # ---- Access log and statistics ----
+
 
 class AccessRecord(BaseModel):
     """One request for a resource, as logged by the web side."""
@@ -393,6 +407,7 @@ class StatisticsSnapshot(BaseModel):
 
 # ---- Schema versions ----
 
+
 class SchemaVersion(BaseModel):
     """A migration applied to this database."""
 
@@ -422,6 +437,7 @@ MODELS = (
 
 
 # ---- Creating the schema ----
+
 
 def create_tables() -> None:
     """Create every table and index that does not exist yet."""

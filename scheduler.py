@@ -76,20 +76,24 @@ def plan(settings: Settings | None = None, table: Sequence[Entry] = PLAN) -> lis
     entries = {entry.id: entry for entry in table}
     for entry_id, value in settings.schedule_overrides:
         if entry_id not in entries:
-            raise SettingsError(f'JOBS_SCHEDULE names {entry_id!r}, which is not in the plan; known entries: '
-                                f'{", ".join(entries)}.')
+            raise SettingsError(
+                f'JOBS_SCHEDULE names {entry_id!r}, which is not in the plan; known entries: {", ".join(entries)}.'
+            )
         if value == 'off':
             del entries[entry_id]
         elif value.isdigit():
             if int(value) < MIN_INTERVAL:
-                raise SettingsError(f'JOBS_SCHEDULE: {entry_id}={value} is below {MIN_INTERVAL} s; for example '
-                                    f'{entry_id}=60.')
+                raise SettingsError(
+                    f'JOBS_SCHEDULE: {entry_id}={value} is below {MIN_INTERVAL} s; for example {entry_id}=60.'
+                )
             entries[entry_id] = replace(entries[entry_id], every=int(value), cron=None)
         elif croniter.is_valid(value) and len(value.split()) == 5:
             entries[entry_id] = replace(entries[entry_id], every=None, cron=value)
         else:
-            raise SettingsError(f'JOBS_SCHEDULE: {entry_id}={value!r} is not off, seconds or a 5-field cron string; '
-                                f'for example {entry_id}=60 or {entry_id}=30 1 * * *.')
+            raise SettingsError(
+                f'JOBS_SCHEDULE: {entry_id}={value!r} is not off, seconds or a 5-field cron string; '
+                f'for example {entry_id}=60 or {entry_id}=30 1 * * *.'
+            )
     return list(entries.values())
 
 
@@ -145,13 +149,23 @@ class PlanScheduler(Scheduler):
         busy = queues.live_job_ids(self.connection, [run_id] + ([last] if last else []))
         if busy:
             # The previous run is still queued or running (or this slot's run exists already): no second copy.
-            logger.info('schedule %s: run %s still queued or running; slot %s skipped', template.id,
-                        min(busy), slot.isoformat(timespec='seconds'))
+            logger.info(
+                'schedule %s: run %s still queued or running; slot %s skipped',
+                template.id,
+                min(busy),
+                slot.isoformat(timespec='seconds'),
+            )
             template.meta['last_skipped_at'] = clock.utcnow().isoformat(timespec='seconds')
         else:
-            queues.enqueue(entry['job'], kwargs=entry.get('kwargs') or {}, job_id=run_id, retry=None,
-                           connection=self.connection, description=f'{template.id} ({entry["job"].rsplit(".", 1)[-1]})',
-                           meta={PLAN_MARK: template.id, 'slot': slot.isoformat(timespec='seconds') + 'Z'})
+            queues.enqueue(
+                entry['job'],
+                kwargs=entry.get('kwargs') or {},
+                job_id=run_id,
+                retry=None,
+                connection=self.connection,
+                description=f'{template.id} ({entry["job"].rsplit(".", 1)[-1]})',
+                meta={PLAN_MARK: template.id, 'slot': slot.isoformat(timespec='seconds') + 'Z'},
+            )
             template.meta['last_run_id'] = run_id
             logger.info('schedule %s: enqueued %s', template.id, run_id)
         template.save_meta()
@@ -159,8 +173,9 @@ class PlanScheduler(Scheduler):
 
 def build_scheduler(connection: redis.Redis, interval: float = POLL_INTERVAL) -> PlanScheduler:
     """Return the scheduler: jobs it creates are JSON jobs of the project's job class."""
-    return PlanScheduler(connection=connection, interval=interval, job_class=queues.JsonJob,
-                         queue_class=queues.JsonQueue)
+    return PlanScheduler(
+        connection=connection, interval=interval, job_class=queues.JsonJob, queue_class=queues.JsonQueue
+    )
 
 
 def register(connection: redis.Redis, entries: Sequence[Entry] | None = None) -> dict:
@@ -178,9 +193,11 @@ def register(connection: redis.Redis, entries: Sequence[Entry] | None = None) ->
     # acquire() rather than `with`: redis-py raises the same LockError for a lock not taken and for one lost while
     # held, and only the first means that another process is registering.
     if not lock.acquire():
-        raise PlanLocked(f'Another scheduler (or `rqjobs schedule register`) held the plan\'s registration lock for '
-                         f'{REGISTER_LOCK_WAIT:g} s; nothing was registered. Check that only one `rqjobs scheduler` '
-                         f'runs, then try again.')
+        raise PlanLocked(
+            f"Another scheduler (or `rqjobs schedule register`) held the plan's registration lock for "
+            f'{REGISTER_LOCK_WAIT:g} s; nothing was registered. Check that only one `rqjobs scheduler` '
+            f'runs, then try again.'
+        )
     try:
         current = {job.id: job for job in scheduler.get_jobs() if job.meta.get(PLAN_MARK)}
         wanted = {entry.id for entry in entries}
@@ -198,9 +215,15 @@ def register(connection: redis.Redis, entries: Sequence[Entry] | None = None) ->
             if job is not None:
                 scheduler.cancel(job)
                 job.delete()
-            template = scheduler._create_job(entry.job, kwargs=entry.kwargs, id=entry.id, queue_name=queues.DEFAULT,
-                                             description=f'{entry.id}: {entry.when}', commit=False,
-                                             meta={PLAN_MARK: entry.definition()})
+            template = scheduler._create_job(
+                entry.job,
+                kwargs=entry.kwargs,
+                id=entry.id,
+                queue_name=queues.DEFAULT,
+                description=f'{entry.id}: {entry.when}',
+                commit=False,
+                meta={PLAN_MARK: entry.definition()},
+            )
             template.save()
             connection.zadd(scheduler.scheduled_jobs_key, {entry.id: _epoch(first_time(entry, now))})
             (replaced if job is not None else added).append(entry.id)
@@ -210,10 +233,13 @@ def register(connection: redis.Redis, entries: Sequence[Entry] | None = None) ->
         except LockNotOwnedError:
             # The plan is written: at worst a registration that ran alongside wrote its entries over these, as a
             # later one would; stopping the scheduler for it would only start a restart loop on a slow Redis.
-            logger.warning('schedule: registering the plan outlasted its lock (%s s); another registration may have '
-                           'run alongside', lock.timeout)
-    logger.info('schedule: %d added, %d replaced, %d kept, %d removed', len(added), len(replaced), len(kept),
-                len(removed))
+            logger.warning(
+                'schedule: registering the plan outlasted its lock (%s s); another registration may have run alongside',
+                lock.timeout,
+            )
+    logger.info(
+        'schedule: %d added, %d replaced, %d kept, %d removed', len(added), len(replaced), len(kept), len(removed)
+    )
     return {'added': added, 'replaced': replaced, 'kept': kept, 'removed': removed}
 
 
@@ -233,10 +259,17 @@ def describe(connection: redis.Redis) -> dict:
             others.append({'id': job.id, 'job': job.func_name, 'queue': job.origin, 'at': at, 'source': 'rq-scheduler'})
             continue
         last = _last_run(connection, job.meta.get('last_run_id'))
-        entries.append({'id': job.id, 'job': entry['job'], 'when': f'every {entry["every"]} s' if entry['every']
-                        else f'cron {entry["cron"]} (UTC)', 'next_run_utc': at,
-                        'next_run_local': at.replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
-                        'last_run': last, 'last_skipped_at': job.meta.get('last_skipped_at')})
+        entries.append(
+            {
+                'id': job.id,
+                'job': entry['job'],
+                'when': f'every {entry["every"]} s' if entry['every'] else f'cron {entry["cron"]} (UTC)',
+                'next_run_utc': at,
+                'next_run_local': at.replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
+                'last_run': last,
+                'last_skipped_at': job.meta.get('last_skipped_at'),
+            }
+        )
     for queue in queues.all_queues(connection):
         registry = queue.scheduled_job_registry
         for job_id in registry.get_job_ids():
@@ -245,9 +278,16 @@ def describe(connection: redis.Redis) -> dict:
             except NoSuchJobError:
                 logger.debug('schedule: %s left the scheduled registry while listing', job_id)
                 continue
-            others.append({'id': job_id, 'job': job.func_name, 'queue': queue.name,
-                           'at': _naive_utc(registry.get_scheduled_time(job_id)), 'source': 'rq (retry or delay)',
-                           'retries_left': job.retries_left})
+            others.append(
+                {
+                    'id': job_id,
+                    'job': job.func_name,
+                    'queue': queue.name,
+                    'at': _naive_utc(registry.get_scheduled_time(job_id)),
+                    'source': 'rq (retry or delay)',
+                    'retries_left': job.retries_left,
+                }
+            )
     return {'entries': sorted(entries, key=lambda e: e['id']), 'one_off': sorted(others, key=lambda o: str(o['at']))}
 
 
@@ -259,8 +299,13 @@ def _last_run(connection: redis.Redis, run_id: str | None) -> dict | None:
     except NoSuchJobError:  # its result expired (RESULT_TTL): only the id is left
         return {'id': run_id, 'status': 'expired'}
     status = job.get_status().value
-    return {'id': run_id, 'status': status, 'enqueued_at': job.enqueued_at, 'ended_at': job.ended_at,
-            'error': monitor.error_line(job) if status == 'failed' else None}
+    return {
+        'id': run_id,
+        'status': status,
+        'enqueued_at': job.enqueued_at,
+        'ended_at': job.ended_at,
+        'error': monitor.error_line(job) if status == 'failed' else None,
+    }
 
 
 def run(connection: redis.Redis, interval: float = POLL_INTERVAL, burst: bool = False) -> None:
@@ -272,8 +317,10 @@ def run(connection: redis.Redis, interval: float = POLL_INTERVAL, burst: bool = 
         build_scheduler(connection, interval).run(burst=burst)
     except redis.RedisError as exc:
         # Exit 1 with one line, not a traceback: a process manager starts the scheduler again once Redis is back.
-        raise RedisUnavailable(f'The scheduler lost Redis and stopped ({exc}); start it again once Redis is back '
-                               f'(run it under a process manager that restarts it).') from None
+        raise RedisUnavailable(
+            f'The scheduler lost Redis and stopped ({exc}); start it again once Redis is back '
+            f'(run it under a process manager that restarts it).'
+        ) from None
 
 
 def tick(connection: redis.Redis) -> list[str]:
@@ -289,4 +336,3 @@ def _naive_utc(moment: datetime) -> datetime:
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
-

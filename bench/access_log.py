@@ -30,11 +30,22 @@ from rqjobs.settings import redact_url
 
 BATCH = 100
 TABLE = 'bench_access_record'
-AGENTS = ('Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0',
-          'Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5',
-          'curl/8.5.0')
-PATHS = ('/openai/whisper', '/torvalds/linux/docs/overview', '/api/Warehouse/GetWarehouseList', '/search/rq jobs',
-         '/login', '/', '/admin/users', '/pallets/flask/changelog', '/文档/示例/页面')
+AGENTS = (
+    'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0',
+    'Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5',
+    'curl/8.5.0',
+)
+PATHS = (
+    '/openai/whisper',
+    '/torvalds/linux/docs/overview',
+    '/api/Warehouse/GetWarehouseList',
+    '/search/rq jobs',
+    '/login',
+    '/',
+    '/admin/users',
+    '/pallets/flask/changelog',
+    '/文档/示例/页面',
+)
 
 
 def entries(count: int) -> list[dict]:
@@ -42,9 +53,17 @@ def entries(count: int) -> list[dict]:
     built = []
     for i in range(count):
         headers = {'User-Agent': AGENTS[i % len(AGENTS)], 'X-Forwarded-For': f'203.0.113.{i % 250}, 10.0.0.1'}
-        built.append(producer.entry_from_request('GET', PATHS[i % len(PATHS)], headers, '10.0.0.1',
-                                                 200 if i % 10 else 404, 3 + i % 40,
-                                                 user_id=f'{i % 500:08d}-0000-4000-8000-000000000000'))
+        built.append(
+            producer.entry_from_request(
+                'GET',
+                PATHS[i % len(PATHS)],
+                headers,
+                '10.0.0.1',
+                200 if i % 10 else 404,
+                3 + i % 40,
+                user_id=f'{i % 500:08d}-0000-4000-8000-000000000000',
+            )
+        )
     return built
 
 
@@ -80,15 +99,24 @@ def bench_enqueue(raw: redis.Redis, sample: list[dict], options) -> dict:
     one, many = [], []
     for _ in range(options.rounds):
         raw.delete(access_log.BUFFER_KEY)
-        one.append(paired(lambda: producer.enqueue_access_log(entry),
-                          lambda: raw.rpush(access_log.BUFFER_KEY, payloads[0]), options.events, 250))
+        one.append(
+            paired(
+                lambda: producer.enqueue_access_log(entry),
+                lambda: raw.rpush(access_log.BUFFER_KEY, payloads[0]),
+                options.events,
+                250,
+            )
+        )
         raw.delete(access_log.BUFFER_KEY)
-        ours, baseline = paired(lambda: producer.enqueue_access_logs(batch), raw_pipelined,
-                                options.events // BATCH, 5)
+        ours, baseline = paired(lambda: producer.enqueue_access_logs(batch), raw_pipelined, options.events // BATCH, 5)
         many.append((ours / BATCH, baseline / BATCH))
     raw.delete(access_log.BUFFER_KEY)
-    return {'ours_one': statistics.median(o for o, _ in one), 'raw_one': statistics.median(b for _, b in one),
-            'ours_batch': statistics.median(o for o, _ in many), 'raw_batch': statistics.median(b for _, b in many)}
+    return {
+        'ours_one': statistics.median(o for o, _ in one),
+        'raw_one': statistics.median(b for _, b in one),
+        'ours_batch': statistics.median(o for o, _ in many),
+        'raw_batch': statistics.median(b for _, b in many),
+    }
 
 
 def clear_table(db) -> None:
@@ -118,19 +146,21 @@ def bench_drain(raw: redis.Redis, sample: list[dict], options, batch_size: int) 
             connection = db.connection()
             # The same rows with the parameter values the drain sends (SQLite: datetimes as text, which sqlite3
             # would otherwise make through its adapter), and as parsed (datetime objects).
-            for rows, times in (([tuple(access_log._values(db, [row])) for row in parsed], baseline),
-                                (parsed, baseline_objects)):
+            for rows, times in (
+                ([tuple(access_log._values(db, [row])) for row in parsed], baseline),
+                (parsed, baseline_objects),
+            ):
                 clear_table(db)
                 started = time.perf_counter()
                 for start in range(0, len(rows), batch_size):
                     with db.atomic():
-                        connection.cursor().executemany(sql, rows[start:start + batch_size])
+                        connection.cursor().executemany(sql, rows[start : start + batch_size])
                 times.append(time.perf_counter() - started)
 
     for round_number in range(options.rounds):
         raw.delete(access_log.BUFFER_KEY, access_log.PROCESSING_KEY)
         for start in range(0, len(sample), 1000):
-            producer.enqueue_access_logs(sample[start:start + 1000])
+            producer.enqueue_access_logs(sample[start : start + 1000])
         raws = raw.lrange(access_log.BUFFER_KEY, 0, -1)
         if round_number % 2:
             executemany(raws)
@@ -139,8 +169,11 @@ def bench_drain(raw: redis.Redis, sample: list[dict], options, batch_size: int) 
             drain()
             executemany(raws)
     count = len(sample)
-    return {'ours': count / statistics.median(ours), 'raw': count / statistics.median(baseline),
-            'raw_objects': count / statistics.median(baseline_objects)}
+    return {
+        'ours': count / statistics.median(ours),
+        'raw': count / statistics.median(baseline),
+        'raw_objects': count / statistics.median(baseline_objects),
+    }
 
 
 def main() -> None:
@@ -154,12 +187,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         server = EmbeddedRedis(Path(directory) / 'redis')
         url = server.ensure_running()
-        os.environ.update({
-            'REDIS_URL': url, 'JOBS_DATA_DIR': directory,
-            'DATABASE_URL': options.database_url or f'sqlite:///{directory}/bench.db',
-            'ACCESS_LOG_BUFFER_MAX': str(10 * options.drain_events),
-            'ACCESS_LOG_MAX_PER_RUN': str(10 * options.drain_events),
-        })
+        os.environ.update(
+            {
+                'REDIS_URL': url,
+                'JOBS_DATA_DIR': directory,
+                'DATABASE_URL': options.database_url or f'sqlite:///{directory}/bench.db',
+                'ACCESS_LOG_BUFFER_MAX': str(10 * options.drain_events),
+                'ACCESS_LOG_MAX_PER_RUN': str(10 * options.drain_events),
+            }
+        )
         settings_module.reset()
         settings = settings_module.get_settings()
         # A private table: the drain and the baseline write there, and a shared test database stays untouched.
@@ -180,25 +216,33 @@ def main() -> None:
                 db.drop_tables([AccessRecord], safe=True)
             server.stop()
 
-    print(f'Redis: embedded (unix socket); database: {redact_url(settings.database_url).split(":", 1)[0]}; '
-          f'rounds: {options.rounds}, median reported')
+    print(
+        f'Redis: embedded (unix socket); database: {redact_url(settings.database_url).split(":", 1)[0]}; '
+        f'rounds: {options.rounds}, median reported'
+    )
     print(f'enqueue, one entry per call ({options.events} calls):')
     print(f'  raw redis-py RPUSH:                 {1 / enqueue["raw_one"]:9.0f} calls/s')
-    print(f'  enqueue_access_log:                 {1 / enqueue["ours_one"]:9.0f} calls/s  '
-          f'ratio {enqueue["raw_one"] / enqueue["ours_one"]:.2f}x (aim >= 0.7x)')
+    print(
+        f'  enqueue_access_log:                 {1 / enqueue["ours_one"]:9.0f} calls/s  '
+        f'ratio {enqueue["raw_one"] / enqueue["ours_one"]:.2f}x (aim >= 0.7x)'
+    )
     print(f'enqueue, {BATCH} entries per call:')
     print(f'  raw pipelined RPUSH:                {1 / enqueue["raw_batch"]:9.0f} entries/s')
-    print(f'  enqueue_access_logs:                {1 / enqueue["ours_batch"]:9.0f} entries/s  '
-          f'ratio {enqueue["raw_batch"] / enqueue["ours_batch"]:.2f}x (aim >= 0.5x)')
+    print(
+        f'  enqueue_access_logs:                {1 / enqueue["ours_batch"]:9.0f} entries/s  '
+        f'ratio {enqueue["raw_batch"] / enqueue["ours_batch"]:.2f}x (aim >= 0.5x)'
+    )
     print(f'drain, buffer to rows ({options.drain_events} entries, batches of {settings.access_log_batch_size}):')
     sqlite = settings.database_url.startswith('sqlite')
     print(f'  raw executemany, values as sent:    {drain["raw"]:9.0f} rows/s')
     if sqlite:
         print(f'  raw executemany, datetime objects:  {drain["raw_objects"]:9.0f} rows/s')
     aim = 20_000 if sqlite else 10_000
-    print(f'  process_access_log (end to end):    {drain["ours"]:9.0f} events/s  '
-          f'ratio {drain["ours"] / drain["raw"]:.2f}x (aim >= 0.5x, >= {aim} events/s)'
-          + (f', {drain["ours"] / drain["raw_objects"]:.2f}x the second' if sqlite else ''))
+    print(
+        f'  process_access_log (end to end):    {drain["ours"]:9.0f} events/s  '
+        f'ratio {drain["ours"] / drain["raw"]:.2f}x (aim >= 0.5x, >= {aim} events/s)'
+        + (f', {drain["ours"] / drain["raw_objects"]:.2f}x the second' if sqlite else '')
+    )
 
 
 if __name__ == '__main__':

@@ -27,8 +27,15 @@ from rqjobs.settings import Settings
 
 
 def build(path: Path, count: int) -> None:
-    env = {'PATH': os.environ['PATH'], 'HOME': os.devnull, 'GIT_CONFIG_GLOBAL': os.devnull,
-           'GIT_AUTHOR_NAME': 'a', 'GIT_AUTHOR_EMAIL': 'a@b', 'GIT_COMMITTER_NAME': 'a', 'GIT_COMMITTER_EMAIL': 'a@b'}
+    env = {
+        'PATH': os.environ['PATH'],
+        'HOME': os.devnull,
+        'GIT_CONFIG_GLOBAL': os.devnull,
+        'GIT_AUTHOR_NAME': 'a',
+        'GIT_AUTHOR_EMAIL': 'a@b',
+        'GIT_COMMITTER_NAME': 'a',
+        'GIT_COMMITTER_EMAIL': 'a@b',
+    }
     path.mkdir(parents=True)
     for index in range(count):
         directory = path / f'd{index // 100}'
@@ -50,22 +57,26 @@ def main() -> None:
         root = Path(tmp)
         source = root / 'upstream' / 'org' / 'many'
         build(source, options.files)
-        settings = Settings(repo_root=root / 'repos', allow_local_repositories=True,
-                            git_max_repo_files=options.files * 2)
+        settings = Settings(
+            repo_root=root / 'repos', allow_local_repositories=True, git_max_repo_files=options.files * 2
+        )
         (root / 'repos').mkdir()
         began = time.monotonic()
         clone.sync(str(source), root / 'repos' / 'a', settings=settings)
         clone_seconds = time.monotonic() - began
         allocated, files = storage.disk_usage(root / 'repos' / 'a')
         length = lengths(root / 'repos' / 'a')
-        print(f'{options.files} files: full clone {clone_seconds:.1f} s, {files} files and directories, '
-              f'{length / 2**20:.1f} MB of length, {allocated / 2**20:.1f} MB of disk blocks '
-              f'({allocated / length:.0f}x)')
+        print(
+            f'{options.files} files: full clone {clone_seconds:.1f} s, {files} files and directories, '
+            f'{length / 2**20:.1f} MB of length, {allocated / 2**20:.1f} MB of disk blocks '
+            f'({allocated / length:.0f}x)'
+        )
         cap_mb = max(1, allocated // 2**20 // 5)
         began = time.monotonic()
         try:
-            clone.sync(str(source), root / 'repos' / 'b', settings=dataclasses.replace(settings,
-                                                                                     git_max_repo_size_mb=cap_mb))
+            clone.sync(
+                str(source), root / 'repos' / 'b', settings=dataclasses.replace(settings, git_max_repo_size_mb=cap_mb)
+            )
         except RepositoryTooLarge:
             print(f'with GIT_MAX_REPO_SIZE={cap_mb}: refused after {time.monotonic() - began:.1f} s')
         shutil.copytree(root / 'repos' / 'a', root / 'repos' / 'c', symlinks=True)
@@ -77,8 +88,10 @@ def main() -> None:
         returned = time.monotonic() - began
         for remover in storage._removers:
             remover.wait()
-        print(f'remove_clone: returned after {returned:.3f} s, background removal done after '
-              f'{time.monotonic() - began:.2f} s')
+        print(
+            f'remove_clone: returned after {returned:.3f} s, background removal done after '
+            f'{time.monotonic() - began:.2f} s'
+        )
 
 
 if __name__ == '__main__':

@@ -35,12 +35,26 @@ from rqjobs import statistics as jobs
 AIM_RATIO = 2.0
 BENCH_NAME = 'bench_statistics'
 BATCH = 50_000
-ACCESS_COLUMNS = ('event_id', 'resource_type', 'resource_id', 'user_id', 'ip_address', 'user_agent', 'path',
-                  'method', 'status_code', 'response_time', 'access_time', 'created_at')
+ACCESS_COLUMNS = (
+    'event_id',
+    'resource_type',
+    'resource_id',
+    'user_id',
+    'ip_address',
+    'user_agent',
+    'path',
+    'method',
+    'status_code',
+    'response_time',
+    'access_time',
+    'created_at',
+)
 # The statements generate_statistics sends, written by hand.
 RAW_QUERIES = (
-    ('SELECT COUNT(*), COUNT(DISTINCT ip_address), COUNT(DISTINCT user_id) FROM access_record '
-     'WHERE access_time >= {p} AND access_time < {p}'),
+    (
+        'SELECT COUNT(*), COUNT(DISTINCT ip_address), COUNT(DISTINCT user_id) FROM access_record '
+        'WHERE access_time >= {p} AND access_time < {p}'
+    ),
     'SELECT COUNT(*) FROM users WHERE created_at >= {p} AND created_at < {p}',
     'SELECT COUNT(*) FROM warehouse WHERE created_at >= {p} AND created_at < {p}',
     'SELECT COUNT(*) FROM document_file_item WHERE created_at >= {p} AND created_at < {p}',
@@ -55,8 +69,10 @@ def isolated_url(url: str) -> tuple[str, str | None]:
         return urlunsplit(parts._replace(query=f'options={options}')), f'CREATE SCHEMA IF NOT EXISTS {BENCH_NAME}'
     if parts.scheme == 'mysql':
         name = f'{parts.path.lstrip("/")}_{BENCH_NAME}'
-        return (urlunsplit(parts._replace(path=f'/{name}')),
-                f'CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4')
+        return (
+            urlunsplit(parts._replace(path=f'/{name}')),
+            f'CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4',
+        )
     return url, None
 
 
@@ -86,9 +102,20 @@ def access_rows(count: int, first: dt.datetime, span: dt.timedelta, as_text: boo
         visitor = rng.randrange(50_000)
         resource = rng.randrange(5_000)
         stamp = str(when) if as_text else when
-        yield (f'bench-{index}', kinds[resource % 3], f'org{resource % 97}/repo{resource}', user,
-               f'10.{visitor >> 16}.{(visitor >> 8) & 255}.{visitor & 255}', 'bench', '/', 'GET', 200,
-               rng.randrange(5, 500), stamp, stamp)
+        yield (
+            f'bench-{index}',
+            kinds[resource % 3],
+            f'org{resource % 97}/repo{resource}',
+            user,
+            f'10.{visitor >> 16}.{(visitor >> 8) & 255}.{visitor & 255}',
+            'bench',
+            '/',
+            'GET',
+            200,
+            rng.randrange(5, 500),
+            stamp,
+            stamp,
+        )
 
 
 def insert(db, table: str, columns: tuple[str, ...], rows) -> None:
@@ -129,24 +156,118 @@ def load(db, records: int, day: dt.date, days: int) -> None:
         return str(when) if as_text else when
 
     users, warehouses, pages = 10_000, 1_000, 20_000
-    insert(db, 'users', ('id', 'name', 'email', 'password', 'avatar', 'is_deleted', 'created_at', 'updated_at'),
-           ((f'u{i:08d}', f'user{i}', f'user{i}@example.invalid', 'x', '', False, stamp(i, users), stamp(i, users))
-            for i in range(users)))
-    insert(db, 'warehouse', ('id', 'organization_name', 'name', 'description', 'address', 'type', 'branch', 'status',
-                             'readme', 'optimized_directory_structure', 'is_recommended', 'stars', 'forks',
-                             'is_deleted', 'created_at', 'updated_at'),
-           ((f'w{i:08d}', f'org{i % 97}', f'repo{i}', '', f'https://example.invalid/{i}.git', 'git', '', 'Completed',
-             '', '', False, 0, 0, False, stamp(i, warehouses), stamp(i, warehouses)) for i in range(warehouses)))
-    insert(db, 'document_catalog', ('id', 'warehouse_id', 'name', 'url', 'description', 'prompt', 'sort_order',
-                                    'is_completed', 'is_deleted', 'created_at', 'updated_at'),
-           ((f'c{i:08d}', f'w{i % warehouses:08d}', 'Page', f'p{i}', '', '', 0, True, False, stamp(i, pages),
-             stamp(i, pages)) for i in range(pages)))
-    insert(db, 'document_file_item', ('id', 'catalog_id', 'title', 'description', 'content', 'comment_count', 'size',
-                                      'request_token', 'response_token', 'metadata', 'created_at', 'updated_at'),
-           ((f'f{i:08d}', f'c{i:08d}', 'Page', '', '# Page', 0, 6, 0, 0, '{}', stamp(i, pages), stamp(i, pages))
-            for i in range(pages)))
-    db.execute_sql('ANALYZE' if not isinstance(db, models.MySQLDatabase) else
-                   'ANALYZE TABLE access_record, users, warehouse, document_file_item')
+    insert(
+        db,
+        'users',
+        ('id', 'name', 'email', 'password', 'avatar', 'is_deleted', 'created_at', 'updated_at'),
+        (
+            (f'u{i:08d}', f'user{i}', f'user{i}@example.invalid', 'x', '', False, stamp(i, users), stamp(i, users))
+            for i in range(users)
+        ),
+    )
+    insert(
+        db,
+        'warehouse',
+        (
+            'id',
+            'organization_name',
+            'name',
+            'description',
+            'address',
+            'type',
+            'branch',
+            'status',
+            'readme',
+            'optimized_directory_structure',
+            'is_recommended',
+            'stars',
+            'forks',
+            'is_deleted',
+            'created_at',
+            'updated_at',
+        ),
+        (
+            (
+                f'w{i:08d}',
+                f'org{i % 97}',
+                f'repo{i}',
+                '',
+                f'https://example.invalid/{i}.git',
+                'git',
+                '',
+                'Completed',
+                '',
+                '',
+                False,
+                0,
+                0,
+                False,
+                stamp(i, warehouses),
+                stamp(i, warehouses),
+            )
+            for i in range(warehouses)
+        ),
+    )
+    insert(
+        db,
+        'document_catalog',
+        (
+            'id',
+            'warehouse_id',
+            'name',
+            'url',
+            'description',
+            'prompt',
+            'sort_order',
+            'is_completed',
+            'is_deleted',
+            'created_at',
+            'updated_at',
+        ),
+        (
+            (
+                f'c{i:08d}',
+                f'w{i % warehouses:08d}',
+                'Page',
+                f'p{i}',
+                '',
+                '',
+                0,
+                True,
+                False,
+                stamp(i, pages),
+                stamp(i, pages),
+            )
+            for i in range(pages)
+        ),
+    )
+    insert(
+        db,
+        'document_file_item',
+        (
+            'id',
+            'catalog_id',
+            'title',
+            'description',
+            'content',
+            'comment_count',
+            'size',
+            'request_token',
+            'response_token',
+            'metadata',
+            'created_at',
+            'updated_at',
+        ),
+        (
+            (f'f{i:08d}', f'c{i:08d}', 'Page', '', '# Page', 0, 6, 0, 0, '{}', stamp(i, pages), stamp(i, pages))
+            for i in range(pages)
+        ),
+    )
+    db.execute_sql(
+        'ANALYZE'
+        if not isinstance(db, models.MySQLDatabase)
+        else 'ANALYZE TABLE access_record, users, warehouse, document_file_item'
+    )
 
 
 def query_plan(db, sql: str, params: list) -> str:
@@ -164,8 +285,11 @@ def main() -> None:
     parser.add_argument('--records', type=int, default=1_000_000, help='access records to load')
     parser.add_argument('--days', type=int, default=30, help='days the access records are spread over')
     parser.add_argument('--rounds', type=int, default=3, help='timed rounds after one warm-up; medians are reported')
-    parser.add_argument('--database-url', help='PostgreSQL or MySQL server to use instead of a temporary SQLite file, '
-                                               'for example postgresql://postgres@127.0.0.1:5432/test')
+    parser.add_argument(
+        '--database-url',
+        help='PostgreSQL or MySQL server to use instead of a temporary SQLite file, '
+        'for example postgresql://postgres@127.0.0.1:5432/test',
+    )
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as directory:
@@ -213,19 +337,29 @@ def run(options: argparse.Namespace) -> None:
         began = time.perf_counter()
         job()
         job_times.append(time.perf_counter() - began)
-    figures = [result[key] for key in ('page_views', 'unique_visitors', 'active_users', 'new_users',
-                                       'new_repositories', 'new_documents')]
+    figures = [
+        result[key]
+        for key in ('page_views', 'unique_visitors', 'active_users', 'new_users', 'new_repositories', 'new_documents')
+    ]
 
     base, ours = statistics.median(raw_times), statistics.median(job_times)
-    print(f'database: {type(db).__name__}; {options.records:,} access records over {options.days} days, loaded in '
-          f'{loaded:.1f} s; day {day}: {in_day:,} records')
+    print(
+        f'database: {type(db).__name__}; {options.records:,} access records over {options.days} days, loaded in '
+        f'{loaded:.1f} s; day {day}: {in_day:,} records'
+    )
     print(f'plan of the access-log aggregate: {plan}')
     print(f'figures match the raw queries: {figures == expected} {figures}')
-    print(f'raw SQL aggregates (db.execute_sql):   median {base * 1000:8.1f} ms  of {options.rounds} rounds '
-          f'{[round(t * 1000, 1) for t in raw_times]}')
-    print(f'generate_statistics(day) (the job):    median {ours * 1000:8.1f} ms  of {options.rounds} rounds '
-          f'{[round(t * 1000, 1) for t in job_times]}')
-    print(f'ratio job/raw: {ours / base:.2f}x (aim <= {AIM_RATIO:.0f}x: {"met" if ours / base <= AIM_RATIO else "MISSED"})')
+    print(
+        f'raw SQL aggregates (db.execute_sql):   median {base * 1000:8.1f} ms  of {options.rounds} rounds '
+        f'{[round(t * 1000, 1) for t in raw_times]}'
+    )
+    print(
+        f'generate_statistics(day) (the job):    median {ours * 1000:8.1f} ms  of {options.rounds} rounds '
+        f'{[round(t * 1000, 1) for t in job_times]}'
+    )
+    print(
+        f'ratio job/raw: {ours / base:.2f}x (aim <= {AIM_RATIO:.0f}x: {"met" if ours / base <= AIM_RATIO else "MISSED"})'
+    )
 
 
 if __name__ == '__main__':

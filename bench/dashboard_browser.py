@@ -99,11 +99,25 @@ def stop(process: subprocess.Popen) -> None:
 def chromium(binary: str, work: Path, url: str, action: str) -> str:
     """Run headless Chromium on `url` with a fresh profile and one action (--screenshot=PATH or --dump-dom)."""
     profile = tempfile.mkdtemp(prefix='profile-', dir=work)
-    command = [binary, '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-               '--disable-background-networking', '--disable-component-update', '--disable-sync',
-               # Loopback only: no proxy from the environment, and no name but 127.0.0.1 resolves.
-               '--no-proxy-server', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-               f'--user-data-dir={profile}', '--window-size=1400,1000', '--virtual-time-budget=5000', action, url]
+    command = [
+        binary,
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        # Loopback only: no proxy from the environment, and no name but 127.0.0.1 resolves.
+        '--no-proxy-server',
+        '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+        f'--user-data-dir={profile}',
+        '--window-size=1400,1000',
+        '--virtual-time-budget=5000',
+        action,
+        url,
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = process.communicate(timeout=CHROMIUM_TIMEOUT)
@@ -139,12 +153,25 @@ def run_jobs(env: dict) -> dict[str, str]:
         'scheduled': enqueue('ping', delay=timedelta(hours=1)),
     }
     ids['deferred'] = enqueue('render_report', 9, depends_on=ids['scheduled'])
-    subprocess.run(jobs_command('-q', 'worker', '--burst', 'default', 'reports'), cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        jobs_command('-q', 'worker', '--burst', 'default', 'reports'),
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     ids['queued'] = enqueue('render_report', 10, meta={'progress': {'step': 'waiting', 'percent': 0}})
     statuses = {name: queues.JsonJob.fetch(job_id, connection=connection).get_status() for name, job_id in ids.items()}
-    expected = {'finished': 'finished', 'progress': 'finished', 'failed': 'failed', 'probe': 'failed',
-                'scheduled': 'scheduled', 'deferred': 'deferred', 'queued': 'queued'}
+    expected = {
+        'finished': 'finished',
+        'progress': 'finished',
+        'failed': 'failed',
+        'probe': 'failed',
+        'scheduled': 'scheduled',
+        'deferred': 'deferred',
+        'queued': 'queued',
+    }
     if statuses != expected:
         sys.exit(f'jobs did not end as expected: {statuses}')
     connection.close()
@@ -154,8 +181,11 @@ def run_jobs(env: dict) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', type=Path, help='directory for the screenshots [default: a new temporary one]')
-    parser.add_argument('--show-full-args', action='store_true',
-                        help='start the dashboard with RQ_DASHBOARD_SHOW_FULL_ARGS (calls with their arguments)')
+    parser.add_argument(
+        '--show-full-args',
+        action='store_true',
+        help='start the dashboard with RQ_DASHBOARD_SHOW_FULL_ARGS (calls with their arguments)',
+    )
     parser.add_argument('--chromium', default='/usr/bin/chromium', help='Chromium binary [default: %(default)s]')
     options = parser.parse_args()
     if not os.access(options.chromium, os.X_OK):
@@ -174,10 +204,15 @@ def main() -> None:
         work = Path(directory)
         (work / 'report_jobs.py').write_text(textwrap.dedent(REPORT_JOBS))
         server = EmbeddedRedis(work / 'redis')
-        env = dict(os.environ, REDIS_URL=server.ensure_running(), JOBS_DATA_DIR=str(work / 'var'),
-                   DATABASE_URL=f'sqlite:///{work}/bench.db', JOBS_EXTRA_MODULES='report_jobs=reports',
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(work), os.environ.get('PYTHONPATH')])),
-                   PYTHONUNBUFFERED='1')
+        env = dict(
+            os.environ,
+            REDIS_URL=server.ensure_running(),
+            JOBS_DATA_DIR=str(work / 'var'),
+            DATABASE_URL=f'sqlite:///{work}/bench.db',
+            JOBS_EXTRA_MODULES='report_jobs=reports',
+            PYTHONPATH=os.pathsep.join(filter(None, [str(work), os.environ.get('PYTHONPATH')])),
+            PYTHONUNBUFFERED='1',
+        )
         env.pop('TEST_DATABASE_URL', None)
         for name in ('DASHBOARD_USERNAME', 'DASHBOARD_PASSWORD', 'DASHBOARD_BIND'):
             env.pop(name, None)
@@ -192,9 +227,14 @@ def main() -> None:
             base = f'http://127.0.0.1:{port}/0'
             log_path = work / 'dashboard.log'
             with open(log_path, 'w') as log:
-                dashboard = subprocess.Popen(jobs_command('dashboard', '--bind', '127.0.0.1', '--port', str(port)),
-                                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+                dashboard = subprocess.Popen(
+                    jobs_command('dashboard', '--bind', '127.0.0.1', '--port', str(port)),
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             try:
                 wait_for_http(f'{base}/data/queues.json', dashboard, log_path)
                 print(f'dashboard: {base}/view/queues (rq-dashboard, full arguments: {options.show_full_args})')
@@ -213,8 +253,10 @@ def main() -> None:
                 rows = {name: [int(count) for count in re.findall(r'>(\d+)</a>', cells)] for name, cells in queue_rows}
                 print(f'  queues page rows (queued, deferred, scheduled, started, finished, failed, canceled): {rows}')
                 check(rows.get('default') == [0, 0, 1, 0, 1, 0, 0], 'queue default: 1 scheduled, 1 finished')
-                check(rows.get('reports') == [1, 1, 0, 0, 1, 2, 0],
-                      'queue reports: 1 queued, 1 deferred, 1 finished, 2 failed')
+                check(
+                    rows.get('reports') == [1, 1, 0, 0, 1, 2, 0],
+                    'queue reports: 1 queued, 1 deferred, 1 finished, 2 failed',
+                )
 
                 dom = page('jobs-failed.png', '/view/jobs/reports/failed/8/asc/1')
                 check(ids['failed'] in dom, f'failed list shows job {ids["failed"]}')
@@ -232,14 +274,20 @@ def main() -> None:
 
                 dom = page('job-deferred.png', f'/view/job/{ids["deferred"]}')
                 check(ids['deferred'] in dom, f'deferred job page names job {ids["deferred"]} (in its title)')
-                check('Origin queue' in dom and 'render_report' in dom,
-                      'a job with a dependency: its job page shows its data')
-                check(ids['scheduled'] in dom.replace(f'/view/job/{ids["scheduled"]}', ''),
-                      'a job with a dependency: its job page names the job it depends on')
+                check(
+                    'Origin queue' in dom and 'render_report' in dom,
+                    'a job with a dependency: its job page shows its data',
+                )
+                check(
+                    ids['scheduled'] in dom.replace(f'/view/job/{ids["scheduled"]}', ''),
+                    'a job with a dependency: its job page names the job it depends on',
+                )
 
                 dom = page('job-markup.png', f'/view/job/{ids["probe"]}')
-                check('<i id="markup-probe">' not in dom and '&lt;i id="markup-probe"&gt;' in dom,
-                      'job page shows markup in a job\'s error as text, not as HTML')
+                check(
+                    '<i id="markup-probe">' not in dom and '&lt;i id="markup-probe"&gt;' in dom,
+                    "job page shows markup in a job's error as text, not as HTML",
+                )
             finally:
                 stop(dashboard)
         finally:

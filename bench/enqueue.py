@@ -51,8 +51,9 @@ def main() -> None:
                 connection.flushall()
                 baseline.append(timed(lambda: plain.enqueue_call('rqjobs.system.ping'), options.jobs))
                 connection.flushall()
-                project.append(timed(lambda: queues.enqueue('ping', connection=connection, settings=settings),
-                                     options.jobs))
+                project.append(
+                    timed(lambda: queues.enqueue('ping', connection=connection, settings=settings), options.jobs)
+                )
         finally:
             server.stop()
 

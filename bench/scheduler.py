@@ -30,8 +30,15 @@ from rqjobs.embedded import EmbeddedRedis
 from rqjobs.queues import JsonJob
 
 ENTRY = 'process-access-logs'
-OTHERS_OFF = ('process-pending-warehouses', 'process-warehouse-updates', 'cleanup-failed-warehouses',
-              'generate-daily-statistics', 'cleanup-old-access-records', 'cleanup-old-access-logs', 'generate-minimaps')
+OTHERS_OFF = (
+    'process-pending-warehouses',
+    'process-warehouse-updates',
+    'cleanup-failed-warehouses',
+    'generate-daily-statistics',
+    'cleanup-old-access-records',
+    'cleanup-old-access-logs',
+    'generate-minimaps',
+)
 
 
 def jobs_command(*args: str) -> list[str]:
@@ -45,9 +52,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         server = EmbeddedRedis(Path(directory) / 'redis')
-        env = dict(os.environ, REDIS_URL=server.ensure_running(), JOBS_DATA_DIR=directory,
-                   DATABASE_URL=f'sqlite:///{directory}/bench.db',
-                   JOBS_SCHEDULE='; '.join(f'{entry}=off' for entry in OTHERS_OFF))
+        env = dict(
+            os.environ,
+            REDIS_URL=server.ensure_running(),
+            JOBS_DATA_DIR=directory,
+            DATABASE_URL=f'sqlite:///{directory}/bench.db',
+            JOBS_SCHEDULE='; '.join(f'{entry}=off' for entry in OTHERS_OFF),
+        )
         env.pop('TEST_DATABASE_URL', None)
         subprocess.run(jobs_command('-q', 'db', 'init'), cwd=ROOT, env=env, check=True, capture_output=True)
         commands = {'scheduler-1': ('scheduler',), 'scheduler-2': ('scheduler',), 'worker': ('-q', 'worker')}
@@ -76,11 +87,15 @@ def main() -> None:
     intervals = [later - earlier for earlier, later in itertools.pairwise(times)]
     duplicates = sum(1 for interval in intervals if interval < 15)
     statuses = statistics.multimode([status for _, status in runs]) if runs else []
-    print(f'ran {options.seconds} s with 2 schedulers and 1 worker; {len(runs)} runs of {ENTRY} '
-          f'(expected about {int((time.time() - started) // 30)}); most runs ended: {", ".join(map(str, statuses))}')
+    print(
+        f'ran {options.seconds} s with 2 schedulers and 1 worker; {len(runs)} runs of {ENTRY} '
+        f'(expected about {int((time.time() - started) // 30)}); most runs ended: {", ".join(map(str, statuses))}'
+    )
     if intervals:
-        print(f'interval between runs: min {min(intervals):.1f} s, median {statistics.median(intervals):.1f} s, '
-              f'max {max(intervals):.1f} s (aim 30 ± 5 s)')
+        print(
+            f'interval between runs: min {min(intervals):.1f} s, median {statistics.median(intervals):.1f} s, '
+            f'max {max(intervals):.1f} s (aim 30 ± 5 s)'
+        )
     print(f'duplicate runs: {duplicates} (aim 0)')
 
 

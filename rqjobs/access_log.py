@@ -58,9 +58,18 @@ DEAD_CHUNK = 1000
 
 # Every column of a row, in the order the drain builds row tuples.
 FIELDS = (
-    AccessRecord.event_id, AccessRecord.resource_type, AccessRecord.resource_id, AccessRecord.user_id,
-    AccessRecord.ip_address, AccessRecord.user_agent, AccessRecord.path, AccessRecord.method,
-    AccessRecord.status_code, AccessRecord.response_time, AccessRecord.access_time, AccessRecord.created_at,
+    AccessRecord.event_id,
+    AccessRecord.resource_type,
+    AccessRecord.resource_id,
+    AccessRecord.user_id,
+    AccessRecord.ip_address,
+    AccessRecord.user_agent,
+    AccessRecord.path,
+    AccessRecord.method,
+    AccessRecord.status_code,
+    AccessRecord.response_time,
+    AccessRecord.access_time,
+    AccessRecord.created_at,
 )
 
 # ---- Lua scripts ----
@@ -105,6 +114,7 @@ def _run(connection: redis.Redis, name: str, keys: tuple, args: tuple) -> Any:
 
 # ---- Draining ----
 
+
 def process_access_log() -> dict:
     """Store the buffered access-log entries in the database in batches and dead-letter the malformed ones."""
     # Safe twice: an entry leaves Redis only after its row is committed, and a replayed entry's event_id is
@@ -123,9 +133,15 @@ def process_access_log() -> dict:
             _run(connection, 'release', (LOCK_KEY,), (token,))
         result['remaining'] = _backlog(connection)
     result['elapsed'] = round(time.monotonic() - started, 3)
-    logger.info('access log: %d stored, %d duplicates, %d dead-lettered in %d batches, %d remaining (%.2f s)',
-                result['stored'], result['duplicates'], result['dead_lettered'], result['batches'],
-                result['remaining'], result['elapsed'])
+    logger.info(
+        'access log: %d stored, %d duplicates, %d dead-lettered in %d batches, %d remaining (%.2f s)',
+        result['stored'],
+        result['duplicates'],
+        result['dead_lettered'],
+        result['batches'],
+        result['remaining'],
+        result['elapsed'],
+    )
     return result
 
 
@@ -145,8 +161,12 @@ def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict
                 stored, refused = _store(db, rows, kept)
                 dead += refused
                 letters = [_dead_letter(raw, reason) for raw, reason in dead]
-                if not _run(connection, 'acknowledge', (PROCESSING_KEY, DEAD_KEY, LOCK_KEY),
-                            (token, len(raws), LOCK_MS, *letters)):
+                if not _run(
+                    connection,
+                    'acknowledge',
+                    (PROCESSING_KEY, DEAD_KEY, LOCK_KEY),
+                    (token, len(raws), LOCK_MS, *letters),
+                ):
                     # The rows are committed; whoever holds the lock now replays the batch and finds them stored.
                     logger.warning('access log: the drain lock expired after a commit; stopping')
                     result['status'] = 'lock lost'
@@ -160,7 +180,8 @@ def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict
                 budget -= len(raws)
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(
-            f'Access log: {exc} The entries stay in Redis and the next run stores them.') from None
+            f'Access log: {exc} The entries stay in Redis and the next run stores them.'
+        ) from None
     except (peewee.DatabaseError, peewee.InterfaceError) as exc:
         url = redact_url(settings.database_url)
         reason = ' '.join(str(exc).split())  # drivers' messages span lines
@@ -252,7 +273,7 @@ def _insert(db: peewee.Database, rows: list[tuple]) -> int:
     prefix, group, suffix, per_statement = _insert_statement(db, AccessRecord._meta.table_name)
     inserted = 0
     for start in range(0, len(rows), per_statement):
-        chunk = rows[start:start + per_statement]
+        chunk = rows[start : start + per_statement]
         sql = prefix + ', '.join([group] * len(chunk)) + suffix
         inserted += db.execute_sql(sql, _values(db, chunk)).rowcount
     return inserted
@@ -318,6 +339,7 @@ def _backlog(connection: redis.Redis) -> int:
 
 # ---- Operator actions (the CLI) ----
 
+
 def status(connection: redis.Redis, settings: Settings | None = None) -> dict:
     """Return the buffer, processing and dead-letter lengths, the drop counts and whether a drain runs."""
     settings = settings or get_settings()
@@ -329,8 +351,16 @@ def status(connection: redis.Redis, settings: Settings | None = None) -> dict:
         pipe.exists(LOCK_KEY)
         buffer, processing, dead, dropped, draining = pipe.execute()
     full, invalid = int(dropped.get(b'full', 0)), int(dropped.get(b'invalid', 0))
-    return {'buffer': buffer, 'buffer_max': settings.access_log_buffer_max, 'processing': processing, 'dead': dead,
-            'dropped': full + invalid, 'dropped_full': full, 'dropped_invalid': invalid, 'draining': bool(draining)}
+    return {
+        'buffer': buffer,
+        'buffer_max': settings.access_log_buffer_max,
+        'processing': processing,
+        'dead': dead,
+        'dropped': full + invalid,
+        'dropped_full': full,
+        'dropped_invalid': invalid,
+        'draining': bool(draining),
+    }
 
 
 def requeue_dead(connection: redis.Redis, limit: int | None = None) -> int:
@@ -366,10 +396,13 @@ def _raw_entry(letter: bytes) -> bytes:
 
 # ---- Cleanup ----
 
+
 def _cutoff(days_to_keep: Any) -> datetime:
     if isinstance(days_to_keep, bool) or not isinstance(days_to_keep, int) or not 1 <= days_to_keep <= DAYS_MAX:
-        raise PermanentJobError(f'days_to_keep must be a whole number of days from 1 to {DAYS_MAX}, not '
-                                f'{days_to_keep!r}; for example days_to_keep=90.')
+        raise PermanentJobError(
+            f'days_to_keep must be a whole number of days from 1 to {DAYS_MAX}, not '
+            f'{days_to_keep!r}; for example days_to_keep=90.'
+        )
     return clock.utcnow() - timedelta(days=days_to_keep)
 
 
@@ -382,8 +415,13 @@ def cleanup_old_access_records(days_to_keep: int = 90) -> dict:
         chunk = min(CLEANUP_CHUNK, _variable_limit(db) - 1)
         while True:
             # Ids first, then a delete by key: short locks, and MySQL has no LIMIT inside IN (SELECT ...).
-            ids = [row[0] for row in AccessRecord.select(AccessRecord.id)
-                   .where(AccessRecord.access_time < cutoff).limit(chunk).tuples()]
+            ids = [
+                row[0]
+                for row in AccessRecord.select(AccessRecord.id)
+                .where(AccessRecord.access_time < cutoff)
+                .limit(chunk)
+                .tuples()
+            ]
             if not ids:
                 break
             with db.atomic():

@@ -84,5 +84,7 @@ def lost(exc: BaseException, settings: Settings | None = None) -> RedisUnavailab
     """Return the project's error for a Redis that stopped answering or dropped a connection mid-command, or None."""
     if not isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return None
-    return RedisUnavailable(f'Redis at {location(settings)} stopped answering ({exc}); check that the server is up and '
-                            f'not overloaded, then run the command again.')
+    return RedisUnavailable(
+        f'Redis at {location(settings)} stopped answering ({exc}); check that the server is up and '
+        f'not overloaded, then run the command again.'
+    )

@@ -43,8 +43,9 @@ def parse_time(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip().replace('Z', '+00:00'))
     except ValueError:
-        raise ValueError(f'{text!r} is not an ISO 8601 time; for example 2026-12-01T02:30 (UTC) or '
-                         f'2026-12-01T03:30+01:00.') from None
+        raise ValueError(
+            f'{text!r} is not an ISO 8601 time; for example 2026-12-01T02:30 (UTC) or 2026-12-01T03:30+01:00.'
+        ) from None
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
@@ -57,8 +58,9 @@ def fetch(connection: redis.Redis, job_id: str) -> queues.JsonJob:
     except UnreadableJob:
         raise
     except NoSuchJobError:
-        raise JobActionRefused(f'No job {job_id!r} (it may have expired); `rqjobs inspect failed` lists failed jobs.') \
-            from None
+        raise JobActionRefused(
+            f'No job {job_id!r} (it may have expired); `rqjobs inspect failed` lists failed jobs.'
+        ) from None
 
 
 def cancel_job(connection: redis.Redis, job_id: str) -> str:
@@ -67,8 +69,9 @@ def cancel_job(connection: redis.Redis, job_id: str) -> str:
     status = job.get_status().value
     if status not in LIVE:
         hint = ' Use `rqjobs job stop` for a running job.' if status == 'started' else ''
-        raise JobActionRefused(f'Job {job_id} is {status}; only queued, scheduled or deferred jobs can be cancelled.'
-                               f'{hint}')
+        raise JobActionRefused(
+            f'Job {job_id} is {status}; only queued, scheduled or deferred jobs can be cancelled.{hint}'
+        )
     job.cancel()
     return status
 
@@ -78,8 +81,7 @@ def stop_job(connection: redis.Redis, job_id: str) -> None:
     job = fetch(connection, job_id)
     status = job.get_status().value
     if status != 'started':
-        raise JobActionRefused(f'Job {job_id} is {status}, not running; `rqjobs job cancel` removes a '
-                               f'queued job.')
+        raise JobActionRefused(f'Job {job_id} is {status}, not running; `rqjobs job cancel` removes a queued job.')
     send_stop_job_command(connection, job_id, serializer=queues.JSONSerializer)
 
 
@@ -113,8 +115,12 @@ def _delete_unreadable(connection: redis.Redis, job_id: str, settings: Settings 
     return status
 
 
-def requeue_failed(connection: redis.Redis, job_ids: list[str] | None = None, queue_name: str | None = None,
-                   settings: Settings | None = None) -> list[str]:
+def requeue_failed(
+    connection: redis.Redis,
+    job_ids: list[str] | None = None,
+    queue_name: str | None = None,
+    settings: Settings | None = None,
+) -> list[str]:
     """Put failed jobs back on their queues: the ones named, or every failed job (of one queue)."""
     requeued, unreadable = [], []
     for queue in queues.all_queues(connection, settings):
@@ -122,7 +128,7 @@ def requeue_failed(connection: redis.Redis, job_ids: list[str] | None = None, qu
             continue
         registry = queue.failed_job_registry
         failed = set(registry.get_job_ids())
-        for job_id in (job_ids if job_ids is not None else sorted(failed)):
+        for job_id in job_ids if job_ids is not None else sorted(failed):
             if job_id in failed:
                 try:
                     registry.requeue(job_id)
@@ -131,19 +137,30 @@ def requeue_failed(connection: redis.Redis, job_ids: list[str] | None = None, qu
                     continue
                 requeued.append(job_id)
     if unreadable:
-        raise JobActionRefused(f'{len(requeued)} requeued; {len(unreadable)} cannot be read and stay failed '
-                               f'(`rqjobs job delete ID` removes one): {", ".join(unreadable)}.')
+        raise JobActionRefused(
+            f'{len(requeued)} requeued; {len(unreadable)} cannot be read and stay failed '
+            f'(`rqjobs job delete ID` removes one): {", ".join(unreadable)}.'
+        )
     if job_ids is not None:
         missing = sorted(set(job_ids) - set(requeued))
         if missing:
-            raise JobActionRefused(f'Not failed (or not on that queue), nothing requeued for: {", ".join(missing)}; '
-                                   f'{len(requeued)} requeued.')
+            raise JobActionRefused(
+                f'Not failed (or not on that queue), nothing requeued for: {", ".join(missing)}; '
+                f'{len(requeued)} requeued.'
+            )
     return requeued
 
 
-def cleanup(connection: redis.Redis, *, failed_older_than: timedelta | None = None, finished: bool = False,
-            dead_workers: bool = False, orphan_clones: bool = False, dry_run: bool = False,
-            settings: Settings | None = None) -> dict[str, list[str]]:
+def cleanup(
+    connection: redis.Redis,
+    *,
+    failed_older_than: timedelta | None = None,
+    finished: bool = False,
+    dead_workers: bool = False,
+    orphan_clones: bool = False,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+) -> dict[str, list[str]]:
     """Remove what the options name, and nothing else; with `dry_run`, only list it."""
     settings = settings or get_settings()
     report: dict[str, list[str]] = {}

@@ -28,16 +28,19 @@ def decrypt_secret(token: str, settings: Settings | None = None) -> str:
     if not isinstance(token, str) or not token.startswith(ENCRYPTED_PREFIX):
         raise RepositoryUnauthorized(f'stored credential is not an encrypted value (no {ENCRYPTED_PREFIX} prefix)')
     try:
-        return fernet.decrypt(token[len(ENCRYPTED_PREFIX):].encode('ascii')).decode('utf-8')
+        return fernet.decrypt(token[len(ENCRYPTED_PREFIX) :].encode('ascii')).decode('utf-8')
     except (InvalidToken, UnicodeError):
-        raise RepositoryUnauthorized('stored credential cannot be decrypted with JOBS_SECRET_KEY '
-                                     '(was the key changed?)') from None
+        raise RepositoryUnauthorized(
+            'stored credential cannot be decrypted with JOBS_SECRET_KEY (was the key changed?)'
+        ) from None
 
 
 def _fernet(settings: Settings) -> Fernet:
     if not settings.secret_key:
-        raise SecretKeyMissing('JOBS_SECRET_KEY is not set, so git credentials cannot be stored or read; set it to a '
-                               'long random value, for example JOBS_SECRET_KEY=$(python3 -c "import secrets; '
-                               'print(secrets.token_urlsafe(32))").')
+        raise SecretKeyMissing(
+            'JOBS_SECRET_KEY is not set, so git credentials cannot be stored or read; set it to a '
+            'long random value, for example JOBS_SECRET_KEY=$(python3 -c "import secrets; '
+            'print(secrets.token_urlsafe(32))").'
+        )
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(settings.secret_key.encode())
     return Fernet(base64.urlsafe_b64encode(key))

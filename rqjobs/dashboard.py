@@ -36,8 +36,13 @@ class DashboardWorker(Worker):
 
     @classmethod
     def all(cls, connection=None, job_class=None, queue_class=None, queue=None, serializer=None):
-        return Worker.all(connection=connection, job_class=queues.JsonJob, queue_class=queues.JsonQueue, queue=queue,
-                          serializer=queues.JSONSerializer)
+        return Worker.all(
+            connection=connection,
+            job_class=queues.JsonJob,
+            queue_class=queues.JsonQueue,
+            queue=queue,
+            serializer=queues.JSONSerializer,
+        )
 
 
 class DashboardJob(queues.JsonJob):
@@ -87,6 +92,8 @@ def bounded_url(redis_url: str, timeout: float) -> str:
     given = {name for name, _ in options}
     options += [(name, f'{timeout:g}') for name in ('socket_timeout', 'socket_connect_timeout') if name not in given]
     return f'{base}?{urllib.parse.urlencode(options)}'
+
+
 def unreadable_job(exc: UnreadableJob) -> tuple[dict, int]:
     """Answer a request for a job that cannot be read with 404 and the reason, instead of a 500 and a traceback."""
     return {'error': str(exc)}, 404
@@ -111,8 +118,10 @@ def check_access(bind: str, username: str | None, password: str | None, password
     if bool(username) != bool(password):
         raise SettingsError(f'Set both DASHBOARD_USERNAME and {password_env} for basic auth, or neither.')
     if not is_loopback(bind) and not username:
-        raise SettingsError(f'The dashboard shows and deletes jobs: to listen on {bind}, set DASHBOARD_USERNAME '
-                            f'and {password_env} (basic auth), or keep --bind 127.0.0.1.')
+        raise SettingsError(
+            f'The dashboard shows and deletes jobs: to listen on {bind}, set DASHBOARD_USERNAME '
+            f'and {password_env} (basic auth), or keep --bind 127.0.0.1.'
+        )
 
 
 def is_loopback(address: str) -> bool:

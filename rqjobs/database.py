@@ -46,7 +46,8 @@ def database(settings: Settings | None = None) -> peewee.Database:
             raise DatabaseUnavailable(
                 f'Cannot reach the database at {url}: cannot create {exc.filename} ({exc.strerror or exc}); set '
                 f'JOBS_DATA_DIR or DATABASE_URL to a place you can write, for example '
-                f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs.') from None
+                f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs.'
+            ) from None
         _bound_url = settings.database_url
     return models.db.obj
 

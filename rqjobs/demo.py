@@ -116,7 +116,7 @@ FILES = {
                 """Serve the built site until stopped."""
                 return port
         ''',
-    'web/app.js': '''\
+    'web/app.js': """\
         /** Search box of the generated site. */
         export function search(index, query) {
           return index.filter((entry) => entry.title.includes(query));
@@ -132,8 +132,8 @@ FILES = {
             this.element.textContent = results.map((r) => r.title).join(", ");
           }
         }
-        ''',
-    'indexer/main.go': '''\
+        """,
+    'indexer/main.go': """\
         package main
 
         import "fmt"
@@ -153,8 +153,8 @@ FILES = {
         func main() {
         \tfmt.Println("indexer ready")
         }
-        ''',
-    'native/render.c': '''\
+        """,
+    'native/render.c': """\
         #include <string.h>
 
         /* Count the headings of a markdown buffer. */
@@ -165,12 +165,12 @@ FILES = {
             }
             return count;
         }
-        ''',
+        """,
     'Dockerfile': 'FROM python:3.12-slim\nCOPY . /app\nRUN pip install /app\nCMD ["inkwell", "serve", "/site"]\n',
 }
 
 LATER = {
-    'inkwell/feeds.rs': '''\
+    'inkwell/feeds.rs': """\
         /// An RSS feed of the newest notes.
         pub struct Feed {
             pub title: String,
@@ -182,7 +182,7 @@ LATER = {
                 format!("<rss><title>{}</title></rss>", self.title)
             }
         }
-        ''',
+        """,
 }
 
 
@@ -193,8 +193,9 @@ def allow_local_repositories() -> Settings:
     return get_settings()
 
 
-def run(connection: redis.Redis, settings: Settings,
-        on_step: Callable[[str, object], None] = lambda step, value: None) -> dict:
+def run(
+    connection: redis.Redis, settings: Settings, on_step: Callable[[str, object], None] = lambda step, value: None
+) -> dict:
     """Build, submit and document the demo repository with a burst worker in this process; return what it made.
 
     `on_step` hears of the steps before the long one: 'repository' with its path, 'submitted' with the warehouse.
@@ -209,8 +210,13 @@ def run(connection: redis.Redis, settings: Settings,
     warehouse = warehouses.describe(row.id, connection)
     if warehouse['status'] != 'Completed':
         return {'warehouse': warehouse}
-    return {'warehouse': warehouse, 'result': job.return_value() or {}, 'catalog': warehouses.catalog_tree(row.id),
-            'overview': warehouses.page_content(row.id, 'overview') or '', 'minimap': minimap.stored_tree(row.id)}
+    return {
+        'warehouse': warehouse,
+        'result': job.return_value() or {},
+        'catalog': warehouses.catalog_tree(row.id),
+        'overview': warehouses.page_content(row.id, 'overview') or '',
+        'minimap': minimap.stored_tree(row.id),
+    }
 
 
 def build_repository(path: Path) -> Path:
@@ -251,9 +257,11 @@ def submit(repository: Path, connection: redis.Redis, settings: Settings) -> War
     for job_id in (warehouses.process_job_id(warehouse_id), warehouses.update_job_id(warehouse_id)):
         running = _clear_leftover(job_id, connection)
         if running:
-            raise InvalidSubmission(f'The demo\'s warehouse {warehouse_id} is being documented right now by worker '
-                                    f'{running}; wait for it to end (`rqjobs warehouse show {warehouse_id}`), then '
-                                    f'run the demo again.')
+            raise InvalidSubmission(
+                f"The demo's warehouse {warehouse_id} is being documented right now by worker "
+                f'{running}; wait for it to end (`rqjobs warehouse show {warehouse_id}`), then '
+                f'run the demo again.'
+            )
     return warehouses.reprocess(warehouse_id, connection)
 
 
@@ -290,7 +298,13 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def _git(root: Path, *args: str, check: bool = True) -> int:
-    env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'HOME': str(root), 'GIT_CONFIG_NOSYSTEM': '1',
-           'GIT_AUTHOR_NAME': 'Inkwell Demo', 'GIT_AUTHOR_EMAIL': 'demo@inkwell.invalid',
-           'GIT_COMMITTER_NAME': 'Inkwell Demo', 'GIT_COMMITTER_EMAIL': 'demo@inkwell.invalid'}
+    env = {
+        'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
+        'HOME': str(root),
+        'GIT_CONFIG_NOSYSTEM': '1',
+        'GIT_AUTHOR_NAME': 'Inkwell Demo',
+        'GIT_AUTHOR_EMAIL': 'demo@inkwell.invalid',
+        'GIT_COMMITTER_NAME': 'Inkwell Demo',
+        'GIT_COMMITTER_EMAIL': 'demo@inkwell.invalid',
+    }
     return subprocess.run(['git', *args], cwd=root, env=env, check=check, capture_output=True).returncode

@@ -80,8 +80,12 @@ class EmbeddedRedis:
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
         # No retries: "is it up?" wants one quick answer, and SHUTDOWN must not be re-sent to a server that left.
-        return redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=timeout,
-                           socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        return redis.Redis(
+            unix_socket_path=str(self.socket_path),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     def is_running(self) -> bool:
         """Tell whether a server answers on the socket."""
@@ -117,8 +121,14 @@ class EmbeddedRedis:
         config = self._config()
         (self.directory / 'redis.conf').write_text(config)
         logger.info('embedded redis: starting on %s', self.socket_path)
-        result = subprocess.run([server_binary(), str(self.directory / 'redis.conf')], capture_output=True,
-                                text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        result = subprocess.run(
+            [server_binary(), str(self.directory / 'redis.conf')],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.is_running():
@@ -181,5 +191,10 @@ def _quoted(path: Path) -> str:
 
     Unquoted, redis-server splits a path with a space into two arguments and refuses the file.
     """
-    return '"' + ''.join(chr(byte) if 0x20 <= byte < 0x7f and byte not in b'"\\' else f'\\x{byte:02x}'
-                         for byte in os.fsencode(path)) + '"'
+    return (
+        '"'
+        + ''.join(
+            chr(byte) if 0x20 <= byte < 0x7F and byte not in b'"\\' else f'\\x{byte:02x}' for byte in os.fsencode(path)
+        )
+        + '"'
+    )

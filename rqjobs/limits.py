@@ -109,7 +109,9 @@ class TimeLimits(UnixSignalDeathPenalty):
         if not self._soft_fired:
             self._soft_fired = True
             signal.setitimer(signal.ITIMER_REAL, max(0.1, self._timeout - soft))
-            raise SoftTimeLimitExceeded(f'time limit: the job ran past its soft limit of {soft:g} s '
-                                        f'(SOFT_TIME_LIMIT); it is killed at {self._timeout:g} s (JOB_TIMEOUT)')
+            raise SoftTimeLimitExceeded(
+                f'time limit: the job ran past its soft limit of {soft:g} s '
+                f'(SOFT_TIME_LIMIT); it is killed at {self._timeout:g} s (JOB_TIMEOUT)'
+            )
         logger.error('job ran past its hard limit of %s s (JOB_TIMEOUT): killing the work horse', self._timeout)
         kill_work_horse()

@@ -77,12 +77,11 @@ def _baseline(migrator: SchemaMigrator) -> None:
     models.create_tables()
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, 'baseline schema: every table and index of the models', _baseline),
-)
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, 'baseline schema: every table and index of the models', _baseline),)
 
 
 # ---- Schema ----
+
 
 def create_schema() -> dict:
     """Bring the schema up to date: apply every pending schema step."""
@@ -93,8 +92,12 @@ def create_schema() -> dict:
     with database.connection(schema=False) as db:
         after = set(db.get_tables())
     created = sorted(after - before)
-    logger.info('schema: %d tables created, %d present, steps applied: %s', len(created), len(after),
-                [step['version'] for step in applied] or 'none')
+    logger.info(
+        'schema: %d tables created, %d present, steps applied: %s',
+        len(created),
+        len(after),
+        [step['version'] for step in applied] or 'none',
+    )
     return {'created': created, 'tables': len(after), 'applied': applied}
 
 
@@ -128,8 +131,10 @@ def schema_status(steps: Sequence[Migration] | None = None) -> list[dict]:
     steps = MIGRATIONS if steps is None else steps
     with database.connection(schema=False) as db:
         done = _applied(db)
-    return [{'version': step.version, 'name': step.name, 'applied_at': done.get(step.version)}
-            for step in sorted(steps, key=lambda s: s.version)]
+    return [
+        {'version': step.version, 'name': step.name, 'applied_at': done.get(step.version)}
+        for step in sorted(steps, key=lambda s: s.version)
+    ]
 
 
 def ensure_schema() -> None:
@@ -147,10 +152,14 @@ def ensure_schema() -> None:
             return
     url = redact_url(get_settings().database_url)
     if not applied:
-        raise SchemaNotCurrent(f'The database at {url} has no schema yet; create it with `rqjobs db upgrade` '
-                               f'(or `rqjobs db init`, which also creates the first admin user).')
-    raise SchemaNotCurrent(f'The schema of the database at {url} is behind this version of rqjobs (steps '
-                           f'{", ".join(map(str, pending))} pending); apply them with `rqjobs db upgrade`.')
+        raise SchemaNotCurrent(
+            f'The database at {url} has no schema yet; create it with `rqjobs db upgrade` '
+            f'(or `rqjobs db init`, which also creates the first admin user).'
+        )
+    raise SchemaNotCurrent(
+        f'The schema of the database at {url} is behind this version of rqjobs (steps '
+        f'{", ".join(map(str, pending))} pending); apply them with `rqjobs db upgrade`.'
+    )
 
 
 def _applied(db: peewee.Database) -> dict[int, dt.datetime]:
@@ -210,6 +219,7 @@ def update_indexes() -> dict:
 
 # ---- Data ----
 
+
 def initialize_users() -> dict:
     """Create the admin and user roles and assign every user one; create a first admin if there is no user."""
     # Skipped once any user has a role, so it runs at most once in effect.
@@ -218,12 +228,24 @@ def initialize_users() -> dict:
         if UserInRole.select().exists():
             return {'status': 'skipped', 'message': 'roles are already assigned'}
         now = clock.utcnow()
-        admin_role, _ = Role.get_or_create(name='admin', defaults={
-            'description': 'Administrators: manage every warehouse and user', 'is_system_role': True,
-            'created_at': now, 'updated_at': now})
-        user_role, _ = Role.get_or_create(name='user', defaults={
-            'description': 'Users: submit and read warehouses', 'is_system_role': True,
-            'created_at': now, 'updated_at': now})
+        admin_role, _ = Role.get_or_create(
+            name='admin',
+            defaults={
+                'description': 'Administrators: manage every warehouse and user',
+                'is_system_role': True,
+                'created_at': now,
+                'updated_at': now,
+            },
+        )
+        user_role, _ = Role.get_or_create(
+            name='user',
+            defaults={
+                'description': 'Users: submit and read warehouses',
+                'is_system_role': True,
+                'created_at': now,
+                'updated_at': now,
+            },
+        )
         users = list(User.select().where(User.is_deleted == False))
         password_file = None
         admin_created = not users
@@ -232,13 +254,21 @@ def initialize_users() -> dict:
             users = [User.create(name='admin', email='admin@localhost', password=passwords.hash_password(password))]
             if not settings.admin_password:
                 password_file = _write_password_once(settings.data_dir, password)
-        UserInRole.insert_many([
-            {'user': user.id, 'role': admin_role.id if user.name == 'admin' else user_role.id} for user in users
-        ]).execute()
-    logger.info('users: roles created, %d users assigned%s', len(users),
-                f', first admin password in {password_file}' if password_file else '')
-    return {'status': 'initialized', 'roles': ['admin', 'user'], 'assigned': len(users),
-            'admin_created': admin_created, 'password_file': str(password_file) if password_file else None}
+        UserInRole.insert_many(
+            [{'user': user.id, 'role': admin_role.id if user.name == 'admin' else user_role.id} for user in users]
+        ).execute()
+    logger.info(
+        'users: roles created, %d users assigned%s',
+        len(users),
+        f', first admin password in {password_file}' if password_file else '',
+    )
+    return {
+        'status': 'initialized',
+        'roles': ['admin', 'user'],
+        'assigned': len(users),
+        'admin_created': admin_created,
+        'password_file': str(password_file) if password_file else None,
+    }
 
 
 def _write_password_once(directory: Path, password: str) -> Path:
@@ -261,16 +291,29 @@ def migrate_warehouses() -> dict:
     """Give warehouses left by older data a valid status, type and consistent timestamps."""
     # Each fix selects only rows that still need it, so a second run changes nothing.
     with database.connection() as db, db.atomic():
-        completed = Warehouse.update(status=WarehouseStatus.COMPLETED).where(
-            Warehouse.status.not_in(WarehouseStatus.ALL), Warehouse.version.is_null(False),
-            Warehouse.version != '').execute()
-        pending = Warehouse.update(status=WarehouseStatus.PENDING).where(
-            Warehouse.status.not_in(WarehouseStatus.ALL)).execute()
+        completed = (
+            Warehouse.update(status=WarehouseStatus.COMPLETED)
+            .where(
+                Warehouse.status.not_in(WarehouseStatus.ALL), Warehouse.version.is_null(False), Warehouse.version != ''
+            )
+            .execute()
+        )
+        pending = (
+            Warehouse.update(status=WarehouseStatus.PENDING)
+            .where(Warehouse.status.not_in(WarehouseStatus.ALL))
+            .execute()
+        )
         types = Warehouse.update(type=WarehouseType.GIT).where(Warehouse.type.not_in(WarehouseType.ALL)).execute()
-        timestamps = Warehouse.update(updated_at=Warehouse.created_at).where(
-            Warehouse.updated_at < Warehouse.created_at).execute()
-        deleted = Warehouse.update(deleted_at=Warehouse.updated_at).where(
-            Warehouse.is_deleted == True, Warehouse.deleted_at.is_null()).execute()
+        timestamps = (
+            Warehouse.update(updated_at=Warehouse.created_at)
+            .where(Warehouse.updated_at < Warehouse.created_at)
+            .execute()
+        )
+        deleted = (
+            Warehouse.update(deleted_at=Warehouse.updated_at)
+            .where(Warehouse.is_deleted == True, Warehouse.deleted_at.is_null())
+            .execute()
+        )
     return {'statuses': completed + pending, 'types': types, 'timestamps': timestamps, 'deleted_at': deleted}
 
 
@@ -278,15 +321,19 @@ def migrate_documents() -> dict:
     """Give documents and catalog entries left by older data a valid status and consistent timestamps."""
     # Each fix selects only rows that still need it, so a second run changes nothing.
     with database.connection() as db, db.atomic():
-        warehouse_status = (Warehouse.select(Warehouse.status).where(Warehouse.id == Document.warehouse))
-        statuses = Document.update(status=warehouse_status).where(
-            Document.status.not_in(WarehouseStatus.ALL)).execute()
-        timestamps = Document.update(updated_at=Document.created_at).where(
-            Document.updated_at < Document.created_at).execute()
-        last_update = Document.update(last_update=Document.updated_at).where(
-            Document.last_update < Document.created_at).execute()
-        deleted = DocumentCatalog.update(deleted_at=DocumentCatalog.updated_at).where(
-            DocumentCatalog.is_deleted == True, DocumentCatalog.deleted_at.is_null()).execute()
+        warehouse_status = Warehouse.select(Warehouse.status).where(Warehouse.id == Document.warehouse)
+        statuses = Document.update(status=warehouse_status).where(Document.status.not_in(WarehouseStatus.ALL)).execute()
+        timestamps = (
+            Document.update(updated_at=Document.created_at).where(Document.updated_at < Document.created_at).execute()
+        )
+        last_update = (
+            Document.update(last_update=Document.updated_at).where(Document.last_update < Document.created_at).execute()
+        )
+        deleted = (
+            DocumentCatalog.update(deleted_at=DocumentCatalog.updated_at)
+            .where(DocumentCatalog.is_deleted == True, DocumentCatalog.deleted_at.is_null())
+            .execute()
+        )
     return {'statuses': statuses, 'timestamps': timestamps + last_update, 'deleted_at': deleted}
 
 
@@ -295,8 +342,12 @@ def data_migration() -> dict:
     # Every step is safe twice, so the whole is too.
     report = {}
     schema = _step(report, 'schema', create_schema)
-    for name, step in (('users', initialize_users), ('warehouses', migrate_warehouses),
-                       ('documents', migrate_documents), ('indexes', update_indexes)):
+    for name, step in (
+        ('users', initialize_users),
+        ('warehouses', migrate_warehouses),
+        ('documents', migrate_documents),
+        ('indexes', update_indexes),
+    ):
         if schema:
             _step(report, name, step)
         else:
@@ -341,9 +392,10 @@ def backup_data(path: str | None = None) -> dict:
     try:
         settings.backup_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MigrationError(f'BACKUP_DIR {settings.backup_dir} cannot be created ({exc.strerror or exc}); set '
-                             f'BACKUP_DIR to a writable directory, for example BACKUP_DIR=/var/backups/rqjobs.'
-                             ) from None
+        raise MigrationError(
+            f'BACKUP_DIR {settings.backup_dir} cannot be created ({exc.strerror or exc}); set '
+            f'BACKUP_DIR to a writable directory, for example BACKUP_DIR=/var/backups/rqjobs.'
+        ) from None
     name = path or f'backup-{clock.utcnow():%Y%m%dT%H%M%S%fZ}.jsonl.gz'
     return write_backup(_in_backup_dir(name, settings.backup_dir))
 
@@ -356,16 +408,25 @@ def write_backup(target: str | Path) -> dict:
         raise MigrationError(f'{target} exists already; a backup never overwrites a file. Choose another --output.')
     if not target.parent.is_dir():
         # Not created: a mistyped directory would otherwise hold backups that nobody looks for.
-        raise MigrationError(f'{target.parent} is not an existing directory; create it first (mkdir -p '
-                             f'{target.parent}) or choose another --output.')
+        raise MigrationError(
+            f'{target.parent} is not an existing directory; create it first (mkdir -p '
+            f'{target.parent}) or choose another --output.'
+        )
     temporary = target.with_name(f'.{target.name}.{os.getpid()}.tmp')
     counts: dict[str, int] = {}
     digest = hashlib.sha256()
     try:
         with database.connection() as db, _snapshot(db), gzip.open(temporary, 'wb') as out:
             # The schema version lets a restore into an empty database build the schema these rows fit.
-            _write_line(out, {'format': BACKUP_FORMAT, 'version': BACKUP_VERSION, 'created_at': now.isoformat(),
-                              'schema': max(_applied(db), default=1)})
+            _write_line(
+                out,
+                {
+                    'format': BACKUP_FORMAT,
+                    'version': BACKUP_VERSION,
+                    'created_at': now.isoformat(),
+                    'schema': max(_applied(db), default=1),
+                },
+            )
             for model, excluded in BACKUP_TABLES:
                 table = model._meta.table_name
                 columns = [field for field in model._meta.sorted_fields if field.name not in excluded]
@@ -381,11 +442,13 @@ def write_backup(target: str | Path) -> dict:
         # A hard link fails if the name exists: a backup written at the same moment is never replaced.
         os.link(temporary, target)
     except FileExistsError:
-        raise MigrationError(f'{target} exists already; a backup never overwrites a file. '
-                             f'Choose another --output.') from None
+        raise MigrationError(
+            f'{target} exists already; a backup never overwrites a file. Choose another --output.'
+        ) from None
     except OSError as exc:
-        raise MigrationError(f'Cannot write the backup to {target} ({exc.strerror or exc}); choose a writable place '
-                             f'with --output.') from None
+        raise MigrationError(
+            f'Cannot write the backup to {target} ({exc.strerror or exc}); choose a writable place with --output.'
+        ) from None
     finally:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
@@ -398,12 +461,16 @@ def _in_backup_dir(path: str, directory: Path) -> Path:
     # Job arguments come from whoever can enqueue: a backup job must not write (or read) a file anywhere else.
     directory = directory.resolve()
     if not path or '..' in Path(path).parts:
-        raise MigrationError(f'Backup path {path!r} may not be empty or hold "..": give a file name in BACKUP_DIR '
-                             f'({directory}), for example backup-nightly.jsonl.gz.')
+        raise MigrationError(
+            f'Backup path {path!r} may not be empty or hold "..": give a file name in BACKUP_DIR '
+            f'({directory}), for example backup-nightly.jsonl.gz.'
+        )
     target = (directory / path).resolve()  # an absolute path replaces `directory`; symbolic links are followed
     if target == directory or not target.is_relative_to(directory):
-        raise MigrationError(f'Backup path {path!r} is outside BACKUP_DIR ({directory}); a job writes and reads '
-                             f'backups only there. Give a file name, for example backup-nightly.jsonl.gz.')
+        raise MigrationError(
+            f'Backup path {path!r} is outside BACKUP_DIR ({directory}); a job writes and reads '
+            f'backups only there. Give a file name, for example backup-nightly.jsonl.gz.'
+        )
     return target
 
 
@@ -493,15 +560,19 @@ def restore_file(path: str | Path, replace: bool = False) -> dict:
     made_from = header.get('schema', 1)  # backups that do not say were made from the baseline schema
     newest = max(step.version for step in MIGRATIONS)
     if not isinstance(made_from, int) or made_from > newest:
-        raise MigrationError(f'{path} was made from schema version {made_from}, newer than this rqjobs knows '
-                             f'({newest}); restore it with the release that made it, or a later one.')
+        raise MigrationError(
+            f'{path} was made from schema version {made_from}, newer than this rqjobs knows '
+            f'({newest}); restore it with the release that made it, or a later one.'
+        )
     upgrade([step for step in MIGRATIONS if step.version <= made_from])
     counts = {}
     with database.connection(schema=False) as db, db.atomic():
         filled = [model._meta.table_name for model, _ in BACKUP_TABLES if model.select().exists()]
         if filled and not replace:
-            raise MigrationError(f'The database is not empty ({", ".join(filled)} have rows); restore into an empty '
-                                 f'database, or pass --replace to replace those rows.')
+            raise MigrationError(
+                f'The database is not empty ({", ".join(filled)} have rows); restore into an empty '
+                f'database, or pass --replace to replace those rows.'
+            )
         for model, _ in reversed(BACKUP_TABLES):
             model.delete().execute()
         for model, _ in BACKUP_TABLES:

@@ -68,7 +68,7 @@ def _entry_count(files: list[SourceFile], prefix: str) -> int:
     """Count the nodes `_directory_nodes` would give these files with no budget and no caps."""
     directories = set()
     for source in files:
-        parts = source.path[len(prefix):].split('/')[:-1]
+        parts = source.path[len(prefix) :].split('/')[:-1]
         directories.update('/'.join(parts[:depth]) for depth in range(1, len(parts) + 1))
     # A declaration node shows its direct children only, as `_declaration_nodes` does.
     declarations = sum(1 + len(declaration.children) for source in files for declaration in source.declarations)
@@ -91,7 +91,7 @@ def _directory_nodes(files: list[SourceFile], prefix: str, budget: _Budget) -> l
     directories: dict[str, list[SourceFile]] = {}
     here: list[SourceFile] = []
     for source in files:
-        rest = source.path[len(prefix):]
+        rest = source.path[len(prefix) :]
         if '/' in rest:
             directories.setdefault(rest.split('/', 1)[0], []).append(source)
         else:
@@ -106,8 +106,13 @@ def _directory_nodes(files: list[SourceFile], prefix: str, budget: _Budget) -> l
     for source in sorted(ranked, key=lambda s: s.path):
         if not budget.take():
             return nodes
-        nodes.append(node(source.path.rsplit('/', 1)[-1], source.path,
-                          _declaration_nodes(source.path, source.declarations, budget)))
+        nodes.append(
+            node(
+                source.path.rsplit('/', 1)[-1],
+                source.path,
+                _declaration_nodes(source.path, source.declarations, budget),
+            )
+        )
     return nodes
 
 
@@ -116,8 +121,11 @@ def _declaration_nodes(path: str, declarations: Iterable[Declaration], budget: _
     for declaration in list(declarations)[:MAX_DECLARATIONS_PER_FILE]:
         if not budget.take():
             break
-        children = [node(child.name, f'{path}#L{child.line}') for child in declaration.children[:MAX_DECLARATIONS_PER_FILE]
-                    if budget.take()]
+        children = [
+            node(child.name, f'{path}#L{child.line}')
+            for child in declaration.children[:MAX_DECLARATIONS_PER_FILE]
+            if budget.take()
+        ]
         nodes.append(node(f'{declaration.kind} {declaration.name}', f'{path}#L{declaration.line}', children))
     return nodes
 
@@ -129,28 +137,42 @@ def count_nodes(tree: dict) -> int:
 
 # ---- Jobs ----
 
+
 def generate_minimap() -> dict:
     """Build the mind maps of Completed warehouses that have none, oldest first, a bounded number per run."""
     # Safe to run twice or concurrently: a warehouse gets one mind map, a second insert is ignored.
     started = time.monotonic()
     with database.connection():
-        missing = list(Warehouse.select().join(MiniMap, JOIN.LEFT_OUTER, on=(MiniMap.warehouse == Warehouse.id))
-                       .where(Warehouse.status == WarehouseStatus.COMPLETED, Warehouse.is_deleted == False,
-                              MiniMap.id.is_null())
-                       .order_by(Warehouse.created_at, Warehouse.id).limit(MINIMAPS_PER_RUN))
+        missing = list(
+            Warehouse.select()
+            .join(MiniMap, JOIN.LEFT_OUTER, on=(MiniMap.warehouse == Warehouse.id))
+            .where(Warehouse.status == WarehouseStatus.COMPLETED, Warehouse.is_deleted == False, MiniMap.id.is_null())
+            .order_by(Warehouse.created_at, Warehouse.id)
+            .limit(MINIMAPS_PER_RUN)
+        )
     processed, errors = [], []
     for warehouse in missing:
         try:
             tree = _tree_of(warehouse)
             with database.connection():
-                MiniMap.insert(id=new_id(), warehouse=warehouse.id, value=tree,
-                               created_at=clock.utcnow(), updated_at=clock.utcnow()).on_conflict_ignore().execute()
+                MiniMap.insert(
+                    id=new_id(),
+                    warehouse=warehouse.id,
+                    value=tree,
+                    created_at=clock.utcnow(),
+                    updated_at=clock.utcnow(),
+                ).on_conflict_ignore().execute()
             processed.append(warehouse.id)
         except Exception as exc:
             logger.warning('minimap %s: not generated: %s', warehouse.id, exc)
             errors.append({'warehouse_id': warehouse.id, 'error': str(exc)})
-    return {'processed': len(processed), 'errors': len(errors), 'warehouse_ids': processed, 'failures': errors,
-            'elapsed': round(time.monotonic() - started, 3)}
+    return {
+        'processed': len(processed),
+        'errors': len(errors),
+        'warehouse_ids': processed,
+        'failures': errors,
+        'elapsed': round(time.monotonic() - started, 3),
+    }
 
 
 def regenerate_minimap(warehouse_id: str) -> dict:
@@ -162,8 +184,11 @@ def regenerate_minimap(warehouse_id: str) -> dict:
         logger.info('minimap %s: warehouse not found or deleted', warehouse_id)
         return {'warehouse_id': warehouse_id, 'status': 'missing', 'message': 'warehouse not found or deleted'}
     if warehouse.status != WarehouseStatus.COMPLETED:
-        return {'warehouse_id': warehouse_id, 'status': 'skipped',
-                'message': f'warehouse is {warehouse.status}; mind maps are built for Completed warehouses'}
+        return {
+            'warehouse_id': warehouse_id,
+            'status': 'skipped',
+            'message': f'warehouse is {warehouse.status}; mind maps are built for Completed warehouses',
+        }
     tree = _tree_of(warehouse)
     with database.connection() as db, db.atomic():
         MiniMap.delete().where(MiniMap.warehouse == warehouse_id).execute()
@@ -175,8 +200,9 @@ def cleanup_old_minimaps(days_to_keep: int = 90) -> dict:
     """Delete mind maps created more than `days_to_keep` days ago; the next generation run rebuilds them."""
     # Deleting what is already gone deletes nothing, so a second run is harmless.
     if isinstance(days_to_keep, bool) or not isinstance(days_to_keep, int) or days_to_keep < 1:
-        raise PermanentJobError(f'days_to_keep must be a whole number of days, at least 1 (got {days_to_keep!r}); '
-                                f'for example 90.')
+        raise PermanentJobError(
+            f'days_to_keep must be a whole number of days, at least 1 (got {days_to_keep!r}); for example 90.'
+        )
     cutoff = clock.utcnow() - timedelta(days=days_to_keep)
     with database.connection():
         deleted = MiniMap.delete().where(MiniMap.created_at < cutoff).execute()
@@ -189,8 +215,12 @@ def validate_minimap(warehouse_id: str) -> dict:
     # Read-only, so running it twice is harmless.
     with database.connection():
         # The raw text, not the decoded field: a stored value that is not JSON is a finding, not a crash.
-        row = (MiniMap.select(fn.COALESCE(MiniMap.value, '').coerce(False))
-               .where(MiniMap.warehouse == warehouse_id).tuples().first())
+        row = (
+            MiniMap.select(fn.COALESCE(MiniMap.value, '').coerce(False))
+            .where(MiniMap.warehouse == warehouse_id)
+            .tuples()
+            .first()
+        )
     if row is None:
         return {'warehouse_id': warehouse_id, 'valid': False, 'status': 'missing', 'error': 'no mind map stored'}
     try:
@@ -252,8 +282,9 @@ def _tree_of(warehouse: Warehouse) -> dict:
     dest = storage.clone_path(warehouse.id)
     if not (dest / '.git').is_dir():
         password = credentials.decrypt_secret(warehouse.git_password) if warehouse.git_password else None
-        clone.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
-                 password=password)
+        clone.sync(
+            warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name, password=password
+        )
     analysis = analysis_module.analyse(dest)
     return build_tree(f'{warehouse.organization_name}/{warehouse.name}', analysis)
 
@@ -263,4 +294,3 @@ def stored_tree(warehouse_id: str) -> dict | None:
     with database.connection():
         row = MiniMap.get_or_none(MiniMap.warehouse == warehouse_id)
     return row.value if row else None
-

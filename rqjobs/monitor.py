@@ -32,28 +32,33 @@ def queue_counts(connection: redis.Redis, settings: Settings | None = None) -> l
     width = 1 + len(REGISTRIES)
     rows = []
     for index, queue in enumerate(all_queues):
-        counts = replies[index * width:(index + 1) * width]
+        counts = replies[index * width : (index + 1) * width]
         rows.append({'queue': queue.name, 'queued': counts[0], **dict(zip(REGISTRIES, counts[1:]))})
     return rows
 
 
 def worker_states(connection: redis.Redis) -> list[dict[str, Any]]:
     """Return every live worker with its state, queues, current job and last heartbeat."""
-    workers = Worker.all(connection=connection, job_class=queues.JsonJob, queue_class=queues.JsonQueue,
-                         serializer=queues.JSONSerializer)
+    workers = Worker.all(
+        connection=connection, job_class=queues.JsonJob, queue_class=queues.JsonQueue, serializer=queues.JSONSerializer
+    )
     rows = []
     for worker in sorted(workers, key=lambda w: w.name):
-        rows.append({
-            'name': worker.name,
-            'state': worker.get_state(),
-            'queues': worker.queue_names(),
-            'current_job': worker.get_current_job_id(),
-            'last_heartbeat': worker.last_heartbeat.isoformat(timespec='seconds') if worker.last_heartbeat else None,
-            'successful_jobs': worker.successful_job_count,
-            'failed_jobs': worker.failed_job_count,
-            'pid': worker.pid,
-            'hostname': worker.hostname,
-        })
+        rows.append(
+            {
+                'name': worker.name,
+                'state': worker.get_state(),
+                'queues': worker.queue_names(),
+                'current_job': worker.get_current_job_id(),
+                'last_heartbeat': worker.last_heartbeat.isoformat(timespec='seconds')
+                if worker.last_heartbeat
+                else None,
+                'successful_jobs': worker.successful_job_count,
+                'failed_jobs': worker.failed_job_count,
+                'pid': worker.pid,
+                'hostname': worker.hostname,
+            }
+        )
     return rows
 
 
@@ -85,18 +90,24 @@ def active_jobs(connection: redis.Redis) -> list[dict[str, Any]]:
         jobs = _jobs(connection, [worker['current_job']])
         job = jobs[0] if jobs else None
         started = job.started_at if job else None
-        rows.append({
-            'worker': worker['name'], 'job_id': worker['current_job'], 'job': job.func_name if job else None,
-            'queue': job.origin if job else None, 'args': job.args if job else None,
-            'started_at': started.isoformat(timespec='seconds') if started else None,
-            'running_for': round((datetime.now(UTC) - started).total_seconds(), 1) if started else None,
-            'progress': job.meta.get('progress') if job else None,
-        })
+        rows.append(
+            {
+                'worker': worker['name'],
+                'job_id': worker['current_job'],
+                'job': job.func_name if job else None,
+                'queue': job.origin if job else None,
+                'args': job.args if job else None,
+                'started_at': started.isoformat(timespec='seconds') if started else None,
+                'running_for': round((datetime.now(UTC) - started).total_seconds(), 1) if started else None,
+                'progress': job.meta.get('progress') if job else None,
+            }
+        )
     return rows
 
 
-def job_statistics(connection: redis.Redis, settings: Settings | None = None,
-                   queue_name: str | None = None) -> list[dict[str, Any]]:
+def job_statistics(
+    connection: redis.Redis, settings: Settings | None = None, queue_name: str | None = None
+) -> list[dict[str, Any]]:
     """Per job function, over the finished and failed jobs rq still keeps: count, failure rate, p50/p95 run time."""
     durations: dict[str, list[float]] = {}
     failures: dict[str, int] = {}
@@ -115,9 +126,16 @@ def job_statistics(connection: redis.Redis, settings: Settings | None = None,
     for name in sorted(durations):
         times = sorted(durations[name])
         count = max(len(times), failures[name])
-        rows.append({'job': name, 'count': count, 'failed': failures[name],
-                     'failure_rate': round(failures[name] / count, 3) if count else 0.0,
-                     'p50_seconds': _percentile(times, 50), 'p95_seconds': _percentile(times, 95)})
+        rows.append(
+            {
+                'job': name,
+                'count': count,
+                'failed': failures[name],
+                'failure_rate': round(failures[name] / count, 3) if count else 0.0,
+                'p50_seconds': _percentile(times, 50),
+                'p95_seconds': _percentile(times, 95),
+            }
+        )
     return rows
 
 
@@ -131,19 +149,27 @@ def _percentile(values: list[float], percent: int) -> float | None:
 
 def worker_statistics(connection: redis.Redis) -> list[dict[str, Any]]:
     """Return every live worker's counters: jobs done and failed, busy time, heartbeat, birth."""
-    workers = Worker.all(connection=connection, job_class=queues.JsonJob, queue_class=queues.JsonQueue,
-                         serializer=queues.JSONSerializer)
-    return [{
-        'name': worker.name, 'state': worker.get_state(), 'successful_jobs': worker.successful_job_count,
-        'failed_jobs': worker.failed_job_count, 'busy_seconds': round(worker.total_working_time, 1),
-        'last_heartbeat': worker.last_heartbeat.isoformat(timespec='seconds') if worker.last_heartbeat else None,
-        'born': worker.birth_date.isoformat(timespec='seconds') if worker.birth_date else None,
-        'queues': worker.queue_names(),
-    } for worker in sorted(workers, key=lambda w: w.name)]
+    workers = Worker.all(
+        connection=connection, job_class=queues.JsonJob, queue_class=queues.JsonQueue, serializer=queues.JSONSerializer
+    )
+    return [
+        {
+            'name': worker.name,
+            'state': worker.get_state(),
+            'successful_jobs': worker.successful_job_count,
+            'failed_jobs': worker.failed_job_count,
+            'busy_seconds': round(worker.total_working_time, 1),
+            'last_heartbeat': worker.last_heartbeat.isoformat(timespec='seconds') if worker.last_heartbeat else None,
+            'born': worker.birth_date.isoformat(timespec='seconds') if worker.birth_date else None,
+            'queues': worker.queue_names(),
+        }
+        for worker in sorted(workers, key=lambda w: w.name)
+    ]
 
 
-def failed_jobs(connection: redis.Redis, settings: Settings | None = None, queue_name: str | None = None,
-                limit: int = 50) -> list[dict[str, Any]]:
+def failed_jobs(
+    connection: redis.Redis, settings: Settings | None = None, queue_name: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     """Return failed jobs, newest first, with the last line of their error."""
     rows = []
     for queue in queues.all_queues(connection, settings):
@@ -155,12 +181,27 @@ def failed_jobs(connection: redis.Redis, settings: Settings | None = None, queue
                 # Gone, or unreadable (forged or corrupted): listed with the reason, so that it can be deleted.
                 reason = queues.unreadable_reason(connection, job_id)
                 if reason:
-                    rows.append({'id': job_id, 'job': None, 'queue': queue.name, 'args': None, 'failed_at': None,
-                                 'error': reason})
+                    rows.append(
+                        {
+                            'id': job_id,
+                            'job': None,
+                            'queue': queue.name,
+                            'args': None,
+                            'failed_at': None,
+                            'error': reason,
+                        }
+                    )
                 continue
-            rows.append({'id': job.id, 'job': job.func_name, 'queue': queue.name, 'args': job.args,
-                         'failed_at': job.ended_at.isoformat(timespec='seconds') if job.ended_at else None,
-                         'error': error_line(job)})
+            rows.append(
+                {
+                    'id': job.id,
+                    'job': job.func_name,
+                    'queue': queue.name,
+                    'args': job.args,
+                    'failed_at': job.ended_at.isoformat(timespec='seconds') if job.ended_at else None,
+                    'error': error_line(job),
+                }
+            )
     rows.sort(key=lambda row: row['failed_at'] or '', reverse=True)
     return rows[:limit]
 
@@ -175,18 +216,32 @@ def job_details(connection: redis.Redis, job_id: str) -> dict[str, Any]:
         return value.isoformat(timespec='seconds') if value else None
 
     return {
-        'id': job.id, 'status': status, 'queue': job.origin, 'job': job.func_name, 'args': job.args,
-        'kwargs': job.kwargs, 'description': job.description, 'enqueued_at': moment(job.enqueued_at),
-        'started_at': moment(job.started_at), 'ended_at': moment(job.ended_at), 'worker': job.worker_name,
-        'timeout': job.timeout, 'retries_left': job.retries_left, 'progress': job.meta.get('progress'),
+        'id': job.id,
+        'status': status,
+        'queue': job.origin,
+        'job': job.func_name,
+        'args': job.args,
+        'kwargs': job.kwargs,
+        'description': job.description,
+        'enqueued_at': moment(job.enqueued_at),
+        'started_at': moment(job.started_at),
+        'ended_at': moment(job.ended_at),
+        'worker': job.worker_name,
+        'timeout': job.timeout,
+        'retries_left': job.retries_left,
+        'progress': job.meta.get('progress'),
         'result': result.return_value if result is not None and status == 'finished' else None,
         'error': (result.exc_string or '').strip() if result is not None and status == 'failed' else None,
         'permanent_error': job.meta.get(queues.PERMANENT_ERROR) if status == 'failed' else None,
     }
 
 
-def wait_for_job(connection: redis.Redis, job_id: str, timeout: float | None = None,
-                 on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+def wait_for_job(
+    connection: redis.Redis,
+    job_id: str,
+    timeout: float | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any] | None:
     """Follow a job until it ends and return its details, or None when `timeout` seconds passed first.
 
     `on_update` gets the job's details at each look, every WAIT_POLL_INTERVAL seconds (rq has no event for progress).

@@ -151,8 +151,10 @@ class JsonJob(Job):
             reason = f'{type(exc).__name__}: {exc}'
             reason = reason if len(reason) <= 160 else reason[:157] + '...'
             logger.warning('%s: job hash cannot be read (%s)', self.id, reason)
-            raise UnreadableJob(f'Job {self.id} cannot be read from Redis (forged or corrupted: {reason}); '
-                                f'`rqjobs job delete {self.id}` removes it.') from None
+            raise UnreadableJob(
+                f'Job {self.id} cannot be read from Redis (forged or corrupted: {reason}); '
+                f'`rqjobs job delete {self.id}` removes it.'
+            ) from None
 
     @classmethod
     def fetch_many(cls, job_ids: Iterable[str], connection: redis.Redis, serializer=None) -> list[JsonJob | None]:
@@ -213,15 +215,19 @@ class JsonQueue(Queue):
         return super()._fetch_dequeued_job(connection, queue_key, job_id, *args, **kwargs)
 
 
-def set_aside(connection: redis.Redis, queue_key: str, job_id: str, reason: str,
-              settings: Settings | None = None) -> None:
+def set_aside(
+    connection: redis.Redis, queue_key: str, job_id: str, reason: str, settings: Settings | None = None
+) -> None:
     """Fail a job that cannot be read: off its queue and registries, into the failed jobs, `reason` in its hash."""
     settings = settings or get_settings()
     queue = JsonQueue(queue_key.removeprefix(JsonQueue.redis_queue_namespace_prefix), connection=connection)
     ended = clock.utcnow().replace(tzinfo=UTC)
     # The started jobs are kept as job_id:execution_id, rare enough for an unreadable job to look them up.
-    started = [entry for entry in connection.zrange(queue.started_job_registry.key, 0, -1)
-               if entry.decode('utf-8', 'replace').partition(':')[0] == job_id]
+    started = [
+        entry
+        for entry in connection.zrange(queue.started_job_registry.key, 0, -1)
+        if entry.decode('utf-8', 'replace').partition(':')[0] == job_id
+    ]
     with connection.pipeline() as pipe:
         pipe.lrem(queue.intermediate_queue_key, 0, job_id)
         pipe.lrem(queue.key, 0, job_id)
@@ -230,8 +236,10 @@ def set_aside(connection: redis.Redis, queue_key: str, job_id: str, reason: str,
         if started:
             pipe.zrem(queue.started_job_registry.key, *started)
         pipe.zadd(queue.failed_job_registry.key, {job_id: ended.timestamp() + settings.failure_ttl})
-        pipe.hset(JsonJob.key_for(job_id), mapping={'status': 'failed', 'ended_at': utcformat(ended),
-                                                    UNREADABLE_FIELD: reason})
+        pipe.hset(
+            JsonJob.key_for(job_id),
+            mapping={'status': 'failed', 'ended_at': utcformat(ended), UNREADABLE_FIELD: reason},
+        )
         pipe.expire(JsonJob.key_for(job_id), settings.failure_ttl)
         pipe.execute()
     logger.error('%s: set aside as failed on queue %s: %s', job_id, queue.name, reason)
@@ -313,8 +321,11 @@ def _load_registry(modules: tuple[tuple[str, str], ...]) -> dict[str, JobSpec]:
 
 @functools.cache
 def _load_callbacks(modules: tuple[tuple[str, str], ...]) -> dict[str, Callable[..., Any]]:
-    return {f'{module_name}.{name}': func for module_name, _ in modules
-            for name, func in _functions(module_name, 'CALLBACKS', required=False)}
+    return {
+        f'{module_name}.{name}': func
+        for module_name, _ in modules
+        for name, func in _functions(module_name, 'CALLBACKS', required=False)
+    }
 
 
 def _functions(module_name: str, attribute: str, *, required: bool) -> list[tuple[str, Callable[..., Any]]]:
@@ -322,18 +333,23 @@ def _functions(module_name: str, attribute: str, *, required: bool) -> list[tupl
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UnknownJob(f'Job module {module_name} cannot be imported ({exc}); check JOBS_EXTRA_MODULES '
-                         f'and that the module is on the Python path.') from None
+        raise UnknownJob(
+            f'Job module {module_name} cannot be imported ({exc}); check JOBS_EXTRA_MODULES '
+            f'and that the module is on the Python path.'
+        ) from None
     names = getattr(module, attribute, None if required else ())
     if not isinstance(names, tuple | list):
-        raise UnknownJob(f'Job module {module_name} has no {attribute} tuple naming its jobs; add one, for example '
-                         f"{attribute} = ('send_report',).")
+        raise UnknownJob(
+            f'Job module {module_name} has no {attribute} tuple naming its jobs; add one, for example '
+            f"{attribute} = ('send_report',)."
+        )
     found = []
     for name in names:
         func = getattr(module, name, None)
         if not inspect.isfunction(func) or func.__module__ != module_name:
-            raise UnknownJob(f'{module_name}.{attribute} names {name!r}, which is not a function defined in that '
-                             f'module.')
+            raise UnknownJob(
+                f'{module_name}.{attribute} names {name!r}, which is not a function defined in that module.'
+            )
         found.append((name, func))
     return found
 
@@ -358,13 +374,16 @@ def _allowed(path: str | None, subject: str, *, callback: bool = False) -> Calla
     except UnknownJob as exc:
         raise ForbiddenJob(f'{subject}: refused, the job registry cannot be loaded: {exc}') from None
     if func is None:
-        raise ForbiddenJob(f'{subject}: refused to run {path!r}, which is not a registered job '
-                           f'(see `rqjobs enqueue --help` for the list).')
+        raise ForbiddenJob(
+            f'{subject}: refused to run {path!r}, which is not a registered job '
+            f'(see `rqjobs enqueue --help` for the list).'
+        )
     return func
 
 
-def check_arguments(spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any],
-                    settings: Settings | None = None) -> None:
+def check_arguments(
+    spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any], settings: Settings | None = None
+) -> None:
     """Raise `InvalidJobArguments` unless the arguments fit the job's signature, survive JSON and are small."""
     settings = settings or get_settings()
     try:
@@ -376,8 +395,10 @@ def check_arguments(spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any
     except (TypeError, ValueError) as exc:
         raise InvalidJobArguments(f'Arguments of {spec.name} must be JSON values (ids and scalars): {exc}') from None
     if size > settings.job_args_max_size:
-        raise InvalidJobArguments(f'Arguments of {spec.name} take {size} bytes as JSON, over JOB_ARGS_MAX_SIZE '
-                                  f'({settings.job_args_max_size}); pass an id and let the job load the rest.')
+        raise InvalidJobArguments(
+            f'Arguments of {spec.name} take {size} bytes as JSON, over JOB_ARGS_MAX_SIZE '
+            f'({settings.job_args_max_size}); pass an id and let the job load the rest.'
+        )
 
 
 def get_queue(name: str, connection: redis.Redis, settings: Settings | None = None) -> JsonQueue:
@@ -429,8 +450,9 @@ def enqueue(
     if job_id is not None:
         _check_job_id(job_id)
     if depends_on is not None:
-        for dependency in (depends_on if isinstance(depends_on, Sequence) and not isinstance(depends_on, str)
-                           else [depends_on]):
+        for dependency in (
+            depends_on if isinstance(depends_on, Sequence) and not isinstance(depends_on, str) else [depends_on]
+        ):
             _check_job_id(dependency.id if isinstance(dependency, Job) else dependency)
     options = {
         'args': args,
@@ -446,7 +468,7 @@ def enqueue(
     }
     if on_failure is not None:
         if on_failure not in registered_callbacks(settings):
-            raise InvalidJobArguments(f'{on_failure!r} is not a registered callback (a job module\'s CALLBACKS).')
+            raise InvalidJobArguments(f"{on_failure!r} is not a registered callback (a job module's CALLBACKS).")
         options['on_failure'] = Callback(on_failure)
     target = get_queue(queue or spec.queue, connection, settings)
     if at is not None and delay is not None:
@@ -470,8 +492,10 @@ def redis_full(subject: str):
 
 def redis_full_message(what: str) -> str:
     """Say that Redis is at its `maxmemory`, what that left undone, and how to make room."""
-    return (f'Redis is full (maxmemory reached, no eviction): {what}. Free memory (`rqjobs cleanup --finished`, '
-            f'`rqjobs cleanup --failed-older-than 1d`) or raise maxmemory, then try again.')
+    return (
+        f'Redis is full (maxmemory reached, no eviction): {what}. Free memory (`rqjobs cleanup --finished`, '
+        f'`rqjobs cleanup --failed-older-than 1d`) or raise maxmemory, then try again.'
+    )
 
 
 def _scheduled(options: dict[str, Any]) -> dict[str, Any]:
@@ -481,14 +505,19 @@ def _scheduled(options: dict[str, Any]) -> dict[str, Any]:
 
 def is_job_id(job_id: str) -> bool:
     """Return whether `job_id` is one the project gives jobs: 1 to 128 ASCII letters, digits, _ or -."""
-    return (isinstance(job_id, str) and 0 < len(job_id) <= 128 and job_id.isascii()
-            and all(c.isalnum() or c in '_-' for c in job_id))
+    return (
+        isinstance(job_id, str)
+        and 0 < len(job_id) <= 128
+        and job_id.isascii()
+        and all(c.isalnum() or c in '_-' for c in job_id)
+    )
 
 
 def _check_job_id(job_id: str) -> None:
     if not is_job_id(job_id):
-        raise InvalidJobArguments(f'Job id {job_id!r} must be 1 to 128 letters, digits, _ or -; '
-                                  f'for example process-warehouse-42.')
+        raise InvalidJobArguments(
+            f'Job id {job_id!r} must be 1 to 128 letters, digits, _ or -; for example process-warehouse-42.'
+        )
 
 
 def report_progress(step: str, percent: int, **details: Any) -> None:
@@ -496,8 +525,12 @@ def report_progress(step: str, percent: int, **details: Any) -> None:
     job = get_current_job()
     if job is None:
         return
-    job.meta['progress'] = {'step': step, 'percent': max(0, min(100, int(percent))),
-                            'at': clock.utcnow().isoformat(timespec='seconds') + 'Z', **details}
+    job.meta['progress'] = {
+        'step': step,
+        'percent': max(0, min(100, int(percent))),
+        'at': clock.utcnow().isoformat(timespec='seconds') + 'Z',
+        **details,
+    }
     job.save_meta()
 
 

@@ -18,12 +18,33 @@ from rqjobs.exceptions import SettingsError
 
 # Every environment variable the settings read, each documented in docs/settings.md.
 VARIABLES = (
-    'REDIS_URL', 'REDIS_TIMEOUT', 'DATABASE_URL', 'JOBS_DATA_DIR', 'REPO_ROOT', 'UPDATE_INTERVAL',
+    'REDIS_URL',
+    'REDIS_TIMEOUT',
+    'DATABASE_URL',
+    'JOBS_DATA_DIR',
+    'REPO_ROOT',
+    'UPDATE_INTERVAL',
     'DATABASE_CONNECT_TIMEOUT',
-    'ENABLE_WAREHOUSE_COMMIT', 'TASK_MAX_SIZE_PER_USER', 'JOB_TIMEOUT', 'SOFT_TIME_LIMIT', 'RESULT_TTL', 'FAILURE_TTL',
-    'JOBS_EXTRA_MODULES', 'ALLOW_LOCAL_REPOSITORIES', 'GIT_ALLOW_SSH', 'GIT_ALLOW_PRIVATE_HOSTS', 'GIT_CLONE_TIMEOUT',
-    'GIT_MAX_REPO_SIZE', 'GIT_MAX_REPO_FILES', 'BACKUP_DIR',
-    'JOBS_SECRET_KEY', 'JOBS_ADMIN_PASSWORD', 'JOBS_SCHEDULE', 'ACCESS_LOG_BUFFER_MAX', 'ACCESS_LOG_BATCH_SIZE', 'ACCESS_LOG_MAX_PER_RUN',
+    'ENABLE_WAREHOUSE_COMMIT',
+    'TASK_MAX_SIZE_PER_USER',
+    'JOB_TIMEOUT',
+    'SOFT_TIME_LIMIT',
+    'RESULT_TTL',
+    'FAILURE_TTL',
+    'JOBS_EXTRA_MODULES',
+    'ALLOW_LOCAL_REPOSITORIES',
+    'GIT_ALLOW_SSH',
+    'GIT_ALLOW_PRIVATE_HOSTS',
+    'GIT_CLONE_TIMEOUT',
+    'GIT_MAX_REPO_SIZE',
+    'GIT_MAX_REPO_FILES',
+    'BACKUP_DIR',
+    'JOBS_SECRET_KEY',
+    'JOBS_ADMIN_PASSWORD',
+    'JOBS_SCHEDULE',
+    'ACCESS_LOG_BUFFER_MAX',
+    'ACCESS_LOG_BATCH_SIZE',
+    'ACCESS_LOG_MAX_PER_RUN',
     'JOB_ARGS_MAX_SIZE',
 )
 _TRUE = {'1', 'true', 'yes', 'on'}
@@ -225,9 +246,11 @@ def _schedule_overrides(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     for item in filter(None, (part.strip() for part in _get(env, 'JOBS_SCHEDULE').split(';'))):
         entry_id, sep, value = item.partition('=')
         if not sep or not entry_id.strip() or not value.strip():
-            raise SettingsError(f'JOBS_SCHEDULE entry {item!r} is not ID=VALUE; for example '
-                                f'JOBS_SCHEDULE="process-access-logs=60; generate-minimaps=off; '
-                                f'generate-daily-statistics=30 1 * * *".')
+            raise SettingsError(
+                f'JOBS_SCHEDULE entry {item!r} is not ID=VALUE; for example '
+                f'JOBS_SCHEDULE="process-access-logs=60; generate-minimaps=off; '
+                f'generate-daily-statistics=30 1 * * *".'
+            )
         overrides.append((entry_id.strip(), ' '.join(value.split())))
     return tuple(overrides)
 
@@ -235,8 +258,10 @@ def _schedule_overrides(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 def _secret_key(env: Mapping[str, str]) -> str | None:
     key = _get(env, 'JOBS_SECRET_KEY')
     if key and len(key) < 16:
-        raise SettingsError('JOBS_SECRET_KEY is too short (under 16 characters); use a long random value, for example '
-                            'JOBS_SECRET_KEY=$(python3 -c "import secrets; print(secrets.token_urlsafe(32))").')
+        raise SettingsError(
+            'JOBS_SECRET_KEY is too short (under 16 characters); use a long random value, for example '
+            'JOBS_SECRET_KEY=$(python3 -c "import secrets; print(secrets.token_urlsafe(32))").'
+        )
     return key or None
 
 

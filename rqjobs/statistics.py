@@ -57,6 +57,7 @@ _DAY = re.compile(r'[0-9]{4}-[0-9]{2}-[0-9]{2}')
 
 # ---- Days and periods ----
 
+
 def parse_day(value: str | None) -> dt.date:
     """Return the day `value` names (YYYY-MM-DD; None means yesterday UTC), refusing bad and future days."""
     today = clock.utcnow().date()
@@ -70,8 +71,9 @@ def parse_day(value: str | None) -> dt.date:
     except ValueError:
         raise InvalidStatisticsDate(f'Date {value!r} is not a day of the calendar; for example {example}.') from None
     if day > today:
-        raise InvalidStatisticsDate(f'Date {day} is in the future (today is {today} UTC), so it has no statistics '
-                                    f'yet; for example {example}.')
+        raise InvalidStatisticsDate(
+            f'Date {day} is in the future (today is {today} UTC), so it has no statistics yet; for example {example}.'
+        )
     return day
 
 
@@ -105,6 +107,7 @@ def snapshot_id(kind: str, subject_id: str | None, day: dt.date) -> str:
 
 # ---- Aggregates ----
 
+
 def _count(column: Field, start: dt.datetime, end: dt.datetime, query: ModelSelect | None = None) -> int:
     """Return COUNT(*) of the rows whose `column` lies in [start, end)."""
     query = query if query is not None else column.model.select(fn.COUNT(SQL('*')))
@@ -116,8 +119,7 @@ def _per_day(column: Field, start: dt.datetime, end: dt.datetime) -> dict[dt.dat
     # DATE(col) is a function on SQLite and MySQL and a cast on PostgreSQL; not coerced, so no driver reads it as a
     # datetime. It is only grouped on: the WHERE keeps the bare column for its index.
     day = fn.DATE(column).coerce(False)
-    rows = (column.model.select(day, fn.COUNT(SQL('*'))).where(column >= start, column < end)
-            .group_by(day).tuples())
+    rows = column.model.select(day, fn.COUNT(SQL('*'))).where(column >= start, column < end).group_by(day).tuples()
     return {_as_date(value): count for value, count in rows}
 
 
@@ -132,10 +134,12 @@ def _visits(start: dt.datetime, end: dt.datetime) -> tuple[int, int, int]:
     """Return page views, unique visitors (IP addresses) and active users (user ids) in [start, end)."""
     # COUNT(DISTINCT user_id) skips NULLs: anonymous views are not active users.
     views, visitors, users = (
-        AccessRecord.select(fn.COUNT(SQL('*')), fn.COUNT(AccessRecord.ip_address.distinct()),
-                            fn.COUNT(AccessRecord.user_id.distinct()))
+        AccessRecord.select(
+            fn.COUNT(SQL('*')), fn.COUNT(AccessRecord.ip_address.distinct()), fn.COUNT(AccessRecord.user_id.distinct())
+        )
         .where(AccessRecord.access_time >= start, AccessRecord.access_time < end)
-        .scalar(as_tuple=True))
+        .scalar(as_tuple=True)
+    )
     return views or 0, visitors or 0, users or 0
 
 
@@ -172,12 +176,23 @@ def _daily_row(row: DailyStatistics) -> dict:
 
 def _store_snapshot(kind: str, subject_id: str | None, data: dict, now: dt.datetime) -> dict:
     identifier = snapshot_id(kind, subject_id, now.date())
-    _upsert(StatisticsSnapshot, {'id': identifier, 'kind': kind, 'subject_id': subject_id,
-                                 'snapshot_date': now.date(), 'data': data, 'created_at': now}, key='id')
+    _upsert(
+        StatisticsSnapshot,
+        {
+            'id': identifier,
+            'kind': kind,
+            'subject_id': subject_id,
+            'snapshot_date': now.date(),
+            'data': data,
+            'created_at': now,
+        },
+        key='id',
+    )
     return {'snapshot_id': identifier, **data}
 
 
 # ---- Jobs ----
+
 
 def generate_statistics(date: str | None = None) -> dict:
     """Count one UTC day's new users, warehouses and pages, page views and visitors (default: yesterday)."""
@@ -202,8 +217,15 @@ def generate_statistics(date: str | None = None) -> dict:
             _upsert(DailyStatistics, values, key='date', keep=('created_at',))
             row = DailyStatistics.get(DailyStatistics.date == day)
     result = _daily_row(row)
-    logger.info('statistics %s: %d page views, %d visitors, %d new users, %d new warehouses, %d new pages', day,
-                views, visitors, values['new_users'], values['new_repositories'], values['new_documents'])
+    logger.info(
+        'statistics %s: %d page views, %d visitors, %d new users, %d new warehouses, %d new pages',
+        day,
+        views,
+        visitors,
+        values['new_users'],
+        values['new_repositories'],
+        values['new_documents'],
+    )
     return result
 
 
@@ -216,16 +238,31 @@ def generate_system_statistics() -> dict:
     trend_start, trend_end = day_range(today - dt.timedelta(days=TREND_DAYS - 1), TREND_DAYS)
     with database.connection():
         by_status = dict.fromkeys(WarehouseStatus.ALL, 0)
-        by_status.update(Warehouse.select(Warehouse.status, fn.COUNT(SQL('*')))
-                         .where(Warehouse.is_deleted == False).group_by(Warehouse.status).tuples())
+        by_status.update(
+            Warehouse.select(Warehouse.status, fn.COUNT(SQL('*')))
+            .where(Warehouse.is_deleted == False)
+            .group_by(Warehouse.status)
+            .tuples()
+        )
         totals = {
             'users': User.select(fn.COUNT(SQL('*'))).where(User.is_deleted == False).scalar() or 0,
             'warehouses': sum(by_status.values()),
             'warehouses_by_status': by_status,
-            'documents': (Document.select(fn.COUNT(SQL('*'))).join(Warehouse)
-                          .where(Document.is_deleted == False, Warehouse.is_deleted == False).scalar() or 0),
-            'pages': (DocumentFileItem.select(fn.COUNT(SQL('*'))).join(DocumentCatalog).join(Warehouse)
-                      .where(DocumentCatalog.is_deleted == False, Warehouse.is_deleted == False).scalar() or 0),
+            'documents': (
+                Document.select(fn.COUNT(SQL('*')))
+                .join(Warehouse)
+                .where(Document.is_deleted == False, Warehouse.is_deleted == False)
+                .scalar()
+                or 0
+            ),
+            'pages': (
+                DocumentFileItem.select(fn.COUNT(SQL('*')))
+                .join(DocumentCatalog)
+                .join(Warehouse)
+                .where(DocumentCatalog.is_deleted == False, Warehouse.is_deleted == False)
+                .scalar()
+                or 0
+            ),
             'access_records': AccessRecord.select(fn.COUNT(SQL('*'))).scalar() or 0,
         }
         columns = {'users': User.created_at, 'warehouses': Warehouse.created_at, 'pages': DocumentFileItem.created_at}
@@ -244,12 +281,19 @@ def generate_system_statistics() -> dict:
             'totals': totals,
             **months,
             'growth': {name: growth(months['this_month'][name], months['last_month'][name]) for name in columns},
-            'trend': [{'date': day.isoformat(), **{name: counts.get(day, 0) for name, counts in per_day.items()}}
-                      for day in days],
+            'trend': [
+                {'date': day.isoformat(), **{name: counts.get(day, 0) for name, counts in per_day.items()}}
+                for day in days
+            ],
         }
         result = _store_snapshot(SnapshotKind.SYSTEM, None, data, now)
-    logger.info('system statistics %s: %d users, %d warehouses, %d pages', today, totals['users'],
-                totals['warehouses'], totals['pages'])
+    logger.info(
+        'system statistics %s: %d users, %d warehouses, %d pages',
+        today,
+        totals['users'],
+        totals['warehouses'],
+        totals['pages'],
+    )
     return result
 
 
@@ -265,24 +309,39 @@ def generate_warehouse_statistics(warehouse_id: str) -> dict:
             return {'warehouse_id': warehouse_id, 'status': 'missing', 'message': 'warehouse not found or deleted'}
         resource_id = f'{warehouse.organization_name}/{warehouse.name}'
         views = AccessRecord.select(fn.COUNT(SQL('*'))).where(
-            AccessRecord.resource_type == REPOSITORY_RESOURCE, AccessRecord.resource_id == resource_id)
+            AccessRecord.resource_type == REPOSITORY_RESOURCE, AccessRecord.resource_id == resource_id
+        )
         data = {
             'date': now.date().isoformat(),
             'generated_at': _iso(now),
             'warehouse_id': warehouse_id,
             'repository': resource_id,
             'status': 'ok',
-            'pages': (DocumentFileItem.select(fn.COUNT(SQL('*'))).join(DocumentCatalog)
-                      .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.is_deleted == False)
-                      .scalar() or 0),
+            'pages': (
+                DocumentFileItem.select(fn.COUNT(SQL('*')))
+                .join(DocumentCatalog)
+                .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.is_deleted == False)
+                .scalar()
+                or 0
+            ),
             'views': views.scalar() or 0,
             'views_today': _count(AccessRecord.access_time, today_start, today_end, views),
-            'commits': (DocumentCommitRecord.select(fn.COUNT(SQL('*')))
-                        .where(DocumentCommitRecord.warehouse == warehouse_id).scalar() or 0),
+            'commits': (
+                DocumentCommitRecord.select(fn.COUNT(SQL('*')))
+                .where(DocumentCommitRecord.warehouse == warehouse_id)
+                .scalar()
+                or 0
+            ),
         }
         result = _store_snapshot(SnapshotKind.WAREHOUSE, warehouse_id, data, now)
-    logger.info('warehouse %s: %d pages, %d views (%d today), %d commits', warehouse_id, data['pages'],
-                data['views'], data['views_today'], data['commits'])
+    logger.info(
+        'warehouse %s: %d pages, %d views (%d today), %d commits',
+        warehouse_id,
+        data['pages'],
+        data['views'],
+        data['views_today'],
+        data['commits'],
+    )
     return result
 
 
@@ -305,25 +364,35 @@ def generate_access_statistics() -> dict:
             count, visitors, _ = _visits(start, end)
             figures[name] = {'start': start.date().isoformat(), 'views': count, 'unique_visitors': visitors}
         # Ties are broken by the resource, so the list is the same on every run and every database.
-        top = (AccessRecord.select(AccessRecord.resource_type, AccessRecord.resource_id, views)
-               .where(AccessRecord.access_time >= month_from, AccessRecord.access_time < month_to)
-               .group_by(AccessRecord.resource_type, AccessRecord.resource_id)
-               .order_by(views.desc(), AccessRecord.resource_type, AccessRecord.resource_id)
-               .limit(TOP_RESOURCES).tuples())
+        top = (
+            AccessRecord.select(AccessRecord.resource_type, AccessRecord.resource_id, views)
+            .where(AccessRecord.access_time >= month_from, AccessRecord.access_time < month_to)
+            .group_by(AccessRecord.resource_type, AccessRecord.resource_id)
+            .order_by(views.desc(), AccessRecord.resource_type, AccessRecord.resource_id)
+            .limit(TOP_RESOURCES)
+            .tuples()
+        )
         data = {
             'date': today.isoformat(),
             'generated_at': _iso(now),
             **figures,
-            'top_resources': [{'resource_type': kind, 'resource_id': resource, 'views': count}
-                              for kind, resource, count in top],
+            'top_resources': [
+                {'resource_type': kind, 'resource_id': resource, 'views': count} for kind, resource, count in top
+            ],
         }
         result = _store_snapshot(SnapshotKind.ACCESS, None, data, now)
-    logger.info('access statistics %s: %d views today, %d this week, %d this month', today,
-                figures['today']['views'], figures['week']['views'], figures['month']['views'])
+    logger.info(
+        'access statistics %s: %d views today, %d this week, %d this month',
+        today,
+        figures['today']['views'],
+        figures['week']['views'],
+        figures['month']['views'],
+    )
     return result
 
 
 # ---- Operator actions (the CLI) ----
+
 
 def show(date: str | None = None) -> dict:
     """Return one day's statistics row (default yesterday UTC, None if not made) and the latest snapshots."""
@@ -344,6 +413,10 @@ def generate(date: str | None = None) -> dict:
 
 
 def _latest_snapshot(kind: str) -> dict | None:
-    row = (StatisticsSnapshot.select().where(StatisticsSnapshot.kind == kind)
-           .order_by(StatisticsSnapshot.snapshot_date.desc(), StatisticsSnapshot.created_at.desc()).first())
+    row = (
+        StatisticsSnapshot.select()
+        .where(StatisticsSnapshot.kind == kind)
+        .order_by(StatisticsSnapshot.snapshot_date.desc(), StatisticsSnapshot.created_at.desc())
+        .first()
+    )
     return {'snapshot_id': row.id, **row.data} if row else None

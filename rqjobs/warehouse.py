@@ -80,6 +80,7 @@ def update_job_id(warehouse_id: str) -> str:
 
 # ---- Submitting ----
 
+
 def submit_warehouse(
     address: str,
     branch: str | None = None,
@@ -107,21 +108,29 @@ def submit_warehouse(
     connection = connection or connections.get_redis(settings)
     if parsed.is_local:
         _check_workers_accept_local(connection)
-    lock_name = 'rqjobs:lock:submit:' + hashlib.sha256(
-        f'{parsed.organization}/{parsed.name}@{branch}'.encode()).hexdigest()
+    lock_name = (
+        'rqjobs:lock:submit:' + hashlib.sha256(f'{parsed.organization}/{parsed.name}@{branch}'.encode()).hexdigest()
+    )
     lock = connection.lock(lock_name, timeout=SUBMIT_LOCK_SECONDS, blocking_timeout=SUBMIT_LOCK_SECONDS)
     with queues.redis_full('warehouse'), lock, database.connection(settings) as db_:
         if user_id is not None and User.get_or_none(User.id == user_id, User.is_deleted == False) is None:
             raise InvalidSubmission(f'User {user_id} does not exist.')
-        fields = {'organization_name': parsed.organization, 'name': parsed.name, 'address': parsed.url,
-                  'branch': branch, 'git_user_name': username}
+        fields = {
+            'organization_name': parsed.organization,
+            'name': parsed.name,
+            'address': parsed.url,
+            'branch': branch,
+            'git_user_name': username,
+        }
         _check_lengths(fields)
         with db_.atomic():
             _check_duplicate(parsed.organization, parsed.name, branch)
-            warehouse = Warehouse.create(**fields, type=WarehouseType.GIT, status=WarehouseStatus.PENDING,
-                                         git_password=secret, creator=user_id)
-    logger.info('warehouse %s: submitted %s/%s (branch %s)', warehouse.id, parsed.organization, parsed.name,
-                branch or 'default')
+            warehouse = Warehouse.create(
+                **fields, type=WarehouseType.GIT, status=WarehouseStatus.PENDING, git_password=secret, creator=user_id
+            )
+    logger.info(
+        'warehouse %s: submitted %s/%s (branch %s)', warehouse.id, parsed.organization, parsed.name, branch or 'default'
+    )
     try:
         dispatch_pending(connection, settings)
     except redis.exceptions.OutOfMemoryError:
@@ -138,17 +147,21 @@ def _check_workers_accept_local(connection: redis.Redis) -> None:
         raise InvalidSubmission(
             f'Local paths are turned off in the workers on queue {queues.WAREHOUSE} ({refusing}), which would fail '
             f'this warehouse: ALLOW_LOCAL_REPOSITORIES=true must be set for the workers too. Restart them with it, '
-            f'for example ALLOW_LOCAL_REPOSITORIES=true rqjobs worker.')
+            f'for example ALLOW_LOCAL_REPOSITORIES=true rqjobs worker.'
+        )
 
 
 def local_path_warning(warehouse: Warehouse, connection: redis.Redis) -> str | None:
     """Return a warning for a local path submitted while no worker on the warehouse queue says it accepts one."""
     if not _is_local(warehouse.address) or any(
-            worker_module.local_path_acceptance(connection, queues.WAREHOUSE).values()):
+        worker_module.local_path_acceptance(connection, queues.WAREHOUSE).values()
+    ):
         return None
-    return (f'No running worker on queue {queues.WAREHOUSE} says it accepts local paths: start one with '
-            f'ALLOW_LOCAL_REPOSITORIES=true (for example ALLOW_LOCAL_REPOSITORIES=true rqjobs worker), or it will '
-            f'fail this warehouse.')
+    return (
+        f'No running worker on queue {queues.WAREHOUSE} says it accepts local paths: start one with '
+        f'ALLOW_LOCAL_REPOSITORIES=true (for example ALLOW_LOCAL_REPOSITORIES=true rqjobs worker), or it will '
+        f'fail this warehouse.'
+    )
 
 
 def _is_local(address: str) -> bool:
@@ -168,16 +181,22 @@ def _check_lengths(fields: dict[str, str | None]) -> None:
 
 def _check_duplicate(organization: str, name: str, branch: str) -> None:
     existing = Warehouse.select().where(
-        Warehouse.organization_name == organization, Warehouse.name == name, Warehouse.branch == branch,
+        Warehouse.organization_name == organization,
+        Warehouse.name == name,
+        Warehouse.branch == branch,
         Warehouse.is_deleted == False,
     )
     for row in existing:
         if row.status == WarehouseStatus.COMPLETED:
-            raise InvalidSubmission(f'Warehouse {organization}/{name} ({branch or "default branch"}) already exists '
-                                    f'as {row.id}; use `rqjobs warehouse reprocess {row.id}` to refresh it.')
+            raise InvalidSubmission(
+                f'Warehouse {organization}/{name} ({branch or "default branch"}) already exists '
+                f'as {row.id}; use `rqjobs warehouse reprocess {row.id}` to refresh it.'
+            )
         if row.status in IN_FLIGHT:
-            raise InvalidSubmission(f'Warehouse {organization}/{name} ({branch or "default branch"}) is already '
-                                    f'queued as {row.id} ({row.status}).')
+            raise InvalidSubmission(
+                f'Warehouse {organization}/{name} ({branch or "default branch"}) is already '
+                f'queued as {row.id} ({row.status}).'
+            )
         if row.status in REPLACEABLE:
             # A failed attempt gives way to the new submission; its clone goes with it.
             _soft_delete(row)
@@ -191,6 +210,7 @@ def _soft_delete(warehouse: Warehouse) -> None:
 
 # ---- Dispatching with per-user fairness ----
 
+
 def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) -> list[str]:
     """Enqueue Pending warehouses while their owners have room, and Processing ones whose job is gone.
 
@@ -198,12 +218,16 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
     """
     settings = settings or get_settings()
     # One dispatcher at a time: two could otherwise both see room for the same user.
-    with connection.lock('rqjobs:lock:dispatch-warehouses', timeout=DISPATCH_LOCK_SECONDS,
-                         blocking_timeout=DISPATCH_LOCK_SECONDS):
+    with connection.lock(
+        'rqjobs:lock:dispatch-warehouses', timeout=DISPATCH_LOCK_SECONDS, blocking_timeout=DISPATCH_LOCK_SECONDS
+    ):
         with database.connection(settings):
-            rows = list(Warehouse.select(Warehouse.id, Warehouse.status, Warehouse.creator)
-                        .where(Warehouse.status.in_(IN_FLIGHT), Warehouse.is_deleted == False)
-                        .order_by(Warehouse.created_at, Warehouse.id).tuples())
+            rows = list(
+                Warehouse.select(Warehouse.id, Warehouse.status, Warehouse.creator)
+                .where(Warehouse.status.in_(IN_FLIGHT), Warehouse.is_deleted == False)
+                .order_by(Warehouse.created_at, Warehouse.id)
+                .tuples()
+            )
         ids = [row[0] for row in rows]
         live = queues.live_job_ids(connection, [process_job_id(i) for i in ids] + [update_job_id(i) for i in ids])
         in_flight: dict[Any, int] = defaultdict(int)
@@ -221,8 +245,9 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
                     continue
                 in_flight[creator] += 1
             else:
-                logger.warning('warehouse %s: Processing without a live job (a worker died?); enqueued again',
-                               warehouse_id)
+                logger.warning(
+                    'warehouse %s: Processing without a live job (a worker died?); enqueued again', warehouse_id
+                )
             _enqueue_fresh(connection, 'process_warehouse', warehouse_id, process_job_id(warehouse_id), settings)
             enqueued.append(warehouse_id)
     return enqueued
@@ -237,19 +262,28 @@ def _usable_id(warehouse_id: str) -> bool:
     except ValueError:
         usable = False
     if not usable:
-        logger.error('warehouse %r: id cannot name a job or a clone (letters, digits and - only); skipped',
-                     warehouse_id)
+        logger.error(
+            'warehouse %r: id cannot name a job or a clone (letters, digits and - only); skipped', warehouse_id
+        )
     return usable
 
 
 def _enqueue_fresh(connection: redis.Redis, job: str, warehouse_id: str, job_id: str, settings: Settings) -> None:
     # A finished or failed job under the same id still exists until its TTL; it makes way for the new one.
     connection.delete(queues.JsonJob.key_for(job_id))
-    queues.enqueue(job, [warehouse_id], job_id=job_id, connection=connection, settings=settings,
-                   description=f'{job}({warehouse_id})', on_failure=f'{__name__}.warehouse_job_failed')
+    queues.enqueue(
+        job,
+        [warehouse_id],
+        job_id=job_id,
+        connection=connection,
+        settings=settings,
+        description=f'{job}({warehouse_id})',
+        on_failure=f'{__name__}.warehouse_job_failed',
+    )
 
 
 # ---- Processing ----
+
 
 def process_warehouse(warehouse_id: str) -> dict:
     """Clone, analyse and document one warehouse, and build its mind map."""
@@ -263,8 +297,11 @@ def process_warehouse(warehouse_id: str) -> dict:
             return _missing(warehouse_id)
         if warehouse.status not in IN_FLIGHT:
             logger.info('warehouse %s: is %s; nothing to do', warehouse_id, warehouse.status)
-            return {'warehouse_id': warehouse_id, 'status': 'skipped',
-                    'message': f'warehouse is {warehouse.status}, not Pending'}
+            return {
+                'warehouse_id': warehouse_id,
+                'status': 'skipped',
+                'message': f'warehouse is {warehouse.status}, not Pending',
+            }
         _set_status(warehouse_id, WarehouseStatus.PROCESSING, error=None)
     try:
         summary = _run_pipeline(warehouse, settings, started, full=True)
@@ -286,9 +323,12 @@ def process_warehouse_update(warehouse_id: str) -> dict:
         if warehouse is None:
             return _missing(warehouse_id)
         if warehouse.status != WarehouseStatus.COMPLETED or warehouse.type != WarehouseType.GIT:
-            return {'warehouse_id': warehouse_id, 'status': 'skipped',
-                    'message': f'only Completed git warehouses are updated (this one is {warehouse.type}, '
-                               f'{warehouse.status})'}
+            return {
+                'warehouse_id': warehouse_id,
+                'status': 'skipped',
+                'message': f'only Completed git warehouses are updated (this one is {warehouse.type}, '
+                f'{warehouse.status})',
+            }
     try:
         return _run_pipeline(warehouse, settings, started, full=False)
     except PermanentJobError as exc:
@@ -324,13 +364,19 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
         raise InvalidRepositoryAddress(
             f'Warehouse address {warehouse.address} is a local path, and this worker runs without '
             f'ALLOW_LOCAL_REPOSITORIES=true: set it for the worker processes too, restart them, then '
-            f'`rqjobs warehouse reprocess {warehouse.id}`.')
+            f'`rqjobs warehouse reprocess {warehouse.id}`.'
+        )
     dest = storage.clone_path(warehouse.id, settings)
     password = credentials.decrypt_secret(warehouse.git_password, settings) if warehouse.git_password else None
-    new_version = clone.sync(warehouse.address, dest, warehouse.branch or None, username=warehouse.git_user_name,
-                           password=password, settings=settings,
-                           progress=lambda stage, percent: queues.report_progress('clone', 5 + percent * 20 // 100,
-                                                                                  stage=stage))
+    new_version = clone.sync(
+        warehouse.address,
+        dest,
+        warehouse.branch or None,
+        username=warehouse.git_user_name,
+        password=password,
+        settings=settings,
+        progress=lambda stage, percent: queues.report_progress('clone', 5 + percent * 20 // 100, stage=stage),
+    )
     step('clone')
     old_version = warehouse.version
     changed = None
@@ -341,11 +387,16 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
             return _summary(warehouse, 'unchanged', new_version, timings, started, message='no new commits')
         changed = history.changed_paths(dest, old_version, new_version) if old_version else None
         if changed is None:
-            logger.info('warehouse %s: %s is no longer an ancestor of %s (force-push?); regenerating everything',
-                        warehouse.id, old_version, new_version)
+            logger.info(
+                'warehouse %s: %s is no longer an ancestor of %s (force-push?); regenerating everything',
+                warehouse.id,
+                old_version,
+                new_version,
+            )
     queues.report_progress('analyse', 30)
     analysis = analysis_module.analyse(
-        dest, progress=lambda done, total: queues.report_progress('analyse', 30 + 40 * done // max(total, 1)))
+        dest, progress=lambda done, total: queues.report_progress('analyse', 30 + 40 * done // max(total, 1))
+    )
     step('analyse')
     queues.report_progress('document', 70)
     since = old_version if changed is not None else None
@@ -356,19 +407,38 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
     tree = minimap.build_tree(context.title, analysis) if structure_changed else None
     step('document')
     queues.report_progress('store', 90)
-    counts = _store(warehouse, analysis, context, pages, changed, structure_changed, tree, commits, new_version,
-                    settings)
+    counts = _store(
+        warehouse, analysis, context, pages, changed, structure_changed, tree, commits, new_version, settings
+    )
     step('store')
     queues.report_progress('done', 100)
     status = 'Completed' if full or changed is None else 'updated'
-    return _summary(warehouse, status, new_version, timings, started, files=len(analysis.files),
-                    skipped=sum(analysis.skipped.values()), previous_version=old_version,
-                    changed_files=None if changed is None else len(changed), **counts)
+    return _summary(
+        warehouse,
+        status,
+        new_version,
+        timings,
+        started,
+        files=len(analysis.files),
+        skipped=sum(analysis.skipped.values()),
+        previous_version=old_version,
+        changed_files=None if changed is None else len(changed),
+        **counts,
+    )
 
 
-def _store(warehouse: Warehouse, analysis, context: documentation.PageContext, pages: list[documentation.Page],
-           changed: dict[str, str] | None, structure_changed: bool, tree: dict | None, commits: list[dict],
-           version: str, settings: Settings) -> dict:
+def _store(
+    warehouse: Warehouse,
+    analysis,
+    context: documentation.PageContext,
+    pages: list[documentation.Page],
+    changed: dict[str, str] | None,
+    structure_changed: bool,
+    tree: dict | None,
+    commits: list[dict],
+    version: str,
+    settings: Settings,
+) -> dict:
     """Write the documentation in one transaction: readers see the old set or the new one, never a mix.
 
     With `changed` (an update), only pages whose sources (old or new) changed are written again, plus the pages
@@ -380,17 +450,27 @@ def _store(warehouse: Warehouse, analysis, context: documentation.PageContext, p
         old_sources = _sources_by_page(warehouse.id) if changed is not None else {}
         document = Document.get_or_none(Document.warehouse == warehouse.id)
         if document is None:
-            document = Document.create(warehouse=warehouse.id, git_path=str(storage.clone_path(warehouse.id, settings)),
-                                       status=WarehouseStatus.COMPLETED)
-        existing = {row.url: row for row in DocumentCatalog.select().where(
-            DocumentCatalog.warehouse == warehouse.id, DocumentCatalog.is_deleted == False)}
+            document = Document.create(
+                warehouse=warehouse.id,
+                git_path=str(storage.clone_path(warehouse.id, settings)),
+                status=WarehouseStatus.COMPLETED,
+            )
+        existing = {
+            row.url: row
+            for row in DocumentCatalog.select().where(
+                DocumentCatalog.warehouse == warehouse.id, DocumentCatalog.is_deleted == False
+            )
+        }
         ids: dict[str, str] = {}
         for page in pages:
             row = existing.get(page.key)
             parent_id = ids.get(page.parent) if page.parent else None
             sources = set(page.sources).union(old_sources.get(page.key, ()))
-            touched = changed is None or not sources.isdisjoint(changed) or (
-                structure_changed and page.key in STRUCTURE_PAGES)
+            touched = (
+                changed is None
+                or not sources.isdisjoint(changed)
+                or (structure_changed and page.key in STRUCTURE_PAGES)
+            )
             if row is not None and not touched:
                 ids[page.key] = row.id
                 continue
@@ -407,51 +487,104 @@ def _store(warehouse: Warehouse, analysis, context: documentation.PageContext, p
             MiniMap.delete().where(MiniMap.warehouse == warehouse.id).execute()
             MiniMap.create(warehouse=warehouse.id, value=tree)
         if commits:
-            DocumentCommitRecord.insert_many([
-                {'id': _record_id(warehouse.id, c['sha']), 'warehouse': warehouse.id, 'commit_id': c['sha'],
-                 'title': c['title'], 'description': c['description'], 'author': c['author'],
-                 'last_update': c['committed_at'], 'created_at': now} for c in commits
-            ]).on_conflict_ignore().execute()
+            DocumentCommitRecord.insert_many(
+                [
+                    {
+                        'id': _record_id(warehouse.id, c['sha']),
+                        'warehouse': warehouse.id,
+                        'commit_id': c['sha'],
+                        'title': c['title'],
+                        'description': c['description'],
+                        'author': c['author'],
+                        'last_update': c['committed_at'],
+                        'created_at': now,
+                    }
+                    for c in commits
+                ]
+            ).on_conflict_ignore().execute()
         Document.update(last_update=now, updated_at=now, status=WarehouseStatus.COMPLETED).where(
-            Document.id == document.id).execute()
+            Document.id == document.id
+        ).execute()
         Warehouse.update(
-            status=WarehouseStatus.COMPLETED, error=None, version=version, readme=analysis.readme,
-            optimized_directory_structure=analysis.tree, classify=analysis.classification,
+            status=WarehouseStatus.COMPLETED,
+            error=None,
+            version=version,
+            readme=analysis.readme,
+            optimized_directory_structure=analysis.tree,
+            classify=analysis.classification,
             description=documentation.first_paragraph(analysis.readme, 500) or warehouse.description,
             updated_at=now,
         ).where(Warehouse.id == warehouse.id).execute()
-    return {'pages': len(pages), 'pages_written': written, 'pages_removed': len(stale), 'commits': len(commits),
-            'minimap': tree is not None}
+    return {
+        'pages': len(pages),
+        'pages_written': written,
+        'pages_removed': len(stale),
+        'commits': len(commits),
+        'minimap': tree is not None,
+    }
 
 
 def _sources_by_page(warehouse_id: str) -> dict[str, set[str]]:
-    rows = (DocumentFileItemSource.select(DocumentCatalog.url, DocumentFileItemSource.address)
-            .join(DocumentFileItem).join(DocumentCatalog)
-            .where(DocumentCatalog.warehouse == warehouse_id).tuples())
+    rows = (
+        DocumentFileItemSource.select(DocumentCatalog.url, DocumentFileItemSource.address)
+        .join(DocumentFileItem)
+        .join(DocumentCatalog)
+        .where(DocumentCatalog.warehouse == warehouse_id)
+        .tuples()
+    )
     sources: dict[str, set[str]] = defaultdict(set)
     for url, address in rows:
         sources[url].add(address)
     return sources
 
 
-def _write_page(warehouse_id: str, document_id: str, page: documentation.Page, parent_id: str | None, content: str,
-                row: DocumentCatalog | None) -> str:
-    fields = {'warehouse': warehouse_id, 'document': document_id, 'parent': parent_id, 'name': page.title,
-              'url': page.key, 'description': page.description, 'sort_order': page.order, 'is_completed': True,
-              'dependent_file': page.sources[:200], 'updated_at': clock.utcnow()}
+def _write_page(
+    warehouse_id: str,
+    document_id: str,
+    page: documentation.Page,
+    parent_id: str | None,
+    content: str,
+    row: DocumentCatalog | None,
+) -> str:
+    fields = {
+        'warehouse': warehouse_id,
+        'document': document_id,
+        'parent': parent_id,
+        'name': page.title,
+        'url': page.key,
+        'description': page.description,
+        'sort_order': page.order,
+        'is_completed': True,
+        'dependent_file': page.sources[:200],
+        'updated_at': clock.utcnow(),
+    }
     if row is None:
         catalog_id = DocumentCatalog.create(**fields).id
     else:
         catalog_id = row.id
         DocumentCatalog.update(**fields).where(DocumentCatalog.id == catalog_id).execute()
         DocumentFileItem.delete().where(DocumentFileItem.catalog == catalog_id).execute()
-    item = DocumentFileItem.create(catalog=catalog_id, title=page.title, description=page.description,
-                                   content=content, size=len(content.encode()), metadata={'sources': len(page.sources)})
+    item = DocumentFileItem.create(
+        catalog=catalog_id,
+        title=page.title,
+        description=page.description,
+        content=content,
+        size=len(content.encode()),
+        metadata={'sources': len(page.sources)},
+    )
     for batch in chunked(page.sources, 500):
-        DocumentFileItemSource.insert_many([
-            {'id': _record_id(item.id, path), 'file_item': item.id, 'address': path, 'name': path.rsplit('/', 1)[-1],
-             'created_at': clock.utcnow()} for path in batch
-        ]).execute()
+        DocumentFileItemSource.insert_many(
+            [
+                {
+                    'id': _record_id(item.id, path),
+                    'file_item': item.id,
+                    'address': path,
+                    'name': path.rsplit('/', 1)[-1],
+                    'created_at': clock.utcnow(),
+                }
+                for path in batch
+            ]
+        ).execute()
     return catalog_id
 
 
@@ -461,12 +594,19 @@ def _record_id(*parts: str) -> str:
     return f'{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}'
 
 
-def _summary(warehouse: Warehouse, status: str, version: str, timings: dict, started: float, message: str = '',
-             **counts: Any) -> dict:
+def _summary(
+    warehouse: Warehouse, status: str, version: str, timings: dict, started: float, message: str = '', **counts: Any
+) -> dict:
     timings['total'] = round(time.monotonic() - started, 3)
     logger.info('warehouse %s: %s at %s in %.1f s', warehouse.id, status, version[:12], timings['total'])
-    return {'warehouse_id': warehouse.id, 'status': status, 'version': version, 'timings': timings,
-            'message': message or f'{warehouse.organization_name}/{warehouse.name} {status.lower()}', **counts}
+    return {
+        'warehouse_id': warehouse.id,
+        'status': status,
+        'version': version,
+        'timings': timings,
+        'message': message or f'{warehouse.organization_name}/{warehouse.name} {status.lower()}',
+        **counts,
+    }
 
 
 def _status_for(exc: BaseException) -> str:
@@ -476,8 +616,9 @@ def _status_for(exc: BaseException) -> str:
 def _record_failure(warehouse_id: str, exc: BaseException) -> None:
     """Mark the warehouse Failed (or Unauthorized) unless the job will be tried again."""
     if not isinstance(exc, PermanentJobError) and queues.retries_left() > 0:
-        _set_status(warehouse_id, WarehouseStatus.PROCESSING,
-                    error=f'{exc} (will retry, {queues.retries_left()} tries left)')
+        _set_status(
+            warehouse_id, WarehouseStatus.PROCESSING, error=f'{exc} (will retry, {queues.retries_left()} tries left)'
+        )
         logger.warning('warehouse %s: %s; will retry', warehouse_id, exc)
         return
     _set_status(warehouse_id, _status_for(exc), error=str(exc) or type(exc).__name__)
@@ -487,7 +628,8 @@ def _record_failure(warehouse_id: str, exc: BaseException) -> None:
 def _set_status(warehouse_id: str, status: str, error: str | None) -> None:
     with database.connection():
         Warehouse.update(status=status, error=error, updated_at=clock.utcnow()).where(
-            Warehouse.id == warehouse_id).execute()
+            Warehouse.id == warehouse_id
+        ).execute()
 
 
 def _touch(warehouse_id: str) -> None:
@@ -513,8 +655,11 @@ def warehouse_job_failed(job, connection, exc_type, exc_value, traceback) -> Non
         return  # a retry is coming, and it will set the outcome
     reason = f'{exc_type.__name__}: the worker running the job stopped before it ended' if exc_type else 'failed'
     with database.connection():
-        updated = Warehouse.update(status=WarehouseStatus.FAILED, error=reason, updated_at=clock.utcnow()).where(
-            Warehouse.id == warehouse_id, Warehouse.status == WarehouseStatus.PROCESSING).execute()
+        updated = (
+            Warehouse.update(status=WarehouseStatus.FAILED, error=reason, updated_at=clock.utcnow())
+            .where(Warehouse.id == warehouse_id, Warehouse.status == WarehouseStatus.PROCESSING)
+            .execute()
+        )
     if updated:
         logger.error('warehouse %s: failed: %s', warehouse_id, reason)
     # A clone the dead worker had begun would otherwise stay on disk until the warehouse is removed.
@@ -522,6 +667,7 @@ def warehouse_job_failed(job, connection, exc_type, exc_value, traceback) -> Non
 
 
 # ---- Periodic jobs ----
+
 
 def schedule_warehouse_processing() -> dict:
     """Enqueue Pending warehouses (per-user limit) and Processing ones whose job is gone."""
@@ -536,11 +682,20 @@ def schedule_warehouse_updates() -> dict:
     settings = get_settings()
     cutoff = clock.utcnow() - timedelta(days=settings.update_interval_days)
     with database.connection(settings):
-        due = [row[0] for row in Warehouse.select(Warehouse.id)
-               .join(Document, on=(Document.warehouse == Warehouse.id))
-               .where(Warehouse.status == WarehouseStatus.COMPLETED, Warehouse.type == WarehouseType.GIT,
-                      Warehouse.is_deleted == False, Document.last_update < cutoff)
-               .order_by(Document.last_update).limit(UPDATES_PER_RUN).tuples()]
+        due = [
+            row[0]
+            for row in Warehouse.select(Warehouse.id)
+            .join(Document, on=(Document.warehouse == Warehouse.id))
+            .where(
+                Warehouse.status == WarehouseStatus.COMPLETED,
+                Warehouse.type == WarehouseType.GIT,
+                Warehouse.is_deleted == False,
+                Document.last_update < cutoff,
+            )
+            .order_by(Document.last_update)
+            .limit(UPDATES_PER_RUN)
+            .tuples()
+        ]
     connection = connections.get_redis(settings)
     live = queues.live_job_ids(connection, [update_job_id(i) for i in due] + [process_job_id(i) for i in due])
     enqueued = []
@@ -559,10 +714,13 @@ def cleanup_failed_warehouses() -> dict:
     # Safe twice: a soft-deleted warehouse is no longer selected, and removing a missing clone is a no-op.
     cutoff = clock.utcnow() - FAILED_RETENTION
     with database.connection():
-        failed = [warehouse for warehouse in Warehouse.select().where(Warehouse.status == WarehouseStatus.FAILED,
-                                                                     Warehouse.is_deleted == False,
-                                                                     Warehouse.updated_at < cutoff)
-                  if _usable_id(warehouse.id)]
+        failed = [
+            warehouse
+            for warehouse in Warehouse.select().where(
+                Warehouse.status == WarehouseStatus.FAILED, Warehouse.is_deleted == False, Warehouse.updated_at < cutoff
+            )
+            if _usable_id(warehouse.id)
+        ]
         for warehouse in failed:
             _soft_delete(warehouse)
     logger.info('cleanup: %d failed warehouses removed', len(failed))
@@ -571,13 +729,15 @@ def cleanup_failed_warehouses() -> dict:
 
 # ---- Operator actions (the CLI) ----
 
+
 def get_warehouse(warehouse_id: str) -> Warehouse:
     """Return a warehouse that is not deleted, or raise `WarehouseNotFound` saying it does not exist."""
     with database.connection():
         warehouse = _live_warehouse(warehouse_id)
     if warehouse is None:
-        raise WarehouseNotFound(f'Warehouse {warehouse_id} does not exist (or was removed); '
-                                f'`rqjobs warehouse list` shows the ids.')
+        raise WarehouseNotFound(
+            f'Warehouse {warehouse_id} does not exist (or was removed); `rqjobs warehouse list` shows the ids.'
+        )
     return warehouse
 
 
@@ -617,8 +777,11 @@ def describe(warehouse_id: str, connection: redis.Redis) -> dict:
     with database.connection():
         data = _row(warehouse)
         data['error'] = warehouse.error
-        data['pages'] = DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id,
-                                                       DocumentCatalog.is_deleted == False).count()
+        data['pages'] = (
+            DocumentCatalog.select()
+            .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.is_deleted == False)
+            .count()
+        )
         data['commits'] = DocumentCommitRecord.select().where(DocumentCommitRecord.warehouse == warehouse_id).count()
         tree = MiniMap.get_or_none(MiniMap.warehouse == warehouse_id)
         data['minimap_nodes'] = minimap.count_nodes(tree.value) if tree else 0
@@ -634,19 +797,28 @@ def describe(warehouse_id: str, connection: redis.Redis) -> dict:
 
 def _row(warehouse: Warehouse) -> dict:
     return {
-        'id': warehouse.id, 'organization': warehouse.organization_name, 'name': warehouse.name,
-        'branch': warehouse.branch, 'status': warehouse.status, 'version': warehouse.version,
-        'classify': warehouse.classify, 'address': warehouse.address,
-        'creator': warehouse.creator_id, 'created_at': warehouse.created_at, 'updated_at': warehouse.updated_at,
+        'id': warehouse.id,
+        'organization': warehouse.organization_name,
+        'name': warehouse.name,
+        'branch': warehouse.branch,
+        'status': warehouse.status,
+        'version': warehouse.version,
+        'classify': warehouse.classify,
+        'address': warehouse.address,
+        'creator': warehouse.creator_id,
+        'created_at': warehouse.created_at,
+        'updated_at': warehouse.updated_at,
     }
 
 
 def catalog_tree(warehouse_id: str) -> list[dict]:
     """Return the warehouse's catalog as nested `{title, url, children}` dicts, in order."""
     with database.connection():
-        rows = list(DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id,
-                                                   DocumentCatalog.is_deleted == False)
-                    .order_by(DocumentCatalog.sort_order))
+        rows = list(
+            DocumentCatalog.select()
+            .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.is_deleted == False)
+            .order_by(DocumentCatalog.sort_order)
+        )
     children: dict[str | None, list[DocumentCatalog]] = defaultdict(list)
     for row in rows:
         children[row.parent_id].append(row)
@@ -660,8 +832,12 @@ def catalog_tree(warehouse_id: str) -> list[dict]:
 def page_content(warehouse_id: str, url: str) -> str | None:
     """Return the markdown of one page of a warehouse, or None."""
     with database.connection():
-        item = (DocumentFileItem.select().join(DocumentCatalog)
-                .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.url == url).first())
+        item = (
+            DocumentFileItem.select()
+            .join(DocumentCatalog)
+            .where(DocumentCatalog.warehouse == warehouse_id, DocumentCatalog.url == url)
+            .first()
+        )
     return item.content if item else None
 
 
@@ -672,13 +848,20 @@ def remove_orphan_clones(settings: Settings | None = None, *, dry_run: bool = Fa
     if not root.is_dir():
         return []
     # A dot never starts a warehouse id: .trash holds what is being removed, and is emptied below.
-    names = [entry.name for entry in root.iterdir()
-             if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith('.')]
+    names = [
+        entry.name
+        for entry in root.iterdir()
+        if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith('.')
+    ]
     # <id>.partial is a clone of <id> in progress, or one a killed worker left: the warehouse's next try removes it.
     owners = {name: name.removesuffix(storage.PARTIAL_SUFFIX) for name in names}
     with database.connection(settings):
-        alive = {row[0] for row in Warehouse.select(Warehouse.id).where(
-            Warehouse.id.in_(sorted(set(owners.values()))), Warehouse.is_deleted == False).tuples()}
+        alive = {
+            row[0]
+            for row in Warehouse.select(Warehouse.id)
+            .where(Warehouse.id.in_(sorted(set(owners.values()))), Warehouse.is_deleted == False)
+            .tuples()
+        }
     orphans = sorted(name for name in names if owners[name] not in alive)
     if not dry_run:
         for name in orphans:

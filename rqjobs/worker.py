@@ -73,8 +73,12 @@ class HeartbeatRegistry(StartedJobRegistry):
 
 def clean_registries(queue, exception_handlers: list | None = None) -> None:
     """Clean a queue's registries as rq's `clean_registries` does, with running jobs judged by `HeartbeatRegistry`."""
-    options = {'name': queue.name, 'connection': queue.connection, 'job_class': queue.job_class,
-               'serializer': queue.serializer}
+    options = {
+        'name': queue.name,
+        'connection': queue.connection,
+        'job_class': queue.job_class,
+        'serializer': queue.serializer,
+    }
     FinishedJobRegistry(**options).cleanup()
     HeartbeatRegistry(**options).cleanup(exception_handlers=exception_handlers)
     FailedJobRegistry(**options).cleanup()
@@ -174,22 +178,41 @@ class JobsWorker(Worker):
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        if job.timeout and job.timeout > 0 and job.started_at and (now() - job.started_at).total_seconds() >= (
-                job.timeout - 1):
+        if (
+            job.timeout
+            and job.timeout > 0
+            and job.started_at
+            and (now() - job.started_at).total_seconds() >= (job.timeout - 1)
+        ):
             # Killed at its hard limit: as at the soft limit, another try would only run as long again.
             job.retries_left = 0
         # rq runs a failure callback when a job raises or is abandoned, not when its horse is killed (hard limit,
         # OOM killer); without this a warehouse whose last try was killed would stay Processing.
         with contextlib.suppress(Exception):  # execute_failure_callback logs what went wrong
-            execute_failure_callback(job, self.death_penalty_class, WorkHorseKilled,
-                                     WorkHorseKilled(f'work horse {retpid} ended with status {ret_val}'), None)
+            execute_failure_callback(
+                job,
+                self.death_penalty_class,
+                WorkHorseKilled,
+                WorkHorseKilled(f'work horse {retpid} ended with status {ret_val}'),
+                None,
+            )
 
-    def _start_scheduler(self, burst: bool = False, logging_level: str | None = 'INFO',
-                         date_format: str = DEFAULT_LOGGING_DATE_FORMAT, log_format: str = DEFAULT_LOGGING_FORMAT):
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = 'INFO',
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ):
         # rq's own, with the scheduler class above: rq names its class here and offers no setting for it.
-        self.scheduler = JobsScheduler(self.queues, connection=self.connection, serializer=self.serializer,
-                                       logging_level=logging_level if logging_level is not None else self.log.level,
-                                       date_format=date_format, log_format=log_format)
+        self.scheduler = JobsScheduler(
+            self.queues,
+            connection=self.connection,
+            serializer=self.serializer,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+        )
         self.scheduler.acquire_locks()
         if self.scheduler.acquired_locks:
             if burst:
@@ -263,11 +286,15 @@ def run_worker(
     try:
         worked = worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=True, logging_level=logging_level)
     except redis.RedisError as exc:
-        raise RedisUnavailable(f'The worker lost Redis and stopped ({exc}); it is started again once Redis is back '
-                               f'(run it under a process manager that restarts it).') from None
+        raise RedisUnavailable(
+            f'The worker lost Redis and stopped ({exc}); it is started again once Redis is back '
+            f'(run it under a process manager that restarts it).'
+        ) from None
     if not (burst or worker.stop_requested or (max_jobs is not None and worker.jobs_executed >= max_jobs)):
         # rq logs the error (Redis lost while a job ran, say) and returns as if asked to stop: exit 1 instead, so
         # that a process manager restarts the worker rather than taking it for a clean exit.
-        raise WorkerStopped('The worker stopped after an error (logged above); start it again, or run it under a '
-                            'process manager that restarts it (systemd Restart=always, Kubernetes).')
+        raise WorkerStopped(
+            'The worker stopped after an error (logged above); start it again, or run it under a '
+            'process manager that restarts it (systemd Restart=always, Kubernetes).'
+        )
     return worked

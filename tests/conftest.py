@@ -65,12 +65,28 @@ def full_redis(env, tmp_path):
     from rqjobs.embedded import server_binary
 
     socket = tmp_path / 'full.sock'
-    server = subprocess.Popen([server_binary(), '--port', '0', '--unixsocket', str(socket), '--save', '',
-                               '--appendonly', 'no', '--maxmemory-policy', 'noeviction'],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            server_binary(),
+            '--port',
+            '0',
+            '--unixsocket',
+            str(socket),
+            '--save',
+            '',
+            '--appendonly',
+            'no',
+            '--maxmemory-policy',
+            'noeviction',
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis_module.Redis(unix_socket_path=str(socket))
     # redis-server has no readiness signal but its socket (or its exit, which the ping below reports).
-    wait_until(lambda: socket.exists() or server.poll() is not None, 10, 'redis-server opened its socket', interval=0.02)
+    wait_until(
+        lambda: socket.exists() or server.poll() is not None, 10, 'redis-server opened its socket', interval=0.02
+    )
     client.ping()
     for number in range(20):
         client.set(f'filler:{number}', b'x' * 100_000)
@@ -144,12 +160,20 @@ def sample_repo(tmp_path):
     repo.mkdir(parents=True)
     git(repo, 'init', '-q')
     commit_files(repo, SAMPLE_FILES, 'Initial version')
-    commit_files(repo, {'assets/logo.png': b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR' + bytes(range(256)) * 4,
-                        'data/big.txt': ('x' * 99 + '\n') * 11000,
-                        b'docs/caf\xe9.md': b'# Caf\xe9\n',
-                        'docs/données/été.md': '# Été\n\nUnicode name.\n'}, 'Add assets, data and docs')
+    commit_files(
+        repo,
+        {
+            'assets/logo.png': b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR' + bytes(range(256)) * 4,
+            'data/big.txt': ('x' * 99 + '\n') * 11000,
+            b'docs/caf\xe9.md': b'# Caf\xe9\n',
+            'docs/données/été.md': '# Été\n\nUnicode name.\n',
+        },
+        'Add assets, data and docs',
+    )
     (repo / 'outside-link').symlink_to('/etc/passwd')
-    (repo / '.gitmodules').write_text('[submodule "vendor/lib"]\n\tpath = vendor/lib\n\turl = https://example.invalid/lib.git\n')
+    (repo / '.gitmodules').write_text(
+        '[submodule "vendor/lib"]\n\tpath = vendor/lib\n\turl = https://example.invalid/lib.git\n'
+    )
     git(repo, 'add', '-A')
     git(repo, 'update-index', '--add', '--cacheinfo', '160000,' + 'a' * 40 + ',vendor/lib')
     git(repo, 'commit', '-q', '-m', 'Add a symlink and a submodule entry')

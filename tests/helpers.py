@@ -15,14 +15,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_jobs_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the `jobs` command line in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, '-c', 'import cli; cli.main()', *args], cwd=ROOT, env=env or os.environ.copy(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, '-c', 'import cli; cli.main()', *args],
+        cwd=ROOT,
+        env=env or os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 # ---- Waiting ----
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05,
-               details: Callable[[], str] | None = None) -> Any:
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    details: Callable[[], str] | None = None,
+) -> Any:
     """Return the first true value of `predicate()`, polling until `timeout` seconds have passed; fail saying `what`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -37,15 +50,25 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 # ---- Git repositories built by the tests ----
 
-GIT_ENV = {'GIT_AUTHOR_NAME': 'Test Author', 'GIT_AUTHOR_EMAIL': 'author@example.invalid',
-           'GIT_COMMITTER_NAME': 'Test Author', 'GIT_COMMITTER_EMAIL': 'author@example.invalid',
-           'GIT_CONFIG_NOSYSTEM': '1', 'GIT_CONFIG_GLOBAL': '/dev/null'}
+GIT_ENV = {
+    'GIT_AUTHOR_NAME': 'Test Author',
+    'GIT_AUTHOR_EMAIL': 'author@example.invalid',
+    'GIT_COMMITTER_NAME': 'Test Author',
+    'GIT_COMMITTER_EMAIL': 'author@example.invalid',
+    'GIT_CONFIG_NOSYSTEM': '1',
+    'GIT_CONFIG_GLOBAL': '/dev/null',
+}
 
 
 def git(repo: Path, *args: str) -> str:
     """Run git in a test repository and return its output."""
-    result = subprocess.run(['git', '-c', 'init.defaultBranch=main', *args], cwd=repo, capture_output=True,
-                            env={**os.environ, **GIT_ENV}, check=True)
+    result = subprocess.run(
+        ['git', '-c', 'init.defaultBranch=main', *args],
+        cwd=repo,
+        capture_output=True,
+        env={**os.environ, **GIT_ENV},
+        check=True,
+    )
     return result.stdout.decode('utf-8', 'replace').strip()
 
 
@@ -68,9 +91,11 @@ SAMPLE_FILES = {
     'README.md': '# Sample\n\nSample is a small tool that greets people.\n\n## Installation\n\npip install sample\n',
     'pyproject.toml': '[project]\nname = "sample"\n\n[project.scripts]\nsample = "sample.cli:main"\n',
     'sample/__init__.py': '"""Sample package."""\n',
-    'sample/core.py': ('"""Greeting logic."""\n\n\nclass Greeter:\n    """Say hello."""\n\n'
-                       '    def greet(self, name: str = "world") -> str:\n        """Return a greeting."""\n'
-                       '        return f"hello {name}"\n\n\ndef shout(text: str) -> str:\n    return text.upper()\n'),
+    'sample/core.py': (
+        '"""Greeting logic."""\n\n\nclass Greeter:\n    """Say hello."""\n\n'
+        '    def greet(self, name: str = "world") -> str:\n        """Return a greeting."""\n'
+        '        return f"hello {name}"\n\n\ndef shout(text: str) -> str:\n    return text.upper()\n'
+    ),
     'sample/cli.py': 'import argparse\n\n\ndef main() -> int:\n    """Run the command line."""\n    return 0\n',
     'web/app.js': 'export function render(items) {\n  return items.join(",");\n}\n',
     'cmd/tool/main.go': 'package main\n\n// Run starts the tool.\nfunc Run() error {\n\treturn nil\n}\n',

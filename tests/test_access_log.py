@@ -24,20 +24,39 @@ NOW = datetime(2025, 6, 1, 12, 0, 0)
 
 
 def entry(i=0, **fields):
-    return {'resource_type': 'Repository', 'resource_id': f'owner/repo{i}',
-            'user_id': f'{i:08d}-aaaa-4bbb-8ccc-0123456789ab', 'ip_address': '203.0.113.7',
-            'user_agent': 'Mozilla/5.0 (X11; Linux x86_64)', 'path': f'/owner/repo{i}/docs', 'method': 'GET',
-            'status_code': 200, 'response_time': 12, **fields}
+    return {
+        'resource_type': 'Repository',
+        'resource_id': f'owner/repo{i}',
+        'user_id': f'{i:08d}-aaaa-4bbb-8ccc-0123456789ab',
+        'ip_address': '203.0.113.7',
+        'user_agent': 'Mozilla/5.0 (X11; Linux x86_64)',
+        'path': f'/owner/repo{i}/docs',
+        'method': 'GET',
+        'status_code': 200,
+        'response_time': 12,
+        **fields,
+    }
 
 
 def raw_entry(**fields):
     """A JSON text as a producer writes it, with fields replaced (None removes one)."""
-    data = {'event_id': os.urandom(16).hex(), 'resource_type': 'Page', 'resource_id': '/about', 'user_id': None,
-            'ip_address': '198.51.100.1', 'user_agent': 'curl/8', 'path': '/about', 'method': 'GET',
-            'status_code': 200, 'response_time': 5, 'access_time': '2025-01-01T00:00:00.000000'}
+    data = {
+        'event_id': os.urandom(16).hex(),
+        'resource_type': 'Page',
+        'resource_id': '/about',
+        'user_id': None,
+        'ip_address': '198.51.100.1',
+        'user_agent': 'curl/8',
+        'path': '/about',
+        'method': 'GET',
+        'status_code': 200,
+        'response_time': 5,
+        'access_time': '2025-01-01T00:00:00.000000',
+    }
     data.update(fields)
-    return json.dumps({key: value for key, value in data.items() if value is not None}, ensure_ascii=False,
-                      separators=(',', ':'))
+    return json.dumps(
+        {key: value for key, value in data.items() if value is not None}, ensure_ascii=False, separators=(',', ':')
+    )
 
 
 def stored_count():
@@ -55,10 +74,12 @@ def drain_all():
 @pytest.fixture
 def small(env):
     """Small caps, so a test exercises batches, budgets and the buffer cap with a few entries."""
+
     def apply(**values):
         for name, value in values.items():
             env.setenv(name, str(value))
         settings.reset()
+
     return apply
 
 
@@ -103,15 +124,28 @@ def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, 
     drops_before = producer.local_drop_count()
     sent = 0
     emoji = entry(100, path='/owner/repo100/文档/😀', user_agent='Agent ✓ 🚀', resource_id='owner/répo-😀')
-    valid = [entry(i) for i in range(20)] + [emoji, entry(101, extra_key='ignored', access_time='2025-01-01T10:00:00Z'),
-                                              entry(102, access_time=1735725600), entry(103, status_code=None)]
+    valid = [entry(i) for i in range(20)] + [
+        emoji,
+        entry(101, extra_key='ignored', access_time='2025-01-01T10:00:00Z'),
+        entry(102, access_time=1735725600),
+        entry(103, status_code=None),
+    ]
     for item in valid:
         assert producer.enqueue_access_log(item, connection=redis_conn)
     sent += len(valid)
-    refused = [entry(0, resource_id=None), entry(0, response_time=float('nan')), entry(0, status_code=-1),
-               entry(0, resource_id='x' * 500), entry(0, path='/a\x00b'), entry(0, status_code='200'),
-               entry(0, access_time='not a date'), entry(0, user_id=12), 'not a mapping', None,
-               entry(0, event_id='bad id!')]
+    refused = [
+        entry(0, resource_id=None),
+        entry(0, response_time=float('nan')),
+        entry(0, status_code=-1),
+        entry(0, resource_id='x' * 500),
+        entry(0, path='/a\x00b'),
+        entry(0, status_code='200'),
+        entry(0, access_time='not a date'),
+        entry(0, user_id=12),
+        'not a mapping',
+        None,
+        entry(0, event_id='bad id!'),
+    ]
     for item in refused:
         assert producer.enqueue_access_log(item, connection=redis_conn) is False
     sent += len(refused)
@@ -136,7 +170,7 @@ def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, 
     letters = [json.loads(letter) for letter in redis_conn.lrange(DEAD_KEY, 0, -1)]
     for letter, (raw, reason) in zip(letters, HOSTILE_RAW):
         assert reason in letter['reason'], (raw[:60], letter['reason'])
-        assert letter['entry'].encode('utf-8', 'surrogateescape') == raw[:access_log.RAW_MAX]
+        assert letter['entry'].encode('utf-8', 'surrogateescape') == raw[: access_log.RAW_MAX]
         assert letter['at'].endswith('Z')
 
     row = AccessRecord.get(AccessRecord.resource_id == 'owner/répo-😀')
@@ -149,9 +183,17 @@ def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, 
 def test_producer_normalises_entries(redis_conn):
     redis_conn.script_flush()  # the scripts are loaded again on first use
     at = datetime(2025, 3, 1, 8, 30)
-    assert producer.enqueue_access_log(entry(1, ip_address='[2001:DB8::1]:443', user_agent='u' * 700,
-                                             path='/p' * 2000, access_time=at, event_id='given-id.1'),
-                                       connection=redis_conn)
+    assert producer.enqueue_access_log(
+        entry(
+            1,
+            ip_address='[2001:DB8::1]:443',
+            user_agent='u' * 700,
+            path='/p' * 2000,
+            access_time=at,
+            event_id='given-id.1',
+        ),
+        connection=redis_conn,
+    )
     assert producer.enqueue_access_log(entry(2, ip_address='not an ip'), connection=redis_conn)
     first, second = (json.loads(item) for item in redis_conn.lrange(BUFFER_KEY, 0, -1))
     assert first['event_id'] == 'given-id.1'
@@ -165,7 +207,7 @@ def test_producer_normalises_entries(redis_conn):
 
 # ---- Crashes, replays, locks ----
 
-CHILD = '''
+CHILD = """
 import sys, time
 from pathlib import Path
 from rqjobs import access_log
@@ -201,19 +243,23 @@ else:
 
     access_log._insert = patched
 access_log.process_access_log()
-'''
+"""
 
 
 @pytest.mark.db
 @pytest.mark.slow
 @pytest.mark.parametrize('point', ['before-commit', 'after-commit'])
-def test_a_drainer_killed_mid_run_loses_nothing_and_stores_nothing_twice(redis_conn, database, small, tmp_path,
-                                                                         point):
+def test_a_drainer_killed_mid_run_loses_nothing_and_stores_nothing_twice(redis_conn, database, small, tmp_path, point):
     small(ACCESS_LOG_BATCH_SIZE=100)
     assert producer.enqueue_access_logs([entry(i) for i in range(1000)], connection=redis_conn) == 1000
     marker = tmp_path / 'stalled'
-    child = subprocess.Popen([sys.executable, '-c', CHILD, str(marker), point], cwd=ROOT, env=os.environ.copy(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [sys.executable, '-c', CHILD, str(marker), point],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -282,8 +328,9 @@ def test_work_per_run_is_bounded_and_the_next_run_continues(redis_conn, database
 
 @pytest.mark.db
 def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(redis_conn, database, monkeypatch):
-    producer.enqueue_access_logs([entry(i) for i in range(5)] + [entry(99, resource_id='poison/row')],
-                                 connection=redis_conn)
+    producer.enqueue_access_logs(
+        [entry(i) for i in range(5)] + [entry(99, resource_id='poison/row')], connection=redis_conn
+    )
     insert = access_log._insert
 
     def refusing(db, rows):
@@ -305,8 +352,9 @@ def test_a_locked_database_fails_the_run_and_keeps_the_entries(redis_conn, datab
         pytest.skip('holds a SQLite write lock')
     producer.enqueue_access_logs([entry(i) for i in range(30)], connection=redis_conn)
     # The drainer waits 5 s for a lock by default; a test waits less.
-    monkeypatch.setattr(database, '_pragmas', [(name, 200 if name == 'busy_timeout' else value)
-                                               for name, value in database._pragmas])
+    monkeypatch.setattr(
+        database, '_pragmas', [(name, 200 if name == 'busy_timeout' else value) for name, value in database._pragmas]
+    )
     holder = sqlite3.connect(database.database, timeout=0.1, isolation_level=None)
     try:
         holder.execute('BEGIN EXCLUSIVE')
@@ -328,7 +376,10 @@ def test_a_database_that_is_down_fails_the_run_and_keeps_the_entries(redis_conn,
     env.setenv('DATABASE_URL', 'postgresql://postgres@127.0.0.1:1/nowhere')
     settings.reset()
     producer.enqueue_access_logs([entry(i) for i in range(5)], connection=redis_conn)
-    with pytest.raises(DatabaseUnavailable, match=r'Cannot reach the database at postgresql://postgres@127\.0\.0\.1:1/nowhere: .*stay in Redis'):
+    with pytest.raises(
+        DatabaseUnavailable,
+        match=r'Cannot reach the database at postgresql://postgres@127\.0\.0\.1:1/nowhere: .*stay in Redis',
+    ):
         access_log.process_access_log()
     assert redis_conn.llen(BUFFER_KEY) + redis_conn.llen(PROCESSING_KEY) == 5
     assert not redis_conn.exists(LOCK_KEY)
@@ -348,62 +399,105 @@ def test_redis_down_drops_fast_and_counts_locally(env):
 
 # ---- Requests ----
 
-@pytest.mark.parametrize('headers, remote, expected', [
-    ({'CF-Connecting-IP': '198.51.100.1', 'X-Forwarded-For': '203.0.113.9'}, '10.0.0.1', '198.51.100.1'),
-    ({'x-forwarded-for': '203.0.113.9, 10.0.0.2', 'X-Real-IP': '203.0.113.10'}, '10.0.0.1', '203.0.113.9'),
-    ({'X-Forwarded-For': 'unknown', 'X-Real-IP': '203.0.113.10'}, '10.0.0.1', '203.0.113.10'),
-    ({'X-Client-IP': '203.0.113.11', 'True-Client-IP': '203.0.113.12'}, '10.0.0.1', '203.0.113.11'),
-    ({'True-Client-IP': '203.0.113.12', 'X-Cluster-Client-IP': '203.0.113.13'}, None, '203.0.113.12'),
-    ({'X-Cluster-Client-IP': '203.0.113.13:8443'}, None, '203.0.113.13'),
-    ({'Forwarded': 'for="[2001:db8:cafe::17]:4711";proto=https, for=198.51.100.3'}, None, '2001:db8:cafe::17'),
-    ({'Forwarded': 'for=unknown;by=203.0.113.43'}, '10.0.0.1', '10.0.0.1'),
-    ({'X-Real-IP': 'garbage'}, '[::1]:5000', '::1'),
-    ({}, 'not an address', ''),
-])
+
+@pytest.mark.parametrize(
+    'headers, remote, expected',
+    [
+        ({'CF-Connecting-IP': '198.51.100.1', 'X-Forwarded-For': '203.0.113.9'}, '10.0.0.1', '198.51.100.1'),
+        ({'x-forwarded-for': '203.0.113.9, 10.0.0.2', 'X-Real-IP': '203.0.113.10'}, '10.0.0.1', '203.0.113.9'),
+        ({'X-Forwarded-For': 'unknown', 'X-Real-IP': '203.0.113.10'}, '10.0.0.1', '203.0.113.10'),
+        ({'X-Client-IP': '203.0.113.11', 'True-Client-IP': '203.0.113.12'}, '10.0.0.1', '203.0.113.11'),
+        ({'True-Client-IP': '203.0.113.12', 'X-Cluster-Client-IP': '203.0.113.13'}, None, '203.0.113.12'),
+        ({'X-Cluster-Client-IP': '203.0.113.13:8443'}, None, '203.0.113.13'),
+        ({'Forwarded': 'for="[2001:db8:cafe::17]:4711";proto=https, for=198.51.100.3'}, None, '2001:db8:cafe::17'),
+        ({'Forwarded': 'for=unknown;by=203.0.113.43'}, '10.0.0.1', '10.0.0.1'),
+        ({'X-Real-IP': 'garbage'}, '[::1]:5000', '::1'),
+        ({}, 'not an address', ''),
+    ],
+)
 def test_client_ip_follows_the_header_precedence(headers, remote, expected):
     assert producer.client_ip(headers, remote) == expected
 
 
-@pytest.mark.parametrize('path', ['/static/app.css', '/assets/logo.PNG', '/_next/chunk.js', '/favicon.ico',
-                                  '/a/b/font.woff2', '/bundle.js.map', '/health', '/healthz/ready', '/metrics',
-                                  '/swagger/index.html', '/openapi.json', '/docs', '/docs/oauth2-redirect',
-                                  '/robots.txt'])
+@pytest.mark.parametrize(
+    'path',
+    [
+        '/static/app.css',
+        '/assets/logo.PNG',
+        '/_next/chunk.js',
+        '/favicon.ico',
+        '/a/b/font.woff2',
+        '/bundle.js.map',
+        '/health',
+        '/healthz/ready',
+        '/metrics',
+        '/swagger/index.html',
+        '/openapi.json',
+        '/docs',
+        '/docs/oauth2-redirect',
+        '/robots.txt',
+    ],
+)
 def test_assets_and_machinery_are_not_logged(path):
     assert producer.entry_from_request('GET', path, {}, '10.0.0.1', 200, 1.0) is None
 
 
-@pytest.mark.parametrize('path, resource', [
-    ('/', ('Page', '/')),
-    ('/login', ('Page', '/login')),
-    ('/settings/profile/', ('Page', '/settings/profile')),
-    ('/api/Warehouse/GetList/extra', ('API', 'Warehouse/GetList')),
-    ('/api/Users', ('API', 'Users')),
-    ('/api', ('Page', '/api')),
-    ('/admin/users/42', ('Admin', 'users/42')),
-    ('/admin', ('Admin', 'index')),
-    ('/search/rq jobs', ('Search', 'rq jobs')),
-    ('/OpenAI/Whisper/docs/intro', ('Repository', 'openai/whisper')),
-    ('/torvalds/linux', ('Repository', 'torvalds/linux')),
-    ('/unknown-page', ('Page', '/unknown-page')),
-    ('/docsite/x', ('Repository', 'docsite/x')),
-])
+@pytest.mark.parametrize(
+    'path, resource',
+    [
+        ('/', ('Page', '/')),
+        ('/login', ('Page', '/login')),
+        ('/settings/profile/', ('Page', '/settings/profile')),
+        ('/api/Warehouse/GetList/extra', ('API', 'Warehouse/GetList')),
+        ('/api/Users', ('API', 'Users')),
+        ('/api', ('Page', '/api')),
+        ('/admin/users/42', ('Admin', 'users/42')),
+        ('/admin', ('Admin', 'index')),
+        ('/search/rq jobs', ('Search', 'rq jobs')),
+        ('/OpenAI/Whisper/docs/intro', ('Repository', 'openai/whisper')),
+        ('/torvalds/linux', ('Repository', 'torvalds/linux')),
+        ('/unknown-page', ('Page', '/unknown-page')),
+        ('/docsite/x', ('Repository', 'docsite/x')),
+    ],
+)
 def test_resources_are_parsed_from_the_path(path, resource):
     assert producer.resource_of(path) == resource
 
 
 def test_entry_from_request():
     built = producer.entry_from_request(
-        'get', '/owner/name/page?token=secret', {'user-AGENT': 'A' * 1000, 'X-Forwarded-For': '203.0.113.5'},
-        '10.0.0.1', 404, 12.6, user_id='u1')
-    assert built == {'resource_type': 'Repository', 'resource_id': 'owner/name', 'user_id': 'u1',
-                     'ip_address': '203.0.113.5', 'user_agent': 'A' * producer.USER_AGENT_MAX,
-                     'path': '/owner/name/page', 'method': 'GET', 'status_code': 404, 'response_time': 12.6}
+        'get',
+        '/owner/name/page?token=secret',
+        {'user-AGENT': 'A' * 1000, 'X-Forwarded-For': '203.0.113.5'},
+        '10.0.0.1',
+        404,
+        12.6,
+        user_id='u1',
+    )
+    assert built == {
+        'resource_type': 'Repository',
+        'resource_id': 'owner/name',
+        'user_id': 'u1',
+        'ip_address': '203.0.113.5',
+        'user_agent': 'A' * producer.USER_AGENT_MAX,
+        'path': '/owner/name/page',
+        'method': 'GET',
+        'status_code': 404,
+        'response_time': 12.6,
+    }
 
 
 def wsgi_environ(path='/owner/name', **extra):
-    return {'REQUEST_METHOD': 'POST', 'PATH_INFO': path.encode('utf-8').decode('latin-1'), 'QUERY_STRING': 'q=1',
-            'REMOTE_ADDR': '10.0.0.1', 'HTTP_USER_AGENT': 'pytest-agent', 'HTTP_X_FORWARDED_FOR': '203.0.113.20',
-            'wsgi.url_scheme': 'http', **extra}
+    return {
+        'REQUEST_METHOD': 'POST',
+        'PATH_INFO': path.encode('utf-8').decode('latin-1'),
+        'QUERY_STRING': 'q=1',
+        'REMOTE_ADDR': '10.0.0.1',
+        'HTTP_USER_AGENT': 'pytest-agent',
+        'HTTP_X_FORWARDED_FOR': '203.0.113.20',
+        'wsgi.url_scheme': 'http',
+        **extra,
+    }
 
 
 class Body:
@@ -442,10 +536,28 @@ def test_middleware_records_one_entry_after_the_body_is_closed(redis_conn):
     assert bodies[0].closed
     (raw,) = redis_conn.lrange(BUFFER_KEY, 0, -1)
     logged = json.loads(raw)
-    assert {key: logged[key] for key in ('resource_type', 'resource_id', 'user_id', 'ip_address', 'user_agent',
-                                         'path', 'method', 'status_code')} == {
-        'resource_type': 'Repository', 'resource_id': 'owner/name', 'user_id': 'user-7', 'ip_address': '203.0.113.20',
-        'user_agent': 'pytest-agent', 'path': '/owner/name/文档', 'method': 'POST', 'status_code': 201}
+    assert {
+        key: logged[key]
+        for key in (
+            'resource_type',
+            'resource_id',
+            'user_id',
+            'ip_address',
+            'user_agent',
+            'path',
+            'method',
+            'status_code',
+        )
+    } == {
+        'resource_type': 'Repository',
+        'resource_id': 'owner/name',
+        'user_id': 'user-7',
+        'ip_address': '203.0.113.20',
+        'user_agent': 'pytest-agent',
+        'path': '/owner/name/文档',
+        'method': 'POST',
+        'status_code': 201,
+    }
     assert 0 <= logged['response_time'] < 5000
 
     run_wsgi(middleware, wsgi_environ('/static/app.js'))
@@ -476,21 +588,32 @@ def test_middleware_never_breaks_the_app(env):
     started = time.monotonic()
     assert run_wsgi(producer.AccessLogMiddleware(app), wsgi_environ()) == (['200 OK'], b'still served')
     assert run_wsgi(producer.AccessLogMiddleware(app, user_id=broken_user), wsgi_environ()) == (
-        ['200 OK'], b'still served')
+        ['200 OK'],
+        b'still served',
+    )
     assert time.monotonic() - started < 1
     assert producer.local_drop_count() - before == 2
 
 
 # ---- Cleanup ----
 
+
 def frozen(monkeypatch, moment):
     monkeypatch.setattr(clock, 'utcnow', lambda: moment)
 
 
 def add_records(ages_in_days):
-    AccessRecord.insert_many([
-        {'event_id': f'age-{i}', 'resource_type': 'Page', 'resource_id': '/', 'access_time': NOW - timedelta(days=age)}
-        for i, age in enumerate(ages_in_days)]).execute()
+    AccessRecord.insert_many(
+        [
+            {
+                'event_id': f'age-{i}',
+                'resource_type': 'Page',
+                'resource_id': '/',
+                'access_time': NOW - timedelta(days=age),
+            }
+            for i, age in enumerate(ages_in_days)
+        ]
+    ).execute()
 
 
 @pytest.mark.db
@@ -531,6 +654,7 @@ def test_cleanup_of_logs_trims_old_dead_letters(redis_conn, monkeypatch):
 
 # ---- Jobs, operator actions and the command line ----
 
+
 @pytest.mark.db
 def test_jobs_are_registered_and_run_in_a_worker(redis_conn, database, burst_worker):
     for name in access_log.JOBS:
@@ -564,8 +688,16 @@ def test_cli_status_and_requeue_dead(redis_conn, database, small):
 
     result = runner.invoke(cli.main, ['logs', 'status', '--json'], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {'buffer': 1, 'buffer_max': 3, 'processing': 0, 'dead': 2, 'dropped': 3,
-                                         'dropped_full': 2, 'dropped_invalid': 1, 'draining': False}
+    assert json.loads(result.stdout) == {
+        'buffer': 1,
+        'buffer_max': 3,
+        'processing': 0,
+        'dead': 2,
+        'dropped': 3,
+        'dropped_full': 2,
+        'dropped_invalid': 1,
+        'draining': False,
+    }
     human = runner.invoke(cli.main, ['logs', 'status'], catch_exceptions=False)
     assert 'buffer:       1 of 3' in human.stdout and 'dead letters: 2' in human.stdout
 
@@ -579,6 +711,7 @@ def test_cli_status_and_requeue_dead(redis_conn, database, small):
 
 
 # ---- The hand-optimised fast paths against their plain versions ----
+
 
 def plain_validate(data, now, *, producer_side, latest=None):
     """What `validate` does, field by field and with no shortcut: the specification its fast path must meet."""
@@ -603,36 +736,140 @@ def plain_validate(data, now, *, producer_side, latest=None):
             raise ValueError('ip_address is not an IP address')
         address = ip or ''
     access_time = get('access_time')
-    return (event_id, resource_type, resource_id, user_id, address, user_agent, path, method,
-            producer._status(get('status_code')),
-            producer._number(get('response_time'), 'response_time', 0, producer.RESPONSE_TIME_MAX),
-            now if access_time is None else producer._moment(access_time, now, latest))
+    return (
+        event_id,
+        resource_type,
+        resource_id,
+        user_id,
+        address,
+        user_agent,
+        path,
+        method,
+        producer._status(get('status_code')),
+        producer._number(get('response_time'), 'response_time', 0, producer.RESPONSE_TIME_MAX),
+        now if access_time is None else producer._moment(access_time, now, latest),
+    )
 
 
 class Text(str):
     """A str subclass, as some web frameworks hand out (markupsafe's Markup, say)."""
 
 
-TEXTS = ['', 'a', 'Page', 'owner/repo', 'é', 'répo-😀', '文档', 'e\u0301', '\u2028', '\x00', 'a\x00b', '\x01\x1f\x7f',
-         '\t\n\r', '"\\', '</script>', '\ud800', 'x\udfff', ' ' * 45, '9' * 32, 'x' * 36, 'x' * 37, 'y' * 191,
-         'y' * 192, 'u' * 512, 'u' * 513, 'p' * 2048, 'p' * 2049, 'h' * 100_000, '😀' * 300, Text('text'), None,
-         7, 1.5, b'bytes', ['list'], True]
-ADDRESSES = ['203.0.113.7', '[2001:DB8::1]:443', '10.0.0.1:80', '::ffff:1.2.3.4', 'not an ip', ' 1.2.3.4 ', '"1.1.1.1"',
-             '1' * 46, 'fe80::1%eth0']
-EVENT_IDS = [None, '', 'given-id.1', 'a' * 64, 'a' * 65, 'bad id', '0123456789abcdef0123456789abcdef',
-             '0123456789abcdéf0123456789abcdef', 'é' * 32, 5]
-NUMBERS = [None, 0, 1, 99, 100, 200, 404, 599, 600, -1, 12.4, 12.5, float('nan'), float('inf'), 10 ** 30, True,
-           '200', 3_600_000, 3_600_001]
-TIMES = [None, '2025-01-01T10:00:00', '2025-01-01T10:00:00+02:00', '1969-12-31T23:59:59', '2999-01-01', 'yesterday',
-         'x' * 41, 1_735_725_600, 1.5e9, -1e20, float('nan'), datetime(2025, 5, 31), [2025]]
+TEXTS = [
+    '',
+    'a',
+    'Page',
+    'owner/repo',
+    'é',
+    'répo-😀',
+    '文档',
+    'e\u0301',
+    '\u2028',
+    '\x00',
+    'a\x00b',
+    '\x01\x1f\x7f',
+    '\t\n\r',
+    '"\\',
+    '</script>',
+    '\ud800',
+    'x\udfff',
+    ' ' * 45,
+    '9' * 32,
+    'x' * 36,
+    'x' * 37,
+    'y' * 191,
+    'y' * 192,
+    'u' * 512,
+    'u' * 513,
+    'p' * 2048,
+    'p' * 2049,
+    'h' * 100_000,
+    '😀' * 300,
+    Text('text'),
+    None,
+    7,
+    1.5,
+    b'bytes',
+    ['list'],
+    True,
+]
+ADDRESSES = [
+    '203.0.113.7',
+    '[2001:DB8::1]:443',
+    '10.0.0.1:80',
+    '::ffff:1.2.3.4',
+    'not an ip',
+    ' 1.2.3.4 ',
+    '"1.1.1.1"',
+    '1' * 46,
+    'fe80::1%eth0',
+]
+EVENT_IDS = [
+    None,
+    '',
+    'given-id.1',
+    'a' * 64,
+    'a' * 65,
+    'bad id',
+    '0123456789abcdef0123456789abcdef',
+    '0123456789abcdéf0123456789abcdef',
+    'é' * 32,
+    5,
+]
+NUMBERS = [
+    None,
+    0,
+    1,
+    99,
+    100,
+    200,
+    404,
+    599,
+    600,
+    -1,
+    12.4,
+    12.5,
+    float('nan'),
+    float('inf'),
+    10**30,
+    True,
+    '200',
+    3_600_000,
+    3_600_001,
+]
+TIMES = [
+    None,
+    '2025-01-01T10:00:00',
+    '2025-01-01T10:00:00+02:00',
+    '1969-12-31T23:59:59',
+    '2999-01-01',
+    'yesterday',
+    'x' * 41,
+    1_735_725_600,
+    1.5e9,
+    -1e20,
+    float('nan'),
+    datetime(2025, 5, 31),
+    [2025],
+]
 
 
 def random_entries(count, seed):
     """Entries with one value or a few drawn from the tables above, the rest ordinary: many ways to be almost right."""
     chooser = random.Random(seed)
-    tables = {'event_id': EVENT_IDS, 'resource_type': TEXTS, 'resource_id': TEXTS, 'user_id': TEXTS,
-              'ip_address': ADDRESSES + TEXTS, 'user_agent': TEXTS, 'path': TEXTS, 'method': TEXTS,
-              'status_code': NUMBERS, 'response_time': NUMBERS, 'access_time': TIMES}
+    tables = {
+        'event_id': EVENT_IDS,
+        'resource_type': TEXTS,
+        'resource_id': TEXTS,
+        'user_id': TEXTS,
+        'ip_address': ADDRESSES + TEXTS,
+        'user_agent': TEXTS,
+        'path': TEXTS,
+        'method': TEXTS,
+        'status_code': NUMBERS,
+        'response_time': NUMBERS,
+        'access_time': TIMES,
+    }
     for _ in range(count):
         data = {'event_id': 'fixed-id', **entry(chooser.randrange(1000)), 'access_time': '2025-01-01T00:00:00'}
         for name in chooser.sample(sorted(tables), chooser.choice([1, 1, 2, 3])):
@@ -655,8 +892,9 @@ def test_the_combined_validation_decides_as_the_field_by_field_one(producer_side
     monkeypatch.setattr(producer, '_new_event_id', lambda: 'made-by-the-producer')
     checked = 0
     for data in random_entries(5000, seed=13 + producer_side):
-        assert outcome(producer.validate, data, NOW, producer=producer_side) == \
-            outcome(plain_validate, data, NOW, producer_side=producer_side), data
+        assert outcome(producer.validate, data, NOW, producer=producer_side) == outcome(
+            plain_validate, data, NOW, producer_side=producer_side
+        ), data
         checked += 1
     assert checked == 5000
 
@@ -669,8 +907,11 @@ def test_the_percent_built_json_is_what_json_dumps_writes(monkeypatch):
             row = producer.validate(data, NOW, producer=True)
         except ValueError:
             continue
-        plain = json.dumps(dict(zip(producer._ENTRY_KEYS, (*row[:10], row[10].isoformat(timespec='microseconds')))),
-                           ensure_ascii=False, separators=(',', ':')).encode()
+        plain = json.dumps(
+            dict(zip(producer._ENTRY_KEYS, (*row[:10], row[10].isoformat(timespec='microseconds')))),
+            ensure_ascii=False,
+            separators=(',', ':'),
+        ).encode()
         assert producer._payload(data, NOW) == plain
         assert json.loads(plain)['resource_id'] == row[2]
         written += 1
@@ -679,18 +920,33 @@ def test_the_percent_built_json_is_what_json_dumps_writes(monkeypatch):
 
 def test_the_drain_reads_entries_as_json_loads_does():
     raws = [raw_entry(event_id=f'e{i}').encode() for i in range(3)] + [
-        raw_entry(event_id='spaces').encode() + b' \n\t ', b' ' + raw_entry(event_id='lead').encode(),
-        raw_entry(event_id='extra').encode() + b'{}', raw_entry(event_id='vt').encode() + b'\x0b',
-        raw_entry(event_id='nbsp').encode() + '\xa0'.encode(), '\u2028'.encode() + raw_entry(event_id='ls').encode(),
-        b'\r\n' + raw_entry(event_id='crlf').encode() + b'\r\n', b'[1]', b'"text"', b'{"a": NaN}', b'\xff\xfe', b'',
-        b'{' * 100_000, raw_entry(event_id='e0').encode(), raw_entry(event_id='big', user_agent='u' * 70_000).encode(),
-        raw_entry(event_id='uni', path='/文档/😀\u2028').encode(), b'{"event_id": "dup"}' * 2]
+        raw_entry(event_id='spaces').encode() + b' \n\t ',
+        b' ' + raw_entry(event_id='lead').encode(),
+        raw_entry(event_id='extra').encode() + b'{}',
+        raw_entry(event_id='vt').encode() + b'\x0b',
+        raw_entry(event_id='nbsp').encode() + '\xa0'.encode(),
+        '\u2028'.encode() + raw_entry(event_id='ls').encode(),
+        b'\r\n' + raw_entry(event_id='crlf').encode() + b'\r\n',
+        b'[1]',
+        b'"text"',
+        b'{"a": NaN}',
+        b'\xff\xfe',
+        b'',
+        b'{' * 100_000,
+        raw_entry(event_id='e0').encode(),
+        raw_entry(event_id='big', user_agent='u' * 70_000).encode(),
+        raw_entry(event_id='uni', path='/文档/😀\u2028').encode(),
+        b'{"event_id": "dup"}' * 2,
+    ]
 
     def plain(raw):
         try:
             data = json.loads(raw)
-            return access_log.validate(data, NOW, producer=False, latest=NOW + producer.FUTURE_TOLERANCE) \
-                if type(data) is dict and len(raw) <= access_log.RAW_MAX else None
+            return (
+                access_log.validate(data, NOW, producer=False, latest=NOW + producer.FUTURE_TOLERANCE)
+                if type(data) is dict and len(raw) <= access_log.RAW_MAX
+                else None
+            )
         except (ValueError, RecursionError):
             return None
 
@@ -709,15 +965,19 @@ def test_the_drain_reads_entries_as_json_loads_does():
 @pytest.mark.parametrize('count', [1, 2, 7])
 def test_the_multi_row_insert_is_the_statement_peewee_builds(database, count):
     db = AccessRecord._meta.database
-    rows = [(f'id{i}', 'Page', f'/p{i}', None, '10.0.0.1', 'agent é😀', f'/p{i}', 'GET', 200, i, NOW, NOW)
-            for i in range(count)]
+    rows = [
+        (f'id{i}', 'Page', f'/p{i}', None, '10.0.0.1', 'agent é😀', f'/p{i}', 'GET', 200, i, NOW, NOW)
+        for i in range(count)
+    ]
     query = AccessRecord.insert_many(rows, fields=access_log.FIELDS).on_conflict_ignore().returning()
     sql, params = query.sql()
     prefix, group, suffix, _ = access_log._insert_statement(db, AccessRecord._meta.table_name)
 
     assert prefix + ', '.join([group] * count) + suffix == sql
-    assert access_log._values(db, rows) == [value.isoformat(' ') if isinstance(value, datetime) and
-                                            isinstance(db, peewee.SqliteDatabase) else value for value in params]
+    assert access_log._values(db, rows) == [
+        value.isoformat(' ') if isinstance(value, datetime) and isinstance(db, peewee.SqliteDatabase) else value
+        for value in params
+    ]
     assert access_log._insert(db, rows) == count
     assert access_log._insert(db, rows) == 0  # the event ids are taken: ignored, as peewee's statement ignores them
     stored = list(AccessRecord.select(*access_log.FIELDS).order_by(AccessRecord.event_id).tuples())
@@ -725,12 +985,15 @@ def test_the_multi_row_insert_is_the_statement_peewee_builds(database, count):
 
 
 def test_the_web_side_imports_no_orm_and_the_earlier_path_still_works():
-    code = ('import sys\n'
-            'from rqjobs.contrib.access_log import AccessLogMiddleware, enqueue_access_log\n'
-            'print(sorted(name for name in sys.modules if name.split(".")[0] in {"peewee", "playhouse", "models"}))\n'
-            'from rqjobs import access_log\n'
-            'assert (access_log.AccessLogMiddleware, access_log.enqueue_access_log) == '
-            '(AccessLogMiddleware, enqueue_access_log)\n')
-    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            check=False)
+    code = (
+        'import sys\n'
+        'from rqjobs.contrib.access_log import AccessLogMiddleware, enqueue_access_log\n'
+        'print(sorted(name for name in sys.modules if name.split(".")[0] in {"peewee", "playhouse", "models"}))\n'
+        'from rqjobs import access_log\n'
+        'assert (access_log.AccessLogMiddleware, access_log.enqueue_access_log) == '
+        '(AccessLogMiddleware, enqueue_access_log)\n'
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
     assert (result.returncode, result.stdout, result.stderr) == (0, '[]\n', '')

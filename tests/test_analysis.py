@@ -20,8 +20,19 @@ from rqjobs.repository.layout import find_components, path_tree
 from rqjobs.repository.results import Analysis, SourceFile
 
 GIT_ENV = {**os.environ, 'GIT_CONFIG_NOSYSTEM': '1', 'GIT_CONFIG_GLOBAL': '/dev/null', 'GIT_TERMINAL_PROMPT': '0'}
-GIT = ['git', '-c', 'user.name=t', '-c', 'user.email=t@e', '-c', 'init.defaultBranch=main',
-       '-c', 'core.fsmonitor=false', '-c', 'commit.gpgsign=false']
+GIT = [
+    'git',
+    '-c',
+    'user.name=t',
+    '-c',
+    'user.email=t@e',
+    '-c',
+    'init.defaultBranch=main',
+    '-c',
+    'core.fsmonitor=false',
+    '-c',
+    'commit.gpgsign=false',
+]
 
 PYTHON = '''"""Configuration loading."""
 
@@ -57,7 +68,7 @@ async def main(argv: list[str] | None = None, /) -> int:
     return 0
 '''
 
-JAVASCRIPT = '''import { readFile } from 'fs/promises';
+JAVASCRIPT = """import { readFile } from 'fs/promises';
 
 /**
  * Parse a document.
@@ -79,9 +90,9 @@ export class Renderer {
 }
 
 export const format = (value) => String(value);
-'''
+"""
 
-TYPESCRIPT = '''export interface Shape {
+TYPESCRIPT = """export interface Shape {
   area(): number;
   name: string;
 }
@@ -102,9 +113,9 @@ export class Circle implements Shape {
 }
 
 export const double = async (x: number): Promise<number> => x * 2;
-'''
+"""
 
-GO = '''package server
+GO = """package server
 
 import "context"
 
@@ -125,9 +136,9 @@ func (s *Server) Start(ctx context.Context) error {
 func New(addr string) *Server {
 	return &Server{addr: addr}
 }
-'''
+"""
 
-JAVA = '''package com.example;
+JAVA = """package com.example;
 
 /**
  * Manages users.
@@ -154,9 +165,9 @@ public class UserService extends Base {
         Role(String code) {}
     }
 }
-'''
+"""
 
-RUST = '''use std::fmt;
+RUST = """use std::fmt;
 
 /// A point in the plane.
 #[derive(Debug)]
@@ -188,9 +199,9 @@ impl fmt::Display for Point {
 pub fn origin() -> Point {
     Point::new(0)
 }
-'''
+"""
 
-C_SOURCE = '''#include "util.h"
+C_SOURCE = """#include "util.h"
 
 /* A linked list node. */
 struct node {
@@ -211,15 +222,15 @@ int add(int a, int b)
 struct node *push(struct node *head, int value) {
     return head;
 }
-'''
+"""
 
-C_HEADER = '''#ifndef UTIL_H
+C_HEADER = """#ifndef UTIL_H
 #define UTIL_H
 int add(int a, int b);
 #endif
-'''
+"""
 
-CPP = '''#include <vector>
+CPP = """#include <vector>
 
 namespace engine {
 
@@ -236,12 +247,13 @@ void Engine::start() {
 }
 
 }  // namespace engine
-'''
+"""
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run([*GIT, *args], cwd=repo, env=GIT_ENV, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        [*GIT, *args], cwd=repo, env=GIT_ENV, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def make_repo(path: Path, files: dict[str, str | bytes]) -> Path:
@@ -269,34 +281,40 @@ def full_repo(tmp_path):
     outside.mkdir()
     (outside / 'secret.txt').write_text('TOP SECRET outside the checkout\n')
     marker = tmp_path / 'executed.marker'
-    repo = make_repo(tmp_path / 'repo', {
-        'README.md': '# Demo\n\nA demo repository for the analysis tests.\n',
-        'src/app/config.py': PYTHON,
-        'src/app/utils/helpers.py': 'def helper(x):\n    return x\n',
-        'web/index.js': JAVASCRIPT,
-        'web/shapes.ts': TYPESCRIPT,
-    })
-    write(repo, {
-        'server/server.go': GO,
-        'core/UserService.java': JAVA,
-        'core/point.rs': RUST,
-        'native/util.c': C_SOURCE,
-        'native/util.h': C_HEADER,
-        'native/engine.cpp': CPP,
-        '.gitignore': 'secret.env\n',
-        'secret.env': 'TOKEN=ignored-but-on-disk\n',
-        'assets/logo.png': b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR' + bytes(range(256)),
-        'data/big.txt': 'x' * 1_100_000,
-        b'caf\xe9.py': 'def cafe():\n    """Latin-1 name."""\n',
-        'données/été.py': 'class Été:\n    def chaud(self):\n        pass\n',
-        'broken.py': 'def broken(:\n    pass\n',
-        'evil.py': f'open({str(marker)!r}, "w").write("ran")\n\ndef f():\n    pass\n',
-        'setup.py': f'open({str(marker)!r}, "w").write("ran")\n',
-        'adversarial.js': 'export const a = ' + '(' * 200_000 + '\n',
-        'escape/secret.txt': 'placeholder\n',
-        'pipe': 'placeholder\n',
-        '.gitmodules': '[submodule "vendor/lib"]\n\tpath = vendor/lib\n\turl = https://example.com/lib.git\n',
-    })
+    repo = make_repo(
+        tmp_path / 'repo',
+        {
+            'README.md': '# Demo\n\nA demo repository for the analysis tests.\n',
+            'src/app/config.py': PYTHON,
+            'src/app/utils/helpers.py': 'def helper(x):\n    return x\n',
+            'web/index.js': JAVASCRIPT,
+            'web/shapes.ts': TYPESCRIPT,
+        },
+    )
+    write(
+        repo,
+        {
+            'server/server.go': GO,
+            'core/UserService.java': JAVA,
+            'core/point.rs': RUST,
+            'native/util.c': C_SOURCE,
+            'native/util.h': C_HEADER,
+            'native/engine.cpp': CPP,
+            '.gitignore': 'secret.env\n',
+            'secret.env': 'TOKEN=ignored-but-on-disk\n',
+            'assets/logo.png': b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR' + bytes(range(256)),
+            'data/big.txt': 'x' * 1_100_000,
+            b'caf\xe9.py': 'def cafe():\n    """Latin-1 name."""\n',
+            'données/été.py': 'class Été:\n    def chaud(self):\n        pass\n',
+            'broken.py': 'def broken(:\n    pass\n',
+            'evil.py': f'open({str(marker)!r}, "w").write("ran")\n\ndef f():\n    pass\n',
+            'setup.py': f'open({str(marker)!r}, "w").write("ran")\n',
+            'adversarial.js': 'export const a = ' + '(' * 200_000 + '\n',
+            'escape/secret.txt': 'placeholder\n',
+            'pipe': 'placeholder\n',
+            '.gitmodules': '[submodule "vendor/lib"]\n\tpath = vendor/lib\n\turl = https://example.com/lib.git\n',
+        },
+    )
     os.symlink('/etc/passwd', repo / 'link_passwd')
     os.symlink('/etc', repo / 'link_dir')
     git(repo, 'add', '-A')
@@ -315,9 +333,25 @@ def full_repo(tmp_path):
 
 
 ANALYSED = {
-    'README.md', 'src/app/config.py', 'src/app/utils/helpers.py', 'web/index.js', 'web/shapes.ts', 'server/server.go',
-    'core/UserService.java', 'core/point.rs', 'native/util.c', 'native/util.h', 'native/engine.cpp', '.gitignore',
-    'caf\ufffd.py', 'données/été.py', 'broken.py', 'evil.py', 'setup.py', 'adversarial.js', '.gitmodules',
+    'README.md',
+    'src/app/config.py',
+    'src/app/utils/helpers.py',
+    'web/index.js',
+    'web/shapes.ts',
+    'server/server.go',
+    'core/UserService.java',
+    'core/point.rs',
+    'native/util.c',
+    'native/util.h',
+    'native/engine.cpp',
+    '.gitignore',
+    'caf\ufffd.py',
+    'données/été.py',
+    'broken.py',
+    'evil.py',
+    'setup.py',
+    'adversarial.js',
+    '.gitmodules',
 }
 
 
@@ -353,8 +387,9 @@ def test_reading_a_checkout_runs_git_in_the_hardened_environment(tmp_path, monke
 
     assert {source.path for source in analyse(repo).files} == {'README.md', 'app.py'}
 
-    runs = [dict(line.split('=', 1) for line in path.read_text().splitlines() if '=' in line)
-            for path in recorded.iterdir()]
+    runs = [
+        dict(line.split('=', 1) for line in path.read_text().splitlines() if '=' in line) for path in recorded.iterdir()
+    ]
     assert runs
     for env in runs:
         assert 'RQJOBS_HOSTILE' not in env and 'XDG_CONFIG_HOME' not in env and 'GIT_CONFIG_PARAMETERS' not in env
@@ -420,7 +455,8 @@ def test_readme_tree_and_components(full_repo):
     assert components['native']['languages'] == ['C++', 'C']  # most bytes first
     assert components['.']['name'] == 'Top-level files'
     assert [component['bytes'] for component in result.components] == sorted(
-        (component['bytes'] for component in result.components), reverse=True)
+        (component['bytes'] for component in result.components), reverse=True
+    )
 
 
 def test_python_outline():
@@ -477,12 +513,19 @@ def test_brace_language_outlines():
     assert names(java[0].children[2].children) == [('method', 'Role')]
 
     rust = outline('point.rs', RUST, 'Rust')
-    assert names(rust) == [('struct', 'Point'), ('trait', 'Shape'), ('impl', 'Point'), ('impl', 'Point'),
-                           ('function', 'origin')]
+    assert names(rust) == [
+        ('struct', 'Point'),
+        ('trait', 'Shape'),
+        ('impl', 'Point'),
+        ('impl', 'Point'),
+        ('function', 'origin'),
+    ]
     assert rust[0].doc == 'A point in the plane.'
     assert names(rust[1].children) == [('method', 'area')]
     assert [(m.name, m.signature, m.doc) for m in rust[2].children] == [
-        ('new', 'pub fn new(x: i32) -> Self', 'Make a point.'), ('norm', 'fn norm(&self) -> i32', '')]
+        ('new', 'pub fn new(x: i32) -> Self', 'Make a point.'),
+        ('norm', 'fn norm(&self) -> i32', ''),
+    ]
     assert rust[3].signature == 'impl fmt::Display for Point' and names(rust[3].children) == [('method', 'fmt')]
 
     c = outline('util.c', C_SOURCE, 'C')
@@ -495,12 +538,35 @@ def test_brace_language_outlines():
     assert names(cpp[1].children) == [('method', 'Engine'), ('method', 'start'), ('method', 'power')]
 
 
-@pytest.mark.parametrize('text', [
-    '(' * 500_000, 'a' + '(' * 500_000, 'export const a = (' + '(' * 500_000, 'class A {\n' + '  x(\n' * 100_000,
-    'public ' * 70_000, 'func (' + 'x' * 500_000, 'type ' + 'x<' * 250_000, '/*' * 250_000, 'a ' * 250_000,
-    'def ' * 125_000, 'class A:\n' + '    def f(:\n' * 40_000,
-], ids=['parens', 'call', 'arrow', 'members', 'modifiers', 'receiver', 'generics', 'comments', 'words', 'defs',
-        'headers'])
+@pytest.mark.parametrize(
+    'text',
+    [
+        '(' * 500_000,
+        'a' + '(' * 500_000,
+        'export const a = (' + '(' * 500_000,
+        'class A {\n' + '  x(\n' * 100_000,
+        'public ' * 70_000,
+        'func (' + 'x' * 500_000,
+        'type ' + 'x<' * 250_000,
+        '/*' * 250_000,
+        'a ' * 250_000,
+        'def ' * 125_000,
+        'class A:\n' + '    def f(:\n' * 40_000,
+    ],
+    ids=[
+        'parens',
+        'call',
+        'arrow',
+        'members',
+        'modifiers',
+        'receiver',
+        'generics',
+        'comments',
+        'words',
+        'defs',
+        'headers',
+    ],
+)
 def test_adversarial_lines_finish_fast(text):
     started = time.perf_counter()
     for language in ('Python', 'JavaScript', 'TypeScript', 'Go', 'Java', 'Rust', 'C', 'C++', 'C#'):
@@ -516,14 +582,17 @@ def test_declarations_are_capped():
 
 
 def test_languages_table(tmp_path):
-    repo = make_repo(tmp_path / 'small', {
-        'a.py': 'def f():\n    return 1\n',  # 22 bytes, 2 lines
-        'b.py': 'x = 1',  # 5 bytes, 1 line (no final newline)
-        'main.go': 'package main\n\nfunc main() {}\n',  # 29 bytes, 3 lines
-        'README.md': '# T\n\nText.\n',  # 11 bytes, 3 lines
-        'LICENSE': 'MIT\n',  # no language
-        'empty.txt': '',
-    })
+    repo = make_repo(
+        tmp_path / 'small',
+        {
+            'a.py': 'def f():\n    return 1\n',  # 22 bytes, 2 lines
+            'b.py': 'x = 1',  # 5 bytes, 1 line (no final newline)
+            'main.go': 'package main\n\nfunc main() {}\n',  # 29 bytes, 3 lines
+            'README.md': '# T\n\nText.\n',  # 11 bytes, 3 lines
+            'LICENSE': 'MIT\n',  # no language
+            'empty.txt': '',
+        },
+    )
     result = analyse(repo)
     assert result.languages == [
         {'language': 'Go', 'files': 1, 'lines': 3, 'bytes': 29, 'percent': 43.3},
@@ -533,9 +602,16 @@ def test_languages_table(tmp_path):
     ]
     assert result.file('LICENSE').lines == 1 and result.total_bytes == 71
     assert result.skipped == {}
-    assert result.components == [{'name': 'Top-level files', 'path': '.', 'files': ['LICENSE', 'README.md', 'a.py', 'b.py',
-                                                                       'empty.txt', 'main.go'],
-                                  'languages': ['Go', 'Python', 'Markdown', 'Text'], 'lines': 10, 'bytes': 71}]
+    assert result.components == [
+        {
+            'name': 'Top-level files',
+            'path': '.',
+            'files': ['LICENSE', 'README.md', 'a.py', 'b.py', 'empty.txt', 'main.go'],
+            'languages': ['Go', 'Python', 'Markdown', 'Text'],
+            'lines': 10,
+            'bytes': 71,
+        }
+    ]
 
 
 def test_tree_is_capped_with_a_summary(full_repo, monkeypatch):
@@ -579,7 +655,7 @@ CLASSIFIED = {
         'pyproject.toml': '[project]\nname = "datelib"\nversion = "1.0"\n',
         'datelib/__init__.py': 'from .core import parse\n',
         'datelib/core.py': 'class Parser:\n    def parse(self, text):\n        return text\n\n\ndef parse(text):\n'
-                           '    return Parser().parse(text)\n' * 5,
+        '    return Parser().parse(text)\n' * 5,
         'README.md': '# datelib\n\nA small library to parse dates.\n\n    pip install datelib\n',
     },
     'Documentation': {
@@ -612,7 +688,7 @@ CLASSIFIED = {
     'Applications': {
         'README.md': '# Shop\n\nOur online shop.\n',
         'app.py': 'from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.route("/")\ndef index():\n'
-                  '    return "hi"\n' * 5,
+        '    return "hi"\n' * 5,
         'templates/index.html': '<html><body>{{ content }}</body></html>\n',
         'static/site.css': 'body { margin: 0; }\n',
     },
@@ -636,34 +712,47 @@ def test_classify_from_files_and_readme_alone():
     assert classify([], '') == 'Applications'  # no evidence at all
 
 
-@pytest.mark.parametrize(('language', 'text', 'expected'), [
-    ('Python', 'import argparse\n', True),
-    ('Python', 'from click import command\n', True),
-    ('Python', '# argparse is not used here\nimport os\n', False),
-    ('Python', 'firewall = None\n', False),
-    ('JavaScript', "const cac = require('cac')\n", True),
-    ('TypeScript', 'import { cac } from "cac"\n', True),
-    ('JavaScript', 'const cache = new Map()  // a cac-like name\n', False),
-    ('Go', 'import (\n\t"flag"\n\t"os"\n)\n', True),
-    ('Go', '// flags are parsed elsewhere\n', False),
-    ('Rust', 'use clap::Parser;\n', True),
-    ('Java', 'import picocli.CommandLine;\n', True),
-    ('Kotlin', 'import com.github.ajalt.clikt.core.CliktCommand\n', True),
-    ('Markdown', 'import argparse\n', False),
-    (None, 'import argparse\n', False),
-])
+@pytest.mark.parametrize(
+    ('language', 'text', 'expected'),
+    [
+        ('Python', 'import argparse\n', True),
+        ('Python', 'from click import command\n', True),
+        ('Python', '# argparse is not used here\nimport os\n', False),
+        ('Python', 'firewall = None\n', False),
+        ('JavaScript', "const cac = require('cac')\n", True),
+        ('TypeScript', 'import { cac } from "cac"\n', True),
+        ('JavaScript', 'const cache = new Map()  // a cac-like name\n', False),
+        ('Go', 'import (\n\t"flag"\n\t"os"\n)\n', True),
+        ('Go', '// flags are parsed elsewhere\n', False),
+        ('Rust', 'use clap::Parser;\n', True),
+        ('Java', 'import picocli.CommandLine;\n', True),
+        ('Kotlin', 'import com.github.ajalt.clikt.core.CliktCommand\n', True),
+        ('Markdown', 'import argparse\n', False),
+        (None, 'import argparse\n', False),
+    ],
+)
 def test_uses_cli_library(language, text, expected):
     assert classification.uses_cli_library(text, language) is expected
 
 
 def test_components_are_ranked_and_capped():
     files = [SourceFile(f'part{index:02d}/code.py', 'Python', 100 * (index + 1), 10, []) for index in range(15)]
-    files += [SourceFile('src/alpha/a.py', 'Python', 10_000, 5, []), SourceFile('src/beta/b.py', 'Python', 50, 5, []),
-              SourceFile('src/main.py', 'Python', 20, 1, []), SourceFile('setup.py', 'Python', 30, 2, [])]
+    files += [
+        SourceFile('src/alpha/a.py', 'Python', 10_000, 5, []),
+        SourceFile('src/beta/b.py', 'Python', 50, 5, []),
+        SourceFile('src/main.py', 'Python', 20, 1, []),
+        SourceFile('setup.py', 'Python', 30, 2, []),
+    ]
     components = find_components(files)
     assert len(components) == layout.MAX_COMPONENTS
-    assert components[0] == {'name': 'alpha', 'path': 'src/alpha', 'files': ['src/alpha/a.py'],
-                             'languages': ['Python'], 'lines': 5, 'bytes': 10_000}
+    assert components[0] == {
+        'name': 'alpha',
+        'path': 'src/alpha',
+        'files': ['src/alpha/a.py'],
+        'languages': ['Python'],
+        'lines': 5,
+        'bytes': 10_000,
+    }
     assert [component['path'] for component in components[1:4]] == ['part14', 'part13', 'part12']
 
 

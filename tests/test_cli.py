@@ -36,22 +36,28 @@ def test_help_touches_nothing(tmp_path, env):
 def test_importing_the_project_touches_nothing(tmp_path, env):
     env.setenv('JOBS_DATA_DIR', str(tmp_path / 'untouched'))
     env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
-    code = 'import cli, models, scheduler, rqjobs.queues, rqjobs.worker, rqjobs.system, rqjobs.migration, rqjobs.monitor'
-    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            check=False)
+    code = (
+        'import cli, models, scheduler, rqjobs.queues, rqjobs.worker, rqjobs.system, rqjobs.migration, rqjobs.monitor'
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / 'untouched').exists()
 
 
 def imported_command_modules(*args: str) -> list[str]:
     """Run `rqjobs ARGS` in a fresh process; return the command modules it imported (shared helpers aside)."""
-    code = ('import atexit, json, sys\n'
-            'atexit.register(lambda: print(json.dumps(sorted(name for name in sys.modules if name.startswith('
-            '"rqjobs.commands.") and name != "rqjobs.commands.helpers")), file=sys.stderr))\n'
-            'import cli\n'
-            'cli.main()')
-    result = subprocess.run([sys.executable, '-c', code, *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, check=False)
+    code = (
+        'import atexit, json, sys\n'
+        'atexit.register(lambda: print(json.dumps(sorted(name for name in sys.modules if name.startswith('
+        '"rqjobs.commands.") and name != "rqjobs.commands.helpers")), file=sys.stderr))\n'
+        'import cli\n'
+        'cli.main()'
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', code, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stderr.splitlines()[-1])
 
@@ -61,10 +67,20 @@ def test_help_imports_no_command_module(env):
     assert imported_command_modules('--help') == []
 
 
-@pytest.mark.parametrize('group, module', [
-    ('warehouse', 'warehouse'), ('db', 'db'), ('minimap', 'minimap'), ('job', 'jobs'), ('inspect', 'jobs'),
-    ('schedule', 'schedule'), ('stats', 'stats'), ('logs', 'logs'), ('redis', 'redis'),
-])
+@pytest.mark.parametrize(
+    'group, module',
+    [
+        ('warehouse', 'warehouse'),
+        ('db', 'db'),
+        ('minimap', 'minimap'),
+        ('job', 'jobs'),
+        ('inspect', 'jobs'),
+        ('schedule', 'schedule'),
+        ('stats', 'stats'),
+        ('logs', 'logs'),
+        ('redis', 'redis'),
+    ],
+)
 def test_a_group_help_imports_only_its_own_module(env, group, module):
     env.setenv('REDIS_URL', 'redis://127.0.0.1:1/0')
     assert imported_command_modules(group, '--help') == [f'rqjobs.commands.{module}']
@@ -164,7 +180,7 @@ def test_status_lists_a_live_worker(runner, redis_conn):
     worker.register_birth()
     try:
         result = invoke(runner, 'status', '--json')
-        data = json.loads(result.output[result.output.index('{'):])
+        data = json.loads(result.output[result.output.index('{') :])
         assert [w['name'] for w in data['workers']] == ['w-test']
         assert data['workers'][0]['queues'] == ['default']
     finally:
@@ -200,8 +216,13 @@ def test_redis_url_prints_the_embedded_server_for_rq(env, tmp_path):
         assert result.returncode == 0, result.stderr
         assert result.stdout == f'unix://{tmp_path / "var" / "redis" / "redis.sock"}\n'
         # What README tells a person to type: rq's own tools reach the same server.
-        info = subprocess.run([str(Path(sys.executable).parent / 'rq'), 'info', '--url', result.stdout.strip()],
-                              capture_output=True, text=True, timeout=60, check=False)
+        info = subprocess.run(
+            [str(Path(sys.executable).parent / 'rq'), 'info', '--url', result.stdout.strip()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert info.returncode == 0, info.stderr
         assert '0 workers' in info.stdout
     finally:
@@ -217,11 +238,19 @@ def test_redis_url_prints_redis_url_when_it_is_set(runner, env):
 
 def test_bash_completes_the_rqjobs_command():
     """`jobs` is a bash builtin; the `rqjobs` name gets click's completion as docs/cli.md says."""
-    script = ('eval "$(_RQJOBS_COMPLETE=bash_source rqjobs)"; COMP_WORDS=(rqjobs redis ""); COMP_CWORD=2; '
-              '_rqjobs_completion rqjobs; printf "%s\\n" "${COMPREPLY[@]}"')
+    script = (
+        'eval "$(_RQJOBS_COMPLETE=bash_source rqjobs)"; COMP_WORDS=(rqjobs redis ""); COMP_CWORD=2; '
+        '_rqjobs_completion rqjobs; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
     environ = dict(os.environ, PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ.get("PATH", "")}')
-    result = subprocess.run(['bash', '--norc', '--noprofile', '-c', script], env=environ, capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ['bash', '--norc', '--noprofile', '-c', script],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert {'url', 'stop'} <= set(result.stdout.split())
 
@@ -235,17 +264,26 @@ def test_hints_name_the_command_a_shell_does_not_shadow(runner, redis_conn, data
     assert listed.exit_code == 0 and listed.stdout == 'No warehouses. Add one with `rqjobs warehouse add URL`.\n'
 
 
-@pytest.mark.parametrize('args', [
-    ['warehouse', 'show', b'\xff'], ['warehouse', 'reprocess', b'\xff'], ['warehouse', 'remove', b'caf\xe9'],
-    ['minimap', 'show', b'\xff'], ['minimap', 'regenerate', b'\xff'], ['minimap', 'validate', b'\xff'],
-    ['warehouse', 'add', 'https://github.com/example/project', '--user', b'\xff'],
-    ['warehouse', 'add', 'https://github.com/example/project', '--git-user', b'\xff'],
-    ['worker', '--burst', '--name', b'\xff'],
-], ids=lambda args: ' '.join(map(os.fsdecode, args)))
+@pytest.mark.parametrize(
+    'args',
+    [
+        ['warehouse', 'show', b'\xff'],
+        ['warehouse', 'reprocess', b'\xff'],
+        ['warehouse', 'remove', b'caf\xe9'],
+        ['minimap', 'show', b'\xff'],
+        ['minimap', 'regenerate', b'\xff'],
+        ['minimap', 'validate', b'\xff'],
+        ['warehouse', 'add', 'https://github.com/example/project', '--user', b'\xff'],
+        ['warehouse', 'add', 'https://github.com/example/project', '--git-user', b'\xff'],
+        ['worker', '--burst', '--name', b'\xff'],
+    ],
+    ids=lambda args: ' '.join(map(os.fsdecode, args)),
+)
 def test_arguments_that_are_not_utf8_are_refused_in_one_line(database, args):
     # A terminal in a Latin-1 locale, or a pasted byte, gives arguments Python holds as lone surrogates.
     result = run_jobs_cli(*map(os.fsdecode, args))
     assert result.returncode == 2, result.stderr
     assert 'Traceback' not in result.stderr
-    assert result.stderr.splitlines()[-1].endswith('is not UTF-8 text; type it again in a UTF-8 terminal, for '
-                                                   'example with LANG=C.UTF-8.')
+    assert result.stderr.splitlines()[-1].endswith(
+        'is not UTF-8 text; type it again in a UTF-8 terminal, for example with LANG=C.UTF-8.'
+    )

@@ -19,8 +19,12 @@ BOUND = 1.5 * TIMEOUT + 0.5
 
 
 # Replies of a server that gets as far as the handshake and PING: RESP3's HELLO, CLIENT SETINFO, SELECT, PING.
-HANDSHAKE = {b'HELLO': b'%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n', b'CLIENT': b'+OK\r\n',
-             b'SELECT': b'+OK\r\n', b'PING': b'+PONG\r\n'}
+HANDSHAKE = {
+    b'HELLO': b'%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n',
+    b'CLIENT': b'+OK\r\n',
+    b'SELECT': b'+OK\r\n',
+    b'PING': b'+PONG\r\n',
+}
 
 
 def listen(env, replies: dict[bytes, bytes]):
@@ -68,8 +72,8 @@ def parse(data: bytes) -> tuple[list[bytes], bytes]:
             length, found, rest = rest.partition(b'\r\n')
             if not found or len(rest) < int(length[1:]) + 2:
                 return names, data
-            args.append(rest[:int(length[1:])])
-            rest = rest[int(length[1:]) + 2:]
+            args.append(rest[: int(length[1:])])
+            rest = rest[int(length[1:]) + 2 :]
         names.append(args[0].upper())
         data = rest
     return names, data
@@ -91,11 +95,15 @@ def timed(call):
     return outcome, time.monotonic() - started
 
 
-@pytest.mark.parametrize('args', [
-    ['enqueue', 'ping'],
-    ['warehouse', 'add', 'https://github.com/octocat/Hello-World.git'],
-    ['status'],
-], ids=lambda args: ' '.join(args[:2]))
+@pytest.mark.parametrize(
+    'args',
+    [
+        ['enqueue', 'ping'],
+        ['warehouse', 'add', 'https://github.com/octocat/Hello-World.git'],
+        ['status'],
+    ],
+    ids=lambda args: ' '.join(args[:2]),
+)
 def test_a_command_against_a_silent_redis_fails_within_the_timeout(silent_redis, database, args):
     result, elapsed = timed(lambda: CliRunner().invoke(cli.main, args))
     assert result.exit_code == 1, result.output
@@ -131,10 +139,15 @@ def test_a_dashboard_page_against_a_silent_redis_fails_within_the_timeout(silent
     assert elapsed <= BOUND, f'the page took {elapsed:.1f} s with REDIS_TIMEOUT={TIMEOUT}'
 
 
-@pytest.mark.parametrize('url, expected', [
-    ('redis://127.0.0.1:6379/0', 'redis://127.0.0.1:6379/0?socket_timeout=2.5&socket_connect_timeout=2.5'),
-    ('unix:///run/redis.sock?db=1&socket_timeout=9',
-     'unix:///run/redis.sock?db=1&socket_timeout=9&socket_connect_timeout=2.5'),
-])
+@pytest.mark.parametrize(
+    'url, expected',
+    [
+        ('redis://127.0.0.1:6379/0', 'redis://127.0.0.1:6379/0?socket_timeout=2.5&socket_connect_timeout=2.5'),
+        (
+            'unix:///run/redis.sock?db=1&socket_timeout=9',
+            'unix:///run/redis.sock?db=1&socket_timeout=9&socket_connect_timeout=2.5',
+        ),
+    ],
+)
 def test_the_dashboard_url_carries_the_timeout_unless_it_sets_one(url, expected):
     assert dashboard.bounded_url(url, 2.5) == expected

@@ -77,8 +77,13 @@ def data(result):
 @pytest.fixture
 def worker_process(ops):
     """A real `jobs worker` process on the `ops` queue, stopped afterwards."""
-    process = subprocess.Popen([sys.executable, '-c', 'import cli; cli.main()', '-q', 'worker', 'ops', 'default'],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, '-c', 'import cli; cli.main()', '-q', 'worker', 'ops', 'default'],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     yield process
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=30)
@@ -86,8 +91,10 @@ def worker_process(ops):
 
 # ---- Parsing ----
 
-@pytest.mark.parametrize('text, seconds', [('90', 90), ('90s', 90), ('5m', 300), ('2h', 7200), ('1d', 86400),
-                                           ('1.5h', 5400)])
+
+@pytest.mark.parametrize(
+    'text, seconds', [('90', 90), ('90s', 90), ('5m', 300), ('2h', 7200), ('1d', 86400), ('1.5h', 5400)]
+)
 def test_durations(text, seconds):
     assert control.parse_duration(text) == timedelta(seconds=seconds)
 
@@ -108,6 +115,7 @@ def test_times_are_utc_unless_they_say_otherwise():
 
 # ---- enqueue --at / --in / --wait ----
 
+
 def test_enqueue_later(ops):
     later = invoke('enqueue', 'nap', '--in', '5m', '--json')
     assert later.exit_code == 0 and data(later)['status'] == 'scheduled'
@@ -117,12 +125,15 @@ def test_enqueue_later(ops):
     assert len(scheduled.get_job_ids()) == 2
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--in', 'soon'], 'is not a duration'),
-    (['--at', 'tomorrow'], 'is not an ISO 8601 time'),
-    (['--at', '2030-01-01', '--in', '5m'], 'either --at or --in'),
-    (['--timeout', '5'], '--timeout goes with --wait'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--in', 'soon'], 'is not a duration'),
+        (['--at', 'tomorrow'], 'is not an ISO 8601 time'),
+        (['--at', '2030-01-01', '--in', '5m'], 'either --at or --in'),
+        (['--timeout', '5'], '--timeout goes with --wait'),
+    ],
+)
 def test_enqueue_refuses_bad_options(ops, args, message):
     result = invoke('enqueue', 'nap', *args)
     assert result.exit_code == 2 and message in result.output
@@ -165,11 +176,15 @@ def test_enqueue_wait_shows_a_permanent_error_in_one_line(ops, worker_process):
     wait_until(lambda: monitor.queue_has_worker(ops, 'ops'), 30, 'the worker registered itself')
     refused = invoke('enqueue', 'generate_statistics', 'yesterday', '--queue', 'ops', '--wait', '--timeout', '60')
     assert refused.exit_code == 1
-    assert re.fullmatch(r"Job \S+ failed: Date 'yesterday' is not a day written as YYYY-MM-DD; for example "
-                        r"\d{4}-\d\d-\d\d\.", refused.output.splitlines()[-1]), refused.output
+    assert re.fullmatch(
+        r"Job \S+ failed: Date 'yesterday' is not a day written as YYYY-MM-DD; for example "
+        r'\d{4}-\d\d-\d\d\.',
+        refused.output.splitlines()[-1],
+    ), refused.output
     assert 'Traceback' not in refused.output and 'No worker listens' not in refused.output
-    as_json = invoke('enqueue', 'generate_statistics', 'yesterday', '--queue', 'ops', '--wait', '--timeout', '60',
-                     '--json')
+    as_json = invoke(
+        'enqueue', 'generate_statistics', 'yesterday', '--queue', 'ops', '--wait', '--timeout', '60', '--json'
+    )
     assert data(as_json)['permanent_error'].startswith("Date 'yesterday' is not a day")
     unexpected = invoke('enqueue', 'explode', '"disk full"', '--no-retry', '--wait', '--timeout', '60')
     assert unexpected.exit_code == 1 and 'Traceback' in unexpected.output
@@ -179,7 +194,6 @@ def test_enqueue_wait_times_out_with_its_own_code(ops):
     result = invoke('enqueue', 'nap', '--wait', '--timeout', '0.3')
     assert result.exit_code == cli.EXIT_TIMEOUT == 3
     assert 'did not end within 0.3 s' in result.output
-
 
 
 def test_waiting_ends_at_once_on_a_cancelled_job_and_gives_up_at_its_timeout(ops):
@@ -193,13 +207,18 @@ def test_waiting_ends_at_once_on_a_cancelled_job_and_gives_up_at_its_timeout(ops
 
 # ---- Single jobs ----
 
+
 def test_job_show_cancel_delete(ops):
     job = queues.enqueue('nap', [1], connection=ops)
     shown = invoke('job', 'show', job.id, '--json')
     assert shown.exit_code == 0
     details = data(shown)
-    assert (details['status'], details['queue'], details['job'], details['args']) == ('queued', 'ops',
-                                                                                      'ops_jobs.nap', [1])
+    assert (details['status'], details['queue'], details['job'], details['args']) == (
+        'queued',
+        'ops',
+        'ops_jobs.nap',
+        [1],
+    )
     assert details['retries_left'] == queues.RETRY_MAX
     human = invoke('job', 'show', job.id)
     assert 'status:       queued' in human.output
@@ -260,6 +279,7 @@ def test_job_stop_stops_a_running_job(ops, worker_process):
 
 # ---- Inspection ----
 
+
 def test_inspect_stats_and_failed(ops, burst_worker):
     for seconds in (0, 0, 0.05):
         queues.enqueue('nap', [seconds], connection=ops)
@@ -279,6 +299,7 @@ def test_inspect_stats_and_failed(ops, burst_worker):
 
 def test_inspect_scheduled_lists_plan_and_delayed_jobs(ops):
     import scheduler
+
     scheduler.register(ops, [scheduler.Entry('nap-often', 'ops_jobs.nap', every=60)])
     queues.enqueue('nap', delay=timedelta(minutes=5), connection=ops)
     result = invoke('inspect', 'scheduled', '--json')
@@ -288,14 +309,22 @@ def test_inspect_scheduled_lists_plan_and_delayed_jobs(ops):
     assert [one['queue'] for one in listed['one_off']] == ['ops']
 
 
-@pytest.mark.parametrize('args', [['inspect', 'failed', '--limit', '0'], ['inspect', 'failed', '--limit', '10001'],
-                                  ['inspect', 'failed', '--queue', 'nope'], ['inspect', 'stats', '--queue', 'nope'],
-                                  ['inspect', 'nothing']])
+@pytest.mark.parametrize(
+    'args',
+    [
+        ['inspect', 'failed', '--limit', '0'],
+        ['inspect', 'failed', '--limit', '10001'],
+        ['inspect', 'failed', '--queue', 'nope'],
+        ['inspect', 'stats', '--queue', 'nope'],
+        ['inspect', 'nothing'],
+    ],
+)
 def test_inspect_refuses_bad_filters(ops, args):
     assert invoke(*args).exit_code == 2
 
 
 # ---- Requeue and cleanup ----
+
 
 def test_requeue(ops, burst_worker):
     first = queues.enqueue('explode', retry=None, connection=ops)
@@ -331,6 +360,7 @@ def test_cleanup_removes_only_what_it_is_told(ops, burst_worker, monkeypatch):
 
 def test_cleanup_dead_workers_and_orphan_clones(ops, local, sample_repo, burst_worker):
     from rqjobs import warehouse as warehouses
+
     ops.sadd('rq:workers', 'rq:worker:ghost')
     ops.sadd('rq:workers:ops', 'rq:worker:ghost')
     row = warehouses.submit_warehouse(str(sample_repo), connection=ops)
@@ -370,6 +400,7 @@ def test_time_helpers_use_the_clock(monkeypatch):
 
 # ---- Jobs that cannot be read ----
 
+
 def forge(redis_conn, job, fields=None):
     """Overwrite fields of a job's hash in Redis with bytes rq cannot decode, as a forged or corrupted job."""
     redis_conn.hset(f'rq:job:{job.id}', mapping=fields or {'exc_info': zlib.compress(b'\xff\xfe not text')})
@@ -380,14 +411,20 @@ def test_operator_commands_pass_over_an_unreadable_job(ops, burst_worker):
     failed = queues.enqueue('explode', retry=None, connection=ops)
     forged = forge(ops, queues.enqueue('nap', connection=ops))
     burst_worker('ops')
-    delayed = forge(ops, queues.enqueue('nap', delay=timedelta(minutes=5), connection=ops),
-                    {'created_at': b'not a date'})
+    delayed = forge(
+        ops, queues.enqueue('nap', delay=timedelta(minutes=5), connection=ops), {'created_at': b'not a date'}
+    )
 
     listed = data(invoke('inspect', 'failed', '--json'))
     assert {row['id']: row['job'] for row in listed} == {failed.id: 'ops_jobs.explode', forged: None}
     assert [row['error'] for row in listed if row['id'] == forged][0].startswith(f'Job {forged} cannot be read')
-    for args in (['status'], ['inspect', 'stats'], ['inspect', 'active'], ['inspect', 'scheduled'],
-                 ['cleanup', '--failed-older-than', '1s', '--finished', '--dry-run']):
+    for args in (
+        ['status'],
+        ['inspect', 'stats'],
+        ['inspect', 'active'],
+        ['inspect', 'scheduled'],
+        ['cleanup', '--failed-older-than', '1s', '--finished', '--dry-run'],
+    ):
         result = invoke(*args)
         assert result.exit_code == 0, (args, result.output)
     for args in (['job', 'show', forged], ['job', 'cancel', delayed], ['job', 'stop', forged]):
@@ -436,8 +473,9 @@ def test_workers_and_schedulers_pass_over_unreadable_jobs(ops):
     assert not ops.zrange('rq:wip:ops', 0, -1)
 
 
-@pytest.mark.parametrize('args', [['job', 'show'], ['job', 'cancel'], ['job', 'stop'], ['job', 'delete'],
-                                  ['requeue', 'fine-id']])
+@pytest.mark.parametrize(
+    'args', [['job', 'show'], ['job', 'cancel'], ['job', 'stop'], ['job', 'delete'], ['requeue', 'fine-id']]
+)
 @pytest.mark.parametrize('job_id', ['a b', '../x', 'x:y', ''])
 def test_commands_refuse_an_id_rq_cannot_take(redis_conn, args, job_id):
     result = invoke(*args, job_id)

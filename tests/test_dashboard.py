@@ -38,7 +38,8 @@ START_TIMEOUT = 20.0
 @pytest.fixture
 def report_jobs(env, tmp_path, monkeypatch):
     """A user's job module on queue `reports`, added through JOBS_EXTRA_MODULES, importable by subprocesses too."""
-    (tmp_path / 'report_jobs.py').write_text(textwrap.dedent('''
+    (tmp_path / 'report_jobs.py').write_text(
+        textwrap.dedent('''
         import time
         from pathlib import Path
 
@@ -66,7 +67,8 @@ def report_jobs(env, tmp_path, monkeypatch):
             while not Path(flag_path).exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             return {'released': Path(flag_path).exists()}
-    '''))
+    ''')
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     env.setenv('JOBS_EXTRA_MODULES', 'report_jobs=reports')
     # The dashboard and worker subprocesses import the module too.
@@ -77,6 +79,7 @@ def report_jobs(env, tmp_path, monkeypatch):
 
 
 # ---- The dashboard process ----
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -130,10 +133,17 @@ def running_dashboard(tmp_path: Path, *, extra_env: dict | None = None):
     log_path = tmp_path / f'dashboard-{port}.log'
     environ = dict(os.environ, PYTHONUNBUFFERED='1', **(extra_env or {}))
     with open(log_path, 'w') as log:
-        process = subprocess.Popen([sys.executable, '-c', 'import cli; cli.main()', 'dashboard', '--port', str(port)],
-                                   cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, '-c', 'import cli; cli.main()', 'dashboard', '--port', str(port)],
+            cwd=ROOT,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     dashboard = Dashboard(base=f'http://127.0.0.1:{port}', log_path=log_path)
     try:
+
         def listens() -> bool:
             assert process.poll() is None, f'jobs dashboard exited with {process.returncode}:\n{dashboard.log()}'
             try:
@@ -157,9 +167,14 @@ def listed(dashboard: Dashboard, queue: str, registry: str) -> dict[str, dict]:
 
 def counts(dashboard: Dashboard) -> dict[str, dict]:
     """Return each queue's counts from queues.json, by queue name, with the `_job_registry_count` suffix dropped."""
-    return {queue['name']: {key.removesuffix('_job_registry_count'): value for key, value in queue.items()
-                            if key == 'count' or key.endswith('_job_registry_count')}
-            for queue in dashboard.json('/0/data/queues.json')['queues']}
+    return {
+        queue['name']: {
+            key.removesuffix('_job_registry_count'): value
+            for key, value in queue.items()
+            if key == 'count' or key.endswith('_job_registry_count')
+        }
+        for queue in dashboard.json('/0/data/queues.json')['queues']
+    }
 
 
 # rq's stand-ins for a payload it could not read: none of them may reach the dashboard.
@@ -168,9 +183,9 @@ UNREADABLE = ('Unserializable', 'DeserializationError', 'UnpicklingError', 'pick
 
 # ---- Jobs in every registry ----
 
+
 @pytest.mark.db
-def test_every_job_shows_in_its_registry_with_json_arguments(redis_conn, database, report_jobs, burst_worker,
-                                                             tmp_path):
+def test_every_job_shows_in_its_registry_with_json_arguments(redis_conn, database, report_jobs, burst_worker, tmp_path):
     ping = queues.enqueue('ping', connection=redis_conn)
     rendered = queues.enqueue('render_report', [7], {'title': 'Guide ✓'}, connection=redis_conn)
     broken = queues.enqueue('broken_report', [8], connection=redis_conn)
@@ -178,28 +193,58 @@ def test_every_job_shows_in_its_registry_with_json_arguments(redis_conn, databas
     burst_worker('default', 'reports')
     waiting = queues.enqueue('render_report', [9], connection=redis_conn, meta={'requested_by': 'editor 9'})
     assert [job.get_status() for job in (ping, rendered, broken, later, waiting)] == [
-        'finished', 'finished', 'failed', 'scheduled', 'queued']
+        'finished',
+        'finished',
+        'failed',
+        'scheduled',
+        'queued',
+    ]
 
     with running_dashboard(tmp_path) as dashboard:
-        assert counts(dashboard)['default'] == {'count': 0, 'finished': 1, 'failed': 0, 'started': 0, 'deferred': 0,
-                                                'scheduled': 1, 'canceled': 0}
-        assert counts(dashboard)['reports'] == {'count': 1, 'finished': 1, 'failed': 1, 'started': 0, 'deferred': 0,
-                                                'scheduled': 0, 'canceled': 0}
-        registries = {(queue, registry): listed(dashboard, queue, registry)
-                      for queue in ('default', 'reports')
-                      for registry in ('queued', 'started', 'finished', 'failed', 'deferred', 'scheduled', 'canceled')}
-        details = {job.id: dashboard.json(f'/0/data/job/{job.id}.json')
-                   for job in (ping, rendered, broken, later, waiting)}
+        assert counts(dashboard)['default'] == {
+            'count': 0,
+            'finished': 1,
+            'failed': 0,
+            'started': 0,
+            'deferred': 0,
+            'scheduled': 1,
+            'canceled': 0,
+        }
+        assert counts(dashboard)['reports'] == {
+            'count': 1,
+            'finished': 1,
+            'failed': 1,
+            'started': 0,
+            'deferred': 0,
+            'scheduled': 0,
+            'canceled': 0,
+        }
+        registries = {
+            (queue, registry): listed(dashboard, queue, registry)
+            for queue in ('default', 'reports')
+            for registry in ('queued', 'started', 'finished', 'failed', 'deferred', 'scheduled', 'canceled')
+        }
+        details = {
+            job.id: dashboard.json(f'/0/data/job/{job.id}.json') for job in (ping, rendered, broken, later, waiting)
+        }
 
     where = {job_id: place for place, jobs in registries.items() for job_id in jobs}
-    assert where == {ping.id: ('default', 'finished'), later.id: ('default', 'scheduled'),
-                     rendered.id: ('reports', 'finished'), broken.id: ('reports', 'failed'),
-                     waiting.id: ('reports', 'queued')}
+    assert where == {
+        ping.id: ('default', 'finished'),
+        later.id: ('default', 'scheduled'),
+        rendered.id: ('reports', 'finished'),
+        broken.id: ('reports', 'failed'),
+        waiting.id: ('reports', 'queued'),
+    }
     descriptions = {job_id: registries[place][job_id]['description'] for job_id, place in where.items()}
     # The payload is read as JSON: the call is shown with its arguments, unicode intact.
-    assert descriptions == {ping.id: 'rqjobs.system.ping()', later.id: 'rqjobs.system.ping()',
-                            rendered.id: "report_jobs.render_report(7, title='Guide ✓')",
-                            broken.id: 'report_jobs.broken_report(8)', waiting.id: 'report_jobs.render_report(9)'}
+    assert descriptions == {
+        ping.id: 'rqjobs.system.ping()',
+        later.id: 'rqjobs.system.ping()',
+        rendered.id: "report_jobs.render_report(7, title='Guide ✓')",
+        broken.id: 'report_jobs.broken_report(8)',
+        waiting.id: 'report_jobs.render_report(9)',
+    }
 
     for job in (ping, rendered, broken, later, waiting):
         shown = details[job.id]
@@ -218,14 +263,16 @@ def test_every_job_shows_in_its_registry_with_json_arguments(redis_conn, databas
 
     # Meta is exposed only on the job's own data, as a JSON-encoded string (the job page prints it verbatim).
     progress = json.loads(details[rendered.id]['metadata'])['progress']
-    assert {key: progress[key] for key in ('step', 'percent', 'report_id')} == {'step': 'render', 'percent': 40,
-                                                                                 'report_id': 7}
+    assert {key: progress[key] for key in ('step', 'percent', 'report_id')} == {
+        'step': 'render',
+        'percent': 40,
+        'report_id': 7,
+    }
     assert json.loads(details[waiting.id]['metadata']) == {'requested_by': 'editor 9'}
     assert all('metadata' not in job for jobs in registries.values() for job in jobs.values())
 
 
-def test_unreadable_jobs_are_left_out_of_the_lists_and_left_in_place(redis_conn, report_jobs, burst_worker,
-                                                                    tmp_path):
+def test_unreadable_jobs_are_left_out_of_the_lists_and_left_in_place(redis_conn, report_jobs, burst_worker, tmp_path):
     import zlib
 
     failed = queues.enqueue('broken_report', [8], retry=None, connection=redis_conn)
@@ -262,12 +309,19 @@ def test_job_text_is_escaped_for_the_job_page(redis_conn, report_jobs, burst_wor
 
 # ---- A running job and the workers ----
 
+
 def test_running_job_shows_its_progress_and_its_busy_worker(redis_conn, report_jobs, tmp_path):
     flag = tmp_path / 'release'
     job = queues.enqueue('hold_report', [str(flag)], connection=redis_conn)
     with open(tmp_path / 'worker.log', 'w') as log:
-        worker = subprocess.Popen([sys.executable, '-c', 'import cli; cli.main()', 'worker', 'reports'], cwd=ROOT,
-                                  env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [sys.executable, '-c', 'import cli; cli.main()', 'worker', 'reports'],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         with running_dashboard(tmp_path) as dashboard:
             wait_until(lambda: 'progress' in job.get_meta(refresh=True), 20, 'the job reported progress')
@@ -285,9 +339,17 @@ def test_running_job_shows_its_progress_and_its_busy_worker(redis_conn, report_j
             flag.touch()
             wait_until(lambda: job.get_status(refresh=True) == 'finished', 20, 'the job finished')
             # The worker drops its current job a moment before it records its state and count.
-            workers = wait_until(lambda: [w for w in dashboard.json('/0/data/workers.json')['workers']
-                                          if w['current_job'] == 'idle' and w['state'].lower().endswith('idle')
-                                          and w['successful_job_count'] == 1], 20, 'the worker is idle')
+            workers = wait_until(
+                lambda: [
+                    w
+                    for w in dashboard.json('/0/data/workers.json')['workers']
+                    if w['current_job'] == 'idle'
+                    and w['state'].lower().endswith('idle')
+                    and w['successful_job_count'] == 1
+                ],
+                20,
+                'the worker is idle',
+            )
             assert len(workers) == 1 and workers[0]['queues'] == ['reports']
     finally:
         stop(worker)
@@ -302,6 +364,7 @@ def test_job_page_inserts_job_text_as_html():
 
 
 # ---- Dependencies ----
+
 
 def test_job_with_a_dependency_shows_its_dependencies(redis_conn, report_jobs, tmp_path):
     parent = queues.enqueue('render_report', [1], connection=redis_conn)
@@ -324,13 +387,20 @@ def test_job_with_a_dependency_shows_its_dependencies(redis_conn, report_jobs, t
 
 # ---- Access ----
 
+
 def test_basic_auth_is_required_when_credentials_are_set(redis_conn, tmp_path):
     job = queues.enqueue('ping', connection=redis_conn)
     secret = base64.urlsafe_b64encode(os.urandom(18)).decode()
     credentials = {'DASHBOARD_USERNAME': 'operator', 'DASHBOARD_PASSWORD': secret}
     with running_dashboard(tmp_path, extra_env=credentials) as dashboard:
-        for path in ('/', '/0/view/queues', '/0/data/queues.json', f'/0/data/job/{job.id}.json',
-                     '/0/data/jobs/default/queued/8/asc/1.json', '/0/data/workers.json'):
+        for path in (
+            '/',
+            '/0/view/queues',
+            '/0/data/queues.json',
+            f'/0/data/job/{job.id}.json',
+            '/0/data/jobs/default/queued/8/asc/1.json',
+            '/0/data/workers.json',
+        ):
             assert dashboard.get(path)[0] == 401, path
             assert dashboard.get(path, auth=('operator', 'wrong'))[0] == 401, path
             assert dashboard.get(path, auth=('someone', secret))[0] == 401, path
@@ -358,8 +428,10 @@ def test_a_busy_port_or_an_unknown_address_ends_in_one_line(redis_conn):
         port = str(other_program.getsockname()[1])
         result = run_jobs_cli('dashboard', '--port', port, timeout=30)
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines()[-1] == (f'Error: Port {port} on 127.0.0.1 is in use by another program; stop '
-                                              f'that program or pick another port, for example --port {int(port) + 1}.')
+    assert result.stderr.splitlines()[-1] == (
+        f'Error: Port {port} on 127.0.0.1 is in use by another program; stop '
+        f'that program or pick another port, for example --port {int(port) + 1}.'
+    )
     assert 'rq-dashboard on' not in result.stderr and 'Traceback' not in result.stderr
 
     credentials = dict(os.environ, DASHBOARD_USERNAME='operator', DASHBOARD_PASSWORD='secret')

@@ -19,8 +19,13 @@ from rqjobs import migration, queues, settings
 from rqjobs.migration import MIGRATIONS, Migration
 
 # Commands that read or write the platform's tables, each on a database that is not ready.
-TABLE_COMMANDS = (['warehouse', 'list'], ['warehouse', 'add', 'https://github.com/octo/hello'], ['stats', 'show'],
-                  ['warehouse', 'show', 'nope'], ['db', 'backup'])
+TABLE_COMMANDS = (
+    ['warehouse', 'list'],
+    ['warehouse', 'add', 'https://github.com/octo/hello'],
+    ['stats', 'show'],
+    ['warehouse', 'show', 'nope'],
+    ['db', 'backup'],
+)
 
 
 def server_scheme() -> str | None:
@@ -48,8 +53,11 @@ def closed_port() -> int:
 
 
 def assert_one_line_error(result, *phrases: str) -> str:
-    output = result.stdout + result.stderr if hasattr(result, 'stderr') and isinstance(result.stderr, str) else (
-        result.output)
+    output = (
+        result.stdout + result.stderr
+        if hasattr(result, 'stderr') and isinstance(result.stderr, str)
+        else (result.output)
+    )
     assert 'Traceback' not in output
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output
@@ -72,6 +80,7 @@ def extra_step(calls: list) -> Migration:
 
 
 # ---- A database without the schema ----
+
 
 def test_a_fresh_sqlite_database_gets_its_schema_on_first_use(tmp_path, env):
     env.delenv('DATABASE_URL')
@@ -122,18 +131,24 @@ def test_a_job_on_a_database_without_the_schema_fails_and_is_retried(database, r
 
 # ---- A database that cannot be reached ----
 
+
 def unreachable_urls() -> list:
-    urls = [pytest.param(f'postgresql://jobs:s3cret@127.0.0.1:{closed_port()}/rqjobs', 'Connection refused',
-                         id='postgresql down'),
-            pytest.param(f'mysql://jobs:s3cret@127.0.0.1:{closed_port()}/rqjobs', 'Connection refused',
-                         id='mysql down')]
+    urls = [
+        pytest.param(
+            f'postgresql://jobs:s3cret@127.0.0.1:{closed_port()}/rqjobs', 'Connection refused', id='postgresql down'
+        ),
+        pytest.param(f'mysql://jobs:s3cret@127.0.0.1:{closed_port()}/rqjobs', 'Connection refused', id='mysql down'),
+    ]
     if server_scheme() == 'postgresql':
-        urls += [pytest.param(other_database('/nosuchdb'), 'database "nosuchdb" does not exist', id='no database'),
-                 pytest.param(other_database(user='nosuchrole'), 'nosuchrole', id='unknown user')]
+        urls += [
+            pytest.param(other_database('/nosuchdb'), 'database "nosuchdb" does not exist', id='no database'),
+            pytest.param(other_database(user='nosuchrole'), 'nosuchrole', id='unknown user'),
+        ]
     elif server_scheme() == 'mysql':
-        urls += [pytest.param(other_database('/nosuchdb'), "Unknown database 'nosuchdb'", id='no database'),
-                 pytest.param(other_database(user='nosuchrole'), "Access denied for user 'nosuchrole'",
-                              id='unknown user')]
+        urls += [
+            pytest.param(other_database('/nosuchdb'), "Unknown database 'nosuchdb'", id='no database'),
+            pytest.param(other_database(user='nosuchrole'), "Access denied for user 'nosuchrole'", id='unknown user'),
+        ]
     return urls
 
 
@@ -195,20 +210,23 @@ def test_a_job_on_an_unreachable_database_fails_in_one_line_and_is_retried(env, 
     assert retried.get_status().value == 'scheduled' and retried.retries_left == queues.RETRY_MAX - 1
     assert once.get_status().value == 'failed'
     error = once.latest_result().exc_string.strip().splitlines()[-1]
-    assert error.startswith('rqjobs.exceptions.DatabaseUnavailable: '
-                            'Cannot reach the database at postgresql://jobs:***@')
+    assert error.startswith(
+        'rqjobs.exceptions.DatabaseUnavailable: Cannot reach the database at postgresql://jobs:***@'
+    )
     assert 's3cret' not in once.latest_result().exc_string
 
 
 # ---- A database that fails mid-command ----
+
 
 @pytest.mark.db
 def test_a_database_locked_mid_command_is_one_line(database, monkeypatch):
     if not isinstance(database, peewee.SqliteDatabase):
         pytest.skip('holds a SQLite write lock')
     # The command waits 5 s for a lock by default; a test waits less.
-    monkeypatch.setattr(database, '_pragmas', [(name, 100 if name == 'busy_timeout' else value)
-                                               for name, value in database._pragmas])
+    monkeypatch.setattr(
+        database, '_pragmas', [(name, 100 if name == 'busy_timeout' else value) for name, value in database._pragmas]
+    )
     holder = sqlite3.connect(database.database, timeout=0.1, isolation_level=None)
     try:
         holder.execute('BEGIN EXCLUSIVE')
@@ -217,5 +235,6 @@ def test_a_database_locked_mid_command_is_one_line(database, monkeypatch):
         holder.execute('ROLLBACK')
         holder.close()
     assert result.exit_code == 1
-    assert_one_line_error(result, 'Error: The database at sqlite:///', 'failed: database is locked',
-                          'try the command again')
+    assert_one_line_error(
+        result, 'Error: The database at sqlite:///', 'failed: database is locked', 'try the command again'
+    )

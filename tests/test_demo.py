@@ -28,9 +28,11 @@ def test_demo_runs_end_to_end_on_the_embedded_defaults(env, tmp_path):
         assert 'Timings: clone' in out
         assert (tmp_path / 'var' / 'rqjobs.db').exists()
         socket = tmp_path / 'var' / 'redis' / 'redis.sock'
-        assert out.rstrip().endswith(f'The embedded Redis keeps running at unix://{socket} for later commands on '
-                                     f'the data directory {tmp_path / "var"}; `rqjobs redis url` prints its URL, '
-                                     f'`rqjobs redis stop` stops it.')
+        assert out.rstrip().endswith(
+            f'The embedded Redis keeps running at unix://{socket} for later commands on '
+            f'the data directory {tmp_path / "var"}; `rqjobs redis url` prints its URL, '
+            f'`rqjobs redis stop` stops it.'
+        )
         # A second run reprocesses the same warehouse instead of refusing a duplicate.
         second = run_jobs_cli('demo', env=environ)
         assert second.returncode == 0, second.stderr + second.stdout
@@ -64,8 +66,15 @@ def test_demo_runs_again_after_ctrl_c_during_its_job(env, tmp_path):
     content = obj.read_bytes()
     obj.unlink()
     os.mkfifo(obj)
-    first = subprocess.Popen([sys.executable, '-c', 'import cli; cli.main()', 'demo'], cwd=ROOT, env=environ,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    first = subprocess.Popen(
+        [sys.executable, '-c', 'import cli; cli.main()', 'demo'],
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         writer = wait_for_reader(obj)
         # Ctrl-C in a terminal: SIGINT to the whole foreground process group.

@@ -34,8 +34,7 @@ def anchors(text: str) -> set[str]:
 
 
 def relative_links(page: Path) -> list[str]:
-    return [target for target in LINK.findall(prose(page.read_text()))
-            if not re.match(r'[a-z][a-z+.-]*:', target)]
+    return [target for target in LINK.findall(prose(page.read_text())) if not re.match(r'[a-z][a-z+.-]*:', target)]
 
 
 def test_readme_stays_short():

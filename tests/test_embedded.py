@@ -15,9 +15,13 @@ def test_starts_once_is_shared_and_persists(tmp_path):
     assert not server.is_running()
     try:
         # Three processes started at the same moment end up on one server.
-        code = 'import sys; from rqjobs.embedded import EmbeddedRedis; print(EmbeddedRedis(sys.argv[1]).ensure_running())'
-        processes = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path / 'redis')], stdout=subprocess.PIPE,
-                                      text=True) for _ in range(3)]
+        code = (
+            'import sys; from rqjobs.embedded import EmbeddedRedis; print(EmbeddedRedis(sys.argv[1]).ensure_running())'
+        )
+        processes = [
+            subprocess.Popen([sys.executable, '-c', code, str(tmp_path / 'redis')], stdout=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
         urls = {process.communicate(timeout=30)[0].strip() for process in processes}
         assert urls == {server.url}
         pid = server.client().info('server')['process_id']
@@ -61,9 +65,11 @@ def test_a_data_directory_that_cannot_be_made_ends_in_one_line(tmp_path):
     env['JOBS_DATA_DIR'] = str(tmp_path / 'a-file' / 'var')
     result = run_jobs_cli('status', env=env, timeout=60)
     assert result.returncode == 1, result.stderr
-    assert result.stderr == (f'Error: Cannot start the embedded Redis in {tmp_path}/a-file/var/redis '
-                             f'(Not a directory). Set JOBS_DATA_DIR to a directory you can write, for example '
-                             f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs, or set REDIS_URL to use another server.\n')
+    assert result.stderr == (
+        f'Error: Cannot start the embedded Redis in {tmp_path}/a-file/var/redis '
+        f'(Not a directory). Set JOBS_DATA_DIR to a directory you can write, for example '
+        f'JOBS_DATA_DIR=$HOME/.local/share/rqjobs, or set REDIS_URL to use another server.\n'
+    )
 
 
 @pytest.mark.slow

@@ -54,17 +54,30 @@ EXAMPLE = 'https://github.com/org/repo.git'
 # Helpers to build upstream repositories (reusable by other test modules)
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def run_git(cwd: Path, *args: str, date: str | None = None) -> str:
     """Run the test's own git (not the code under test) with a clean, fixed identity; return its stdout."""
     env = {
-        'PATH': os.environ['PATH'], 'HOME': os.devnull, 'LC_ALL': 'C', 'GIT_CONFIG_NOSYSTEM': '1',
-        'GIT_CONFIG_GLOBAL': os.devnull, 'GIT_AUTHOR_NAME': 'Ada Lovelace', 'GIT_AUTHOR_EMAIL': 'ada@example.com',
-        'GIT_COMMITTER_NAME': 'Ada Lovelace', 'GIT_COMMITTER_EMAIL': 'ada@example.com',
+        'PATH': os.environ['PATH'],
+        'HOME': os.devnull,
+        'LC_ALL': 'C',
+        'GIT_CONFIG_NOSYSTEM': '1',
+        'GIT_CONFIG_GLOBAL': os.devnull,
+        'GIT_AUTHOR_NAME': 'Ada Lovelace',
+        'GIT_AUTHOR_EMAIL': 'ada@example.com',
+        'GIT_COMMITTER_NAME': 'Ada Lovelace',
+        'GIT_COMMITTER_EMAIL': 'ada@example.com',
     }
     if date:
         env['GIT_AUTHOR_DATE'] = env['GIT_COMMITTER_DATE'] = date
-    result = subprocess.run(['git', '-c', 'init.defaultBranch=main', '-c', 'protocol.file.allow=always', *args],
-                            cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ['git', '-c', 'init.defaultBranch=main', '-c', 'protocol.file.allow=always', *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -94,10 +107,17 @@ def make_repository(path: Path, *, big_file_mb: int = 0) -> dict[str, str]:
     path.mkdir(parents=True)
     run_git(path, 'init', '-q')
     (path / 'passwd').symlink_to('/etc/passwd')
-    shas = {'initial': commit_files(path, {
-        'README.md': 'hello\n', 'docs/guide.md': 'guide\n',
-        '.gitattributes': '*.md filter=evil\n*.bin filter=lfs diff=lfs merge=lfs -text\n',
-    }, 'Initial commit')}
+    shas = {
+        'initial': commit_files(
+            path,
+            {
+                'README.md': 'hello\n',
+                'docs/guide.md': 'guide\n',
+                '.gitattributes': '*.md filter=evil\n*.bin filter=lfs diff=lfs merge=lfs -text\n',
+            },
+            'Initial commit',
+        )
+    }
     library = path.parent / f'{path.name}-library'
     library.mkdir()
     run_git(library, 'init', '-q')
@@ -107,9 +127,12 @@ def make_repository(path: Path, *, big_file_mb: int = 0) -> dict[str, str]:
     run_git(path, 'checkout', '-q', '-b', 'dev')
     shas['dev'] = commit_files(path, {'dev.txt': 'dev\n'}, 'Dev work')
     run_git(path, 'checkout', '-q', 'main')
-    shas['second'] = commit_files(path, {'README.md': 'hello again\n'},
-                                  'Second commit\n\nLonger description.\n\nWith two paragraphs.',
-                                  date='2024-03-01T12:00:00+02:00')
+    shas['second'] = commit_files(
+        path,
+        {'README.md': 'hello again\n'},
+        'Second commit\n\nLonger description.\n\nWith two paragraphs.',
+        date='2024-03-01T12:00:00+02:00',
+    )
     if big_file_mb:
         shas['big'] = commit_files(path, {'data.bin': os.urandom(big_file_mb * 1024 * 1024)}, 'Big data')
     shas['head'] = run_git(path, 'rev-parse', 'HEAD')
@@ -127,9 +150,16 @@ def make_bare_for_http(source: Path, root: Path, org: str = 'org', name: str = '
 
 
 @contextlib.contextmanager
-def serve_dumb_http(root: Path, *, credentials: tuple[str, str] | None = None, delay: float = 0.0,
-                    throttle: float = 0.0, redirect_to_localhost: bool = False,
-                    seen: list[str] | None = None, hosts: list[str] | None = None) -> Iterator[str]:
+def serve_dumb_http(
+    root: Path,
+    *,
+    credentials: tuple[str, str] | None = None,
+    delay: float = 0.0,
+    throttle: float = 0.0,
+    redirect_to_localhost: bool = False,
+    seen: list[str] | None = None,
+    hosts: list[str] | None = None,
+) -> Iterator[str]:
     """Serve `root` over plain HTTP on 127.0.0.1; optional Basic auth, a delay per request, a slow body.
 
     `redirect_to_localhost` sends requests for 127.0.0.1 on to localhost; `seen` collects Authorization headers,
@@ -194,8 +224,14 @@ def network(env):
 
 def http_address(base: str, username: str | None = None, password: str | None = None) -> RepoAddress:
     # parse_address refuses http://; a RepoAddress built by hand is how a trusted caller (this test) reaches it.
-    return RepoAddress(url=f'{base}/org/repo.git', organization='org', name='repo', username=username,
-                       password=password, is_local=False)
+    return RepoAddress(
+        url=f'{base}/org/repo.git',
+        organization='org',
+        name='repo',
+        username=username,
+        password=password,
+        is_local=False,
+    )
 
 
 def live_group_members(pgid: int) -> list[int]:
@@ -227,6 +263,7 @@ def tree(root: Path, skip: Path | None = None) -> set[str]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def local(env):
@@ -270,9 +307,11 @@ def hostile_environment(tmp_path, monkeypatch) -> SimpleNamespace:
         hook.write_text(f'#!/bin/sh\ntouch {marker}\n')
         hook.chmod(0o755)
     config = tmp_path / 'hostile' / 'gitconfig'
-    config.write_text(f'[filter "evil"]\n\tsmudge = "touch {markers.filter}; cat"\n\trequired = true\n'
-                      f'[filter "lfs"]\n\tsmudge = "touch {markers.filter}; cat"\n'
-                      f'[core]\n\thooksPath = {hooks}\n[init]\n\ttemplateDir = {template_hooks.parent}\n')
+    config.write_text(
+        f'[filter "evil"]\n\tsmudge = "touch {markers.filter}; cat"\n\trequired = true\n'
+        f'[filter "lfs"]\n\tsmudge = "touch {markers.filter}; cat"\n'
+        f'[core]\n\thooksPath = {hooks}\n[init]\n\ttemplateDir = {template_hooks.parent}\n'
+    )
     home = tmp_path / 'hostile' / 'home'
     home.mkdir()
     shutil.copy(config, home / '.gitconfig')
@@ -287,27 +326,38 @@ def hostile_environment(tmp_path, monkeypatch) -> SimpleNamespace:
 # parse_address
 # ---------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('address, url, organization, name', [
-    ('https://github.com/Org/Repo', 'https://github.com/Org/Repo.git', 'org', 'repo'),
-    ('https://github.com/org/repo.git/', 'https://github.com/org/repo.git', 'org', 'repo'),
-    ('  https://GitHub.COM/org/My-Repo.v2/  ', 'https://github.com/org/My-Repo.v2.git', 'org', 'my-repo.v2'),
-    ('https://gitlab.example.com:8443/group/sub/Project', 'https://gitlab.example.com:8443/group/sub/Project.git',
-     'sub', 'project'),
-    ('https://[2606:4700::1111]/org/repo', 'https://[2606:4700::1111]/org/repo.git', 'org', 'repo'),
-    ('https://140.82.121.4:3000/org/repo.git', 'https://140.82.121.4:3000/org/repo.git', 'org', 'repo'),
-])
+
+@pytest.mark.parametrize(
+    'address, url, organization, name',
+    [
+        ('https://github.com/Org/Repo', 'https://github.com/Org/Repo.git', 'org', 'repo'),
+        ('https://github.com/org/repo.git/', 'https://github.com/org/repo.git', 'org', 'repo'),
+        ('  https://GitHub.COM/org/My-Repo.v2/  ', 'https://github.com/org/My-Repo.v2.git', 'org', 'my-repo.v2'),
+        (
+            'https://gitlab.example.com:8443/group/sub/Project',
+            'https://gitlab.example.com:8443/group/sub/Project.git',
+            'sub',
+            'project',
+        ),
+        ('https://[2606:4700::1111]/org/repo', 'https://[2606:4700::1111]/org/repo.git', 'org', 'repo'),
+        ('https://140.82.121.4:3000/org/repo.git', 'https://140.82.121.4:3000/org/repo.git', 'org', 'repo'),
+    ],
+)
 def test_accepted_addresses_are_normalised(address, url, organization, name):
     parsed = parse_address(address)
     assert (parsed.url, parsed.organization, parsed.name) == (url, organization, name)
     assert (parsed.username, parsed.password, parsed.is_local) == (None, None, False)
 
 
-@pytest.mark.parametrize('address, username, password', [
-    (f'https://alice:{SECRET}@github.com/org/repo', 'alice', SECRET),
-    ('https://alice:tok%40en%3A1@github.com/org/repo', 'alice', 'tok@en:1'),
-    (f'https://{SECRET}@github.com/org/repo', 'oauth2', SECRET),
-    (f'https://:{SECRET}@github.com/org/repo', 'oauth2', SECRET),
-])
+@pytest.mark.parametrize(
+    'address, username, password',
+    [
+        (f'https://alice:{SECRET}@github.com/org/repo', 'alice', SECRET),
+        ('https://alice:tok%40en%3A1@github.com/org/repo', 'alice', 'tok@en:1'),
+        (f'https://{SECRET}@github.com/org/repo', 'oauth2', SECRET),
+        (f'https://:{SECRET}@github.com/org/repo', 'oauth2', SECRET),
+    ],
+)
 def test_credentials_are_split_out_of_the_url(address, username, password):
     parsed = parse_address(address)
     assert parsed.url == 'https://github.com/org/repo.git'
@@ -315,52 +365,55 @@ def test_credentials_are_split_out_of_the_url(address, username, password):
     assert SECRET not in repr(parsed) and 'tok@en' not in repr(parsed)
 
 
-@pytest.mark.parametrize('address, reason', [
-    ('', 'empty'),
-    ('ext::sh -c touch% /tmp/x', 'remote helper'),
-    ('fd::17', 'remote helper'),
-    ('file:///etc', 'ALLOW_LOCAL_REPOSITORIES=false'),
-    ('/tmp/repo', 'ALLOW_LOCAL_REPOSITORIES=false'),
-    ('-uhttps://x/y/z', 'starts with "-"'),
-    ('--upload-pack=touch /tmp/x', 'starts with "-"'),
-    ('https://host/a/../b', "'..' segment"),
-    ('https://host/a/%2e%2e/b', "'..' segment"),
-    ('https://host/a/%2E%2e/b', "'..' segment"),
-    ('http://host/a/b', 'clear text'),
-    ('git://host/a/b', 'git://'),
-    ('ssh://git@host/a/b', 'GIT_ALLOW_SSH=false'),
-    ('git@host:a/b.git', 'GIT_ALLOW_SSH=false'),
-    ('https://host/a', 'at least two segments'),
-    ('https://host', 'no path'),
-    ('https://ho st/a/b', 'whitespace'),
-    ('https://host/a/b\n', 'newline'),
-    ('https://host/a/b\r', 'carriage return'),
-    ('https://host/a/b\x00', 'NUL'),
-    ('https://host/a/b\x7f', 'DEL'),
-    ('https://host/a/b\u202e', 'control'),
-    ('https://host/\ta/b', 'tab'),
-    ('https://host/ a/b', 'whitespace'),
-    ('https://host/a/b%00', 'percent-encodes a whitespace or control'),
-    ('https://host/a/b%0d%0a', 'percent-encodes a whitespace or control'),
-    ('https://host/a%2fb/c', 'percent-encodes a slash'),
-    ('https://host/a/b%zz', 'two hex digits'),
-    ('https://host/' + 'a/' * 1500 + 'b', 'over the limit of 2048'),
-    ('https://github.com@evil.com/a/b', 'looks like a host name'),
-    ('https://host_name/a/b', 'not a valid host name'),
-    ('https://-host/a/b', 'not a valid host name'),
-    ('https://host:0/a/b', 'port'),
-    ('https://host:99999/a/b', 'port'),
-    ('https://host:x/a/b', 'port'),
-    ('https://host/a/b?ref=main', 'query'),
-    ('https://host/a/b#main', 'fragment'),
-    ('https://host/.org/repo', 'organization'),
-    ('https://host/org/-repo', 'repository name'),
-    ('https://host/org//repo', 'empty segment'),
-    ('https:/host/org/repo', 'missing after the scheme'),
-    ('ftp://host/a/b', 'not supported'),
-    ('github.com/org/repo', 'not an https:// address'),
-    ('https://host\\@evil/a/b', 'backslash'),
-])
+@pytest.mark.parametrize(
+    'address, reason',
+    [
+        ('', 'empty'),
+        ('ext::sh -c touch% /tmp/x', 'remote helper'),
+        ('fd::17', 'remote helper'),
+        ('file:///etc', 'ALLOW_LOCAL_REPOSITORIES=false'),
+        ('/tmp/repo', 'ALLOW_LOCAL_REPOSITORIES=false'),
+        ('-uhttps://x/y/z', 'starts with "-"'),
+        ('--upload-pack=touch /tmp/x', 'starts with "-"'),
+        ('https://host/a/../b', "'..' segment"),
+        ('https://host/a/%2e%2e/b', "'..' segment"),
+        ('https://host/a/%2E%2e/b', "'..' segment"),
+        ('http://host/a/b', 'clear text'),
+        ('git://host/a/b', 'git://'),
+        ('ssh://git@host/a/b', 'GIT_ALLOW_SSH=false'),
+        ('git@host:a/b.git', 'GIT_ALLOW_SSH=false'),
+        ('https://host/a', 'at least two segments'),
+        ('https://host', 'no path'),
+        ('https://ho st/a/b', 'whitespace'),
+        ('https://host/a/b\n', 'newline'),
+        ('https://host/a/b\r', 'carriage return'),
+        ('https://host/a/b\x00', 'NUL'),
+        ('https://host/a/b\x7f', 'DEL'),
+        ('https://host/a/b\u202e', 'control'),
+        ('https://host/\ta/b', 'tab'),
+        ('https://host/ a/b', 'whitespace'),
+        ('https://host/a/b%00', 'percent-encodes a whitespace or control'),
+        ('https://host/a/b%0d%0a', 'percent-encodes a whitespace or control'),
+        ('https://host/a%2fb/c', 'percent-encodes a slash'),
+        ('https://host/a/b%zz', 'two hex digits'),
+        ('https://host/' + 'a/' * 1500 + 'b', 'over the limit of 2048'),
+        ('https://github.com@evil.com/a/b', 'looks like a host name'),
+        ('https://host_name/a/b', 'not a valid host name'),
+        ('https://-host/a/b', 'not a valid host name'),
+        ('https://host:0/a/b', 'port'),
+        ('https://host:99999/a/b', 'port'),
+        ('https://host:x/a/b', 'port'),
+        ('https://host/a/b?ref=main', 'query'),
+        ('https://host/a/b#main', 'fragment'),
+        ('https://host/.org/repo', 'organization'),
+        ('https://host/org/-repo', 'repository name'),
+        ('https://host/org//repo', 'empty segment'),
+        ('https:/host/org/repo', 'missing after the scheme'),
+        ('ftp://host/a/b', 'not supported'),
+        ('github.com/org/repo', 'not an https:// address'),
+        ('https://host\\@evil/a/b', 'backslash'),
+    ],
+)
 def test_refused_addresses_say_why_and_show_a_good_one(address, reason):
     with pytest.raises(InvalidRepositoryAddress) as info:
         parse_address(address)
@@ -371,15 +424,18 @@ def test_refused_addresses_say_why_and_show_a_good_one(address, reason):
     assert isinstance(info.value, PermanentJobError)
 
 
-@pytest.mark.parametrize('address', [
-    f'https://alice:{SECRET}@ho st/a/b',
-    f'https://alice:{SECRET}@host/a/../b',
-    f'http://alice:{SECRET}@host/a/b',
-    f'https://alice:{SECRET}@host/a',
-    f'https://alice:{SECRET}/x@host/a/b\n',
-    f'{SECRET}@host:a/b',
-    f'https://{SECRET}@github.com@evil.com/a/b',
-])
+@pytest.mark.parametrize(
+    'address',
+    [
+        f'https://alice:{SECRET}@ho st/a/b',
+        f'https://alice:{SECRET}@host/a/../b',
+        f'http://alice:{SECRET}@host/a/b',
+        f'https://alice:{SECRET}@host/a',
+        f'https://alice:{SECRET}/x@host/a/b\n',
+        f'{SECRET}@host:a/b',
+        f'https://{SECRET}@github.com@evil.com/a/b',
+    ],
+)
 def test_a_refused_address_never_shows_its_password(address):
     with pytest.raises(InvalidRepositoryAddress) as info:
         parse_address(address)
@@ -392,7 +448,12 @@ def test_ssh_addresses_only_when_allowed(env):
     settings_module.reset()
     scp = parse_address('git@Host.example:Org/Repo')
     assert (scp.url, scp.organization, scp.name, scp.username, scp.password) == (
-        'git@host.example:Org/Repo.git', 'org', 'repo', None, None)
+        'git@host.example:Org/Repo.git',
+        'org',
+        'repo',
+        None,
+        None,
+    )
     assert parse_address('ssh://git@host:2222/org/repo').url == 'ssh://git@host:2222/org/repo.git'
     with pytest.raises(InvalidRepositoryAddress, match='may not carry a password'):
         parse_address(f'ssh://git:{SECRET}@host/org/repo')
@@ -405,9 +466,17 @@ def test_local_paths_only_when_allowed_and_absolute(local, tmp_path):
     for address in (f'{repo}/', f'file://{repo}'):
         parsed = parse_address(address)
         assert (parsed.url, parsed.organization, parsed.name, parsed.is_local) == (
-            str(repo.resolve()), 'some-org', 'project', True)
-    for address, reason in (('org/repo', 'absolute'), (f'{tmp_path}/../x/y', "'..' segment"),
-                            ('file://otherhost/a/b', 'no host'), ('/repo', 'parent directory')):
+            str(repo.resolve()),
+            'some-org',
+            'project',
+            True,
+        )
+    for address, reason in (
+        ('org/repo', 'absolute'),
+        (f'{tmp_path}/../x/y', "'..' segment"),
+        ('file://otherhost/a/b', 'no host'),
+        ('/repo', 'parent directory'),
+    ):
         with pytest.raises(InvalidRepositoryAddress, match=reason):
             parse_address(address)
 
@@ -415,6 +484,7 @@ def test_local_paths_only_when_allowed_and_absolute(local, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # Stored credentials
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_secrets_round_trip_and_fail_clearly(env):
     env.setenv('JOBS_SECRET_KEY', 'k' * 32)
@@ -443,6 +513,7 @@ def test_secrets_need_the_key(env):
 # ---------------------------------------------------------------------------------------------------------------------
 # Paths under REPO_ROOT
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_clone_path_is_inside_repo_root(env, tmp_path):
     root = settings_module.get_settings().repo_root
@@ -477,6 +548,7 @@ def test_remove_clone_only_inside_repo_root(env, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # Cloning a hostile repository
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_clone_runs_nothing_from_the_repository_or_the_environment(local, upstream, hostile_environment, tmp_path):
     # First prove the hostile environment works: a plain git clone runs the hook, the filter and the template hook.
@@ -536,7 +608,11 @@ def test_bad_branch_names_and_credentials_never_reach_git(local, upstream, start
 def test_a_clone_is_written_beside_its_place_and_moved_in_whole(local, upstream):
     dest = clone_path('w-partial')
     seen = []
-    sync(upstream.address, dest, progress=lambda stage, percent: seen.append((dest.exists(), partial_path(dest).exists())))
+    sync(
+        upstream.address,
+        dest,
+        progress=lambda stage, percent: seen.append((dest.exists(), partial_path(dest).exists())),
+    )
     assert seen and all(state == (False, True) for state in seen)  # while git works, only <id>.partial exists
     assert head_commit(dest) == upstream.shas['head'] and not partial_path(dest).exists()
 
@@ -570,11 +646,13 @@ def test_sync_refuses_a_destination_outside_repo_root(local, upstream, tmp_path)
 # Fetching: new commits, force-pushes, history
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_fetch_follows_new_commits_and_force_pushes(local, upstream):
     dest = clone_path('w-fetch')
     first = sync(upstream.address, dest)
-    new = commit_files(upstream.path, {'README.md': 'changed\n', 'docs/new.md': 'new\n', 'docs/guide.md': None},
-                       'Third commit')
+    new = commit_files(
+        upstream.path, {'README.md': 'changed\n', 'docs/new.md': 'new\n', 'docs/guide.md': None}, 'Third commit'
+    )
     assert sync(upstream.address, dest) == new == head_commit(dest)
     assert is_ancestor(dest, first, new) and has_commit(dest, first)
     assert changed_paths(dest, first, new) == {'README.md': 'M', 'docs/new.md': 'A', 'docs/guide.md': 'D'}
@@ -606,13 +684,30 @@ def test_fetch_runs_no_hook_even_one_inside_the_clone(local, upstream, tmp_path,
     new = commit_files(upstream.path, {'more.md': 'more\n'}, 'More')
     assert sync(upstream.address, dest) == new
     assert not marker.exists()
-    config = [{record.env[f'GIT_CONFIG_KEY_{i}']: record.env[f'GIT_CONFIG_VALUE_{i}']
-               for i in range(int(record.env['GIT_CONFIG_COUNT']))} for record in started]
-    expected = {'core.hooksPath': os.devnull, 'core.symlinks': 'false', 'core.fsmonitor': 'false',
-                'credential.helper': '', 'submodule.recurse': 'false', 'protocol.allow': 'never',
-                'protocol.file.allow': 'always', 'protocol.ext.allow': 'never', 'filter.lfs.smudge': '',
-                'filter.lfs.process': '', 'filter.lfs.required': 'false', 'transfer.fsckObjects': 'true',
-                'fetch.fsckObjects': 'true', 'init.templateDir': '', 'http.lowSpeedLimit': '1000'}
+    config = [
+        {
+            record.env[f'GIT_CONFIG_KEY_{i}']: record.env[f'GIT_CONFIG_VALUE_{i}']
+            for i in range(int(record.env['GIT_CONFIG_COUNT']))
+        }
+        for record in started
+    ]
+    expected = {
+        'core.hooksPath': os.devnull,
+        'core.symlinks': 'false',
+        'core.fsmonitor': 'false',
+        'credential.helper': '',
+        'submodule.recurse': 'false',
+        'protocol.allow': 'never',
+        'protocol.file.allow': 'always',
+        'protocol.ext.allow': 'never',
+        'filter.lfs.smudge': '',
+        'filter.lfs.process': '',
+        'filter.lfs.required': 'false',
+        'transfer.fsckObjects': 'true',
+        'fetch.fsckObjects': 'true',
+        'init.templateDir': '',
+        'http.lowSpeedLimit': '1000',
+    }
     for entries, record in zip(config, started):
         assert entries.items() >= expected.items()
         assert record.env['GIT_ALLOW_PROTOCOL'] == 'file' and record.env['GIT_LFS_SKIP_SMUDGE'] == '1'
@@ -632,15 +727,22 @@ def test_recent_commits(local, upstream):
     sync(upstream.address, dest)
     newest, older = recent_commits(dest, limit=2)
     assert newest == {
-        'sha': upstream.shas['second'], 'title': 'Second commit',
-        'description': 'Longer description.\n\nWith two paragraphs.', 'author': 'Ada Lovelace',
+        'sha': upstream.shas['second'],
+        'title': 'Second commit',
+        'description': 'Longer description.\n\nWith two paragraphs.',
+        'author': 'Ada Lovelace',
         'committed_at': datetime(2024, 3, 1, 10, 0),
     }
     assert (older['sha'], older['title'], older['description']) == (
-        upstream.shas['submodule'], 'Add the library as a submodule', '')
+        upstream.shas['submodule'],
+        'Add the library as a submodule',
+        '',
+    )
     assert [c['sha'] for c in recent_commits(dest)] == [upstream.shas[k] for k in ('second', 'submodule', 'initial')]
     assert [c['sha'] for c in recent_commits(dest, since=upstream.shas['initial'])] == [
-        upstream.shas['second'], upstream.shas['submodule']]
+        upstream.shas['second'],
+        upstream.shas['submodule'],
+    ]
     assert recent_commits(dest, since=upstream.shas['second']) == []
     assert [c['sha'] for c in recent_commits(dest, limit=1, since='f' * 40)] == [upstream.shas['second']]
     assert recent_commits(dest, limit=0) == []
@@ -690,6 +792,7 @@ def test_reading_needs_a_clone_and_takes_only_shas(local, upstream, tmp_path):
 # Missing repositories and branches
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_missing_repository_or_branch_is_not_found(local, upstream):
     gone = clone_path('w-gone')
     with pytest.raises(RepositoryNotFound, match='branch'):
@@ -716,11 +819,12 @@ def test_missing_repository_or_branch_is_not_found(local, upstream):
 # Caps: size and time
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_a_clone_over_the_size_cap_is_removed(local, tmp_path):
     big = tmp_path / 'upstream' / 'org' / 'big'
     make_repository(big, big_file_mb=3)
     dest = clone_path('w-big')
-    with pytest.raises(RepositoryTooLarge, match=r"GIT_MAX_REPO_SIZE \(1 MB on disk\)"):
+    with pytest.raises(RepositoryTooLarge, match=r'GIT_MAX_REPO_SIZE \(1 MB on disk\)'):
         sync(str(big), dest, settings=dataclasses.replace(local, git_max_repo_size_mb=1))
     assert not dest.exists() and not partial_path(dest).exists()
 
@@ -754,10 +858,13 @@ def trash_of(settings) -> list[str]:
     return sorted(str(path) for path in trash.rglob('*')) if trash.exists() else []
 
 
-@pytest.mark.parametrize('caps, reason', [
-    ({'git_max_repo_size_mb': 5}, r'GIT_MAX_REPO_SIZE \(5 MB on disk\)'),
-    ({'git_max_repo_files': 1000}, r'GIT_MAX_REPO_FILES \(1000 files\)'),
-])
+@pytest.mark.parametrize(
+    'caps, reason',
+    [
+        ({'git_max_repo_size_mb': 5}, r'GIT_MAX_REPO_SIZE \(5 MB on disk\)'),
+        ({'git_max_repo_files': 1000}, r'GIT_MAX_REPO_FILES \(1000 files\)'),
+    ],
+)
 def test_a_clone_of_many_small_files_is_capped_by_what_it_takes(local, many_files, caps, reason):
     dest = clone_path('w-many')
     settings = dataclasses.replace(local, **caps)
@@ -786,8 +893,10 @@ def test_the_file_cap_stops_a_clone_while_it_runs(network, many_files, tmp_path,
     dest = clone_path('w-many-http')
     settings = dataclasses.replace(settings_module.get_settings(), git_max_repo_files=300)
     requests: list[str] = []
-    with (serve_dumb_http(tmp_path / 'srv', hosts=requests) as base,
-          pytest.raises(RepositoryTooLarge, match=r'GIT_MAX_REPO_FILES \(300 files\) and was stopped')):
+    with (
+        serve_dumb_http(tmp_path / 'srv', hosts=requests) as base,
+        pytest.raises(RepositoryTooLarge, match=r'GIT_MAX_REPO_FILES \(300 files\) and was stopped'),
+    ):
         sync(http_address(base), dest, settings=settings)
     assert len(requests) < objects / 2  # stopped early, not once git had it all
     assert not dest.exists() and not partial_path(dest).exists()
@@ -840,8 +949,10 @@ def test_the_size_cap_kills_a_running_clone(network, tmp_path, started, monkeypa
     settings = dataclasses.replace(settings_module.get_settings(), git_max_repo_size_mb=1)
     began = time.monotonic()
     # 4 MB at 64 KB per 50 ms takes over 3 s: the cap must stop it well before.
-    with (serve_dumb_http(tmp_path / 'srv', throttle=0.05) as base,
-          pytest.raises(RepositoryTooLarge, match='was stopped')):
+    with (
+        serve_dumb_http(tmp_path / 'srv', throttle=0.05) as base,
+        pytest.raises(RepositoryTooLarge, match='was stopped'),
+    ):
         sync(http_address(base), dest, settings=settings)
     assert time.monotonic() - began < 2.5
     assert not dest.exists() and not partial_path(dest).exists()
@@ -855,8 +966,10 @@ def test_the_time_cap_kills_a_slow_clone(network, tmp_path, started):
     dest = clone_path('w-slow')
     settings = dataclasses.replace(settings_module.get_settings(), git_clone_timeout=1)
     began = time.monotonic()
-    with (serve_dumb_http(tmp_path / 'srv', delay=0.6) as base,
-          pytest.raises(CloneTimeout, match=r'GIT_CLONE_TIMEOUT \(1 s\)')):
+    with (
+        serve_dumb_http(tmp_path / 'srv', delay=0.6) as base,
+        pytest.raises(CloneTimeout, match=r'GIT_CLONE_TIMEOUT \(1 s\)'),
+    ):
         sync(http_address(base), dest, settings=settings)
     assert time.monotonic() - began < 3
     assert not dest.exists() and not partial_path(dest).exists()
@@ -866,6 +979,7 @@ def test_the_time_cap_kills_a_slow_clone(network, tmp_path, started):
 # ---------------------------------------------------------------------------------------------------------------------
 # Credentials over HTTP
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_credentials_reach_git_only_through_the_askpass_environment(network, tmp_path, started, caplog):
     caplog.set_level('DEBUG')
@@ -910,9 +1024,10 @@ def test_credentials_are_not_given_to_another_host_after_a_redirect(network, tmp
     make_repository(source)
     make_bare_for_http(source, tmp_path / 'srv')
     seen: list[str] = []
-    with (serve_dumb_http(tmp_path / 'srv', credentials=('alice', SECRET), redirect_to_localhost=True,
-                          seen=seen) as base,
-          pytest.raises(RepositoryUnauthorized, match="could not read Username for 'http://localhost")):
+    with (
+        serve_dumb_http(tmp_path / 'srv', credentials=('alice', SECRET), redirect_to_localhost=True, seen=seen) as base,
+        pytest.raises(RepositoryUnauthorized, match="could not read Username for 'http://localhost"),
+    ):
         sync(http_address(base, 'alice', SECRET), clone_path('w-redirected'))
     secret_header = base64.b64encode(f'alice:{SECRET}'.encode()).decode()
     assert not any(secret_header in header for header in seen)
@@ -928,19 +1043,23 @@ def test_a_missing_repository_over_http_is_not_found(network, tmp_path):
 # Hosts: public only, and git held to the addresses checked
 # ---------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('url', [
-    'http://127.0.0.1:9/org/repo.git',
-    'http://localhost:9/org/repo.git',
-    'https://10.1.2.3/org/repo.git',
-    'https://192.168.0.10/org/repo.git',
-    'https://169.254.169.254/org/repo.git',  # cloud metadata services
-    'https://100.64.0.1/org/repo.git',  # shared address space
-    'https://0.0.0.0/org/repo.git',
-    'https://224.0.0.1/org/repo.git',
-    'https://[::1]/org/repo.git',
-    'https://[fd00::1]/org/repo.git',
-    'https://[::ffff:127.0.0.1]/org/repo.git',
-])
+
+@pytest.mark.parametrize(
+    'url',
+    [
+        'http://127.0.0.1:9/org/repo.git',
+        'http://localhost:9/org/repo.git',
+        'https://10.1.2.3/org/repo.git',
+        'https://192.168.0.10/org/repo.git',
+        'https://169.254.169.254/org/repo.git',  # cloud metadata services
+        'https://100.64.0.1/org/repo.git',  # shared address space
+        'https://0.0.0.0/org/repo.git',
+        'https://224.0.0.1/org/repo.git',
+        'https://[::1]/org/repo.git',
+        'https://[fd00::1]/org/repo.git',
+        'https://[::ffff:127.0.0.1]/org/repo.git',
+    ],
+)
 def test_hosts_that_are_not_public_are_refused_before_git_runs(env, started, url):
     address = RepoAddress(url=url, organization='org', name='repo')
     with pytest.raises(InvalidRepositoryAddress, match='not a public address') as info:
@@ -958,14 +1077,20 @@ def test_a_host_that_cannot_be_resolved_is_a_retryable_error(env, started):
 
 
 def test_public_hosts_pass_and_proxied_ones_are_left_to_the_proxy(env, monkeypatch):
-    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
-        (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port)),
-        (socket.AF_INET6, socket.SOCK_STREAM, 6, '', ('2606:50c0:8000::154', port, 0, 0))])
+    monkeypatch.setattr(
+        addresses,
+        '_getaddrinfo',
+        lambda host, port, **_: [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, '', ('2606:50c0:8000::154', port, 0, 0)),
+        ],
+    )
     endpoint = addresses.check_host(parse_address('https://github.com/org/repo'))
     assert endpoint == addresses.Endpoint('https', 'github.com', 443, ('140.82.121.4', '2606:50c0:8000::154'))
     assert runner._pin_config(endpoint, guarded=True) == [
         ('http.curloptResolve', 'github.com:443:140.82.121.4,[2606:50c0:8000::154]'),
-        ('http.followRedirects', 'false')]
+        ('http.followRedirects', 'false'),
+    ]
     assert addresses.check_host(parse_address('https://[2606:50c0:8000::154]:8443/org/repo')).addresses == ()
 
     monkeypatch.setenv('https_proxy', 'http://proxy.internal:3128')
@@ -985,9 +1110,15 @@ def test_git_connects_to_the_address_checked_not_to_a_second_lookup(env, tmp_pat
     shas = make_repository(source)
     make_bare_for_http(source, tmp_path / 'srv')
     # The name has no DNS entry (.test is reserved): git can only reach the server through the checked address.
-    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
-        (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('127.0.0.1', port))] if host == 'git.rqjobs.test' else _no_dns(
-        host, port))
+    monkeypatch.setattr(
+        addresses,
+        '_getaddrinfo',
+        lambda host, port, **_: (
+            [(socket.AF_INET, socket.SOCK_STREAM, 6, '', ('127.0.0.1', port))]
+            if host == 'git.rqjobs.test'
+            else _no_dns(host, port)
+        ),
+    )
     monkeypatch.setattr(addresses, '_is_public', lambda ip: True)  # the test server is on loopback
     hosts: list[str] = []
     with serve_dumb_http(tmp_path / 'srv', redirect_to_localhost=True, hosts=hosts) as base:
@@ -1007,26 +1138,46 @@ def test_git_connects_to_the_address_checked_not_to_a_second_lookup(env, tmp_pat
 def test_ssh_hosts_are_checked_and_ssh_is_held_to_the_address(env, started, monkeypatch):
     env.setenv('GIT_ALLOW_SSH', 'true')
     settings_module.reset()
-    for url in ('git@127.0.0.1:org/repo.git', 'ssh://git@[::1]:2222/org/repo.git', 'git@localhost:org/repo.git',
-                'git@[::1]:org/repo.git'):
+    for url in (
+        'git@127.0.0.1:org/repo.git',
+        'ssh://git@[::1]:2222/org/repo.git',
+        'git@localhost:org/repo.git',
+        'git@[::1]:org/repo.git',
+    ):
         with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
             sync(url, clone_path('w-ssh'))
     assert started == []
-    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
-        (socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port))])
+    monkeypatch.setattr(
+        addresses,
+        '_getaddrinfo',
+        lambda host, port, **_: [(socket.AF_INET, socket.SOCK_STREAM, 6, '', ('140.82.121.4', port))],
+    )
     endpoint = addresses.check_host(parse_address('git@github.com:org/repo.git'))
     assert endpoint == addresses.Endpoint('ssh', 'github.com', 22, ('140.82.121.4',))
-    for url, host in (('git@[2606:50c0:8000::154]:org/repo.git', '2606:50c0:8000::154'),
-                      ('ssh://git@github.com:2222/org/repo.git', 'github.com')):
+    for url, host in (
+        ('git@[2606:50c0:8000::154]:org/repo.git', '2606:50c0:8000::154'),
+        ('ssh://git@github.com:2222/org/repo.git', 'github.com'),
+    ):
         assert addresses._endpoint(parse_address(url)).host == host
-    env_of_git = runner.git_environment(home=Path('/nonexistent'), ceiling=Path('/'), repo=None, protocols=('ssh',),
-                                       ssh=True, endpoint=endpoint, guarded=True)
+    env_of_git = runner.git_environment(
+        home=Path('/nonexistent'),
+        ceiling=Path('/'),
+        repo=None,
+        protocols=('ssh',),
+        ssh=True,
+        endpoint=endpoint,
+        guarded=True,
+    )
     assert env_of_git['GIT_SSH_COMMAND'].endswith(' -oHostName=140.82.121.4 -oHostKeyAlias=github.com')
 
 
 def test_a_private_address_written_as_such_is_refused_at_submission(env):
-    for url in ('https://10.0.0.7:3000/org/repo', 'https://[fe80::1]/org/repo', 'https://localhost/org/repo',
-                'https://git.localhost/org/repo'):
+    for url in (
+        'https://10.0.0.7:3000/org/repo',
+        'https://[fe80::1]/org/repo',
+        'https://localhost/org/repo',
+        'https://git.localhost/org/repo',
+    ):
         with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
             parse_address(url)
     env.setenv('GIT_ALLOW_PRIVATE_HOSTS', 'true')
@@ -1038,19 +1189,38 @@ def test_a_private_address_written_as_such_is_refused_at_submission(env):
 # embedding: a NAT64 translator, 6to4 or Teredo relay or ISATAP tunnel on the path leads git to it.
 INTERNAL_IN_IPV6 = [
     # IPv4-mapped ::ffff:0:0/96 and SIIT ::ffff:0:0:0/96
-    '::ffff:169.254.169.254', '::ffff:7f00:1', '::ffff:0:a00:1', '::ffff:0:c0a8:101',
+    '::ffff:169.254.169.254',
+    '::ffff:7f00:1',
+    '::ffff:0:a00:1',
+    '::ffff:0:c0a8:101',
     # IPv4-compatible ::/96
-    '::a9fe:a9fe', '::127.0.0.1', '::10.1.2.3',
+    '::a9fe:a9fe',
+    '::127.0.0.1',
+    '::10.1.2.3',
     # NAT64 well-known prefix 64:ff9b::/96
-    '64:ff9b::a9fe:a9fe', '64:ff9b::127.0.0.1', '64:ff9b::10.0.0.1', '64:ff9b::192.168.1.1', '64:ff9b::100.64.0.1',
+    '64:ff9b::a9fe:a9fe',
+    '64:ff9b::127.0.0.1',
+    '64:ff9b::10.0.0.1',
+    '64:ff9b::192.168.1.1',
+    '64:ff9b::100.64.0.1',
     # NAT64 local-use 64:ff9b:1::/48, at the place of each prefix length (/96, /64, /56, /48)
-    '64:ff9b:1::a9fe:a9fe', '64:ff9b:1:0:a9:fea9:fe00:0', '64:ff9b:1:a9:fe:a9fe::', '64:ff9b:1:a9fe:a9:fe00::',
+    '64:ff9b:1::a9fe:a9fe',
+    '64:ff9b:1:0:a9:fea9:fe00:0',
+    '64:ff9b:1:a9:fe:a9fe::',
+    '64:ff9b:1:a9fe:a9:fe00::',
     # 6to4 2002::/16
-    '2002:a9fe:a9fe::1', '2002:7f00:1::', '2002:a00:1:1::1', '2002:c0a8:101::1',
+    '2002:a9fe:a9fe::1',
+    '2002:7f00:1::',
+    '2002:a00:1:1::1',
+    '2002:c0a8:101::1',
     # Teredo 2001::/32: the server, and the client (stored inverted)
-    '2001:0:a9fe:a9fe::f7f7:f7f7', '2001:0:808:808:0:0:f5ff:fffe', '2001:0:808:808::80ff:fffe',
+    '2001:0:a9fe:a9fe::f7f7:f7f7',
+    '2001:0:808:808:0:0:f5ff:fffe',
+    '2001:0:808:808::80ff:fffe',
     # ISATAP interface ids ::5efe:a.b.c.d and ::200:5efe:a.b.c.d under any /64
-    '2a00:1450:4001:81c::5efe:a9fe:a9fe', '2606:4700::200:5efe:7f00:1', '2a00:1450:4001:81c::5efe:10.0.0.1',
+    '2a00:1450:4001:81c::5efe:a9fe:a9fe',
+    '2606:4700::200:5efe:7f00:1',
+    '2a00:1450:4001:81c::5efe:10.0.0.1',
     '2606:4700::300:5efe:192.168.0.1',
 ]
 PUBLIC_IN_IPV6 = ['64:ff9b::808:808', '2002:808:808::1', '2606:4700::5efe:808:808', '2606:50c0:8000::154']
@@ -1067,8 +1237,11 @@ def test_an_ipv6_address_carrying_an_internal_ipv4_address_is_refused(env, start
     with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
         addresses.check_host(RepoAddress(url=url, organization='org', name='repo'))
     # The same address given by a name's DNS answer.
-    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
-        (socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))])
+    monkeypatch.setattr(
+        addresses,
+        '_getaddrinfo',
+        lambda host, port, **_: [(socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))],
+    )
     with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
         sync('https://git.example.com/org/repo.git', clone_path('w-embedded'))
     assert started == []
@@ -1078,28 +1251,38 @@ def test_an_ipv6_address_carrying_an_internal_ipv4_address_is_refused(env, start
 def test_an_ipv6_address_carrying_a_public_ipv4_address_passes(env, monkeypatch, ip):
     address = parse_address(f'https://[{ip}]/org/repo')
     assert addresses.check_host(address).host == ip
-    monkeypatch.setattr(addresses, '_getaddrinfo', lambda host, port, **_: [
-        (socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))])
+    monkeypatch.setattr(
+        addresses,
+        '_getaddrinfo',
+        lambda host, port, **_: [(socket.AF_INET6, socket.SOCK_STREAM, 6, '', (ip, port, 0, 0))],
+    )
     assert addresses.check_host(parse_address('https://git.example.com/org/repo')).addresses == (ip,)
 
 
-@pytest.mark.parametrize('host, meant', [
-    ('2852039166', '169.254.169.254'),  # one decimal number
-    ('0251.0376.0251.0376', '169.254.169.254'),  # octal
-    ('0xa9fea9fe', '169.254.169.254'),  # hexadecimal
-    ('0xA9.0xFE.0xA9.0xFE', '169.254.169.254'),
-    ('169.254.43518', '169.254.169.254'),  # three parts, the last one 16 bits
-    ('169.16689662', '169.254.169.254'),  # two parts
-    ('0177.1', '127.0.0.1'),
-    ('0x7f.0.0.1', '127.0.0.1'),
-    ('012.0.0.1', '10.0.0.1'),
-    ('0', '0.0.0.0'),
-])
+@pytest.mark.parametrize(
+    'host, meant',
+    [
+        ('2852039166', '169.254.169.254'),  # one decimal number
+        ('0251.0376.0251.0376', '169.254.169.254'),  # octal
+        ('0xa9fea9fe', '169.254.169.254'),  # hexadecimal
+        ('0xA9.0xFE.0xA9.0xFE', '169.254.169.254'),
+        ('169.254.43518', '169.254.169.254'),  # three parts, the last one 16 bits
+        ('169.16689662', '169.254.169.254'),  # two parts
+        ('0177.1', '127.0.0.1'),
+        ('0x7f.0.0.1', '127.0.0.1'),
+        ('012.0.0.1', '10.0.0.1'),
+        ('0', '0.0.0.0'),
+    ],
+)
 def test_an_ipv4_address_spelled_oddly_is_judged_by_the_address_it_means(env, started, host, meant):
     env.setenv('GIT_ALLOW_SSH', 'true')
     settings_module.reset()
-    for url in (f'https://{host}/org/repo.git', f'https://{host}:8443/org/repo.git', f'ssh://git@{host}/org/repo.git',
-                f'git@{host}:org/repo.git'):
+    for url in (
+        f'https://{host}/org/repo.git',
+        f'https://{host}:8443/org/repo.git',
+        f'ssh://git@{host}/org/repo.git',
+        f'git@{host}:org/repo.git',
+    ):
         with pytest.raises(InvalidRepositoryAddress, match=rf'(?i){host} is {meant}, not a public address'):
             parse_address(url)
         with pytest.raises(InvalidRepositoryAddress, match='not a public address'):
@@ -1115,14 +1298,17 @@ def test_an_ipv4_address_spelled_oddly_is_judged_by_the_address_it_means(env, st
         parse_address(f'https://{host}/org/repo.git')
 
 
-@pytest.mark.parametrize('host, reason', [
-    ('0x08080808', 'spells the IPv4 address 8.8.8.8'),
-    ('134744072', 'spells the IPv4 address 8.8.8.8'),
-    ('08.8.8.8', 'is not a valid IPv4 address'),  # 8 is no octal digit
-    ('1.2.3.256', 'is not a valid IPv4 address'),
-    ('1.2.3.4.5', 'is not a valid IPv4 address'),
-    ('1.16777216', 'is not a valid IPv4 address'),
-])
+@pytest.mark.parametrize(
+    'host, reason',
+    [
+        ('0x08080808', 'spells the IPv4 address 8.8.8.8'),
+        ('134744072', 'spells the IPv4 address 8.8.8.8'),
+        ('08.8.8.8', 'is not a valid IPv4 address'),  # 8 is no octal digit
+        ('1.2.3.256', 'is not a valid IPv4 address'),
+        ('1.2.3.4.5', 'is not a valid IPv4 address'),
+        ('1.16777216', 'is not a valid IPv4 address'),
+    ],
+)
 def test_a_public_ipv4_address_is_only_accepted_as_a_dotted_quad(env, host, reason):
     with pytest.raises(InvalidRepositoryAddress, match=reason):
         parse_address(f'https://{host}/org/repo.git')

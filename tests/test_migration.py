@@ -26,6 +26,7 @@ pytestmark = pytest.mark.db
 
 # ---- Schema steps ----
 
+
 class Scratch(models.BaseModel):
     name = peewee.CharField()
 
@@ -83,7 +84,7 @@ def test_duplicate_versions_are_refused(database):
 @pytest.mark.slow
 def test_two_concurrent_upgrades_apply_a_step_once(database, tmp_path):
     marker = tmp_path / 'applied.txt'
-    code = textwrap.dedent(f'''
+    code = textwrap.dedent(f"""
         import time
         import peewee
         from rqjobs import migration
@@ -95,9 +96,13 @@ def test_two_concurrent_upgrades_apply_a_step_once(database, tmp_path):
             migrator.add_column('warehouse', 'extra_flag', peewee.IntegerField(default=0)).run()
 
         print(migration.upgrade([*migration.MIGRATIONS, migration.Migration(2, 'slow', slow)]))
-    ''')
-    processes = [subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    """)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [process.communicate(timeout=120) for process in processes]
     try:
         assert [process.returncode for process in processes] == [0, 0], outputs
@@ -117,6 +122,7 @@ def test_update_indexes_recreates_a_missing_index(database):
 
 
 # ---- Users ----
+
 
 def test_initialize_users_creates_a_first_admin_once(database, env, tmp_path):
     result = migration.initialize_users()
@@ -145,6 +151,7 @@ def test_initialize_users_assigns_existing_users(database, env):
 
 def test_initialize_users_takes_the_password_from_the_environment(database, env, tmp_path):
     from rqjobs import settings
+
     env.setenv('JOBS_ADMIN_PASSWORD', 'correct horse battery')
     settings.reset()
     result = migration.initialize_users()
@@ -154,6 +161,7 @@ def test_initialize_users_takes_the_password_from_the_environment(database, env,
 
 
 # ---- Data fixes ----
+
 
 def test_migrate_warehouses_and_documents_fix_old_rows(database):
     done = Warehouse.create(organization_name='o', name='done', address='https://h/o/done.git', version='a' * 40)
@@ -189,6 +197,7 @@ def test_data_migration_reports_each_step(database, monkeypatch):
 
 # ---- Backup and restore ----
 
+
 @pytest.fixture
 def filled(redis_conn, database, local, sample_repo, burst_worker, env):
     """A database with users, roles, a documented warehouse holding credentials, and statistics."""
@@ -202,7 +211,8 @@ def filled(redis_conn, database, local, sample_repo, burst_worker, env):
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
     burst_worker('warehouse')
     Warehouse.update(git_user_name='deploy-bot', git_password=credentials.encrypt_secret('tok_live_123456')).where(
-        Warehouse.id == row.id).execute()
+        Warehouse.id == row.id
+    ).execute()
     models.DailyStatistics.create(date='2026-11-28', page_views=7)
     return row
 
@@ -303,8 +313,12 @@ def test_truncated_or_tampered_backups_are_refused(filled, database, tmp_path):
     with database.connection_context():
         models.drop_tables()
         models.create_tables()
-    for bad, message in ((truncated, 'truncated'), (missing_end, 'truncated'), (tampered, 'checksum'),
-                         (garbage, 'cannot be read')):
+    for bad, message in (
+        (truncated, 'truncated'),
+        (missing_end, 'truncated'),
+        (tampered, 'checksum'),
+        (garbage, 'cannot be read'),
+    ):
         with pytest.raises(MigrationError, match=message):
             migration.restore_file(str(bad))
     assert Warehouse.select().count() == 0
@@ -351,10 +365,10 @@ def hostile(tmp_path, monkeypatch):
     }
 
 
-@pytest.mark.parametrize('kind', ['absolute', 'dot-dot', 'absolute with dot-dot', 'symbolic link',
-                                  'the directory itself'])
-def test_the_backup_job_writes_nowhere_outside_the_backup_directory(redis_conn, database, burst_worker, hostile,
-                                                                    kind):
+@pytest.mark.parametrize(
+    'kind', ['absolute', 'dot-dot', 'absolute with dot-dot', 'symbolic link', 'the directory itself']
+)
+def test_the_backup_job_writes_nowhere_outside_the_backup_directory(redis_conn, database, burst_worker, hostile, kind):
     from rqjobs import queues
 
     outside, paths = hostile
@@ -366,8 +380,9 @@ def test_the_backup_job_writes_nowhere_outside_the_backup_directory(redis_conn, 
     assert list(outside.iterdir()) == []
 
 
-def test_the_backup_job_writes_a_named_file_into_the_backup_directory(redis_conn, database, burst_worker, tmp_path,
-                                                                      env):
+def test_the_backup_job_writes_a_named_file_into_the_backup_directory(
+    redis_conn, database, burst_worker, tmp_path, env
+):
     from rqjobs import queues, settings
 
     env.chdir(tmp_path)
@@ -384,14 +399,14 @@ def test_the_backup_job_writes_a_named_file_into_the_backup_directory(redis_conn
     assert restored.get_status() == 'finished', restored.latest_result().exc_string
 
 
-def test_the_restore_job_reads_nothing_outside_the_backup_directory(redis_conn, database, burst_worker, hostile,
-                                                                    tmp_path):
+def test_the_restore_job_reads_nothing_outside_the_backup_directory(
+    redis_conn, database, burst_worker, hostile, tmp_path
+):
     from rqjobs import queues
 
     outside, _ = hostile
     migration.write_backup(outside / 'planted.jsonl.gz')
-    job = queues.enqueue('restore_data', [str(outside / 'planted.jsonl.gz')], {'replace': True},
-                         connection=redis_conn)
+    job = queues.enqueue('restore_data', [str(outside / 'planted.jsonl.gz')], {'replace': True}, connection=redis_conn)
     burst_worker('migration')
     assert job.get_status() == 'failed' and 'outside BACKUP_DIR' in job.latest_result().exc_string
 
@@ -405,14 +420,18 @@ def test_cli_backup_into_a_backup_dir_it_cannot_create_is_one_line(database, env
     assert result.exit_code == 1, result.output
     assert result.stderr.strip().splitlines() == [
         'Error: BACKUP_DIR /proc/rqjobs-backups cannot be created (No such file or directory); set BACKUP_DIR to a '
-        'writable directory, for example BACKUP_DIR=/var/backups/rqjobs.']
+        'writable directory, for example BACKUP_DIR=/var/backups/rqjobs.'
+    ]
 
 
-@pytest.mark.parametrize('target, message', [
-    ('missing/dir/b.jsonl.gz', 'is not an existing directory; create it first'),
-    ('a-file/b.jsonl.gz', 'is not an existing directory; create it first'),
-    ('/proc/b.jsonl.gz', 'Cannot write the backup to /proc/b.jsonl.gz'),
-])
+@pytest.mark.parametrize(
+    'target, message',
+    [
+        ('missing/dir/b.jsonl.gz', 'is not an existing directory; create it first'),
+        ('a-file/b.jsonl.gz', 'is not an existing directory; create it first'),
+        ('/proc/b.jsonl.gz', 'Cannot write the backup to /proc/b.jsonl.gz'),
+    ],
+)
 def test_cli_backup_to_a_place_it_cannot_write_is_one_line(database, tmp_path, monkeypatch, target, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'a-file').write_text('not a directory')
@@ -441,6 +460,7 @@ def test_db_init_on_a_second_database_sharing_the_data_directory(database, env, 
     # The same data directory, another database.
     env.setenv('DATABASE_URL', f'sqlite:///{tmp_path / "var" / "other.db"}')
     from rqjobs import settings
+
     settings.reset()
     second = runner.invoke(cli.main, ['-q', 'db', 'init'])
     assert second.exit_code == 0, second.output
@@ -452,11 +472,14 @@ def test_db_init_on_a_second_database_sharing_the_data_directory(database, env, 
     again = runner.invoke(cli.main, ['-q', 'db', 'init'])
     assert again.exit_code == 0 and ': 0 tables created,' in again.output
     assert sorted(path.name for path in (tmp_path / 'var').glob('admin-password*')) == [
-        'admin-password-2.txt', 'admin-password.txt']
+        'admin-password-2.txt',
+        'admin-password.txt',
+    ]
 
 
 def test_jobs_run_through_a_worker(redis_conn, database, burst_worker):
     from rqjobs import queues
+
     job = queues.enqueue('data_migration', connection=redis_conn)
     burst_worker('migration')
     assert job.return_value()['ok'] is True

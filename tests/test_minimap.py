@@ -21,23 +21,29 @@ def tree(title='root', url='', nodes=None):
 
 # ---- Validation ----
 
+
 def test_a_valid_tree_is_counted():
     value = tree(nodes=[tree('a', 'a', [tree('a1', 'a/1'), tree('a2', 'a/2', [tree('x', 'a/2/x')])]), tree('b', 'b')])
     assert minimap.check_tree(value) == {'valid': True, 'nodes': 6, 'edges': 5, 'depth': 4}
     assert minimap.check_tree(tree()) == {'valid': True, 'nodes': 1, 'edges': 0, 'depth': 1}
 
 
-@pytest.mark.parametrize('value, error', [
-    ([], 'the root is not an object'),
-    ({'title': 1, 'url': '', 'nodes': []}, 'title is not a string'),
-    ({'title': 't', 'nodes': []}, 'url is not a string'),
-    ({'title': 't', 'url': ''}, 'nodes is not a list'),
-    (tree(nodes=[tree(), tree(), tree(nodes=[{'title': None, 'url': '', 'nodes': []}])]),
-     'nodes[2].nodes[0].title is not a string'),
-    (tree(nodes=[tree(), 'leaf']), 'nodes[1] is not an object'),
-    (tree(nodes=[dict(tree(), color='red')]), 'nodes[0] has unknown keys: color'),
-    (tree(title='x' * 1001), 'title is longer than 1000 characters'),
-])
+@pytest.mark.parametrize(
+    'value, error',
+    [
+        ([], 'the root is not an object'),
+        ({'title': 1, 'url': '', 'nodes': []}, 'title is not a string'),
+        ({'title': 't', 'nodes': []}, 'url is not a string'),
+        ({'title': 't', 'url': ''}, 'nodes is not a list'),
+        (
+            tree(nodes=[tree(), tree(), tree(nodes=[{'title': None, 'url': '', 'nodes': []}])]),
+            'nodes[2].nodes[0].title is not a string',
+        ),
+        (tree(nodes=[tree(), 'leaf']), 'nodes[1] is not an object'),
+        (tree(nodes=[dict(tree(), color='red')]), 'nodes[0] has unknown keys: color'),
+        (tree(title='x' * 1001), 'title is longer than 1000 characters'),
+    ],
+)
 def test_the_first_bad_path_is_named(value, error):
     result = minimap.check_tree(value)
     assert result == {'valid': False, 'error': error}
@@ -57,17 +63,33 @@ def test_cycles_depth_and_size_are_refused(monkeypatch):
 
 # ---- Building ----
 
+
 def analysis_of(components: dict[str, int], declarations: int = 1) -> Analysis:
     """An analysis of components each holding `count` files in one directory, each file with `declarations`."""
+
     def outline():
         return [Declaration('function', f'f{index}', f'f{index}()', index + 1) for index in range(declarations)]
 
-    files = [SourceFile(f'{name}/module{number:04}.py', 'python', 10, 1, outline())
-             for name, count in components.items() for number in range(count)]
-    return Analysis(files=files, skipped={}, languages=[], readme_path=None, readme='', tree='', classification='',
-                    components=[{'name': name, 'path': name, 'files': [f.path for f in files
-                                                                         if f.path.startswith(name + '/')]}
-                                for name in components], total_files=len(files), total_bytes=10 * len(files))
+    files = [
+        SourceFile(f'{name}/module{number:04}.py', 'python', 10, 1, outline())
+        for name, count in components.items()
+        for number in range(count)
+    ]
+    return Analysis(
+        files=files,
+        skipped={},
+        languages=[],
+        readme_path=None,
+        readme='',
+        tree='',
+        classification='',
+        components=[
+            {'name': name, 'path': name, 'files': [f.path for f in files if f.path.startswith(name + '/')]}
+            for name in components
+        ],
+        total_files=len(files),
+        total_bytes=10 * len(files),
+    )
 
 
 def more_entries(tree: dict) -> str:
@@ -101,6 +123,7 @@ def test_declarations_cut_per_file_are_counted_and_a_full_map_says_nothing():
 
 # ---- Jobs on real warehouses ----
 
+
 @pytest.fixture
 def completed(redis_conn, database, local, sample_repo, burst_worker):
     """A Completed warehouse of the sample repository, documented by a real worker."""
@@ -120,8 +143,12 @@ def test_validate_a_stored_mind_map(completed):
     MiniMap._meta.database.execute_sql(f'UPDATE {MiniMap._meta.table_name} SET value = %s' % "'{oops'")
     result = minimap.validate_minimap(completed.id)
     assert result['status'] == 'invalid' and result['error'].startswith('not JSON')
-    assert minimap.validate_minimap('no-such-id') == {'warehouse_id': 'no-such-id', 'valid': False,
-                                                      'status': 'missing', 'error': 'no mind map stored'}
+    assert minimap.validate_minimap('no-such-id') == {
+        'warehouse_id': 'no-such-id',
+        'valid': False,
+        'status': 'missing',
+        'error': 'no mind map stored',
+    }
 
 
 @pytest.mark.db
@@ -160,6 +187,7 @@ def test_generate_is_bounded_and_counts_errors(completed, redis_conn, burst_work
     MiniMap.delete().execute()
     # The second one lost its clone on this host and its upstream: it cannot be rebuilt.
     import shutil
+
     shutil.rmtree(other)
     shutil.rmtree(storage.clone_path(second.id))
     monkeypatch.setattr(minimap, 'MINIMAPS_PER_RUN', 1)
@@ -172,6 +200,7 @@ def test_generate_is_bounded_and_counts_errors(completed, redis_conn, burst_work
 @pytest.mark.db
 def test_a_missing_clone_is_fetched_again(completed):
     import shutil
+
     shutil.rmtree(storage.clone_path(completed.id))
     MiniMap.delete().execute()
     assert minimap.generate_minimap()['processed'] == 1
@@ -257,4 +286,5 @@ def test_cli_show_validate_regenerate(completed):
 def test_cli_says_an_unknown_warehouse_does_not_exist(database, command):
     result = CliRunner().invoke(cli.main, ['minimap', command, 'nope'])
     assert result.exit_code == 2 and result.output.splitlines()[-1] == (
-        'Error: Warehouse nope does not exist (or was removed); `rqjobs warehouse list` shows the ids.')
+        'Error: Warehouse nope does not exist (or was removed); `rqjobs warehouse list` shows the ids.'
+    )

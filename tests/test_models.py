@@ -62,7 +62,12 @@ def make_documentation(warehouse):
 
 def generated_row_counts():
     generated = (
-        Document, DocumentCatalog, DocumentFileItem, DocumentFileItemSource, DocumentOverview, DocumentCommitRecord,
+        Document,
+        DocumentCatalog,
+        DocumentFileItem,
+        DocumentFileItemSource,
+        DocumentOverview,
+        DocumentCommitRecord,
         MiniMap,
     )
     return {model.__name__: model.select().count() for model in generated}
@@ -132,8 +137,9 @@ def test_a_repository_branch_may_be_submitted_again(database):
 def test_unicode_round_trips(database):
     warehouse = make_warehouse(name='仓库-🚀', description=UNICODE_TEXT)
     catalog = DocumentCatalog.create(warehouse=warehouse, name=UNICODE_TEXT)
-    page = DocumentFileItem.create(catalog=catalog, title=UNICODE_TEXT, content=UNICODE_TEXT,
-                                   metadata={'note': UNICODE_TEXT})
+    page = DocumentFileItem.create(
+        catalog=catalog, title=UNICODE_TEXT, content=UNICODE_TEXT, metadata={'note': UNICODE_TEXT}
+    )
 
     assert Warehouse.get(Warehouse.name == '仓库-🚀').description == UNICODE_TEXT
     assert DocumentCatalog.get_by_id(catalog.id).name == UNICODE_TEXT
@@ -198,9 +204,20 @@ def test_json_fields_round_trip_nested_values(database):
         'title': 'OpenDeepWiki',
         'url': '',
         'nodes': [
-            {'title': '架构 🧠', 'url': 'src/app.py', 'nodes': [
-                {'title': 'Workers', 'url': 'src/worker.py', 'nodes': [], 'weight': 1.5, 'done': True, 'note': None},
-            ]},
+            {
+                'title': '架构 🧠',
+                'url': 'src/app.py',
+                'nodes': [
+                    {
+                        'title': 'Workers',
+                        'url': 'src/worker.py',
+                        'nodes': [],
+                        'weight': 1.5,
+                        'done': True,
+                        'note': None,
+                    },
+                ],
+            },
         ],
     }
     warehouse = make_warehouse()
@@ -237,19 +254,24 @@ def test_sqlite_uses_wal_waits_for_locks_and_enforces_foreign_keys(tmp_path):
     database = open_database(f'sqlite:///{path}')
 
     with database.connection_context():
-        pragmas = {name: database.execute_sql(f'PRAGMA {name}').fetchone()[0]
-                   for name in ('journal_mode', 'busy_timeout', 'foreign_keys', 'synchronous')}
+        pragmas = {
+            name: database.execute_sql(f'PRAGMA {name}').fetchone()[0]
+            for name in ('journal_mode', 'busy_timeout', 'foreign_keys', 'synchronous')
+        }
 
     assert pragmas == {'journal_mode': 'wal', 'busy_timeout': 5000, 'foreign_keys': 1, 'synchronous': 1}
     assert path.exists()
 
 
-@pytest.mark.parametrize('url, scheme', [
-    (f'redis://admin:{PASSWORD}@127.0.0.1:6379/0', 'redis'),
-    (f'mysql+pymysql://admin:{PASSWORD}@db.example.com/rqjobs', 'mysql+pymysql'),
-    (f'postgresql://admin:{PASSWORD}@db.example.com', 'postgresql'),
-    (f'mysql://admin:{PASSWORD}/@db.example.com/rqjobs', 'mysql'),
-])
+@pytest.mark.parametrize(
+    'url, scheme',
+    [
+        (f'redis://admin:{PASSWORD}@127.0.0.1:6379/0', 'redis'),
+        (f'mysql+pymysql://admin:{PASSWORD}@db.example.com/rqjobs', 'mysql+pymysql'),
+        (f'postgresql://admin:{PASSWORD}@db.example.com', 'postgresql'),
+        (f'mysql://admin:{PASSWORD}/@db.example.com/rqjobs', 'mysql'),
+    ],
+)
 def test_open_database_refuses_a_bad_url_without_echoing_its_password(url, scheme):
     with pytest.raises(ValueError) as excinfo:
         open_database(url)
@@ -260,11 +282,14 @@ def test_open_database_refuses_a_bad_url_without_echoing_its_password(url, schem
     assert PASSWORD not in message
 
 
-@pytest.mark.parametrize('url, database_class', [
-    (f'postgresql://admin:{PASSWORD}@192.0.2.1:5432/rqjobs', PostgresqlDatabase),
-    (f'postgres://admin:{PASSWORD}@192.0.2.1/rqjobs', PostgresqlDatabase),
-    (f'mysql://admin:{PASSWORD}@192.0.2.1:3306/rqjobs', MySQLDatabase),
-])
+@pytest.mark.parametrize(
+    'url, database_class',
+    [
+        (f'postgresql://admin:{PASSWORD}@192.0.2.1:5432/rqjobs', PostgresqlDatabase),
+        (f'postgres://admin:{PASSWORD}@192.0.2.1/rqjobs', PostgresqlDatabase),
+        (f'mysql://admin:{PASSWORD}@192.0.2.1:3306/rqjobs', MySQLDatabase),
+    ],
+)
 def test_open_database_does_not_connect(url, database_class):
     database = open_database(url)
 
@@ -297,6 +322,8 @@ def test_an_sqlite_directory_that_cannot_be_made_ends_in_one_line(tmp_path):
     env.pop('DATABASE_URL')
     result = run_jobs_cli('db', 'status', env=env, timeout=60)
     assert result.returncode == 1, result.stderr
-    assert result.stderr == (f'Error: Cannot reach the database at sqlite:///{tmp_path}/a-file/var/rqjobs.db: cannot '
-                             f'create {tmp_path}/a-file/var (Not a directory); set JOBS_DATA_DIR or DATABASE_URL to a '
-                             f'place you can write, for example JOBS_DATA_DIR=$HOME/.local/share/rqjobs.\n')
+    assert result.stderr == (
+        f'Error: Cannot reach the database at sqlite:///{tmp_path}/a-file/var/rqjobs.db: cannot '
+        f'create {tmp_path}/a-file/var (Not a directory); set JOBS_DATA_DIR or DATABASE_URL to a '
+        f'place you can write, for example JOBS_DATA_DIR=$HOME/.local/share/rqjobs.\n'
+    )

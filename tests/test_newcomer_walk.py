@@ -110,11 +110,20 @@ def base_env(**values: str) -> dict:
 def run(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     """Run `jobs ARGS` in a subprocess, as a person does in a terminal; one that hangs fails its own case only."""
     try:
-        return subprocess.run([JOBS, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=PER_COMMAND_TIMEOUT, check=False, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [JOBS, *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PER_COMMAND_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired as exc:
-        return subprocess.CompletedProcess(exc.cmd, -1, str(exc.stdout or ''),
-                                           f'(still running after {PER_COMMAND_TIMEOUT} s; killed)')
+        return subprocess.CompletedProcess(
+            exc.cmd, -1, str(exc.stdout or ''), f'(still running after {PER_COMMAND_TIMEOUT} s; killed)'
+        )
 
 
 @pytest.fixture(scope='module')
@@ -229,8 +238,9 @@ def error_lines(stderr: str) -> list[str]:
 @pytest.mark.parametrize('command', [['worker'], ['scheduler'], ['dashboard'], ['demo']], ids=' '.join)
 def test_long_running_commands_stop_at_once_without_redis(command, tmp_path, closed_port):
     # Without --burst these run until stopped: when Redis is down they must say so and exit, not wait.
-    env = base_env(JOBS_DATA_DIR=str(tmp_path / 'var'), REDIS_URL=f'redis://127.0.0.1:{closed_port}/0',
-                   REDIS_TIMEOUT='1')
+    env = base_env(
+        JOBS_DATA_DIR=str(tmp_path / 'var'), REDIS_URL=f'redis://127.0.0.1:{closed_port}/0', REDIS_TIMEOUT='1'
+    )
     result = run(command, env, tmp_path)
     assert result.returncode == 1, result.stderr
     lines = error_lines(result.stderr)
@@ -239,8 +249,11 @@ def test_long_running_commands_stop_at_once_without_redis(command, tmp_path, clo
 
 def with_arguments() -> list:
     """The commands that take a required argument."""
-    return [pytest.param(path, id=' '.join(path)) for path in LEAVES
-            if any(isinstance(param, click.Argument) and param.required for param in command_of(path).params)]
+    return [
+        pytest.param(path, id=' '.join(path))
+        for path in LEAVES
+        if any(isinstance(param, click.Argument) and param.required for param in command_of(path).params)
+    ]
 
 
 @pytest.mark.slow
@@ -248,8 +261,9 @@ def with_arguments() -> list:
 def test_every_argument_that_is_not_utf8_ends_in_one_clear_line(path, tmp_path, redis_server):
     # What a terminal in a Latin-1 locale sends for "é": Python holds the byte as a lone surrogate.
     not_utf8 = os.fsdecode(b'caf\xe9')
-    args = [not_utf8 if isinstance(param, click.Argument) and param.required else None
-            for param in command_of(path).params]
+    args = [
+        not_utf8 if isinstance(param, click.Argument) and param.required else None for param in command_of(path).params
+    ]
     env = base_env(JOBS_DATA_DIR=str(tmp_path / 'var'), REDIS_URL=redis_server.url)
     result = run([*path, *filter(None, args)], env, tmp_path)
     shown = f'exited {result.returncode}\nout:\n{result.stdout}\nerr:\n{result.stderr}'

@@ -27,10 +27,24 @@ def minimum_python() -> Version:
 
 # The typing names of recent Pythons, by the version that added them: an import of one below it fails at start-up.
 NEWER_TYPING = {
-    'Self': '3.11', 'LiteralString': '3.11', 'Never': '3.11', 'assert_never': '3.11', 'assert_type': '3.11',
-    'reveal_type': '3.11', 'TypeVarTuple': '3.11', 'Unpack': '3.11', 'Required': '3.11', 'NotRequired': '3.11',
-    'dataclass_transform': '3.11', 'override': '3.12', 'TypeAliasType': '3.12', 'get_protocol_members': '3.13',
-    'is_protocol': '3.13', 'ReadOnly': '3.13', 'TypeIs': '3.13', 'NoDefault': '3.13',
+    'Self': '3.11',
+    'LiteralString': '3.11',
+    'Never': '3.11',
+    'assert_never': '3.11',
+    'assert_type': '3.11',
+    'reveal_type': '3.11',
+    'TypeVarTuple': '3.11',
+    'Unpack': '3.11',
+    'Required': '3.11',
+    'NotRequired': '3.11',
+    'dataclass_transform': '3.11',
+    'override': '3.12',
+    'TypeAliasType': '3.12',
+    'get_protocol_members': '3.13',
+    'is_protocol': '3.13',
+    'ReadOnly': '3.13',
+    'TypeIs': '3.13',
+    'NoDefault': '3.13',
 }
 
 
@@ -48,19 +62,27 @@ def test_every_module_parses_and_imports_on_the_declared_minimum():
     for path in project_sources():
         tree = ast.parse(path.read_text(), filename=str(path), feature_version=(minimum.major, minimum.minor))
         for node in ast.walk(tree):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.ImportFrom) and node.module == 'typing'
-                     else [node.attr] if isinstance(node, ast.Attribute) and getattr(node.value, 'id', None) == 'typing'
-                     else [])
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.ImportFrom) and node.module == 'typing'
+                else [node.attr]
+                if isinstance(node, ast.Attribute) and getattr(node.value, 'id', None) == 'typing'
+                else []
+            )
             for name in names:
                 assert Version(NEWER_TYPING.get(name, '3.0')) <= minimum, (
                     f'{path.name}:{node.lineno} uses typing.{name} (Python {NEWER_TYPING[name]}+), '
-                    f'but setup.cfg declares {minimum}')
+                    f'but setup.cfg declares {minimum}'
+                )
 
 
 def test_classifiers_readme_and_linter_agree_with_python_requires():
     minimum = minimum_python()
-    versions = [Version(line.rsplit('::', 1)[1]) for line in metadata()['metadata']['classifiers'].splitlines()
-                if re.fullmatch(r'Programming Language :: Python :: 3\.\d+', line.strip())]
+    versions = [
+        Version(line.rsplit('::', 1)[1])
+        for line in metadata()['metadata']['classifiers'].splitlines()
+        if re.fullmatch(r'Programming Language :: Python :: 3\.\d+', line.strip())
+    ]
     assert versions and min(versions) == minimum
     readme = (ROOT / 'README.md').read_text()
     assert re.findall(r'Python (3\.\d+)\+', readme) == [str(minimum)]

@@ -10,26 +10,47 @@ from rqjobs.repository import documentation
 README = '# Sample\n\nSample greets people.\n\n## Installation\n\npip install sample\n'
 
 
-def context(name: str = 'core', *, title: str = 'Sample', commit: str = 'Fix the parser', doc: str = 'Parse it.',
-            readme_path: str = 'README.md') -> documentation.Context:
+def context(
+    name: str = 'core',
+    *,
+    title: str = 'Sample',
+    commit: str = 'Fix the parser',
+    doc: str = 'Parse it.',
+    readme_path: str = 'README.md',
+) -> documentation.Context:
     """A one-component analysis whose component, file, declaration and commit all carry `name` or the given texts."""
     path = f'src/{name}'
-    source = {'path': f'{path}/main.py', 'language': 'Python', 'size': 10, 'lines': 3,
-              'declarations': [{'kind': 'function', 'name': name, 'signature': f'{name}()', 'line': 1, 'doc': doc}]}
-    analysis = documentation.Analysis.from_dict({
-        'files': [source], 'readme_path': readme_path, 'readme': README, 'tree': 'src/\n  main.py',
-        'languages': [{'language': 'Python', 'files': 1, 'lines': 3, 'percent': 100.0}],
-        'components': [{'name': name, 'path': path, 'files': [source['path']], 'lines': 3, 'languages': ['Python']}],
-        'total_files': 1, 'total_bytes': 10,
-    })
+    source = {
+        'path': f'{path}/main.py',
+        'language': 'Python',
+        'size': 10,
+        'lines': 3,
+        'declarations': [{'kind': 'function', 'name': name, 'signature': f'{name}()', 'line': 1, 'doc': doc}],
+    }
+    analysis = documentation.Analysis.from_dict(
+        {
+            'files': [source],
+            'readme_path': readme_path,
+            'readme': README,
+            'tree': 'src/\n  main.py',
+            'languages': [{'language': 'Python', 'files': 1, 'lines': 3, 'percent': 100.0}],
+            'components': [
+                {'name': name, 'path': path, 'files': [source['path']], 'lines': 3, 'languages': ['Python']}
+            ],
+            'total_files': 1,
+            'total_bytes': 10,
+        }
+    )
     commits = [{'sha': 'a' * 40, 'title': commit, 'author': name, 'committed_at': datetime(2026, 1, 2)}]
     return documentation.Context(title, analysis, commits)
 
 
 def rendered(ctx: documentation.Context) -> dict[str, str]:
     """Every page of the catalog, by its place in the catalog (component keys depend on the name)."""
-    return {page.key.split('/')[0] + str(page.order): documentation.render(page, ctx)
-            for page in documentation.catalog(ctx.analysis)}
+    return {
+        page.key.split('/')[0] + str(page.order): documentation.render(page, ctx)
+        for page in documentation.catalog(ctx.analysis)
+    }
 
 
 def cells(row: str) -> list[str]:
@@ -89,50 +110,64 @@ def test_a_commit_title_and_a_readme_path_stay_in_their_line_and_code_span(text)
         assert_well_formed(page, plain[key])
 
 
-@pytest.mark.parametrize('text, expected', [
-    ('plain', 'plain'),
-    ('a|b', 'a\\|b'),
-    ('a\\b', 'a\\\\b'),
-    ('a\\|b', 'a\\\\\\|b'),
-    ('one\ntwo', 'one two'),
-    ('**bold** <em>', '**bold** <em>'),
-    (42, '42'),
-])
+@pytest.mark.parametrize(
+    'text, expected',
+    [
+        ('plain', 'plain'),
+        ('a|b', 'a\\|b'),
+        ('a\\b', 'a\\\\b'),
+        ('a\\|b', 'a\\\\\\|b'),
+        ('one\ntwo', 'one two'),
+        ('**bold** <em>', '**bold** <em>'),
+        (42, '42'),
+    ],
+)
 def test_cell(text, expected):
     assert documentation.cell(text) == expected
 
 
-@pytest.mark.parametrize('text, expected', [
-    ('src/main.py', 'src/main.py'),
-    ('a`b', "a'b"),
-    ('``', "''"),
-    ('one\ntwo', 'one two'),
-    ('a\\b', 'a\\b'),
-])
+@pytest.mark.parametrize(
+    'text, expected',
+    [
+        ('src/main.py', 'src/main.py'),
+        ('a`b', "a'b"),
+        ('``', "''"),
+        ('one\ntwo', 'one two'),
+        ('a\\b', 'a\\b'),
+    ],
+)
 def test_code(text, expected):
     assert documentation.code(text) == expected
 
 
-@pytest.mark.parametrize('text, expected', [
-    ('', ''),
-    ('# Title\n\nThe first\nparagraph.\n\nThe second.', 'The first paragraph.'),
-    ('[![badge](b.svg)](ci)\n\n<p align="center">x</p>\n\n```\ncode\n```\n\n| a | b |\n\nProse.', 'Prose.'),
-    ('---\n\n===\n\nProse.', 'Prose.'),
-    pytest.param('Title\n=====\n\nProse.', 'Prose.', marks=known_defect('an underlined heading is taken for prose')),
-    ('word ' * 200, ('word ' * 120)[:599].rstrip() + '…'),
-    ('x' * 600, 'x' * 600),
-    ('x' * 601, 'x' * 599 + '…'),
-])
+@pytest.mark.parametrize(
+    'text, expected',
+    [
+        ('', ''),
+        ('# Title\n\nThe first\nparagraph.\n\nThe second.', 'The first paragraph.'),
+        ('[![badge](b.svg)](ci)\n\n<p align="center">x</p>\n\n```\ncode\n```\n\n| a | b |\n\nProse.', 'Prose.'),
+        ('---\n\n===\n\nProse.', 'Prose.'),
+        pytest.param(
+            'Title\n=====\n\nProse.', 'Prose.', marks=known_defect('an underlined heading is taken for prose')
+        ),
+        ('word ' * 200, ('word ' * 120)[:599].rstrip() + '…'),
+        ('x' * 600, 'x' * 600),
+        ('x' * 601, 'x' * 599 + '…'),
+    ],
+)
 def test_first_paragraph(text, expected):
     assert documentation.first_paragraph(text) == expected
 
 
-@pytest.mark.parametrize('names, expected', [
-    (['Core'], ['core']),
-    (['a|b', 'a b', 'A-B'], ['a-b', 'a-b-2', 'a-b-3']),
-    (['!!!', '`|`'], ['root', 'root-2']),
-    (['données'], ['donn-es']),
-])
+@pytest.mark.parametrize(
+    'names, expected',
+    [
+        (['Core'], ['core']),
+        (['a|b', 'a b', 'A-B'], ['a-b', 'a-b-2', 'a-b-3']),
+        (['!!!', '`|`'], ['root', 'root-2']),
+        (['données'], ['donn-es']),
+    ],
+)
 def test_unique_slug(names, expected):
     used: set[str] = set()
     assert [documentation.unique_slug(name, used) for name in names] == expected

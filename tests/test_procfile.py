@@ -45,20 +45,39 @@ def test_honcho_runs_worker_scheduler_and_dashboard_on_one_redis(redis_conn, dat
     project.mkdir()
     (project / 'Procfile').write_text((ROOT / 'Procfile').read_text())
     (project / '.venv').symlink_to(sys.prefix)
-    path = os.pathsep.join(entry for entry in os.environ.get('PATH', '').split(os.pathsep)
-                           if entry and Path(entry).resolve() != Path(sys.prefix, 'bin').resolve())
+    path = os.pathsep.join(
+        entry
+        for entry in os.environ.get('PATH', '').split(os.pathsep)
+        if entry and Path(entry).resolve() != Path(sys.prefix, 'bin').resolve()
+    )
     environ = dict(os.environ, DASHBOARD_PORT=str(port), PYTHONUNBUFFERED='1', PATH=path or '/usr/bin:/bin')
     environ.pop('VIRTUAL_ENV', None)
     job = queues.enqueue('ping', connection=redis_conn)
     with open(tmp_path / 'honcho.log', 'w') as log:
-        honcho = subprocess.Popen([str(project / '.venv' / 'bin' / 'honcho'), 'start'], cwd=project, env=environ,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        honcho = subprocess.Popen(
+            [str(project / '.venv' / 'bin' / 'honcho'), 'start'],
+            cwd=project,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_until(lambda: job.get_status() == 'finished', 30, 'the worker ran the job', interval=0.2,
-                   details=(tmp_path / 'honcho.log').read_text)
+        wait_until(
+            lambda: job.get_status() == 'finished',
+            30,
+            'the worker ran the job',
+            interval=0.2,
+            details=(tmp_path / 'honcho.log').read_text,
+        )
         base = f'http://127.0.0.1:{port}/0/data'
-        data = wait_until(lambda: answer(f'{base}/queues.json'), 30, 'the dashboard answered', interval=0.2,
-                          details=(tmp_path / 'honcho.log').read_text)
+        data = wait_until(
+            lambda: answer(f'{base}/queues.json'),
+            30,
+            'the dashboard answered',
+            interval=0.2,
+            details=(tmp_path / 'honcho.log').read_text,
+        )
         assert {'name': 'default'}.items() <= next(q for q in data['queues'] if q['name'] == 'default').items()
         shown = json.load(urllib.request.urlopen(f'{base}/job/{job.id}.json', timeout=2))
         assert shown['status'] == 'finished'

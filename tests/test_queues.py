@@ -21,7 +21,8 @@ pytestmark = pytest.mark.db
 @pytest.fixture
 def custom_jobs(env, tmp_path, monkeypatch):
     """A user's own job module on its own queue, as JOBS_EXTRA_MODULES adds it."""
-    (tmp_path / 'custom_jobs.py').write_text(textwrap.dedent('''
+    (tmp_path / 'custom_jobs.py').write_text(
+        textwrap.dedent('''
         from rqjobs.exceptions import PermanentJobError
 
         JOBS = ('add', 'flaky', 'broken')
@@ -44,13 +45,16 @@ def custom_jobs(env, tmp_path, monkeypatch):
 
         def helper():
             return 'not a job'
-    '''))
+    ''')
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     env.setenv('JOBS_EXTRA_MODULES', 'custom_jobs=custom')
     from rqjobs import settings
+
     settings.reset()
     yield
     import sys
+
     sys.modules.pop('custom_jobs', None)
 
 
@@ -108,6 +112,7 @@ def test_forged_pickle_payload_is_never_unpickled(redis_conn, burst_worker, tmp_
     class Exploit:
         def __reduce__(self):
             import os
+
             return os.system, (f'touch {marker}',)
 
     job = queues.enqueue('ping', connection=redis_conn)
@@ -137,10 +142,13 @@ def test_unknown_job_lists_the_known_ones():
     assert queues.find_job('rqjobs.migration.create_schema').queue == 'migration'
 
 
-@pytest.mark.parametrize('args, kwargs, message', [
-    ([1], {}, 'too many positional arguments; expected ping()'),
-    ([], {'x': 1}, "unexpected keyword argument 'x'; expected ping()"),
-])
+@pytest.mark.parametrize(
+    'args, kwargs, message',
+    [
+        ([1], {}, 'too many positional arguments; expected ping()'),
+        ([], {'x': 1}, "unexpected keyword argument 'x'; expected ping()"),
+    ],
+)
 def test_wrong_arguments_show_the_signature(redis_conn, args, kwargs, message):
     with pytest.raises(InvalidJobArguments, match=message):
         queues.enqueue('ping', args, kwargs, connection=redis_conn)
@@ -169,6 +177,7 @@ def test_defaults_are_applied(redis_conn, env):
     env.setenv('JOB_TIMEOUT', '120')
     env.setenv('RESULT_TTL', '77')
     from rqjobs import settings
+
     settings.reset()
     job = queues.enqueue('create_schema', connection=redis_conn)
     assert (job.timeout, job.result_ttl, job.origin) == (120, 77, 'migration')
@@ -209,8 +218,9 @@ def test_permanent_errors_fail_at_once_transient_ones_are_retried(custom_jobs, r
 def test_a_forged_job_with_retries_fails_once_with_no_retry_left(redis_conn, burst_worker, tmp_path):
     marker = tmp_path / 'pwned'
     queue = queues.get_queue('default', redis_conn)
-    forged = queues.JsonJob.create('os.system', args=[f'touch {marker}'], connection=redis_conn, origin='default',
-                                   retry=Retry(max=3, interval=60))
+    forged = queues.JsonJob.create(
+        'os.system', args=[f'touch {marker}'], connection=redis_conn, origin='default', retry=Retry(max=3, interval=60)
+    )
     queue.enqueue_job(forged)
 
     burst_worker('default')
@@ -284,6 +294,7 @@ def test_listings_pass_over_unreadable_jobs(redis_conn, database):
 
 # ---- Sizes of what is enqueued ----
 
+
 def test_arguments_over_the_size_limit_are_refused(redis_conn, custom_jobs, env):
     with pytest.raises(InvalidJobArguments, match=r'take 70\d{3} bytes as JSON, over JOB_ARGS_MAX_SIZE \(65536\)'):
         queues.enqueue('add', ['x' * 70_000], connection=redis_conn)
@@ -302,8 +313,9 @@ def test_a_full_redis_refuses_an_enqueue_in_one_line(full_redis):
     keys = full_redis.dbsize()
     result = run_jobs_cli('enqueue', 'ping')
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): the '
-                                                     'job ping was not stored.')
+    assert result.stderr.splitlines()[-1].startswith(
+        'Error: Redis is full (maxmemory reached, no eviction): the job ping was not stored.'
+    )
     assert 'Traceback' not in result.stderr
     assert full_redis.dbsize() == keys
 
@@ -312,6 +324,7 @@ def test_a_full_redis_refuses_an_enqueue_in_one_line(full_redis):
 def test_other_commands_against_a_full_redis_are_one_line(full_redis, args):
     result = run_jobs_cli(*args)
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): '
-                                                     'the command could not write to it.')
+    assert result.stderr.splitlines()[-1].startswith(
+        'Error: Redis is full (maxmemory reached, no eviction): the command could not write to it.'
+    )
     assert 'Traceback' not in result.stderr

@@ -18,8 +18,10 @@ from rqjobs.exceptions import SettingsError
 from scheduler import Entry
 
 START = datetime(2026, 11, 29, 12, 0, 0)
-SMALL_PLAN = [Entry('ping-often', 'rqjobs.system.ping', every=30), Entry('ping-daily', 'rqjobs.system.ping',
-                                                                           cron='0 1 * * *')]
+SMALL_PLAN = [
+    Entry('ping-often', 'rqjobs.system.ping', every=30),
+    Entry('ping-daily', 'rqjobs.system.ping', cron='0 1 * * *'),
+]
 
 
 @pytest.fixture
@@ -37,8 +39,10 @@ def now(monkeypatch):
 
 def scheduled(redis_conn):
     """The schedule as {id: score as naive UTC}."""
-    return {key.decode(): datetime.fromtimestamp(score, UTC).replace(tzinfo=None)
-            for key, score in redis_conn.zrange('rq:scheduler:scheduled_jobs', 0, -1, withscores=True)}
+    return {
+        key.decode(): datetime.fromtimestamp(score, UTC).replace(tzinfo=None)
+        for key, score in redis_conn.zrange('rq:scheduler:scheduled_jobs', 0, -1, withscores=True)
+    }
 
 
 def queued(redis_conn, queue='default'):
@@ -46,6 +50,7 @@ def queued(redis_conn, queue='default'):
 
 
 # ---- register() ----
+
 
 def test_register_is_idempotent_and_keeps_next_times(redis_conn, now):
     first = scheduler.register(redis_conn, SMALL_PLAN)
@@ -60,8 +65,10 @@ def test_register_is_idempotent_and_keeps_next_times(redis_conn, now):
 
 
 def test_register_from_many_processes_leaves_one_entry_per_id(redis_conn):
-    code = 'import scheduler; from rqjobs.connections import get_redis; scheduler.register(get_redis(), ' \
-           '[scheduler.Entry("ping-often", "rqjobs.system.ping", every=30)])'
+    code = (
+        'import scheduler; from rqjobs.connections import get_redis; scheduler.register(get_redis(), '
+        '[scheduler.Entry("ping-often", "rqjobs.system.ping", every=30)])'
+    )
     processes = [subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stderr=subprocess.PIPE) for _ in range(4)]
     errors = [process.communicate(timeout=60)[1] for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0, 0], errors
@@ -104,6 +111,7 @@ def test_the_default_plan_names_registered_jobs_and_fixed_ids(redis_conn):
 
 # ---- The plan and its overrides ----
 
+
 def test_overrides_change_or_disable_entries(env):
     env.setenv('JOBS_SCHEDULE', 'process-access-logs=60; generate-minimaps=off; generate-daily-statistics=30 3 * * *')
     settings.reset()
@@ -113,12 +121,15 @@ def test_overrides_change_or_disable_entries(env):
     assert entries['generate-daily-statistics'].cron == '30 3 * * *'
 
 
-@pytest.mark.parametrize('value, message', [
-    ('nope=60', "names 'nope', which is not in the plan"),
-    ('process-access-logs=2', 'below 5 s'),
-    ('process-access-logs=soon', 'not off, seconds or a 5-field cron string'),
-    ('process-access-logs', 'is not ID=VALUE'),
-])
+@pytest.mark.parametrize(
+    'value, message',
+    [
+        ('nope=60', "names 'nope', which is not in the plan"),
+        ('process-access-logs=2', 'below 5 s'),
+        ('process-access-logs=soon', 'not off, seconds or a 5-field cron string'),
+        ('process-access-logs', 'is not ID=VALUE'),
+    ],
+)
 def test_bad_overrides_are_refused(env, value, message):
     env.setenv('JOBS_SCHEDULE', value)
     settings.reset()
@@ -128,8 +139,9 @@ def test_bad_overrides_are_refused(env, value, message):
 
 # ---- Cron in UTC ----
 
+
 def test_cron_entries_fire_at_utc_times_whatever_the_timezone(redis_server):
-    code = textwrap.dedent('''
+    code = textwrap.dedent("""
         import time, warnings
         warnings.simplefilter('error')
         time.tzset()
@@ -137,10 +149,17 @@ def test_cron_entries_fire_at_utc_times_whatever_the_timezone(redis_server):
         import scheduler
         print(scheduler.next_cron_time('0 1 * * *', datetime(2026, 11, 29, 12, 0)).isoformat())
         print(scheduler.next_cron_time('0 2 * * *', datetime(2026, 3, 29, 0, 30)).isoformat())
-    ''')
+    """)
     for tz in ('Asia/Kolkata', 'America/Los_Angeles', 'Europe/Berlin'):
-        result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=dict(os.environ, TZ=tz),
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [sys.executable, '-c', code],
+            cwd=ROOT,
+            env=dict(os.environ, TZ=tz),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         # 02:00 on the day Berlin skips 02:00 local time is still 02:00 UTC.
         assert result.stdout.split() == ['2026-11-30T01:00:00', '2026-03-29T02:00:00'], tz
@@ -148,22 +167,29 @@ def test_cron_entries_fire_at_utc_times_whatever_the_timezone(redis_server):
 
 
 def test_cron_registration_in_a_non_utc_process(redis_conn):
-    code = textwrap.dedent('''
+    code = textwrap.dedent("""
         import time
         time.tzset()
         import scheduler
         from rqjobs.connections import get_redis
         scheduler.register(get_redis(), [scheduler.Entry('daily', 'rqjobs.system.ping', cron='0 1 * * *')])
-    ''')
-    result = subprocess.run([sys.executable, '-W', 'error', '-c', code], cwd=ROOT,
-                            env=dict(os.environ, TZ='Pacific/Auckland'), capture_output=True, text=True, timeout=60,
-                            check=False)
+    """)
+    result = subprocess.run(
+        [sys.executable, '-W', 'error', '-c', code],
+        cwd=ROOT,
+        env=dict(os.environ, TZ='Pacific/Auckland'),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     at = scheduled(redis_conn)['daily']
     assert (at.hour, at.minute, at.second) == (1, 0, 0)
 
 
 # ---- Scheduling steps ----
+
 
 def test_due_entries_become_fresh_json_runs(redis_conn, now):
     scheduler.register(redis_conn, SMALL_PLAN)
@@ -219,8 +245,10 @@ def test_two_schedulers_never_enqueue_a_slot_twice(redis_conn, now):
 def test_two_scheduler_processes_at_once(redis_conn):
     scheduler.register(redis_conn, SMALL_PLAN)
     redis_conn.zadd('rq:scheduler:scheduled_jobs', {'ping-often': 1})  # long due
-    code = 'import scheduler; from rqjobs.connections import get_redis; ' \
-           'scheduler.build_scheduler(get_redis(), interval=1).run(burst=True)'
+    code = (
+        'import scheduler; from rqjobs.connections import get_redis; '
+        'scheduler.build_scheduler(get_redis(), interval=1).run(burst=True)'
+    )
     processes = [subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stderr=subprocess.PIPE) for _ in range(2)]
     errors = [process.communicate(timeout=60)[1] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], errors
@@ -231,7 +259,7 @@ def test_a_scheduler_killed_mid_step_loses_nothing(redis_conn, now):
     scheduler.register(redis_conn, SMALL_PLAN)
     now(30)
     instance = scheduler.build_scheduler(redis_conn)
-    (template, slot), = instance.get_jobs_to_queue(with_times=True)
+    ((template, slot),) = instance.get_jobs_to_queue(with_times=True)
     # Killed after enqueuing the run, before putting the entry back for its next time.
     instance._run(template, template.meta[scheduler.PLAN_MARK], scheduler._naive_utc(slot))
     assert scheduled(redis_conn)['ping-often'] == START + timedelta(seconds=30)
@@ -252,8 +280,9 @@ def test_runs_go_through_a_worker(redis_conn, database, now, burst_worker):
 def test_a_forged_scheduled_job_runs_nothing(redis_conn, burst_worker, tmp_path):
     marker = tmp_path / 'pwned'
     build = scheduler.build_scheduler(redis_conn)
-    job = build.schedule(datetime.now(UTC) - timedelta(seconds=1), 'os.system', args=[f'touch {marker}'],
-                         queue_name='default')
+    job = build.schedule(
+        datetime.now(UTC) - timedelta(seconds=1), 'os.system', args=[f'touch {marker}'], queue_name='default'
+    )
     scheduler.tick(redis_conn)
     burst_worker('default')
     assert not marker.exists()
@@ -261,6 +290,7 @@ def test_a_forged_scheduled_job_runs_nothing(redis_conn, burst_worker, tmp_path)
 
 
 # ---- Inspection and the command line ----
+
 
 def test_describe_shows_next_and_last_runs_and_one_offs(redis_conn, database, now, burst_worker):
     scheduler.register(redis_conn, SMALL_PLAN)
@@ -277,14 +307,18 @@ def test_describe_shows_next_and_last_runs_and_one_offs(redis_conn, database, no
 
 
 def test_describe_gives_a_last_run_permanent_error_in_its_own_words(redis_conn, database, now, burst_worker):
-    scheduler.register(redis_conn, [Entry('cleanup-refused', 'rqjobs.minimap.cleanup_old_minimaps', every=30,
-                                          kwargs={'days_to_keep': 0})])
+    scheduler.register(
+        redis_conn,
+        [Entry('cleanup-refused', 'rqjobs.minimap.cleanup_old_minimaps', every=30, kwargs={'days_to_keep': 0})],
+    )
     now(30)
     scheduler.tick(redis_conn)
     burst_worker('minimap')
-    last, = [entry['last_run'] for entry in scheduler.describe(redis_conn)['entries']]
+    (last,) = [entry['last_run'] for entry in scheduler.describe(redis_conn)['entries']]
     assert (last['status'], last['error']) == (
-        'failed', 'days_to_keep must be a whole number of days, at least 1 (got 0); for example 90.')
+        'failed',
+        'days_to_keep must be a whole number of days, at least 1 (got 0); for example 90.',
+    )
 
 
 def test_cli_schedule_show_prints_the_last_status_as_a_word(redis_conn, database, now, burst_worker):
@@ -293,7 +327,7 @@ def test_cli_schedule_show_prints_the_last_status_as_a_word(redis_conn, database
     scheduler.tick(redis_conn)
     burst_worker('default')
     shown = CliRunner().invoke(cli.main, ['schedule', 'show'])
-    row, = [line for line in shown.output.splitlines() if line.startswith('ping-often ')]
+    (row,) = [line for line in shown.output.splitlines() if line.startswith('ping-often ')]
     assert shown.exit_code == 0 and row.split()[-1] == 'finished', shown.output
 
 
@@ -304,8 +338,9 @@ def test_cli_schedule_commands(redis_conn):
     shown = runner.invoke(cli.main, ['schedule', 'show'])
     assert shown.exit_code == 0 and 'process-access-logs' in shown.output and 'every 30 s' in shown.output
     as_json = runner.invoke(cli.main, ['schedule', 'show', '--json'])
-    assert {e['id'] for e in json.loads(as_json.output[as_json.output.index('{'):])['entries']} == {
-        entry.id for entry in scheduler.PLAN}
+    assert {e['id'] for e in json.loads(as_json.output[as_json.output.index('{') :])['entries']} == {
+        entry.id for entry in scheduler.PLAN
+    }
     cleared = runner.invoke(cli.main, ['schedule', 'clear'])
     assert cleared.exit_code == 0 and f'{len(scheduler.PLAN)} plan entries removed' in cleared.output
     empty = runner.invoke(cli.main, ['schedule', 'show'])
@@ -327,8 +362,9 @@ def test_a_registration_lock_held_elsewhere_is_named_not_taken_for_a_lost_redis(
     refused = CliRunner().invoke(cli.main, command)
     assert refused.exit_code == 1 and 'Traceback' not in refused.output, refused.output
     assert refused.output.splitlines()[-1] == (
-        'Error: Another scheduler (or `rqjobs schedule register`) held the plan\'s registration lock for 0.2 s; nothing '
-        'was registered. Check that only one `rqjobs scheduler` runs, then try again.')
+        "Error: Another scheduler (or `rqjobs schedule register`) held the plan's registration lock for 0.2 s; nothing "
+        'was registered. Check that only one `rqjobs scheduler` runs, then try again.'
+    )
     assert scheduled(redis_conn) == {}
     other.release()
     assert CliRunner().invoke(cli.main, command).exit_code == 0

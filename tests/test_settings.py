@@ -22,17 +22,29 @@ def test_defaults(tmp_path, monkeypatch):
     assert settings.database_url == f'sqlite:///{tmp_path / "var" / "rqjobs.db"}'
     assert settings.repo_root == tmp_path / 'var' / 'repos'
     assert (settings.update_interval_days, settings.enable_warehouse_commit, settings.task_max_size_per_user) == (
-        7, True, 5)
+        7,
+        True,
+        5,
+    )
     assert (settings.job_timeout, settings.soft_time_limit, settings.result_ttl) == (1800, 1500, 3600)
     assert settings.extra_job_modules == ()
 
 
 def test_values_are_read(tmp_path):
-    settings = Settings.from_env({
-        'REDIS_URL': 'redis://127.0.0.1:6390/2', 'JOBS_DATA_DIR': str(tmp_path), 'REPO_ROOT': str(tmp_path / 'r'),
-        'UPDATE_INTERVAL': '3', 'ENABLE_WAREHOUSE_COMMIT': 'no', 'TASK_MAX_SIZE_PER_USER': '2', 'JOB_TIMEOUT': '60',
-        'SOFT_TIME_LIMIT': '50', 'RESULT_TTL': '0', 'JOBS_EXTRA_MODULES': 'myapp.reports=reports, myapp.mail',
-    })
+    settings = Settings.from_env(
+        {
+            'REDIS_URL': 'redis://127.0.0.1:6390/2',
+            'JOBS_DATA_DIR': str(tmp_path),
+            'REPO_ROOT': str(tmp_path / 'r'),
+            'UPDATE_INTERVAL': '3',
+            'ENABLE_WAREHOUSE_COMMIT': 'no',
+            'TASK_MAX_SIZE_PER_USER': '2',
+            'JOB_TIMEOUT': '60',
+            'SOFT_TIME_LIMIT': '50',
+            'RESULT_TTL': '0',
+            'JOBS_EXTRA_MODULES': 'myapp.reports=reports, myapp.mail',
+        }
+    )
     assert settings.redis_url == 'redis://127.0.0.1:6390/2'
     assert settings.repo_root == tmp_path / 'r'
     assert settings.enable_warehouse_commit is False
@@ -42,19 +54,22 @@ def test_values_are_read(tmp_path):
     assert settings.extra_queues == ('reports', 'default')
 
 
-@pytest.mark.parametrize('name, value, expected', [
-    ('JOB_TIMEOUT', 'soon', 'JOB_TIMEOUT=1800'),
-    ('JOB_TIMEOUT', '5', 'minimum of 10'),
-    ('UPDATE_INTERVAL', '0', 'UPDATE_INTERVAL=7'),
-    ('TASK_MAX_SIZE_PER_USER', '1.5', 'TASK_MAX_SIZE_PER_USER=5'),
-    ('RESULT_TTL', '-1', 'RESULT_TTL=3600'),
-    ('ENABLE_WAREHOUSE_COMMIT', 'maybe', 'ENABLE_WAREHOUSE_COMMIT=false'),
-    ('REDIS_TIMEOUT', 'nan', 'REDIS_TIMEOUT=5'),
-    ('REDIS_URL', 'localhost:6379', 'REDIS_URL=redis://127.0.0.1:6379/0'),
-    ('DATABASE_URL', 'oracle://scott:tiger@db/x', 'DATABASE_URL=sqlite:///'),
-    ('JOBS_EXTRA_MODULES', 'my-app.tasks', 'JOBS_EXTRA_MODULES=myapp.reports=reports'),
-    ('JOBS_EXTRA_MODULES', 'myapp.tasks=Bad Queue', 'JOBS_EXTRA_MODULES=myapp.reports=reports'),
-])
+@pytest.mark.parametrize(
+    'name, value, expected',
+    [
+        ('JOB_TIMEOUT', 'soon', 'JOB_TIMEOUT=1800'),
+        ('JOB_TIMEOUT', '5', 'minimum of 10'),
+        ('UPDATE_INTERVAL', '0', 'UPDATE_INTERVAL=7'),
+        ('TASK_MAX_SIZE_PER_USER', '1.5', 'TASK_MAX_SIZE_PER_USER=5'),
+        ('RESULT_TTL', '-1', 'RESULT_TTL=3600'),
+        ('ENABLE_WAREHOUSE_COMMIT', 'maybe', 'ENABLE_WAREHOUSE_COMMIT=false'),
+        ('REDIS_TIMEOUT', 'nan', 'REDIS_TIMEOUT=5'),
+        ('REDIS_URL', 'localhost:6379', 'REDIS_URL=redis://127.0.0.1:6379/0'),
+        ('DATABASE_URL', 'oracle://scott:tiger@db/x', 'DATABASE_URL=sqlite:///'),
+        ('JOBS_EXTRA_MODULES', 'my-app.tasks', 'JOBS_EXTRA_MODULES=myapp.reports=reports'),
+        ('JOBS_EXTRA_MODULES', 'myapp.tasks=Bad Queue', 'JOBS_EXTRA_MODULES=myapp.reports=reports'),
+    ],
+)
 def test_bad_values_name_the_variable_and_a_good_example(name, value, expected):
     with pytest.raises(SettingsError) as info:
         Settings.from_env({name: value})
@@ -91,15 +106,25 @@ def test_every_variable_is_documented_in_the_settings_page():
     assert not missing
 
 
-@pytest.mark.parametrize('name, value, expected', [
-    # A password with an unescaped "/" ends the host part early: urllib takes its start for a port.
-    ('REDIS_URL', 'redis://jobs:s3/cret@127.0.0.1:6379/0', 'REDIS_URL has an invalid port (a number up to 65535)'),
-    ('REDIS_URL', 'redis://127.0.0.1:99999/0', 'REDIS_URL has an invalid port (a number up to 65535)'),
-    ('DATABASE_URL', 'postgresql://jobs:s3/cret@127.0.0.1/jobs',
-     'DATABASE_URL has an invalid port (a number up to 65535)'),
-    ('DATABASE_URL', 'sqlite://', "DATABASE_URL='sqlite://' names no database"),
-    ('DATABASE_URL', 'postgresql://127.0.0.1:5432/', "DATABASE_URL='postgresql://127.0.0.1:5432/' names no database"),
-])
+@pytest.mark.parametrize(
+    'name, value, expected',
+    [
+        # A password with an unescaped "/" ends the host part early: urllib takes its start for a port.
+        ('REDIS_URL', 'redis://jobs:s3/cret@127.0.0.1:6379/0', 'REDIS_URL has an invalid port (a number up to 65535)'),
+        ('REDIS_URL', 'redis://127.0.0.1:99999/0', 'REDIS_URL has an invalid port (a number up to 65535)'),
+        (
+            'DATABASE_URL',
+            'postgresql://jobs:s3/cret@127.0.0.1/jobs',
+            'DATABASE_URL has an invalid port (a number up to 65535)',
+        ),
+        ('DATABASE_URL', 'sqlite://', "DATABASE_URL='sqlite://' names no database"),
+        (
+            'DATABASE_URL',
+            'postgresql://127.0.0.1:5432/',
+            "DATABASE_URL='postgresql://127.0.0.1:5432/' names no database",
+        ),
+    ],
+)
 def test_a_url_that_cannot_be_used_is_a_setting_error_in_one_line(env, name, value, expected):
     env.setenv(name, value)
     result = run_jobs_cli('status', env=dict(os.environ))
@@ -137,11 +162,14 @@ def test_the_import_check_sees_every_form_of_import(tmp_path):
 
 
 def test_the_command_line_and_its_help_load_no_orm():
-    code = ('import sys, cli\n'
-            'from click.testing import CliRunner\n'
-            'result = CliRunner().invoke(cli.main, ["--help"])\n'
-            'assert result.exit_code == 0, result.output\n'
-            'print(sorted(name for name in sys.modules if name.split(".")[0] in {"peewee", "playhouse", "models"}))\n')
-    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            check=False)
+    code = (
+        'import sys, cli\n'
+        'from click.testing import CliRunner\n'
+        'result = CliRunner().invoke(cli.main, ["--help"])\n'
+        'assert result.exit_code == 0, result.output\n'
+        'print(sorted(name for name in sys.modules if name.split(".")[0] in {"peewee", "playhouse", "models"}))\n'
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
     assert (result.returncode, result.stdout, result.stderr) == (0, '[]\n', '')

@@ -34,6 +34,7 @@ _events = itertools.count()
 @pytest.fixture
 def freeze(monkeypatch):
     """Freeze `rqjobs.clock.utcnow` at NOW; call the fixture's value to move it."""
+
     def move(moment: dt.datetime) -> None:
         monkeypatch.setattr(clock, 'utcnow', lambda: moment)
 
@@ -45,10 +46,21 @@ def at(day: str, time: str = '12:00:00') -> dt.datetime:
     return dt.datetime.fromisoformat(f'{day} {time}')
 
 
-def visit(when: dt.datetime, resource: str = 'acme/wiki', kind: str = 'Repository', ip: str = '10.0.0.1',
-          user: str | None = None) -> None:
-    AccessRecord.create(event_id=f'event-{next(_events)}', resource_type=kind, resource_id=resource, ip_address=ip,
-                        user_id=user, access_time=when)
+def visit(
+    when: dt.datetime,
+    resource: str = 'acme/wiki',
+    kind: str = 'Repository',
+    ip: str = '10.0.0.1',
+    user: str | None = None,
+) -> None:
+    AccessRecord.create(
+        event_id=f'event-{next(_events)}',
+        resource_type=kind,
+        resource_id=resource,
+        ip_address=ip,
+        user_id=user,
+        access_time=when,
+    )
 
 
 def make_user(name: str, created: dt.datetime) -> User:
@@ -56,8 +68,13 @@ def make_user(name: str, created: dt.datetime) -> User:
 
 
 def make_warehouse(name: str, created: dt.datetime = NOW, **fields) -> Warehouse:
-    return Warehouse.create(organization_name='acme', name=name, address=f'https://example.invalid/acme/{name}.git',
-                            created_at=created, **fields)
+    return Warehouse.create(
+        organization_name='acme',
+        name=name,
+        address=f'https://example.invalid/acme/{name}.git',
+        created_at=created,
+        **fields,
+    )
 
 
 def make_page(warehouse: Warehouse, created: dt.datetime = NOW) -> DocumentFileItem:
@@ -66,6 +83,7 @@ def make_page(warehouse: Warehouse, created: dt.datetime = NOW) -> DocumentFileI
 
 
 # ---- Daily statistics ----
+
 
 def test_records_at_the_edges_of_a_day_land_in_the_right_day(database, freeze):
     midnight = at('2026-11-28', '00:00:00')
@@ -81,13 +99,24 @@ def test_records_at_the_edges_of_a_day_land_in_the_right_day(database, freeze):
     row = statistics.generate_statistics()
 
     assert row['date'] == '2026-11-28'
-    assert {key: row[key] for key in ('page_views', 'unique_visitors', 'active_users', 'new_users',
-                                      'new_repositories', 'new_documents')} == {
-        'page_views': 3, 'unique_visitors': 2, 'active_users': 2, 'new_users': 1, 'new_repositories': 1,
-        'new_documents': 1}
+    assert {
+        key: row[key]
+        for key in ('page_views', 'unique_visitors', 'active_users', 'new_users', 'new_repositories', 'new_documents')
+    } == {
+        'page_views': 3,
+        'unique_visitors': 2,
+        'active_users': 2,
+        'new_users': 1,
+        'new_repositories': 1,
+        'new_documents': 1,
+    }
     before = statistics.generate_statistics('2026-11-27')
     assert (before['page_views'], before['unique_visitors'], before['active_users'], before['new_users']) == (
-        1, 1, 0, 1)
+        1,
+        1,
+        0,
+        1,
+    )
     assert statistics.generate_statistics('2026-11-29')['page_views'] == 1
 
 
@@ -107,8 +136,9 @@ def test_running_twice_keeps_one_row_and_a_rerun_after_new_data_updates_it(datab
     assert DailyStatistics.get().page_views == 2
 
 
-@pytest.mark.parametrize('value', ['2026-13-01', 'tomorrow', '2026-11-30', '2026-02-30', '28/11/2026', '20261128',
-                                   '', 20261128])
+@pytest.mark.parametrize(
+    'value', ['2026-13-01', 'tomorrow', '2026-11-30', '2026-02-30', '28/11/2026', '20261128', '', 20261128]
+)
 def test_bad_dates_are_refused_with_an_example(database, freeze, value):
     with pytest.raises(statistics.InvalidStatisticsDate, match='for example 2026-11-28') as excinfo:
         statistics.generate_statistics(value)
@@ -138,9 +168,19 @@ def test_jobs_run_on_a_real_worker_and_a_bad_date_fails_without_retry(database, 
 
 # ---- System statistics ----
 
-@pytest.mark.parametrize('current, previous, expected', [
-    (0, 0, 0.0), (5, 0, 100.0), (0, 4, -100.0), (4, 3, 33.3), (2, 3, -33.3), (3, 3, 0.0), (7, 6, 16.7),
-])
+
+@pytest.mark.parametrize(
+    'current, previous, expected',
+    [
+        (0, 0, 0.0),
+        (5, 0, 100.0),
+        (0, 4, -100.0),
+        (4, 3, 33.3),
+        (2, 3, -33.3),
+        (3, 3, 0.0),
+        (7, 6, 16.7),
+    ],
+)
 def test_growth_rules(current, previous, expected):
     assert statistics.growth(current, previous) == expected
 
@@ -165,9 +205,19 @@ def test_system_statistics_totals_months_growth_and_a_zero_filled_trend(database
 
     assert data['snapshot_id'] == 'system:all:2026-11-29'
     assert data['totals'] == {
-        'users': 6, 'warehouses': 2, 'documents': 0, 'pages': 1, 'access_records': 4,
-        'warehouses_by_status': {'Pending': 1, 'Processing': 0, 'Completed': 1, 'Canceled': 0, 'Unauthorized': 0,
-                                 'Failed': 0},
+        'users': 6,
+        'warehouses': 2,
+        'documents': 0,
+        'pages': 1,
+        'access_records': 4,
+        'warehouses_by_status': {
+            'Pending': 1,
+            'Processing': 0,
+            'Completed': 1,
+            'Canceled': 0,
+            'Unauthorized': 0,
+            'Failed': 0,
+        },
     }
     assert data['this_month'] == {'users': 4, 'warehouses': 3, 'pages': 1}
     assert data['last_month'] == {'users': 3, 'warehouses': 0, 'pages': 0}
@@ -175,7 +225,8 @@ def test_system_statistics_totals_months_growth_and_a_zero_filled_trend(database
     trend = data['trend']
     assert len(trend) == statistics.TREND_DAYS == 30
     assert [entry['date'] for entry in trend] == [
-        (dt.date(2026, 10, 31) + dt.timedelta(days=offset)).isoformat() for offset in range(30)]
+        (dt.date(2026, 10, 31) + dt.timedelta(days=offset)).isoformat() for offset in range(30)
+    ]
     assert trend[0] == {'date': '2026-10-31', 'new_users': 0, 'new_warehouses': 0, 'page_views': 1}
     assert trend[-2] == {'date': '2026-11-28', 'new_users': 0, 'new_warehouses': 2, 'page_views': 2}
     assert trend[-1] == {'date': '2026-11-29', 'new_users': 0, 'new_warehouses': 0, 'page_views': 0}
@@ -185,6 +236,7 @@ def test_system_statistics_totals_months_growth_and_a_zero_filled_trend(database
 
 
 # ---- Warehouse statistics ----
+
 
 def test_warehouse_statistics_count_its_pages_views_and_commits(database, freeze):
     wiki = make_warehouse('wiki', status=WarehouseStatus.COMPLETED)
@@ -203,7 +255,13 @@ def test_warehouse_statistics_count_its_pages_views_and_commits(database, freeze
 
     assert data['snapshot_id'] == f'warehouse:{wiki.id}:2026-11-29'
     assert {key: data[key] for key in ('status', 'repository', 'pages', 'views', 'views_today', 'commits')} == {
-        'status': 'ok', 'repository': 'acme/wiki', 'pages': 2, 'views': 3, 'views_today': 1, 'commits': 1}
+        'status': 'ok',
+        'repository': 'acme/wiki',
+        'pages': 2,
+        'views': 3,
+        'views_today': 1,
+        'commits': 1,
+    }
     stored = StatisticsSnapshot.get_by_id(data['snapshot_id'])
     assert (stored.kind, stored.subject_id, stored.snapshot_date) == ('warehouse', wiki.id, NOW.date())
 
@@ -217,6 +275,7 @@ def test_a_missing_or_deleted_warehouse_is_a_normal_outcome(database, freeze):
 
 
 # ---- Access statistics ----
+
 
 def test_access_statistics_weeks_start_on_monday(database, freeze):
     monday = at('2026-11-23', '00:00:00')
@@ -238,8 +297,13 @@ def test_access_statistics_weeks_start_on_monday(database, freeze):
 
 
 def test_top_resources_are_ordered_by_views_then_resource(database, freeze):
-    views = {('Repository', 'acme/a'): 2, ('Repository', 'acme/b'): 5, ('Document', 'acme/c'): 5,
-             ('Repository', 'acme/c'): 5, ('Repository', 'acme/d'): 9}
+    views = {
+        ('Repository', 'acme/a'): 2,
+        ('Repository', 'acme/b'): 5,
+        ('Document', 'acme/c'): 5,
+        ('Repository', 'acme/c'): 5,
+        ('Repository', 'acme/d'): 9,
+    }
     views.update({('Repository', f'acme/z{index}'): 1 for index in range(8)})
     for (kind, resource), count in views.items():
         for _ in range(count):
@@ -250,13 +314,21 @@ def test_top_resources_are_ordered_by_views_then_resource(database, freeze):
     top = statistics.generate_access_statistics()['top_resources']
 
     assert [(entry['resource_type'], entry['resource_id'], entry['views']) for entry in top] == [
-        ('Repository', 'acme/d', 9), ('Document', 'acme/c', 5), ('Repository', 'acme/b', 5),
-        ('Repository', 'acme/c', 5), ('Repository', 'acme/a', 2), ('Repository', 'acme/z0', 1),
-        ('Repository', 'acme/z1', 1), ('Repository', 'acme/z2', 1), ('Repository', 'acme/z3', 1),
-        ('Repository', 'acme/z4', 1)]
+        ('Repository', 'acme/d', 9),
+        ('Document', 'acme/c', 5),
+        ('Repository', 'acme/b', 5),
+        ('Repository', 'acme/c', 5),
+        ('Repository', 'acme/a', 2),
+        ('Repository', 'acme/z0', 1),
+        ('Repository', 'acme/z1', 1),
+        ('Repository', 'acme/z2', 1),
+        ('Repository', 'acme/z3', 1),
+        ('Repository', 'acme/z4', 1),
+    ]
 
 
 # ---- Snapshots ----
+
 
 def test_snapshots_are_overwritten_the_same_day_and_added_on_a_new_day(database, freeze):
     make_user('first', NOW)
@@ -274,7 +346,10 @@ def test_snapshots_are_overwritten_the_same_day_and_added_on_a_new_day(database,
     statistics.generate_system_statistics()
     statistics.generate_access_statistics()
     assert sorted(row.id for row in StatisticsSnapshot.select()) == [
-        'access:all:2026-11-30', 'system:all:2026-11-29', 'system:all:2026-11-30']
+        'access:all:2026-11-30',
+        'system:all:2026-11-29',
+        'system:all:2026-11-30',
+    ]
     assert statistics.show('2026-11-29')['system']['snapshot_id'] == 'system:all:2026-11-30'
 
 
@@ -290,6 +365,7 @@ def test_the_indexes_the_ranges_use_exist(database):
 
 
 # ---- Command line ----
+
 
 def test_cli_generate_and_show(database, freeze):
     visit(at('2026-11-28'), user='u1')

@@ -38,8 +38,10 @@ def job_of(redis_conn, warehouse_id):
 def documents_of(warehouse_id):
     return {
         'catalog': DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id).count(),
-        'pages': DocumentFileItem.select().join(DocumentCatalog).where(
-            DocumentCatalog.warehouse == warehouse_id).count(),
+        'pages': DocumentFileItem.select()
+        .join(DocumentCatalog)
+        .where(DocumentCatalog.warehouse == warehouse_id)
+        .count(),
         'overviews': DocumentOverview.select().join(Document).where(Document.warehouse == warehouse_id).count(),
         'documents': Document.select().where(Document.warehouse == warehouse_id).count(),
         'minimaps': MiniMap.select().where(MiniMap.warehouse == warehouse_id).count(),
@@ -53,10 +55,14 @@ def make_user(name='alice'):
 
 # ---- Submitting ----
 
+
 def test_submit_normalises_the_address(redis_conn, database):
     row = warehouses.submit_warehouse('https://github.com/OpenOrg/My-Repo/', connection=redis_conn)
-    assert (row.organization_name, row.name, row.address) == ('openorg', 'my-repo',
-                                                            'https://github.com/OpenOrg/My-Repo.git')
+    assert (row.organization_name, row.name, row.address) == (
+        'openorg',
+        'my-repo',
+        'https://github.com/OpenOrg/My-Repo.git',
+    )
     assert fetch(row.id).status == WarehouseStatus.PENDING
     job = job_of(redis_conn, row.id)
     assert job.args == [row.id] and job.origin == 'warehouse'
@@ -73,14 +79,16 @@ def test_submissions_can_be_disabled(redis_conn, database, env):
 LONG = 'x' * 192
 
 
-@pytest.mark.parametrize('address, options, field', [
-    (f'https://github.com/{LONG}/repo', {}, 'organization name'),
-    (f'https://github.com/org/{LONG}', {}, 'name'),
-    ('https://github.com/org/repo', {'git_user_name': LONG}, 'git user name'),
-    ('https://github.com/org/repo', {'branch': LONG}, 'branch'),
-])
-def test_values_longer_than_their_column_are_refused_on_every_database(redis_conn, database, address, options,
-                                                                        field):
+@pytest.mark.parametrize(
+    'address, options, field',
+    [
+        (f'https://github.com/{LONG}/repo', {}, 'organization name'),
+        (f'https://github.com/org/{LONG}', {}, 'name'),
+        ('https://github.com/org/repo', {'git_user_name': LONG}, 'git user name'),
+        ('https://github.com/org/repo', {'branch': LONG}, 'branch'),
+    ],
+)
+def test_values_longer_than_their_column_are_refused_on_every_database(redis_conn, database, address, options, field):
     with pytest.raises(InvalidSubmission, match=f'^The {field} is 192 characters long; at most 191 are allowed'):
         warehouses.submit_warehouse(address, connection=redis_conn, **options)
     assert Warehouse.select().count() == 0
@@ -100,10 +108,12 @@ def test_a_row_whose_id_names_no_job_or_clone_holds_back_no_other(redis_conn, da
     old = clock.utcnow() - timedelta(days=30)
 
     def rows(status):
-        bad = Warehouse.create(id=bad_id, organization_name='o', name='bad', address='https://github.com/o/bad.git',
-                               status=status)
-        good = Warehouse.create(organization_name='o', name='good', address='https://github.com/o/good.git',
-                                status=status)
+        bad = Warehouse.create(
+            id=bad_id, organization_name='o', name='bad', address='https://github.com/o/bad.git', status=status
+        )
+        good = Warehouse.create(
+            organization_name='o', name='good', address='https://github.com/o/good.git', status=status
+        )
         for row in (bad, good):
             Document.create(warehouse=row, last_update=old)
         Warehouse.update(updated_at=old).execute()
@@ -112,7 +122,7 @@ def test_a_row_whose_id_names_no_job_or_clone_holds_back_no_other(redis_conn, da
     bad, good = rows(WarehouseStatus.PENDING)
     assert warehouses.dispatch_pending(redis_conn) == [good.id]
     assert job_of(redis_conn, good.id).args == [good.id]
-    assert f"warehouse {bad_id!r}: id cannot name a job or a clone" in caplog.text
+    assert f'warehouse {bad_id!r}: id cannot name a job or a clone' in caplog.text
     Warehouse.delete().execute()
 
     bad, good = rows(WarehouseStatus.COMPLETED)
@@ -124,8 +134,18 @@ def test_a_row_whose_id_names_no_job_or_clone_holds_back_no_other(redis_conn, da
     assert fetch(good.id).is_deleted and not fetch(bad_id).is_deleted
 
 
-@pytest.mark.parametrize('address', ['ext::sh -c touch% /tmp/x', 'file:///etc', '/tmp/repo', '-uhttps://x/y/z',
-                                     'http://github.com/a/b', 'https://github.com/a/../b', 'https://github.com/a'])
+@pytest.mark.parametrize(
+    'address',
+    [
+        'ext::sh -c touch% /tmp/x',
+        'file:///etc',
+        '/tmp/repo',
+        '-uhttps://x/y/z',
+        'http://github.com/a/b',
+        'https://github.com/a/../b',
+        'https://github.com/a',
+    ],
+)
 def test_bad_addresses_are_refused_before_anything_is_stored(redis_conn, database, address):
     with pytest.raises(InvalidRepositoryAddress):
         warehouses.submit_warehouse(address, connection=redis_conn)
@@ -141,7 +161,6 @@ def test_bad_branch_and_unknown_user_are_refused(redis_conn, database):
     assert Warehouse.select().count() == 0
 
 
-
 @pytest.mark.parametrize('action', [warehouses.get_warehouse, warehouses.reprocess, warehouses.remove])
 def test_an_unknown_warehouse_is_not_found_rather_than_a_refused_submission(redis_conn, database, action):
     arguments = ('nope',) if action is warehouses.get_warehouse else ('nope', redis_conn)
@@ -154,7 +173,10 @@ def test_an_unknown_warehouse_is_not_found_rather_than_a_refused_submission(redi
 def test_cli_says_an_unknown_warehouse_does_not_exist_with_a_usage_exit(redis_conn, database, command):
     result = CliRunner().invoke(cli.main, ['--quiet', 'warehouse', command, 'nope'])
     assert (result.exit_code, result.output.splitlines()[-1]) == (
-        2, 'Error: Warehouse nope does not exist (or was removed); `rqjobs warehouse list` shows the ids.')
+        2,
+        'Error: Warehouse nope does not exist (or was removed); `rqjobs warehouse list` shows the ids.',
+    )
+
 
 def test_duplicates_follow_the_original_rules(redis_conn, database):
     first = warehouses.submit_warehouse('https://github.com/a/b', connection=redis_conn)
@@ -190,8 +212,10 @@ def test_per_user_limit_keeps_the_rest_pending(redis_conn, database, env):
     env.setenv('TASK_MAX_SIZE_PER_USER', '2')
     settings.reset()
     alice, bob = make_user('alice'), make_user('bob')
-    rows = [warehouses.submit_warehouse(f'https://github.com/a/r{i}', user_id=alice.id, connection=redis_conn)
-            for i in range(4)]
+    rows = [
+        warehouses.submit_warehouse(f'https://github.com/a/r{i}', user_id=alice.id, connection=redis_conn)
+        for i in range(4)
+    ]
     bobs = warehouses.submit_warehouse('https://github.com/b/r', user_id=bob.id, connection=redis_conn)
     for _ in range(5):
         assert warehouses.schedule_warehouse_processing()['enqueued'] == 0
@@ -201,6 +225,7 @@ def test_per_user_limit_keeps_the_rest_pending(redis_conn, database, env):
 
 
 # ---- Processing ----
+
 
 def test_process_documents_a_real_repository(redis_conn, database, local, sample_repo, burst_worker):
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
@@ -218,8 +243,14 @@ def test_process_documents_a_real_repository(redis_conn, database, local, sample
     assert set(result['timings']) >= {'clone', 'analyse', 'document', 'store', 'total'}
 
     counts = documents_of(row.id)
-    assert counts == {'catalog': result['pages'], 'pages': result['pages'], 'overviews': 1, 'documents': 1,
-                      'minimaps': 1, 'commits': 3}
+    assert counts == {
+        'catalog': result['pages'],
+        'pages': result['pages'],
+        'overviews': 1,
+        'documents': 1,
+        'minimaps': 1,
+        'commits': 3,
+    }
     urls = {c.url for c in DocumentCatalog.select().where(DocumentCatalog.warehouse == row.id)}
     assert {'overview', 'getting-started', 'structure', 'components'} <= urls
     started = warehouses.page_content(row.id, 'getting-started')
@@ -265,8 +296,9 @@ def test_a_crashed_processing_warehouse_is_enqueued_again(redis_conn, database, 
     assert warehouses.schedule_warehouse_processing()['enqueued'] == 0
 
 
-def test_a_repository_that_disappears_fails_clearly_without_retry(redis_conn, database, local, sample_repo,
-                                                                   burst_worker):
+def test_a_repository_that_disappears_fails_clearly_without_retry(
+    redis_conn, database, local, sample_repo, burst_worker
+):
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
     moved = sample_repo.with_name('moved-away')
     sample_repo.rename(moved)
@@ -278,8 +310,9 @@ def test_a_repository_that_disappears_fails_clearly_without_retry(redis_conn, da
     assert str(sample_repo) in warehouse.error or 'not found' in warehouse.error.lower()
 
 
-def test_a_clone_over_the_size_cap_fails_and_leaves_nothing(redis_conn, database, local, sample_repo, env,
-                                                            burst_worker):
+def test_a_clone_over_the_size_cap_fails_and_leaves_nothing(
+    redis_conn, database, local, sample_repo, env, burst_worker
+):
     commit_files(sample_repo, {'blob.bin': bytes(range(256)) * 8192 * 3}, 'Add 6 MB')
     env.setenv('GIT_MAX_REPO_SIZE', '1')
     settings.reset()
@@ -292,8 +325,7 @@ def test_a_clone_over_the_size_cap_fails_and_leaves_nothing(redis_conn, database
     assert documents_of(row.id)['catalog'] == 0
 
 
-def test_a_clone_of_too_many_files_fails_and_its_files_go(redis_conn, database, local, sample_repo, env,
-                                                         burst_worker):
+def test_a_clone_of_too_many_files_fails_and_its_files_go(redis_conn, database, local, sample_repo, env, burst_worker):
     for index in range(3000):
         (sample_repo / 'many' / f'd{index // 100}').mkdir(parents=True, exist_ok=True)
         (sample_repo / 'many' / f'd{index // 100}' / f'f{index}.txt').write_text(f'{index}\n')
@@ -312,16 +344,21 @@ def test_a_clone_of_too_many_files_fails_and_its_files_go(redis_conn, database, 
     wait_until(lambda: not any((root / TRASH_DIR).iterdir()), 60, 'the trash was emptied')
 
 
-def test_a_crash_while_storing_keeps_the_last_good_documentation(redis_conn, database, local, sample_repo,
-                                                                  burst_worker, monkeypatch):
+def test_a_crash_while_storing_keeps_the_last_good_documentation(
+    redis_conn, database, local, sample_repo, burst_worker, monkeypatch
+):
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
     burst_worker('warehouse')
     before = {item.id: item.content for item in DocumentFileItem.select()}
-    commit_files(sample_repo, {'sample/core.py': 'def changed() -> None:\n    pass\n',
-                               'sample/extra.py': 'X = 1\n'}, 'Rewrite core')
+    commit_files(
+        sample_repo,
+        {'sample/core.py': 'def changed() -> None:\n    pass\n', 'sample/extra.py': 'X = 1\n'},
+        'Rewrite core',
+    )
     Document.update(last_update=clock.utcnow() - timedelta(days=30)).execute()
 
     from rqjobs.repository import documentation
+
     original = documentation.render
 
     def failing(page, context):
@@ -338,6 +375,7 @@ def test_a_crash_while_storing_keeps_the_last_good_documentation(redis_conn, dat
 
 # ---- Updates ----
 
+
 def completed(redis_conn, sample_repo, burst_worker):
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
     burst_worker('warehouse')
@@ -346,12 +384,14 @@ def completed(redis_conn, sample_repo, burst_worker):
 
 
 def page_versions(warehouse_id):
-    return {c.url: item.id for c in DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id)
-            for item in c.file_items}
+    return {
+        c.url: item.id
+        for c in DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id)
+        for item in c.file_items
+    }
 
 
-def test_update_without_new_commits_only_moves_the_timestamp(redis_conn, database, local, sample_repo,
-                                                              burst_worker):
+def test_update_without_new_commits_only_moves_the_timestamp(redis_conn, database, local, sample_repo, burst_worker):
     row = completed(redis_conn, sample_repo, burst_worker)
     before = page_versions(row.id)
     old = Document.get(Document.warehouse == row.id).last_update
@@ -361,12 +401,14 @@ def test_update_without_new_commits_only_moves_the_timestamp(redis_conn, databas
     assert Document.get(Document.warehouse == row.id).last_update > old
 
 
-def test_update_regenerates_only_the_pages_whose_sources_changed(redis_conn, database, local, sample_repo,
-                                                                  burst_worker):
+def test_update_regenerates_only_the_pages_whose_sources_changed(
+    redis_conn, database, local, sample_repo, burst_worker
+):
     row = completed(redis_conn, sample_repo, burst_worker)
     before = page_versions(row.id)
-    head = commit_files(sample_repo, {'web/app.js': 'export function render(items) {\n  return items;\n}\n'},
-                        'Simplify render')
+    head = commit_files(
+        sample_repo, {'web/app.js': 'export function render(items) {\n  return items;\n}\n'}, 'Simplify render'
+    )
     result = warehouses.process_warehouse_update(row.id)
     assert result['status'] == 'updated' and result['version'] == head
     after = page_versions(row.id)
@@ -378,8 +420,7 @@ def test_update_regenerates_only_the_pages_whose_sources_changed(redis_conn, dat
     assert DocumentCommitRecord.select().where(DocumentCommitRecord.warehouse == row.id).count() == 4
 
 
-def test_update_with_a_new_file_rewrites_the_structure_pages(redis_conn, database, local, sample_repo,
-                                                             burst_worker):
+def test_update_with_a_new_file_rewrites_the_structure_pages(redis_conn, database, local, sample_repo, burst_worker):
     row = completed(redis_conn, sample_repo, burst_worker)
     before = page_versions(row.id)
     commit_files(sample_repo, {'sample/extra.py': 'def extra() -> int:\n    return 1\n'}, 'Add extra')
@@ -403,8 +444,7 @@ def test_a_force_push_regenerates_everything(redis_conn, database, local, sample
     assert not set(after.values()) & set(before.values())
 
 
-def test_schedule_updates_enqueues_each_due_warehouse_once(redis_conn, database, local, sample_repo,
-                                                           burst_worker):
+def test_schedule_updates_enqueues_each_due_warehouse_once(redis_conn, database, local, sample_repo, burst_worker):
     row = completed(redis_conn, sample_repo, burst_worker)
     assert warehouses.schedule_warehouse_updates()['enqueued'] == 0
     Document.update(last_update=clock.utcnow() - timedelta(days=8)).execute()
@@ -427,6 +467,7 @@ def test_missing_or_deleted_warehouses_are_a_normal_outcome(redis_conn, database
 
 # ---- Cleanup ----
 
+
 def test_cleanup_removes_warehouses_failed_for_a_day(redis_conn, database, local, sample_repo, monkeypatch):
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
     recent = warehouses.submit_warehouse('https://github.com/a/recent', connection=redis_conn)
@@ -435,9 +476,11 @@ def test_cleanup_removes_warehouses_failed_for_a_day(redis_conn, database, local
     (clone / 'file').write_text('x')
     now = clock.utcnow()
     Warehouse.update(status=WarehouseStatus.FAILED, updated_at=now - timedelta(hours=25)).where(
-        Warehouse.id == row.id).execute()
+        Warehouse.id == row.id
+    ).execute()
     Warehouse.update(status=WarehouseStatus.FAILED, updated_at=now - timedelta(hours=1)).where(
-        Warehouse.id == recent.id).execute()
+        Warehouse.id == recent.id
+    ).execute()
     assert warehouses.cleanup_failed_warehouses()['warehouse_ids'] == [row.id]
     assert warehouses.cleanup_failed_warehouses()['removed'] == 0
     assert fetch(row.id).is_deleted and not clone.exists()
@@ -446,11 +489,12 @@ def test_cleanup_removes_warehouses_failed_for_a_day(redis_conn, database, local
 
 # ---- Command line ----
 
+
 def test_cli_add_list_show_reprocess_remove(redis_conn, database, local, sample_repo, burst_worker):
     runner = CliRunner()
     added = runner.invoke(cli.main, ['warehouse', 'add', str(sample_repo), '--json'])
     assert added.exit_code == 0, added.output
-    warehouse_id = json.loads(added.output[added.output.index('{'):])['id']
+    warehouse_id = json.loads(added.output[added.output.index('{') :])['id']
     burst_worker('warehouse')
     listed = runner.invoke(cli.main, ['warehouse', 'list', '--status', 'Completed'])
     assert listed.exit_code == 0 and warehouse_id in listed.output
@@ -483,12 +527,15 @@ def test_cli_refuses_bad_input(redis_conn, database, env):
     assert Warehouse.select().count() == 0
 
 
-@pytest.mark.parametrize('address, meant', [
-    ('https://[64:ff9b::a9fe:a9fe]/o/r.git', '64:ff9b::a9fe:a9fe'),  # NAT64 of the metadata service
-    ('https://[2002:a9fe:a9fe::1]/o/r.git', '2002:a9fe:a9fe::1'),  # 6to4
-    ('https://0251.0376.0251.0376/o/r.git', '169.254.169.254'),  # octal
-    ('https://2852039166/o/r.git', '169.254.169.254'),  # one decimal number
-])
+@pytest.mark.parametrize(
+    'address, meant',
+    [
+        ('https://[64:ff9b::a9fe:a9fe]/o/r.git', '64:ff9b::a9fe:a9fe'),  # NAT64 of the metadata service
+        ('https://[2002:a9fe:a9fe::1]/o/r.git', '2002:a9fe:a9fe::1'),  # 6to4
+        ('https://0251.0376.0251.0376/o/r.git', '169.254.169.254'),  # octal
+        ('https://2852039166/o/r.git', '169.254.169.254'),  # one decimal number
+    ],
+)
 def test_cli_refuses_an_internal_address_however_it_is_spelled(redis_conn, database, env, address, meant):
     result = CliRunner().invoke(cli.main, ['warehouse', 'add', address])
     assert result.exit_code == 2, result.output
@@ -502,8 +549,9 @@ def test_token_from_the_environment_never_reaches_argv_or_redis(redis_conn, data
     env.setenv('JOBS_SECRET_KEY', 's' * 32)
     env.setenv('MY_TOKEN', 'tok_abcdef123456')
     settings.reset()
-    result = CliRunner().invoke(cli.main, ['warehouse', 'add', 'https://github.com/a/b', '--git-user', 'bob',
-                                           '--token-env', 'MY_TOKEN'])
+    result = CliRunner().invoke(
+        cli.main, ['warehouse', 'add', 'https://github.com/a/b', '--git-user', 'bob', '--token-env', 'MY_TOKEN']
+    )
     assert result.exit_code == 0, result.output
     row = Warehouse.get()
     assert row.git_user_name == 'bob' and row.git_password and 'tok_abcdef' not in row.git_password
@@ -512,6 +560,7 @@ def test_token_from_the_environment_never_reaches_argv_or_redis(redis_conn, data
 
 
 # ---- Local repositories: the setting must hold in the workers too ----
+
 
 def registered_worker(redis_conn, env, allow_local: bool):
     """A worker on the warehouse queue, registered as a running one is, built with ALLOW_LOCAL_REPOSITORIES set so."""
@@ -526,8 +575,9 @@ def registered_worker(redis_conn, env, allow_local: bool):
     return worker
 
 
-def test_a_worker_without_allow_local_repositories_names_itself_in_the_error(redis_conn, database, local,
-                                                                             sample_repo, env, burst_worker):
+def test_a_worker_without_allow_local_repositories_names_itself_in_the_error(
+    redis_conn, database, local, sample_repo, env, burst_worker
+):
     row = warehouses.submit_warehouse(str(sample_repo), connection=redis_conn)
     env.delenv('ALLOW_LOCAL_REPOSITORIES')
     settings.reset()
@@ -536,7 +586,8 @@ def test_a_worker_without_allow_local_repositories_names_itself_in_the_error(red
     warehouse = fetch(row.id)
     assert warehouse.status == WarehouseStatus.FAILED
     assert 'this worker runs without ALLOW_LOCAL_REPOSITORIES=true: set it for the worker processes too' in (
-        warehouse.error)
+        warehouse.error
+    )
 
 
 def test_cli_add_refuses_a_local_path_that_the_workers_would_refuse(redis_conn, database, local, sample_repo, env):
@@ -562,8 +613,10 @@ def test_cli_add_refuses_a_local_path_that_the_workers_would_refuse(redis_conn, 
 def test_cli_add_warns_when_no_worker_accepts_local_paths(redis_conn, database, local, sample_repo):
     result = CliRunner().invoke(cli.main, ['warehouse', 'add', str(sample_repo)])
     assert result.exit_code == 0, result.output
-    assert ('Warning: No running worker on queue warehouse says it accepts local paths: start one with '
-            'ALLOW_LOCAL_REPOSITORIES=true') in result.stderr
+    assert (
+        'Warning: No running worker on queue warehouse says it accepts local paths: start one with '
+        'ALLOW_LOCAL_REPOSITORIES=true'
+    ) in result.stderr
     assert 'is Pending; queued.' in result.stdout
 
 
@@ -571,7 +624,8 @@ def test_warehouse_add_against_a_full_redis_is_one_line_and_stores_nothing(full_
     keys = full_redis.dbsize()
     result = run_jobs_cli('warehouse', 'add', 'https://github.com/org/repo')
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines()[-1].startswith('Error: Redis is full (maxmemory reached, no eviction): the '
-                                                     'warehouse was not stored.')
+    assert result.stderr.splitlines()[-1].startswith(
+        'Error: Redis is full (maxmemory reached, no eviction): the warehouse was not stored.'
+    )
     assert 'Traceback' not in result.stderr
     assert full_redis.dbsize() == keys and Warehouse.select().count() == 0

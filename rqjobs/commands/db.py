@@ -20,8 +20,9 @@ def db_init(obj) -> None:
     from rqjobs.settings import redact_url
 
     result = migration.create_schema()
-    click.echo(f'{redact_url(obj.settings.database_url)}: {len(result["created"])} tables created, '
-               f'{result["tables"]} present.')
+    click.echo(
+        f'{redact_url(obj.settings.database_url)}: {len(result["created"])} tables created, {result["tables"]} present.'
+    )
     users = migration.initialize_users()
     if users['status'] == 'initialized':
         click.echo(f'Roles admin and user created; {users["assigned"]} users assigned.')
@@ -29,8 +30,10 @@ def db_init(obj) -> None:
         from pathlib import Path
 
         path = Path(users['password_file'])
-        click.echo(f'First admin user "admin" created with password {path.read_text().strip()} '
-                   f'(also in {path}, readable only by you; shown once).')
+        click.echo(
+            f'First admin user "admin" created with password {path.read_text().strip()} '
+            f'(also in {path}, readable only by you; shown once).'
+        )
 
 
 @db.command('upgrade')
@@ -60,9 +63,12 @@ def db_status(obj, as_json: bool) -> None:
 
 
 @db.command('backup')
-@click.option('--output', type=click.Path(dir_okay=False, writable=True),
-              help='File to write, in a directory that exists [default: BACKUP_DIR/backup-<UTC time>.jsonl.gz]; '
-                   'never overwritten.')
+@click.option(
+    '--output',
+    type=click.Path(dir_okay=False, writable=True),
+    help='File to write, in a directory that exists [default: BACKUP_DIR/backup-<UTC time>.jsonl.gz]; '
+    'never overwritten.',
+)
 @json_option('the result')
 @click.pass_obj
 def db_backup(obj, output: str | None, as_json: bool) -> None:

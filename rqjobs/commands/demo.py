@@ -30,8 +30,10 @@ def demo(obj) -> None:
     if data['status'] != 'Completed':
         raise click.ClickException(f'Warehouse {data["id"]} ended {data["status"]}: {data["error"]}')
     result = outcome['result']
-    click.echo(f'\nCompleted {data["organization"]}/{data["name"]} at {data["version"][:12]} '
-               f'({data["classify"]}): {result.get("files")} files, {data["pages"]} pages, {data["commits"]} commits.')
+    click.echo(
+        f'\nCompleted {data["organization"]}/{data["name"]} at {data["version"][:12]} '
+        f'({data["classify"]}): {result.get("files")} files, {data["pages"]} pages, {data["commits"]} commits.'
+    )
     click.echo('\nCatalog:')
     print_catalog(outcome['catalog'], depth=1)
     click.echo('\nOverview (start):')
@@ -45,5 +47,7 @@ def demo(obj) -> None:
         from rqjobs.embedded import EmbeddedRedis
 
         server = EmbeddedRedis(obj.settings.data_dir / 'redis')
-        click.echo(f'\nThe embedded Redis keeps running at {server.url} for later commands on the data directory '
-                   f'{obj.settings.data_dir}; `rqjobs redis url` prints its URL, `rqjobs redis stop` stops it.')
+        click.echo(
+            f'\nThe embedded Redis keeps running at {server.url} for later commands on the data directory '
+            f'{obj.settings.data_dir}; `rqjobs redis url` prints its URL, `rqjobs redis stop` stops it.'
+        )

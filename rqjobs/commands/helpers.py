@@ -22,8 +22,11 @@ class Utf8Text(click.ParamType):
         try:
             value.encode('utf-8')
         except UnicodeEncodeError:
-            self.fail(f'{value!r} is not UTF-8 text; type it again in a UTF-8 terminal, for example with '
-                      f'LANG=C.UTF-8.', param, ctx)
+            self.fail(
+                f'{value!r} is not UTF-8 text; type it again in a UTF-8 terminal, for example with LANG=C.UTF-8.',
+                param,
+                ctx,
+            )
         return value
 
 
@@ -37,8 +40,9 @@ def json_option(what: str | None = None):
 
 def limit_option(default: int | None = 50, help: str = 'At most this many rows.', maximum: int | None = 10000):
     """The `--limit` option: at most this many rows."""
-    return click.option('--limit', type=click.IntRange(1, maximum), default=default, show_default=default is not None,
-                        help=help)
+    return click.option(
+        '--limit', type=click.IntRange(1, maximum), default=default, show_default=default is not None, help=help
+    )
 
 
 def queue_option(help: str = 'Only this queue.'):
@@ -48,13 +52,15 @@ def queue_option(help: str = 'Only this queue.'):
 
 def job_ids_argument(name: str, **kwargs):
     """A JOB_ID argument (or several, with nargs=-1) that refuses what rq cannot take as an id, as a usage error."""
+
     def check(ctx: click.Context, param: click.Parameter, value):
         from rq.job import JOB_ID_PATTERN
 
-        for job_id in (value if isinstance(value, tuple) else (value,)):
+        for job_id in value if isinstance(value, tuple) else (value,):
             if not JOB_ID_PATTERN.fullmatch(job_id):
-                raise click.BadParameter(f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -, '
-                                         f'for example warehouse-42.')
+                raise click.BadParameter(
+                    f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -, for example warehouse-42.'
+                )
         return value
 
     return click.argument(name, callback=check, **kwargs)
@@ -105,10 +111,15 @@ def print_tree(node: dict, depth: int = 0, limit: list[int] | None = None) -> No
 
 def print_schedule(data: dict) -> None:
     """Print the plan entries with their next and last runs, then the one-off jobs waiting."""
-    rows = [{**entry, 'last': (entry['last_run'] or {}).get('status'),
-             'next_run_utc': entry['next_run_utc'].isoformat(sep=' ', timespec='seconds'),
-             'next_run_local': entry['next_run_local'].isoformat(sep=' ', timespec='seconds')}
-            for entry in data['entries']]
+    rows = [
+        {
+            **entry,
+            'last': (entry['last_run'] or {}).get('status'),
+            'next_run_utc': entry['next_run_utc'].isoformat(sep=' ', timespec='seconds'),
+            'next_run_local': entry['next_run_local'].isoformat(sep=' ', timespec='seconds'),
+        }
+        for entry in data['entries']
+    ]
     if rows:
         table(rows, ['id', 'when', 'next_run_utc', 'next_run_local', 'last'])
     else:

@@ -34,8 +34,9 @@ def parse_kwargs(pairs: tuple[str, ...]) -> dict:
     for pair in pairs:
         name, sep, value = pair.partition('=')
         if not sep or not name.isidentifier():
-            raise click.BadParameter(f'{pair!r} is not NAME=VALUE; for example --kwarg days_to_keep=30.',
-                                     param_hint='--kwarg')
+            raise click.BadParameter(
+                f'{pair!r} is not NAME=VALUE; for example --kwarg days_to_keep=30.', param_hint='--kwarg'
+            )
         kwargs[name] = parse_value(value)
     return kwargs
 
@@ -51,21 +52,41 @@ def list_jobs() -> None:
 @click.argument('job', required=False)
 @click.argument('args', nargs=-1, type=click.UNPROCESSED)
 @click.option('-k', '--kwarg', 'kwargs', multiple=True, metavar='NAME=VALUE', help='A keyword argument (repeatable).')
-@queue_option('Put the job on this queue instead of its module\'s queue.')
-@click.option('--at', 'at_text', metavar='TIME', help='Run at this ISO 8601 time (UTC unless an offset is given), '
-              'for example 2026-12-01T02:30.')
+@queue_option("Put the job on this queue instead of its module's queue.")
+@click.option(
+    '--at',
+    'at_text',
+    metavar='TIME',
+    help='Run at this ISO 8601 time (UTC unless an offset is given), for example 2026-12-01T02:30.',
+)
 @click.option('--in', 'in_text', metavar='DURATION', help='Run after this delay, for example 90s, 5m, 2h or 1d.')
-@click.option('--retry/--no-retry', default=True, show_default=True,
-              help='Retry on a transient error (3 more tries, 60 s apart).')
+@click.option(
+    '--retry/--no-retry', default=True, show_default=True, help='Retry on a transient error (3 more tries, 60 s apart).'
+)
 @click.option('--wait', is_flag=True, help='Wait for the job to end, showing its progress, then print its result.')
-@click.option('--timeout', type=click.FloatRange(0.1, 86400), default=None,
-              help=f'With --wait: give up waiting after this many seconds (exit {EXIT_TIMEOUT}) [default: none].')
+@click.option(
+    '--timeout',
+    type=click.FloatRange(0.1, 86400),
+    default=None,
+    help=f'With --wait: give up waiting after this many seconds (exit {EXIT_TIMEOUT}) [default: none].',
+)
 @click.option('--list', 'show_list', is_flag=True, help='List the registered jobs with their signatures and exit.')
 @json_option('the job (or, with --wait, its outcome)')
 @click.pass_obj
-def enqueue(obj, job: str | None, args: tuple[str, ...], kwargs: tuple[str, ...], queue: str | None,
-            at_text: str | None, in_text: str | None, retry: bool, wait: bool, timeout: float | None,
-            show_list: bool, as_json: bool) -> None:
+def enqueue(
+    obj,
+    job: str | None,
+    args: tuple[str, ...],
+    kwargs: tuple[str, ...],
+    queue: str | None,
+    at_text: str | None,
+    in_text: str | None,
+    retry: bool,
+    wait: bool,
+    timeout: float | None,
+    show_list: bool,
+    as_json: bool,
+) -> None:
     """Enqueue JOB (a registered job's name) with ARGS.
 
     Each ARG and VALUE is read as JSON when it parses (42, true, null, "42" for the string) and as a plain string
@@ -77,8 +98,9 @@ def enqueue(obj, job: str | None, args: tuple[str, ...], kwargs: tuple[str, ...]
     if show_list:
         return list_jobs()
     if not job:
-        raise click.UsageError('Name the job to enqueue, for example `rqjobs enqueue ping`; `rqjobs enqueue --list` '
-                               'lists them.')
+        raise click.UsageError(
+            'Name the job to enqueue, for example `rqjobs enqueue ping`; `rqjobs enqueue --list` lists them.'
+        )
     if at_text and in_text:
         raise click.UsageError('Give either --at or --in, not both.')
     if timeout is not None and not wait:
@@ -96,16 +118,30 @@ def enqueue(obj, job: str | None, args: tuple[str, ...], kwargs: tuple[str, ...]
     keywords = parse_kwargs(kwargs)
     queues.check_arguments(spec, values, keywords, obj.settings)
     options = {} if retry else {'retry': None}
-    rq_job = queues.enqueue(spec.path, values, keywords, queue=queue, at=at, delay=delay, connection=obj.redis,
-                            settings=obj.settings, **options)
+    rq_job = queues.enqueue(
+        spec.path,
+        values,
+        keywords,
+        queue=queue,
+        at=at,
+        delay=delay,
+        connection=obj.redis,
+        settings=obj.settings,
+        **options,
+    )
     if not wait:
-        emit({'id': rq_job.id, 'job': spec.path, 'queue': rq_job.origin, 'status': rq_job.get_status().value}, as_json,
-             lambda data: click.echo(f'Enqueued {spec.name} as job {data["id"]} on queue {data["queue"]} '
-                                     f'({data["status"]}).'))
+        emit(
+            {'id': rq_job.id, 'job': spec.path, 'queue': rq_job.origin, 'status': rq_job.get_status().value},
+            as_json,
+            lambda data: click.echo(
+                f'Enqueued {spec.name} as job {data["id"]} on queue {data["queue"]} ({data["status"]}).'
+            ),
+        )
         return None
     if not as_json:
-        click.echo(f'Enqueued {spec.name} as job {rq_job.id} on queue {rq_job.origin}; waiting for it to end…',
-                   err=True)
+        click.echo(
+            f'Enqueued {spec.name} as job {rq_job.id} on queue {rq_job.origin}; waiting for it to end…', err=True
+        )
     wait_for(obj, rq_job.id, timeout, as_json)
     return None
 
@@ -116,9 +152,12 @@ def wait_for(obj, job_id: str, timeout: float | None, as_json: bool) -> None:
 
     details = monitor.job_details(obj.redis, job_id)
     if details['status'] == 'queued' and not monitor.queue_has_worker(obj.redis, details['queue']):
-        click.echo(f'No worker listens on queue {details["queue"]}; start one with `rqjobs worker {details["queue"]}`.',
-                   err=True)
+        click.echo(
+            f'No worker listens on queue {details["queue"]}; start one with `rqjobs worker {details["queue"]}`.',
+            err=True,
+        )
     with click.progressbar(length=100, label=details['status'], file=sys.stderr, show_eta=False) as bar:
+
         def show(details: dict) -> None:
             progress = details['progress'] or {}
             percent = max(bar.pos, int(progress.get('percent', 0)))
@@ -132,8 +171,11 @@ def wait_for(obj, job_id: str, timeout: float | None, as_json: bool) -> None:
         emit({'id': job_id, 'status': 'timeout', 'message': message}, as_json, lambda _: click.echo(message, err=True))
         raise SystemExit(EXIT_TIMEOUT)
     if details['status'] == 'finished':
-        emit(details if as_json else details['result'], as_json,
-             lambda result: click.echo(json.dumps(result, indent=2, default=str, ensure_ascii=False)))
+        emit(
+            details if as_json else details['result'],
+            as_json,
+            lambda result: click.echo(json.dumps(result, indent=2, default=str, ensure_ascii=False)),
+        )
         return
     emit(details, as_json, print_failure)
     raise SystemExit(EXIT_FAILED)
@@ -148,6 +190,7 @@ def print_failure(details: dict) -> None:
 
 
 # ---- Single jobs ----
+
 
 @click.group('job')
 def job_group() -> None:
@@ -166,8 +209,21 @@ def job_show(obj, job_id: str, as_json: bool) -> None:
     data = monitor.job_details(obj.redis, job_id)
 
     def human(d):
-        for key in ('id', 'status', 'queue', 'job', 'args', 'kwargs', 'enqueued_at', 'started_at', 'ended_at',
-                    'worker', 'timeout', 'retries_left', 'progress'):
+        for key in (
+            'id',
+            'status',
+            'queue',
+            'job',
+            'args',
+            'kwargs',
+            'enqueued_at',
+            'started_at',
+            'ended_at',
+            'worker',
+            'timeout',
+            'retries_left',
+            'progress',
+        ):
             click.echo(f'{key + ":":<14}{cell(d[key]) if not isinstance(d[key], dict) else json.dumps(d[key])}')
         if d['result'] is not None:
             click.echo(f'{"result:":<14}{json.dumps(d["result"], default=str, ensure_ascii=False)}')
@@ -222,8 +278,9 @@ def requeue(obj, job_ids: tuple[str, ...], queue: str | None, everything: bool) 
     from rqjobs import control, queues
 
     if bool(job_ids) == everything:
-        raise click.UsageError('Name the failed jobs to requeue, or pass --all; for example `rqjobs requeue --all '
-                               '--queue warehouse`.')
+        raise click.UsageError(
+            'Name the failed jobs to requeue, or pass --all; for example `rqjobs requeue --all --queue warehouse`.'
+        )
     if queue:
         queues.get_queue(queue, obj.redis, obj.settings)  # an unknown queue exits 2 listing the known ones
     done = control.requeue_failed(obj.redis, list(job_ids) if job_ids else None, queue, obj.settings)
@@ -231,29 +288,51 @@ def requeue(obj, job_ids: tuple[str, ...], queue: str | None, everything: bool) 
 
 
 @click.command()
-@click.option('--failed-older-than', metavar='DURATION', help='Delete failed jobs that ended longer ago than this, '
-              'for example 7d.')
+@click.option(
+    '--failed-older-than',
+    metavar='DURATION',
+    help='Delete failed jobs that ended longer ago than this, for example 7d.',
+)
 @click.option('--finished', is_flag=True, help='Delete finished jobs and their results.')
 @click.option('--dead-workers', is_flag=True, help='Remove workers that stopped sending heartbeats from the lists.')
-@click.option('--orphan-clones', is_flag=True,
-              help='Delete clone directories of warehouses that no longer exist, and what a stopped removal left.')
+@click.option(
+    '--orphan-clones',
+    is_flag=True,
+    help='Delete clone directories of warehouses that no longer exist, and what a stopped removal left.',
+)
 @click.option('--dry-run', is_flag=True, help='List what would be removed, remove nothing.')
 @json_option('the report')
 @click.pass_obj
-def cleanup(obj, failed_older_than: str | None, finished: bool, dead_workers: bool, orphan_clones: bool,
-            dry_run: bool, as_json: bool) -> None:
+def cleanup(
+    obj,
+    failed_older_than: str | None,
+    finished: bool,
+    dead_workers: bool,
+    orphan_clones: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Trim rq's registries, dead worker entries and orphan clones; nothing is removed without an option."""
     from rqjobs import control
 
     if not (failed_older_than or finished or dead_workers or orphan_clones):
-        raise click.UsageError('Say what to clean up: --failed-older-than 7d, --finished, --dead-workers or '
-                               '--orphan-clones (add --dry-run to only list it).')
+        raise click.UsageError(
+            'Say what to clean up: --failed-older-than 7d, --finished, --dead-workers or '
+            '--orphan-clones (add --dry-run to only list it).'
+        )
     try:
         older = control.parse_duration(failed_older_than) if failed_older_than else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint='--failed-older-than') from None
-    report = control.cleanup(obj.redis, failed_older_than=older, finished=finished, dead_workers=dead_workers,
-                             orphan_clones=orphan_clones, dry_run=dry_run, settings=obj.settings)
+    report = control.cleanup(
+        obj.redis,
+        failed_older_than=older,
+        finished=finished,
+        dead_workers=dead_workers,
+        orphan_clones=orphan_clones,
+        dry_run=dry_run,
+        settings=obj.settings,
+    )
 
     def human(r):
         click.echo(('Would remove: ' if dry_run else 'Removed: ') + control.summary(r) + '.')
@@ -286,6 +365,7 @@ def resume_command(obj) -> None:
 
 # ---- Inspection of workers and jobs ----
 
+
 @click.group('inspect')
 def inspect_group() -> None:
     """What the workers are doing and have done."""
@@ -302,8 +382,15 @@ def inspect_active(obj, as_json: bool) -> None:
     for row in rows:
         progress = row['progress'] or {}
         row['step'] = f'{progress.get("step", "")} {progress.get("percent", "")}'.strip() or None
-    emit(rows, as_json, lambda data: table(data, ['worker', 'job_id', 'job', 'queue', 'running_for', 'step'])
-         if data else click.echo('No job is running.'))
+    emit(
+        rows,
+        as_json,
+        lambda data: (
+            table(data, ['worker', 'job_id', 'job', 'queue', 'running_for', 'step'])
+            if data
+            else click.echo('No job is running.')
+        ),
+    )
 
 
 @inspect_group.command('stats')
@@ -316,8 +403,10 @@ def inspect_stats(obj, queue: str | None, as_json: bool) -> None:
 
     if queue:
         queues.get_queue(queue, obj.redis, obj.settings)
-    data = {'workers': monitor.worker_statistics(obj.redis),
-            'jobs': monitor.job_statistics(obj.redis, obj.settings, queue)}
+    data = {
+        'workers': monitor.worker_statistics(obj.redis),
+        'jobs': monitor.job_statistics(obj.redis, obj.settings, queue),
+    }
 
     def human(d):
         if d['workers']:
@@ -358,8 +447,13 @@ def inspect_failed(obj, queue: str | None, limit: int, as_json: bool) -> None:
     if queue:
         queues.get_queue(queue, obj.redis, obj.settings)
     rows = monitor.failed_jobs(obj.redis, obj.settings, queue, limit)
-    emit(rows, as_json, lambda data: table(data, ['id', 'job', 'queue', 'failed_at', 'error']) if data
-         else click.echo('No failed jobs.'))
+    emit(
+        rows,
+        as_json,
+        lambda data: (
+            table(data, ['id', 'job', 'queue', 'failed_at', 'error']) if data else click.echo('No failed jobs.')
+        ),
+    )
 
 
 @click.command()

@@ -38,5 +38,8 @@ def logs_requeue_dead(obj, limit: int | None, as_json: bool) -> None:
     from rqjobs import access_log
 
     moved = access_log.requeue_dead(obj.redis, limit)
-    emit({'requeued': moved}, as_json,
-         lambda d: click.echo(f'{d["requeued"]} dead-lettered entries moved back to the buffer.'))
+    emit(
+        {'requeued': moved},
+        as_json,
+        lambda d: click.echo(f'{d["requeued"]} dead-lettered entries moved back to the buffer.'),
+    )

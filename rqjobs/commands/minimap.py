@@ -15,8 +15,13 @@ def minimap_group() -> None:
 @minimap_group.command('show')
 @click.argument('warehouse_id', type=UTF8_TEXT)
 @json_option('the tree')
-@click.option('--max-lines', type=click.IntRange(1, 100000), default=500, show_default=True,
-              help='Print at most this many lines of the tree.')
+@click.option(
+    '--max-lines',
+    type=click.IntRange(1, 100000),
+    default=500,
+    show_default=True,
+    help='Print at most this many lines of the tree.',
+)
 def minimap_show(warehouse_id: str, as_json: bool, max_lines: int) -> None:
     """Print a warehouse's mind map as an indented tree."""
     from models import WarehouseStatus
@@ -26,11 +31,14 @@ def minimap_show(warehouse_id: str, as_json: bool, max_lines: int) -> None:
     row = warehouses.get_warehouse(warehouse_id)  # a clear message for an unknown id
     tree = minimap.stored_tree(warehouse_id)
     if tree is None and row.status != WarehouseStatus.COMPLETED:
-        raise click.ClickException(f'Warehouse {warehouse_id} has no mind map: it is {row.status}, and mind maps are '
-                                   f'built for Completed warehouses.')
+        raise click.ClickException(
+            f'Warehouse {warehouse_id} has no mind map: it is {row.status}, and mind maps are '
+            f'built for Completed warehouses.'
+        )
     if tree is None:
-        raise click.ClickException(f'Warehouse {warehouse_id} has no mind map; make one with '
-                                   f'`rqjobs minimap regenerate {warehouse_id}`.')
+        raise click.ClickException(
+            f'Warehouse {warehouse_id} has no mind map; make one with `rqjobs minimap regenerate {warehouse_id}`.'
+        )
     emit(tree, as_json, lambda t: print_tree(t, limit=[max_lines]))
 
 
@@ -58,8 +66,14 @@ def minimap_validate(warehouse_id: str, as_json: bool) -> None:
 
     warehouses.get_warehouse(warehouse_id)  # a clear message for an unknown id
     result = minimap.validate_minimap(warehouse_id)
-    emit(result, as_json, lambda r: click.echo(
-        f'Valid: {r["nodes"]} nodes, {r["edges"]} edges, depth {r["depth"]}.' if r['valid']
-        else f'Not valid: {r["error"]}.'))
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f'Valid: {r["nodes"]} nodes, {r["edges"]} edges, depth {r["depth"]}.'
+            if r['valid']
+            else f'Not valid: {r["error"]}.'
+        ),
+    )
     if not result['valid']:
         raise SystemExit(1)

@@ -8,8 +8,12 @@ from rqjobs.commands.helpers import emit, json_option, print_schedule
 
 
 @click.command('scheduler')
-@click.option('--interval', type=click.FloatRange(0.5, 60), default=None,
-              help='Seconds between two looks at the schedule [default: 5].')
+@click.option(
+    '--interval',
+    type=click.FloatRange(0.5, 60),
+    default=None,
+    help='Seconds between two looks at the schedule [default: 5].',
+)
 @click.option('--burst', is_flag=True, help='Enqueue what is due once, then exit.')
 @click.pass_obj
 def scheduler_command(obj, interval: float | None, burst: bool) -> None:

@@ -23,22 +23,32 @@ def print_statistics(data: dict) -> None:
     """Print a day's statistics and the latest system and access snapshots for people."""
     daily, system, access = data['daily'], data['system'], data['access']
     if daily is None:
-        click.echo(f'No statistics for {data["date"]} yet; make them with '
-                   f'`rqjobs stats generate --date {data["date"]}`.')
+        click.echo(
+            f'No statistics for {data["date"]} yet; make them with `rqjobs stats generate --date {data["date"]}`.'
+        )
     else:
         click.echo(f'Statistics of {data["date"]} (UTC), made {daily["updated_at"]}:')
         for key in ('new_users', 'new_repositories', 'new_documents', 'page_views', 'unique_visitors', 'active_users'):
             click.echo(f'  {key.replace("_", " ") + ":":<18}{daily[key]}')
     if system:
         totals, growth = system['totals'], system['growth']
-        click.echo(f'\nSystem on {system["date"]}: {totals["users"]} users, {totals["warehouses"]} warehouses, '
-                   f'{totals["documents"]} documents, {totals["pages"]} pages, {totals["access_records"]} accesses.')
-        click.echo('  new this month (growth on last month): ' + ', '.join(
-            f'{name} {count} ({growth[name]:+}%)' for name, count in system['this_month'].items()))
+        click.echo(
+            f'\nSystem on {system["date"]}: {totals["users"]} users, {totals["warehouses"]} warehouses, '
+            f'{totals["documents"]} documents, {totals["pages"]} pages, {totals["access_records"]} accesses.'
+        )
+        click.echo(
+            '  new this month (growth on last month): '
+            + ', '.join(f'{name} {count} ({growth[name]:+}%)' for name, count in system['this_month'].items())
+        )
     if access:
-        click.echo(f'\nAccess on {access["date"]}: ' + ', '.join(
-            f'{access[period]["views"]} views by {access[period]["unique_visitors"]} visitors {label}'
-            for period, label in (('today', 'today'), ('week', 'this week'), ('month', 'this month'))) + '.')
+        click.echo(
+            f'\nAccess on {access["date"]}: '
+            + ', '.join(
+                f'{access[period]["views"]} views by {access[period]["unique_visitors"]} visitors {label}'
+                for period, label in (('today', 'today'), ('week', 'this week'), ('month', 'this month'))
+            )
+            + '.'
+        )
         if access['top_resources']:
             table(access['top_resources'], ['resource_type', 'resource_id', 'views'])
 
@@ -49,8 +59,13 @@ def stats() -> None:
 
 
 @stats.command('show')
-@click.option('--date', 'day', metavar='YYYY-MM-DD', callback=stats_date,
-              help='UTC day to show, for example 2026-11-28 [default: yesterday].')
+@click.option(
+    '--date',
+    'day',
+    metavar='YYYY-MM-DD',
+    callback=stats_date,
+    help='UTC day to show, for example 2026-11-28 [default: yesterday].',
+)
 @json_option('the statistics')
 def stats_show(day: str | None, as_json: bool) -> None:
     """Show one day's statistics and the latest system and access snapshots."""
@@ -60,8 +75,13 @@ def stats_show(day: str | None, as_json: bool) -> None:
 
 
 @stats.command('generate')
-@click.option('--date', 'day', metavar='YYYY-MM-DD', callback=stats_date,
-              help='UTC day to count, for example 2026-11-28 [default: yesterday].')
+@click.option(
+    '--date',
+    'day',
+    metavar='YYYY-MM-DD',
+    callback=stats_date,
+    help='UTC day to count, for example 2026-11-28 [default: yesterday].',
+)
 @json_option('the statistics')
 def stats_generate(day: str | None, as_json: bool) -> None:
     """Count one day's statistics and take today's system and access snapshots now, in this process."""

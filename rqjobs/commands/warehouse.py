@@ -14,16 +14,21 @@ def warehouse() -> None:
 
 @warehouse.command('add')
 @click.argument('url')
-@click.option('--branch', help='Branch to document [default: the repository\'s default branch].')
-@click.option('--user', 'user_id', type=UTF8_TEXT,
-              help='Id of the user who owns the warehouse (counts toward their limit).')
+@click.option('--branch', help="Branch to document [default: the repository's default branch].")
+@click.option(
+    '--user', 'user_id', type=UTF8_TEXT, help='Id of the user who owns the warehouse (counts toward their limit).'
+)
 @click.option('--git-user', type=UTF8_TEXT, help='User name for the repository, if it needs one.')
-@click.option('--token-env', metavar='VAR',
-              help='Name of an environment variable holding the access token (never pass a token as an argument).')
+@click.option(
+    '--token-env',
+    metavar='VAR',
+    help='Name of an environment variable holding the access token (never pass a token as an argument).',
+)
 @json_option('the warehouse')
 @click.pass_obj
-def warehouse_add(obj, url: str, branch: str | None, user_id: str | None, git_user: str | None,
-                  token_env: str | None, as_json: bool) -> None:
+def warehouse_add(
+    obj, url: str, branch: str | None, user_id: str | None, git_user: str | None, token_env: str | None, as_json: bool
+) -> None:
     """Register the repository at URL and queue it for documentation.
 
     URL is an https:// address on a public host, such as https://github.com/org/repo. ssh addresses need
@@ -38,22 +43,34 @@ def warehouse_add(obj, url: str, branch: str | None, user_id: str | None, git_us
     if token_env:
         token = os.environ.get(token_env)
         if not token:
-            raise click.BadParameter(f'environment variable {token_env} is empty or unset; for example '
-                                     f'export GIT_TOKEN=... and pass --token-env GIT_TOKEN.', param_hint='--token-env')
-    row = warehouses.submit_warehouse(url, branch, user_id, git_user, token, connection=obj.redis,
-                                      settings=obj.settings)
+            raise click.BadParameter(
+                f'environment variable {token_env} is empty or unset; for example '
+                f'export GIT_TOKEN=... and pass --token-env GIT_TOKEN.',
+                param_hint='--token-env',
+            )
+    row = warehouses.submit_warehouse(
+        url, branch, user_id, git_user, token, connection=obj.redis, settings=obj.settings
+    )
     warning = warehouses.local_path_warning(row, obj.redis)
     if warning:
         click.echo(f'Warning: {warning}', err=True)
     data = warehouses.describe(row.id, obj.redis)
-    emit(data, as_json, lambda d: click.echo(f'Warehouse {d["id"]} ({d["organization"]}/{d["name"]}) is '
-                                             f'{d["status"]}' + ('; queued.' if d['jobs'] else
-                                                                 '; waiting for room in its owner\'s limit.')))
+    emit(
+        data,
+        as_json,
+        lambda d: click.echo(
+            f'Warehouse {d["id"]} ({d["organization"]}/{d["name"]}) is '
+            f'{d["status"]}' + ('; queued.' if d['jobs'] else "; waiting for room in its owner's limit.")
+        ),
+    )
 
 
 @warehouse.command('list')
-@click.option('--status', type=click.Choice(['Pending', 'Processing', 'Completed', 'Canceled', 'Unauthorized',
-                                             'Failed']), help='Only warehouses in this state.')
+@click.option(
+    '--status',
+    type=click.Choice(['Pending', 'Processing', 'Completed', 'Canceled', 'Unauthorized', 'Failed']),
+    help='Only warehouses in this state.',
+)
 @limit_option(default=100, help='At most this many.')
 @json_option('the warehouses')
 @click.pass_obj
@@ -65,8 +82,15 @@ def warehouse_list(obj, status: str | None, limit: int, as_json: bool) -> None:
     for row in rows:
         row['repository'] = f'{row["organization"]}/{row["name"]}'
         row['version'] = (row['version'] or '')[:10] or None
-    emit(rows, as_json, lambda data: table(data, ['id', 'repository', 'branch', 'status', 'version', 'updated_at'])
-         if data else click.echo('No warehouses. Add one with `rqjobs warehouse add URL`.'))
+    emit(
+        rows,
+        as_json,
+        lambda data: (
+            table(data, ['id', 'repository', 'branch', 'status', 'version', 'updated_at'])
+            if data
+            else click.echo('No warehouses. Add one with `rqjobs warehouse add URL`.')
+        ),
+    )
 
 
 @warehouse.command('show')
@@ -81,13 +105,29 @@ def warehouse_show(obj, warehouse_id: str, as_json: bool) -> None:
     data['catalog'] = warehouses.catalog_tree(warehouse_id)
 
     def human(d):
-        for key in ('id', 'organization', 'name', 'branch', 'address', 'status', 'version', 'classify', 'error',
-                    'pages', 'commits', 'minimap_nodes', 'created_at', 'updated_at'):
+        for key in (
+            'id',
+            'organization',
+            'name',
+            'branch',
+            'address',
+            'status',
+            'version',
+            'classify',
+            'error',
+            'pages',
+            'commits',
+            'minimap_nodes',
+            'created_at',
+            'updated_at',
+        ):
             click.echo(f'{key + ":":<15}{cell(d[key])}')
         for job in d['jobs']:
             progress = job['progress'] or {}
-            click.echo(f'{"job:":<15}{job["id"]} {job["status"]} {progress.get("step", "")} '
-                       f'{progress.get("percent", "")}{"%" if progress else ""}'.rstrip())
+            click.echo(
+                f'{"job:":<15}{job["id"]} {job["status"]} {progress.get("step", "")} '
+                f'{progress.get("percent", "")}{"%" if progress else ""}'.rstrip()
+            )
         if d['catalog']:
             click.echo('catalog:')
             print_catalog(d['catalog'], depth=1)

@@ -22,5 +22,12 @@ def worker(obj, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name
 
     obj.redis  # noqa: B018 - says which Redis, and fails fast when it is down
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    workers.run_worker(connections.get_redis(obj.settings, shared=False), queues, burst=burst, max_jobs=max_jobs,
-                       name=name, logging_level=level, settings=obj.settings)
+    workers.run_worker(
+        connections.get_redis(obj.settings, shared=False),
+        queues,
+        burst=burst,
+        max_jobs=max_jobs,
+        name=name,
+        logging_level=level,
+        settings=obj.settings,
+    )

@@ -50,8 +50,14 @@ _ENQUEUE_KEYS = (BUFFER_KEY.encode(), DROPPED_KEY.encode())
 
 # Characters per string field; the identifiers match their columns, the free text is cut by producers.
 FIELD_LIMITS = {
-    'event_id': 64, 'resource_type': 32, 'resource_id': 191, 'user_id': 36, 'ip_address': 45, 'method': 16,
-    'user_agent': 512, 'path': 2048,
+    'event_id': 64,
+    'resource_type': 32,
+    'resource_id': 191,
+    'user_id': 36,
+    'ip_address': 45,
+    'method': 16,
+    'user_agent': 512,
+    'path': 2048,
 }
 USER_AGENT_MAX = FIELD_LIMITS['user_agent']
 PATH_MAX = FIELD_LIMITS['path']
@@ -112,6 +118,7 @@ def run_script(connection: redis.Redis, script: str, keys: tuple, args: tuple) -
 
 
 # ---- Validation, shared with the drain ----
+
 
 def _text(value: Any, name: str, *, required: bool = False, nullable: bool = False, cut: bool = False) -> Any:
     if value is None or (required and value == ''):
@@ -180,16 +187,37 @@ def _moment(value: Any, now: datetime, latest: datetime | None = None) -> dateti
     return moment
 
 
-_ENTRY_KEYS = ('event_id', 'resource_type', 'resource_id', 'user_id', 'ip_address', 'user_agent', 'path', 'method',
-               'status_code', 'response_time', 'access_time')
+_ENTRY_KEYS = (
+    'event_id',
+    'resource_type',
+    'resource_id',
+    'user_id',
+    'ip_address',
+    'user_agent',
+    'path',
+    'method',
+    'status_code',
+    'response_time',
+    'access_time',
+)
 _all_fields = operator.itemgetter(*_ENTRY_KEYS)
 
 
 def _fields(data: Mapping[str, Any]) -> tuple:
     get = data.get
-    return (get('event_id'), get('resource_type'), get('resource_id'), get('user_id'), get('ip_address', ''),
-            get('user_agent', ''), get('path', ''), get('method', ''), get('status_code'), get('response_time'),
-            get('access_time'))
+    return (
+        get('event_id'),
+        get('resource_type'),
+        get('resource_id'),
+        get('user_id'),
+        get('ip_address', ''),
+        get('user_agent', ''),
+        get('path', ''),
+        get('method', ''),
+        get('status_code'),
+        get('response_time'),
+        get('access_time'),
+    )
 
 
 def validate(data: Mapping[str, Any], now: datetime, *, producer: bool, latest: datetime | None = None) -> tuple:
@@ -207,25 +235,48 @@ def validate(data: Mapping[str, Any], now: datetime, *, producer: bool, latest: 
             fields = _all_fields(data)
         except KeyError:
             fields = _fields(data)
-    (event_id, resource_type, resource_id, user_id, address, user_agent, path, method, status_code, response_time,
-     access_time) = fields
+    (
+        event_id,
+        resource_type,
+        resource_id,
+        user_id,
+        address,
+        user_agent,
+        path,
+        method,
+        status_code,
+        response_time,
+        access_time,
+    ) = fields
     if event_id is None:
         if not producer:
             raise ValueError('event_id is missing')
         event_id = _new_event_id()
-    elif type(event_id) is not str or not (len(event_id) == 32 and event_id.isascii() and event_id.isalnum()
-                                          or _EVENT_ID.fullmatch(event_id)):
+    elif type(event_id) is not str or not (
+        len(event_id) == 32 and event_id.isascii() and event_id.isalnum() or _EVENT_ID.fullmatch(event_id)
+    ):
         raise ValueError('event_id must be 1 to 64 letters, digits, _ . : or -')
     try:
         # Every text field at once: one pass over their characters instead of one call per field.
-        joined = ''.join((resource_type, resource_id, address, user_agent, path, method,
-                          '' if user_id is None else user_id))
+        joined = ''.join(
+            (resource_type, resource_id, address, user_agent, path, method, '' if user_id is None else user_id)
+        )
     except TypeError:
         joined = None
-    if joined is None or '\x00' in joined or not (joined.isascii() or _is_utf8(joined)) or not resource_type \
-            or not resource_id or len(resource_type) > 32 or len(resource_id) > 191 or len(address) > 45 \
-            or len(user_agent) > USER_AGENT_MAX or len(path) > PATH_MAX or len(method) > 16 \
-            or (user_id is not None and len(user_id) > 36):
+    if (
+        joined is None
+        or '\x00' in joined
+        or not (joined.isascii() or _is_utf8(joined))
+        or not resource_type
+        or not resource_id
+        or len(resource_type) > 32
+        or len(resource_id) > 191
+        or len(address) > 45
+        or len(user_agent) > USER_AGENT_MAX
+        or len(path) > PATH_MAX
+        or len(method) > 16
+        or (user_id is not None and len(user_id) > 36)
+    ):
         # The slow path, field by field: it cuts what a producer may cut, or says exactly what is wrong.
         resource_type = _text(resource_type, 'resource_type', required=True)
         resource_id = _text(resource_id, 'resource_id', required=True)
@@ -244,8 +295,19 @@ def validate(data: Mapping[str, Any], now: datetime, *, producer: bool, latest: 
         status_code = _status(status_code)
     if type(response_time) is not int or not 0 <= response_time <= RESPONSE_TIME_MAX:
         response_time = _number(response_time, 'response_time', 0, RESPONSE_TIME_MAX)
-    return (event_id, resource_type, resource_id, user_id, address, user_agent, path, method, status_code,
-            response_time, now if access_time is None else _moment(access_time, now, latest))
+    return (
+        event_id,
+        resource_type,
+        resource_id,
+        user_id,
+        address,
+        user_agent,
+        path,
+        method,
+        status_code,
+        response_time,
+        now if access_time is None else _moment(access_time, now, latest),
+    )
 
 
 def _is_utf8(text: str) -> bool:
@@ -273,21 +335,43 @@ def _status(value: Any) -> int:
 
 
 _quote = json.encoder.encode_basestring
-_PAYLOAD = ('{"event_id":%s,"resource_type":%s,"resource_id":%s,"user_id":%s,"ip_address":%s,"user_agent":%s,'
-            '"path":%s,"method":%s,"status_code":%d,"response_time":%d,"access_time":"%s"}')
+_PAYLOAD = (
+    '{"event_id":%s,"resource_type":%s,"resource_id":%s,"user_id":%s,"ip_address":%s,"user_agent":%s,'
+    '"path":%s,"method":%s,"status_code":%d,"response_time":%d,"access_time":"%s"}'
+)
 
 
 def _payload(entry: Any, now: datetime) -> bytes:
     """Return the compact JSON (UTF-8) of one valid entry, or raise ValueError or TypeError."""
     if type(entry) is not dict and not isinstance(entry, Mapping):
         raise TypeError(f'an entry must be a mapping, not {type(entry).__name__}')
-    (event_id, resource_type, resource_id, user_id, ip_address, user_agent, path, method, status_code,
-     response_time, access_time) = validate(entry, now, producer=True)
+    (
+        event_id,
+        resource_type,
+        resource_id,
+        user_id,
+        ip_address,
+        user_agent,
+        path,
+        method,
+        status_code,
+        response_time,
+        access_time,
+    ) = validate(entry, now, producer=True)
     # json.dumps of the same dict, spelled out: every value is already checked, so only strings need quoting.
-    text = _PAYLOAD % (_quote(event_id), _quote(resource_type), _quote(resource_id),
-                       'null' if user_id is None else _quote(user_id), _quote(ip_address), _quote(user_agent),
-                       _quote(path), _quote(method), status_code, response_time,
-                       access_time.isoformat(timespec='microseconds'))
+    text = _PAYLOAD % (
+        _quote(event_id),
+        _quote(resource_type),
+        _quote(resource_id),
+        'null' if user_id is None else _quote(user_id),
+        _quote(ip_address),
+        _quote(user_agent),
+        _quote(path),
+        _quote(method),
+        status_code,
+        response_time,
+        access_time.isoformat(timespec='microseconds'),
+    )
     return text.encode()
 
 
@@ -321,7 +405,8 @@ class _Producer:
         """Return whether this client talks to the Redis that `settings` name."""
         return self.settings is settings or (
             (self.settings.redis_url, self.settings.data_dir, self.settings.redis_timeout)
-            == (settings.redis_url, settings.data_dir, settings.redis_timeout))
+            == (settings.redis_url, settings.data_dir, settings.redis_timeout)
+        )
 
 
 _producer: _Producer | None = None
@@ -336,14 +421,19 @@ def _producer_client(settings: Settings) -> _Producer:
     with _producer_lock:
         if _producer is None or not _producer.serves(settings):
             timeout = min(settings.redis_timeout, PRODUCER_TIMEOUT)
-            client = redis.Redis.from_url(connections.redis_url(settings), socket_connect_timeout=timeout,
-                                          socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+            client = redis.Redis.from_url(
+                connections.redis_url(settings),
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
             _producer = _Producer(settings, client)
         return _producer
 
 
-def enqueue_access_log(entry: Mapping[str, Any], *, connection: redis.Redis | None = None,
-                       settings: Settings | None = None) -> bool:
+def enqueue_access_log(
+    entry: Mapping[str, Any], *, connection: redis.Redis | None = None, settings: Settings | None = None
+) -> bool:
     """Append one request to the access-log buffer; return False, and count the drop, when it cannot.
 
     `entry` holds resource_type and resource_id, and optionally user_id, ip_address, user_agent, path, method,
@@ -365,8 +455,9 @@ def enqueue_access_log(entry: Mapping[str, Any], *, connection: redis.Redis | No
     return _push(payloads, invalid, connection, settings) == 1
 
 
-def enqueue_access_logs(entries: Iterable[Mapping[str, Any]], *, connection: redis.Redis | None = None,
-                        settings: Settings | None = None) -> int:
+def enqueue_access_logs(
+    entries: Iterable[Mapping[str, Any]], *, connection: redis.Redis | None = None, settings: Settings | None = None
+) -> int:
     """Append many requests to the access-log buffer, one round trip per 1,000; return how many were accepted."""
     payloads: list[bytes] = []
     invalid = 0
@@ -409,9 +500,8 @@ def _push(payloads: list[bytes], invalid: int, connection: redis.Redis | None, s
             sent = len(payloads)
         else:
             for start in range(0, len(payloads), SCRIPT_CHUNK):
-                chunk = payloads[start:start + SCRIPT_CHUNK]
-                accepted += run_script(connection, _ENQUEUE, _ENQUEUE_KEYS,
-                                 (cap, invalid if start == 0 else 0, *chunk))
+                chunk = payloads[start : start + SCRIPT_CHUNK]
+                accepted += run_script(connection, _ENQUEUE, _ENQUEUE_KEYS, (cap, invalid if start == 0 else 0, *chunk))
                 sent += len(chunk)
         if producer is not None:
             producer.paused_until = 0.0
@@ -430,18 +520,57 @@ def _push(payloads: list[bytes], invalid: int, connection: redis.Redis | None, s
 
 # ---- Requests ----
 
-IP_HEADERS = ('cf-connecting-ip', 'x-forwarded-for', 'x-real-ip', 'x-client-ip', 'true-client-ip',
-              'x-cluster-client-ip')
-STATIC_EXTENSIONS = frozenset((
-    '.css', '.js', '.mjs', '.map', '.png', '.jpg', '.jpeg', '.gif', '.svg', '.ico', '.webp', '.avif', '.bmp',
-    '.woff', '.woff2', '.ttf', '.otf', '.eot', '.webmanifest',
-))
+IP_HEADERS = (
+    'cf-connecting-ip',
+    'x-forwarded-for',
+    'x-real-ip',
+    'x-client-ip',
+    'true-client-ip',
+    'x-cluster-client-ip',
+)
+STATIC_EXTENSIONS = frozenset(
+    (
+        '.css',
+        '.js',
+        '.mjs',
+        '.map',
+        '.png',
+        '.jpg',
+        '.jpeg',
+        '.gif',
+        '.svg',
+        '.ico',
+        '.webp',
+        '.avif',
+        '.bmp',
+        '.woff',
+        '.woff2',
+        '.ttf',
+        '.otf',
+        '.eot',
+        '.webmanifest',
+    )
+)
 # Paths (and everything under them) that are machinery, not readers.
-SKIPPED_PATHS = ('/static', '/assets', '/_next', '/favicon.ico', '/robots.txt', '/health', '/healthz', '/metrics',
-                 '/swagger', '/swagger-ui', '/openapi.json', '/docs', '/redoc')
+SKIPPED_PATHS = (
+    '/static',
+    '/assets',
+    '/_next',
+    '/favicon.ico',
+    '/robots.txt',
+    '/health',
+    '/healthz',
+    '/metrics',
+    '/swagger',
+    '/swagger-ui',
+    '/openapi.json',
+    '/docs',
+    '/redoc',
+)
 # First path segments that are the platform's own pages rather than `/{owner}/{name}` repositories.
-KNOWN_PAGES = frozenset(('login', 'logout', 'register', 'about', 'settings', 'profile', 'privacy', 'terms',
-                         'search', 'admin', 'api'))
+KNOWN_PAGES = frozenset(
+    ('login', 'logout', 'register', 'about', 'settings', 'profile', 'privacy', 'terms', 'search', 'admin', 'api')
+)
 
 
 def client_address(value: str) -> str | None:
@@ -455,7 +584,7 @@ def client_address(value: str) -> str | None:
 def _parse_ip(value: str) -> str | None:
     text = value.strip().strip('"')
     if text.startswith('['):
-        text = text[1:text.find(']')] if ']' in text else ''
+        text = text[1 : text.find(']')] if ']' in text else ''
     elif text.count(':') == 1:
         text = text.partition(':')[0]
     try:
@@ -493,7 +622,7 @@ def is_skipped(path: str) -> bool:
     """Return whether a request path is an asset or machinery that the access log leaves out."""
     lowered = path.lower()
     name = lowered.rsplit('/', 1)[-1]
-    if '.' in name and name[name.rfind('.'):] in STATIC_EXTENSIONS:
+    if '.' in name and name[name.rfind('.') :] in STATIC_EXTENSIONS:
         return True
     return any(lowered == prefix or lowered.startswith(prefix + '/') for prefix in SKIPPED_PATHS)
 
@@ -514,8 +643,15 @@ def resource_of(path: str) -> tuple[str, str]:
     return 'Repository', f'{parts[0]}/{parts[1]}'.lower()[:limit]
 
 
-def entry_from_request(method: str, path: str, headers: Mapping[str, str], remote_addr: str | None,
-                       status_code: int, elapsed_ms: float, user_id: str | None = None) -> dict | None:
+def entry_from_request(
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    remote_addr: str | None,
+    status_code: int,
+    elapsed_ms: float,
+    user_id: str | None = None,
+) -> dict | None:
     """Return the access-log entry of one request, or None for assets and machinery that are not logged.
 
     `path` is the request path without the query string (anything after `?` is dropped: it may carry tokens).
@@ -532,7 +668,7 @@ def entry_from_request(method: str, path: str, headers: Mapping[str, str], remot
         'ip_address': client_ip(headers, remote_addr),
         'user_agent': user_agent[:USER_AGENT_MAX].replace('\x00', '\ufffd'),
         'path': path[:PATH_MAX].replace('\x00', '\ufffd'),
-        'method': (method or '').upper()[:FIELD_LIMITS['method']],
+        'method': (method or '').upper()[: FIELD_LIMITS['method']],
         'status_code': status_code,
         'response_time': min(max(elapsed_ms, 0), RESPONSE_TIME_MAX),
     }
@@ -549,8 +685,13 @@ class AccessLogMiddleware:
     application sets while it handles the request.
     """
 
-    def __init__(self, app: Callable, *, user_id: Callable[[Mapping[str, Any]], str | None] = _environ_user,
-                 connection: redis.Redis | None = None):
+    def __init__(
+        self,
+        app: Callable,
+        *,
+        user_id: Callable[[Mapping[str, Any]], str | None] = _environ_user,
+        connection: redis.Redis | None = None,
+    ):
         self.app = app
         self.user_id = user_id
         self.connection = connection
@@ -581,8 +722,15 @@ class AccessLogMiddleware:
             except UnicodeError:
                 path = raw_path
             user = self.user_id(environ) if self.user_id else None
-            entry = entry_from_request(environ.get('REQUEST_METHOD', ''), path, headers, environ.get('REMOTE_ADDR'),
-                                       status_code, elapsed, None if user is None else str(user))
+            entry = entry_from_request(
+                environ.get('REQUEST_METHOD', ''),
+                path,
+                headers,
+                environ.get('REMOTE_ADDR'),
+                status_code,
+                elapsed,
+                None if user is None else str(user),
+            )
             if entry is not None:
                 enqueue_access_log(entry, connection=self.connection)
         except Exception:

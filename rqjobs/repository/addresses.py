@@ -62,8 +62,9 @@ def parse_address(address: str, settings: Settings | None = None, *, allow_http:
 
 def _parse(address: str, settings: Settings, *, allow_http: bool) -> RepoAddress:
     if not isinstance(address, str):
-        raise InvalidRepositoryAddress(f'A repository address must be a string, not {type(address).__name__}; '
-                                       f'for example {_example(settings)}.')
+        raise InvalidRepositoryAddress(
+            f'A repository address must be a string, not {type(address).__name__}; for example {_example(settings)}.'
+        )
     # Only spaces are forgiven at the ends: a newline or tab in an address is a sign of a pasted or crafted value.
     text = address.strip(' ')
     if not text:
@@ -120,8 +121,14 @@ def _parse_http(text: str, scheme: str, settings: Settings) -> RepoAddress:
     host = _host(text, hostport, settings, allow_port=True)
     segments, org, name = _path(text, parts.path, settings)
     username, password = _credentials(text, userinfo, settings) if at else (None, None)
-    return RepoAddress(url=f'{scheme}://{host}/{"/".join(segments)}', organization=org, name=name,
-                       username=username, password=password, is_local=False)
+    return RepoAddress(
+        url=f'{scheme}://{host}/{"/".join(segments)}',
+        organization=org,
+        name=name,
+        username=username,
+        password=password,
+        is_local=False,
+    )
 
 
 def _parse_ssh_url(text: str, settings: Settings) -> RepoAddress:
@@ -131,8 +138,14 @@ def _parse_ssh_url(text: str, settings: Settings) -> RepoAddress:
         _check_ssh_user(text, user, settings)
     host = _host(text, hostport, settings, allow_port=True)
     segments, org, name = _path(text, parts.path, settings)
-    return RepoAddress(url=f'ssh://{user}{at}{host}/{"/".join(segments)}', organization=org, name=name,
-                       username=None, password=None, is_local=False)
+    return RepoAddress(
+        url=f'ssh://{user}{at}{host}/{"/".join(segments)}',
+        organization=org,
+        name=name,
+        username=None,
+        password=None,
+        is_local=False,
+    )
 
 
 def _parse_scp(text: str, match: re.Match, settings: Settings) -> RepoAddress:
@@ -143,8 +156,14 @@ def _parse_scp(text: str, match: re.Match, settings: Settings) -> RepoAddress:
     raw_path = match['path']
     segments, org, name = _path(text, raw_path if raw_path.startswith('/') else '/' + raw_path, settings)
     path = ('/' if raw_path.startswith('/') else '') + '/'.join(segments)
-    return RepoAddress(url=f'{user + "@" if user else ""}{host}:{path}', organization=org, name=name,
-                       username=None, password=None, is_local=False)
+    return RepoAddress(
+        url=f'{user + "@" if user else ""}{host}:{path}',
+        organization=org,
+        name=name,
+        username=None,
+        password=None,
+        is_local=False,
+    )
 
 
 def _parse_file_url(text: str, settings: Settings) -> RepoAddress:
@@ -164,8 +183,11 @@ def _parse_local(text: str, raw_path: str, settings: Settings, *, decode: bool =
     org, name = path.parent.name.lower(), _strip_git(path.name).lower()
     for label, value in (('organization (parent directory)', org), ('repository name', name)):
         if not _SEGMENT.fullmatch(value):
-            _refuse(text, f'the {label} {value!r} may only hold letters, digits, ".", "_" and "-" and not start '
-                          f'with "." or "-"', settings)
+            _refuse(
+                text,
+                f'the {label} {value!r} may only hold letters, digits, ".", "_" and "-" and not start with "." or "-"',
+                settings,
+            )
     return RepoAddress(url=str(path), organization=org, name=name, username=None, password=None, is_local=True)
 
 
@@ -224,10 +246,17 @@ def _ipv4_host(text: str, host: str, settings: Settings) -> str:
     if str(ip) == host:
         return host
     if not settings.git_allow_private_hosts and not _is_public(ip):
-        _refuse(text, f'{host[:60]} is {ip}, not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from '
-                      f'hosts on your own network', settings)
-    _refuse(text, f'{host[:60]} spells the IPv4 address {ip} in octal, hexadecimal or fewer than four parts; write it '
-                  f'as {ip}', settings)
+        _refuse(
+            text,
+            f'{host[:60]} is {ip}, not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from '
+            f'hosts on your own network',
+            settings,
+        )
+    _refuse(
+        text,
+        f'{host[:60]} spells the IPv4 address {ip} in octal, hexadecimal or fewer than four parts; write it as {ip}',
+        settings,
+    )
 
 
 def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
@@ -237,8 +266,10 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     if not 1 <= len(parts) <= 4 or not all(_IPV4_PART.fullmatch(part) for part in parts):
         return None
     try:
-        numbers = [int(part, 16) if part[:2] in ('0x', '0X') else int(part, 8) if part[0] == '0' else int(part)
-                   for part in parts]
+        numbers = [
+            int(part, 16) if part[:2] in ('0x', '0X') else int(part, 8) if part[0] == '0' else int(part)
+            for part in parts
+        ]
     except ValueError:  # an 8 or 9 in an octal part
         return None
     *leading, last = numbers
@@ -264,8 +295,11 @@ def _check_literal_host(text: str, host: str, settings: Settings) -> None:
     if ip is None and (host == 'localhost' or host.endswith('.localhost')):
         ip = ipaddress.ip_address('127.0.0.1')
     if ip is not None and not _is_public(ip):
-        _refuse(text, f'{host} is not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on '
-                      f'your own network', settings)
+        _refuse(
+            text,
+            f'{host} is not a public address; set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on your own network',
+            settings,
+        )
 
 
 def _path(text: str, raw_path: str, settings: Settings) -> tuple[list[str], str, str]:
@@ -276,13 +310,18 @@ def _path(text: str, raw_path: str, settings: Settings) -> tuple[list[str], str,
     segments = trimmed[1:].split('/')
     _check_segments(text, segments, settings)
     if len(segments) < 2:
-        _refuse(text, 'its path must have at least two segments, an organization and a repository (/org/repo)',
-                settings)
+        _refuse(
+            text, 'its path must have at least two segments, an organization and a repository (/org/repo)', settings
+        )
     org, name = unquote(segments[-2]), _strip_git(unquote(segments[-1]))
     for label, value in (('organization', org), ('repository name', name)):
         if not _SEGMENT.fullmatch(value):
-            _refuse(text, f'the {label} {value[:60]!r} may only hold letters, digits, ".", "_" and "-" and not start '
-                          f'with "." or "-"', settings)
+            _refuse(
+                text,
+                f'the {label} {value[:60]!r} may only hold letters, digits, ".", "_" and "-" and not start '
+                f'with "." or "-"',
+                settings,
+            )
     if not unquote(segments[-1]).lower().endswith('.git'):
         segments = [*segments[:-1], segments[-1] + '.git']
     return segments, org.lower(), name.lower()
@@ -311,8 +350,12 @@ def _credentials(text: str, userinfo: str, settings: Settings) -> tuple[str | No
         _refuse(text, 'a "%" in its credentials is not followed by two hex digits', settings)
     username, password = unquote(user), unquote(secret)
     if _looks_like_host(username) and (not colon or password.isdigit()):
-        _refuse(text, 'the part before "@" looks like a host name, but the host is the part after it '
-                      '(github.com@evil.com goes to evil.com)', settings)
+        _refuse(
+            text,
+            'the part before "@" looks like a host name, but the host is the part after it '
+            '(github.com@evil.com goes to evil.com)',
+            settings,
+        )
     if not colon:
         username, password = LONE_TOKEN_USERNAME, username
     if any(first_unsafe_character(value) is not None for value in (username, password)):
@@ -356,8 +399,9 @@ def _example(settings: Settings) -> str:
 
 
 def _refuse(text: str, reason: str, settings: Settings) -> NoReturn:
-    raise InvalidRepositoryAddress(f'Repository address {shown_text(text)} is refused: {reason}. '
-                                   f'Use an address like {_example(settings)}.')
+    raise InvalidRepositoryAddress(
+        f'Repository address {shown_text(text)} is refused: {reason}. Use an address like {_example(settings)}.'
+    )
 
 
 def shown_text(text: str, limit: int = 100) -> str:
@@ -405,15 +449,18 @@ def check_host(address: RepoAddress, settings: Settings | None = None) -> Endpoi
             if proxied:
                 return endpoint  # only the proxy can resolve it, and it decides where the connection goes
             reason = getattr(exc, 'strerror', None) or str(exc)
-            raise GitError(f'The host {endpoint.host} of {address.url} cannot be resolved ({reason}); check the '
-                           f'address, or this machine\'s network.') from None
+            raise GitError(
+                f'The host {endpoint.host} of {address.url} cannot be resolved ({reason}); check the '
+                f"address, or this machine's network."
+            ) from None
         found = list(dict.fromkeys(ipaddress.ip_address(info[4][0].partition('%')[0]) for info in infos))
     if not settings.git_allow_private_hosts:
         for ip in found:
             if not _is_public(ip):
                 raise InvalidRepositoryAddress(
                     f'Repository address {shown_text(address.url)} is refused: {endpoint.host} is {ip}, not a public '
-                    f'address. Set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on your own network.')
+                    f'address. Set GIT_ALLOW_PRIVATE_HOSTS=true to clone from hosts on your own network.'
+                )
     if literal is not None or proxied:
         return endpoint
     return Endpoint(endpoint.protocol, endpoint.host, endpoint.port, tuple(str(ip) for ip in found))
@@ -472,7 +519,7 @@ def _rfc6052(value: int, prefix_length: int) -> ipaddress.IPv4Address:
     bits = f'{value:0128b}'
     bits = bits[:64] + bits[72:]  # bits 64 to 71 (the "u" octet) never hold any of it
     start = prefix_length if prefix_length < 64 else prefix_length - 8
-    return ipaddress.IPv4Address(int(bits[start:start + 32], 2))
+    return ipaddress.IPv4Address(int(bits[start : start + 32], 2))
 
 
 def _proxied(endpoint: Endpoint) -> bool:

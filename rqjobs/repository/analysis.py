@@ -62,7 +62,7 @@ def _readme_rank(path: str) -> tuple[int, int, str] | None:
     name = path.rsplit('/', 1)[-1].lower()
     if not name.startswith('readme'):
         return None
-    extension = name[len('readme'):]
+    extension = name[len('readme') :]
     if extension not in _README_EXTENSIONS:
         return None
     return path.count('/'), _README_EXTENSIONS.index(extension), path
@@ -115,7 +115,8 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
             if '\0' in text:  # text stores (PostgreSQL among them) refuse NUL characters
                 text = text.replace('\0', '')
             language = detect_language(path, has_cpp=has_cpp) or (
-                shebang_language(text) if '.' not in path.rsplit('/', 1)[-1] else None)
+                shebang_language(text) if '.' not in path.rsplit('/', 1)[-1] else None
+            )
             files.append(SourceFile(path, language, len(data), count_lines(data), []))
             raw_paths[path] = raw
             if language in CLI_NEEDLES and uses_cli_library(text, language):
@@ -123,8 +124,11 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
             rank = _readme_rank(path)
             if rank is not None and (readme_rank is None or rank < readme_rank):
                 readme_path, readme, readme_rank = path, text[:MAX_README_SIZE], rank
-            if '/' not in path and (path.lower() in MANIFEST_NAMES or path.endswith('.gemspec')) and (
-                    len(data) <= MAX_MANIFEST_SIZE):
+            if (
+                '/' not in path
+                and (path.lower() in MANIFEST_NAMES or path.endswith('.gemspec'))
+                and (len(data) <= MAX_MANIFEST_SIZE)
+            ):
                 manifests[path] = text
     files.sort(key=lambda source: source.path)
     components = find_components(files)
@@ -144,21 +148,29 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
         total_bytes=sum(source.size for source in files),
     )
     analysis.elapsed = time.perf_counter() - started
-    logger.info('%s: analysed %d of %d files (%s) in %.2f s, %s', checkout, len(files), total,
-                ', '.join(f'{count} {reason}' for reason, count in analysis.skipped.items()) or 'none skipped',
-                analysis.elapsed, analysis.classification)
+    logger.info(
+        '%s: analysed %d of %d files (%s) in %.2f s, %s',
+        checkout,
+        len(files),
+        total,
+        ', '.join(f'{count} {reason}' for reason, count in analysis.skipped.items()) or 'none skipped',
+        analysis.elapsed,
+        analysis.classification,
+    )
     return analysis
 
 
-def _outline_components(checkout: Path, files: list[SourceFile], components: list[dict],
-                        raw_paths: dict[str, bytes]) -> None:
+def _outline_components(
+    checkout: Path, files: list[SourceFile], components: list[dict], raw_paths: dict[str, bytes]
+) -> None:
     """Fill in the declarations of the first files (by path) of each component, reading them a second time."""
     by_path = {source.path: source for source in files}
     chosen = []
     for component in components:
         candidates = [by_path[path] for path in sorted(component['files']) if path in by_path]
-        chosen += [source for source in candidates
-                   if source.language and source.size <= MAX_OUTLINE_FILE_SIZE][:MAX_OUTLINED_PER_COMPONENT]
+        chosen += [source for source in candidates if source.language and source.size <= MAX_OUTLINE_FILE_SIZE][
+            :MAX_OUTLINED_PER_COMPONENT
+        ]
     with CheckoutReader(checkout) as reader:
         for source in chosen:
             data, _ = reader.read(raw_paths[source.path])

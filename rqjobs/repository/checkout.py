@@ -48,8 +48,7 @@ _BAD_COMPONENTS = frozenset((b'', b'.', b'..'))
 
 def _maybe_bad(raw_path: bytes) -> bool:
     """Cheap test that may hold a bad component: an empty one, or one starting with "." (".", "..", ".git")."""
-    return (not raw_path or raw_path[0] in b'/.' or raw_path.endswith(b'/') or b'//' in raw_path
-            or b'/.' in raw_path)
+    return not raw_path or raw_path[0] in b'/.' or raw_path.endswith(b'/') or b'//' in raw_path or b'/.' in raw_path
 
 
 class CheckoutReader:
@@ -84,8 +83,9 @@ class CheckoutReader:
     def read(self, raw_path: bytes, limit: int = MAX_FILE_SIZE) -> tuple[bytes | None, str | None]:
         """Return (content, None), or (None, reason) with reason 'symlink', 'too_large' or 'unreadable'."""
         parts = raw_path.split(b'/')
-        if len(parts) > MAX_DEPTH or (_maybe_bad(raw_path) and any(
-                part in _BAD_COMPONENTS or part.lower() == b'.git' for part in parts)):
+        if len(parts) > MAX_DEPTH or (
+            _maybe_bad(raw_path) and any(part in _BAD_COMPONENTS or part.lower() == b'.git' for part in parts)
+        ):
             return None, 'unreadable'
         directories, names = parts[:-1], self._names
         keep = 0
@@ -146,7 +146,7 @@ def _open_failure(raw_path: bytes, exc: OSError) -> str:
 
 
 # Bytes that occur in text: printable ASCII, common whitespace and control (\b \t \n \f \r ESC), and all high bytes.
-_TEXT_BYTES = bytes(range(0x20, 0x7f)) + b'\b\t\n\f\r\x1b' + bytes(range(0x80, 0x100))
+_TEXT_BYTES = bytes(range(0x20, 0x7F)) + b'\b\t\n\f\r\x1b' + bytes(range(0x80, 0x100))
 
 
 def decode_text(data: bytes) -> str | None:

@@ -37,40 +37,142 @@ from rqjobs.repository.results import SourceFile
 # * multiplied by the code factor, min(1, code share / 0.5): evidence about code weighs less in a repository that is
 #   mostly prose or infrastructure.
 
-CLASSES = ('Applications', 'Frameworks', 'Libraries', 'DevelopmentTools', 'CLITools', 'DevOpsConfiguration',
-           'Documentation')
-TIE_ORDER = ('DevOpsConfiguration', 'Documentation', 'Frameworks', 'DevelopmentTools', 'CLITools', 'Libraries',
-             'Applications')
+CLASSES = (
+    'Applications',
+    'Frameworks',
+    'Libraries',
+    'DevelopmentTools',
+    'CLITools',
+    'DevOpsConfiguration',
+    'Documentation',
+)
+TIE_ORDER = (
+    'DevOpsConfiguration',
+    'Documentation',
+    'Frameworks',
+    'DevelopmentTools',
+    'CLITools',
+    'Libraries',
+    'Applications',
+)
 DOC_LANGUAGES = frozenset(('Markdown', 'reStructuredText', 'AsciiDoc', 'Text', 'Org', 'TeX'))
-DATA_LANGUAGES = frozenset(('YAML', 'JSON', 'TOML', 'XML', 'INI', 'SQL', 'Jupyter Notebook', 'Protocol Buffers',
-                            'GraphQL', 'Makefile', 'CMake', 'Starlark'))
+DATA_LANGUAGES = frozenset(
+    (
+        'YAML',
+        'JSON',
+        'TOML',
+        'XML',
+        'INI',
+        'SQL',
+        'Jupyter Notebook',
+        'Protocol Buffers',
+        'GraphQL',
+        'Makefile',
+        'CMake',
+        'Starlark',
+    )
+)
 DEVOPS_LANGUAGES = frozenset(('Dockerfile', 'HCL'))
-_DEVOPS_NAMES = frozenset((
-    'docker-compose.yml', 'docker-compose.yaml', 'compose.yml', 'compose.yaml', 'jenkinsfile', '.gitlab-ci.yml',
-    '.travis.yml', 'azure-pipelines.yml', 'vagrantfile', 'chart.yaml', 'kustomization.yaml', 'ansible.cfg',
-    'skaffold.yaml', 'helmfile.yaml', 'bitbucket-pipelines.yml', 'cloudbuild.yaml', '.dockerignore',
-))
-_DEVOPS_DIRS = frozenset((
-    'workflows', '.circleci', 'charts', 'helm', 'k8s', 'kubernetes', 'manifests', 'deploy', 'deployment',
-    'deployments', 'ansible', 'playbooks', 'roles', 'terraform', 'infra', 'infrastructure', 'group_vars', 'host_vars',
-    'inventory', 'inventories', 'kustomize', 'overlays',
-))
+_DEVOPS_NAMES = frozenset(
+    (
+        'docker-compose.yml',
+        'docker-compose.yaml',
+        'compose.yml',
+        'compose.yaml',
+        'jenkinsfile',
+        '.gitlab-ci.yml',
+        '.travis.yml',
+        'azure-pipelines.yml',
+        'vagrantfile',
+        'chart.yaml',
+        'kustomization.yaml',
+        'ansible.cfg',
+        'skaffold.yaml',
+        'helmfile.yaml',
+        'bitbucket-pipelines.yml',
+        'cloudbuild.yaml',
+        '.dockerignore',
+    )
+)
+_DEVOPS_DIRS = frozenset(
+    (
+        'workflows',
+        '.circleci',
+        'charts',
+        'helm',
+        'k8s',
+        'kubernetes',
+        'manifests',
+        'deploy',
+        'deployment',
+        'deployments',
+        'ansible',
+        'playbooks',
+        'roles',
+        'terraform',
+        'infra',
+        'infrastructure',
+        'group_vars',
+        'host_vars',
+        'inventory',
+        'inventories',
+        'kustomize',
+        'overlays',
+    )
+)
 _DEVOPS_DIR_LANGUAGES = frozenset(('YAML', 'JSON', 'Shell', 'HCL', 'INI', 'Dockerfile', 'Text', None))
 _IAC_NAMES = frozenset(('chart.yaml', 'kustomization.yaml', 'ansible.cfg', 'helmfile.yaml'))
-_DOCS_GENERATORS = frozenset(('mkdocs.yml', 'mkdocs.yaml', 'book.toml', 'docs/conf.py', 'doc/conf.py', 'conf.py',
-                              'docusaurus.config.js', 'docusaurus.config.ts', 'antora.yml', '_config.yml',
-                              '.readthedocs.yaml', '.readthedocs.yml'))
+_DOCS_GENERATORS = frozenset(
+    (
+        'mkdocs.yml',
+        'mkdocs.yaml',
+        'book.toml',
+        'docs/conf.py',
+        'doc/conf.py',
+        'conf.py',
+        'docusaurus.config.js',
+        'docusaurus.config.ts',
+        'antora.yml',
+        '_config.yml',
+        '.readthedocs.yaml',
+        '.readthedocs.yml',
+    )
+)
 _PLUGIN_DIRS = frozenset(('plugins', 'middleware', 'middlewares', 'extensions', 'adapters', 'contrib'))
-_APP_FILES = frozenset(('manage.py', 'app.py', 'main.py', 'wsgi.py', 'asgi.py', 'main.go', 'index.html', 'app.js',
-                        'server.js', 'procfile', 'docker-compose.yml', 'androidmanifest.xml', 'app.tsx', 'app.jsx',
-                        'app.vue', 'app.svelte', 'main.swift', 'main.kt', 'program.cs'))
-_TOOL_WORDS = re.compile(r'\b(?:linter|lint(?:ing)? tool|formatter|code format|static analy[sz]|type[ -]checker|'
-                         r'code generat|build (?:tool|system)|bundler|compiler|transpiler|test runner|'
-                         r'language server|debugger|profiler|developer tool|dev tool|devtool|pre-commit|'
-                         r'code coverage|ide plugin|editor plugin|vs ?code extension)')
+_APP_FILES = frozenset(
+    (
+        'manage.py',
+        'app.py',
+        'main.py',
+        'wsgi.py',
+        'asgi.py',
+        'main.go',
+        'index.html',
+        'app.js',
+        'server.js',
+        'procfile',
+        'docker-compose.yml',
+        'androidmanifest.xml',
+        'app.tsx',
+        'app.jsx',
+        'app.vue',
+        'app.svelte',
+        'main.swift',
+        'main.kt',
+        'program.cs',
+    )
+)
+_TOOL_WORDS = re.compile(
+    r'\b(?:linter|lint(?:ing)? tool|formatter|code format|static analy[sz]|type[ -]checker|'
+    r'code generat|build (?:tool|system)|bundler|compiler|transpiler|test runner|'
+    r'language server|debugger|profiler|developer tool|dev tool|devtool|pre-commit|'
+    r'code coverage|ide plugin|editor plugin|vs ?code extension)'
+)
 _CLI_WORDS = re.compile(r'command[- ]line|\bcli\b|usage:|\$ \w')
-_LIBRARY_WORDS = re.compile(r'\blibrary\b|\bsdk\b|pip install|npm install|yarn add|cargo add|go get|gem install|'
-                            r'composer require')
+_LIBRARY_WORDS = re.compile(
+    r'\blibrary\b|\bsdk\b|pip install|npm install|yarn add|cargo add|go get|gem install|'
+    r'composer require'
+)
 # Argument-parsing libraries, checked only in files of the matching language: a needle found, then confirmed.
 CLI_NEEDLES = {
     'Python': ('argparse', 'click', 'typer', 'docopt', 'fire'),
@@ -83,19 +185,38 @@ CLI_NEEDLES = {
 }
 _CLI_IMPORT = {
     'Python': re.compile(r'^[ \t]*(?:import|from)[ \t]+(?:argparse|click|typer|docopt|fire)\b', re.MULTILINE),
-    'Go': re.compile(r'"(?:github\.com/(?:spf13/cobra|urfave/cli[\w/]*|alecthomas/(?:kong|kingpin)[\w/.]*)|'
-                     r'gopkg\.in/alecthomas/kingpin[\w/.]*|flag)"'),
-    'Rust': re.compile(r'^[ \t]*(?:use|extern crate)[ \t]+(?:clap|structopt|argh)\b|#\[derive\([^)\n]{0,100}\bParser\b',
-                       re.MULTILINE),
-    'JavaScript': re.compile(r'''(?:require\(|from[ \t]+)['"](?:commander|yargs|yargs/[\w/]+|meow|cac|@oclif/[\w-]+|'''
-                             r'''oclif)['"]'''),
+    'Go': re.compile(
+        r'"(?:github\.com/(?:spf13/cobra|urfave/cli[\w/]*|alecthomas/(?:kong|kingpin)[\w/.]*)|'
+        r'gopkg\.in/alecthomas/kingpin[\w/.]*|flag)"'
+    ),
+    'Rust': re.compile(
+        r'^[ \t]*(?:use|extern crate)[ \t]+(?:clap|structopt|argh)\b|#\[derive\([^)\n]{0,100}\bParser\b', re.MULTILINE
+    ),
+    'JavaScript': re.compile(
+        r"""(?:require\(|from[ \t]+)['"](?:commander|yargs|yargs/[\w/]+|meow|cac|@oclif/[\w-]+|"""
+        r"""oclif)['"]"""
+    ),
     'Java': re.compile(r'^[ \t]*import[ \t]+(?:picocli|com\.beust\.jcommander)\.', re.MULTILINE),
     'Kotlin': re.compile(r'^[ \t]*import[ \t]+(?:com\.github\.ajalt\.clikt|kotlinx\.cli)\.', re.MULTILINE),
 }
 _CLI_IMPORT['TypeScript'] = _CLI_IMPORT['JavaScript']
-MANIFEST_NAMES = frozenset(('pyproject.toml', 'setup.py', 'setup.cfg', 'package.json', 'cargo.toml', 'go.mod',
-                            'pom.xml', 'build.gradle', 'build.gradle.kts', 'composer.json', 'gemfile',
-                            '.pre-commit-hooks.yaml', 'dockerfile'))
+MANIFEST_NAMES = frozenset(
+    (
+        'pyproject.toml',
+        'setup.py',
+        'setup.cfg',
+        'package.json',
+        'cargo.toml',
+        'go.mod',
+        'pom.xml',
+        'build.gradle',
+        'build.gradle.kts',
+        'composer.json',
+        'gemfile',
+        '.pre-commit-hooks.yaml',
+        'dockerfile',
+    )
+)
 
 
 def uses_cli_library(text: str, language: str | None) -> bool:
@@ -128,8 +249,9 @@ def _manifest_json(manifests: Mapping[str, str], name: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def classification_scores(files: Sequence[SourceFile], readme: str, *, manifests: Mapping[str, str] | None = None,
-                          cli_files: int = 0) -> dict[str, float]:
+def classification_scores(
+    files: Sequence[SourceFile], readme: str, *, manifests: Mapping[str, str] | None = None, cli_files: int = 0
+) -> dict[str, float]:
     """Return the score of each class (see the table above); `manifests` maps root manifest names to their text."""
     manifests = {name.lower(): text for name, text in (manifests or {}).items()}
     lines = Counter()
@@ -142,8 +264,12 @@ def classification_scores(files: Sequence[SourceFile], readme: str, *, manifests
         directories.update(lower.split('/')[:-1])
         if _is_devops(source.path, source.language):
             lines['devops'] += source.lines
-            iac = iac or source.language == 'HCL' or lower.rsplit('/', 1)[-1] in _IAC_NAMES or (
-                'roles' in lower.split('/')[:-1] or 'playbooks' in lower.split('/')[:-1])
+            iac = (
+                iac
+                or source.language == 'HCL'
+                or lower.rsplit('/', 1)[-1] in _IAC_NAMES
+                or ('roles' in lower.split('/')[:-1] or 'playbooks' in lower.split('/')[:-1])
+            )
         elif source.language in DOC_LANGUAGES:
             lines['docs'] += source.lines
         elif source.language is not None and source.language not in DATA_LANGUAGES:
@@ -154,33 +280,54 @@ def classification_scores(files: Sequence[SourceFile], readme: str, *, manifests
     readme_lower = (readme or '').lower()
     opening = readme_lower[:600]
 
-    pyproject, setup = manifests.get('pyproject.toml', ''), manifests.get('setup.py', '') + manifests.get('setup.cfg', '')
+    pyproject, setup = (
+        manifests.get('pyproject.toml', ''),
+        manifests.get('setup.py', '') + manifests.get('setup.cfg', ''),
+    )
     package = _manifest_json(manifests, 'package.json')
     cargo = manifests.get('cargo.toml', '')
-    python_scripts = '[project.scripts]' in pyproject or '[tool.poetry.scripts]' in pyproject or (
-        'console_scripts' in setup or 'scripts=' in setup.replace(' ', ''))
+    python_scripts = (
+        '[project.scripts]' in pyproject
+        or '[tool.poetry.scripts]' in pyproject
+        or ('console_scripts' in setup or 'scripts=' in setup.replace(' ', ''))
+    )
     has_go_cmd = any(path.startswith('cmd/') and path.endswith('.go') for path in paths)
     has_bin_dir = any(path.startswith('bin/') for path in paths)
-    entry_points = (python_scripts or bool(package.get('bin')) or '[[bin]]' in cargo or has_go_cmd or has_bin_dir)
+    entry_points = python_scripts or bool(package.get('bin')) or '[[bin]]' in cargo or has_go_cmd or has_bin_dir
     library_manifest = (
         ((pyproject or setup) and not python_scripts)
         or (cargo and ('[lib]' in cargo or 'src/lib.rs' in paths) and '[[bin]]' not in cargo)
-        or (package and not package.get('bin') and any(key in package for key in ('main', 'exports', 'module'))
-            and not package.get('private'))
+        or (
+            package
+            and not package.get('bin')
+            and any(key in package for key in ('main', 'exports', 'module'))
+            and not package.get('private')
+        )
         or ('go.mod' in manifests and 'main.go' not in paths and not has_go_cmd)
         or any(path.endswith('.gemspec') and '/' not in path for path in paths)
     )
     app_markers = sum(1 for path in paths if path.rsplit('/', 1)[-1] in _APP_FILES and path.count('/') <= 1)
     app_markers += bool(package.get('private')) or 'start' in (package.get('scripts') or {})
-    tool_manifest = ('.pre-commit-hooks.yaml' in paths or 'vscode' in (package.get('engines') or {}) or str(
-        package.get('name', '')).startswith(('eslint-plugin', 'eslint-config', 'babel-plugin', 'webpack-plugin',
-                                             'prettier-plugin', '@typescript-eslint')))
+    tool_manifest = (
+        '.pre-commit-hooks.yaml' in paths
+        or 'vscode' in (package.get('engines') or {})
+        or str(package.get('name', '')).startswith(
+            (
+                'eslint-plugin',
+                'eslint-config',
+                'babel-plugin',
+                'webpack-plugin',
+                'prettier-plugin',
+                '@typescript-eslint',
+            )
+        )
+    )
 
     scores = {
         'Documentation': 10 * docs_share + 2 * any(path in _DOCS_GENERATORS for path in paths),
         'DevOpsConfiguration': 10 * devops_share + 2 * iac,
-        'Frameworks': factor * (5 * ('framework' in opening) + 2 * bool(directories & _PLUGIN_DIRS)
-                                + 1 * bool(library_manifest)),
+        'Frameworks': factor
+        * (5 * ('framework' in opening) + 2 * bool(directories & _PLUGIN_DIRS) + 1 * bool(library_manifest)),
         'DevelopmentTools': factor * (5 * bool(_TOOL_WORDS.search(opening)) + 3 * tool_manifest),
         'CLITools': factor * (4 * entry_points + 2 * (cli_files > 0) + 1 * bool(_CLI_WORDS.search(readme_lower))),
         'Libraries': factor * (4 * bool(library_manifest) + 1 * bool(_LIBRARY_WORDS.search(readme_lower))),
@@ -189,8 +336,9 @@ def classification_scores(files: Sequence[SourceFile], readme: str, *, manifests
     return {name: round(score, 3) for name, score in scores.items()}
 
 
-def classify(files: Sequence[SourceFile], readme: str, *, manifests: Mapping[str, str] | None = None,
-             cli_files: int = 0) -> str:
+def classify(
+    files: Sequence[SourceFile], readme: str, *, manifests: Mapping[str, str] | None = None, cli_files: int = 0
+) -> str:
     """Return the class of a repository: Applications, Frameworks, Libraries, DevelopmentTools, CLITools, ..."""
     scores = classification_scores(files, readme, manifests=manifests, cli_files=cli_files)
     best = max(TIE_ORDER, key=lambda name: (scores[name], -TIE_ORDER.index(name)))

@@ -65,19 +65,40 @@ _BRANCH = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}')
 _PROGRESS = re.compile(r'(?:remote: *)?(?P<stage>[A-Za-z][A-Za-z ]*?): +(?P<percent>\d{1,3})%')
 _REDIRECT = re.compile(r'returned error: (30[1278])\b')
 _NOT_FOUND_MARKERS = (
-    'not found', 'does not appear to be a git repository', 'does not exist', "couldn't find remote ref",
-    'could not find remote branch', 'no such repository', 'returned error: 404', 'returned error: 410',
+    'not found',
+    'does not appear to be a git repository',
+    'does not exist',
+    "couldn't find remote ref",
+    'could not find remote branch',
+    'no such repository',
+    'returned error: 404',
+    'returned error: 410',
 )
 _UNAUTHORIZED_MARKERS = (
-    'authentication failed', 'could not read username', 'could not read password', 'terminal prompts disabled',
-    'returned error: 401', 'returned error: 403', 'permission denied (', 'permission to ', 'invalid username or password',
-    'host key verification failed', 'unable to read askpass response',
+    'authentication failed',
+    'could not read username',
+    'could not read password',
+    'terminal prompts disabled',
+    'returned error: 401',
+    'returned error: 403',
+    'permission denied (',
+    'permission to ',
+    'invalid username or password',
+    'host key verification failed',
+    'unable to read askpass response',
 )
 
 
-def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, username: str | None = None,
-         password: str | None = None, settings: Settings | None = None,
-         progress: Callable[[str, int], None] | None = None) -> str:
+def sync(
+    address: RepoAddress | str,
+    dest: Path,
+    branch: str | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    settings: Settings | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> str:
     """Clone the repository into `dest`, or fetch and hard-reset an existing clone to the branch; return HEAD's sha.
 
     `branch` None means the remote's default branch for a new clone and the clone's current branch for an
@@ -113,8 +134,20 @@ def sync(address: RepoAddress | str, dest: Path, branch: str | None = None, *, u
         else:
             logger.info('%s: fetching %s (branch %s)', dest.name, target.url, branch)
             run.git(_fetch_args(target, branch), cwd=dest, what=f'Fetching {run.label(branch)}')
-            run.git(['checkout', '--force', '--progress', '--no-track', '-B', branch, f'refs/remotes/origin/{branch}',
-                     '--'], cwd=dest, what=f'Checking out {run.label(branch)}')
+            run.git(
+                [
+                    'checkout',
+                    '--force',
+                    '--progress',
+                    '--no-track',
+                    '-B',
+                    branch,
+                    f'refs/remotes/origin/{branch}',
+                    '--',
+                ],
+                cwd=dest,
+                what=f'Checking out {run.label(branch)}',
+            )
             run.git(['clean', '-ffdxq'], cwd=dest, what=f'Cleaning the clone of {target.url}')
     except (CloneTimeout, RepositoryTooLarge):
         # A killed git can leave lock files and half-written packs: start over from scratch next time.
@@ -137,27 +170,45 @@ def _checked_address(address: RepoAddress | str, settings: Settings) -> RepoAddr
     # A RepoAddress built by hand is checked again; only here may it be http:// (a trusted caller, or a test).
     checked = parse_address(address.url, settings, allow_http=True)
     if checked.username or checked.password:
-        raise InvalidRepositoryAddress(f'RepoAddress.url {shown_text(address.url)} carries credentials; '
-                                       f'pass them as username and password instead.')
-    return RepoAddress(url=checked.url, organization=checked.organization, name=checked.name,
-                       username=address.username, password=address.password, is_local=checked.is_local)
+        raise InvalidRepositoryAddress(
+            f'RepoAddress.url {shown_text(address.url)} carries credentials; '
+            f'pass them as username and password instead.'
+        )
+    return RepoAddress(
+        url=checked.url,
+        organization=checked.organization,
+        name=checked.name,
+        username=address.username,
+        password=address.password,
+        is_local=checked.is_local,
+    )
 
 
 def _check_credentials(username: str | None, password: str | None) -> None:
     for value in (username, password):
         # A space is fine in a password; a newline would end the askpass answer early.
         if value is not None and (not isinstance(value, str) or first_unsafe_character(value.replace(' ', ''))):
-            raise InvalidRepositoryAddress('Git credentials must be strings without control characters or line '
-                                           'breaks; check the stored username and token.')
+            raise InvalidRepositoryAddress(
+                'Git credentials must be strings without control characters or line '
+                'breaks; check the stored username and token.'
+            )
 
 
 def check_branch(branch: str) -> None:
     """Raise `InvalidRepositoryAddress` unless `branch` is a plain, safe branch name."""
-    if (not isinstance(branch, str) or not _BRANCH.fullmatch(branch) or branch == 'HEAD' or '..' in branch
-            or '//' in branch or branch.endswith(('.', '/', '.lock'))
-            or any(part.startswith('.') for part in branch.split('/'))):
-        raise InvalidRepositoryAddress(f'Branch name {str(branch)[:100]!r} is refused: use letters, digits, "/", '
-                                       f'".", "_" and "-", for example main or release/2.0.')
+    if (
+        not isinstance(branch, str)
+        or not _BRANCH.fullmatch(branch)
+        or branch == 'HEAD'
+        or '..' in branch
+        or '//' in branch
+        or branch.endswith(('.', '/', '.lock'))
+        or any(part.startswith('.') for part in branch.split('/'))
+    ):
+        raise InvalidRepositoryAddress(
+            f'Branch name {str(branch)[:100]!r} is refused: use letters, digits, "/", '
+            f'".", "_" and "-", for example main or release/2.0.'
+        )
 
 
 def _clone_args(address: RepoAddress, dest: Path, branch: str | None) -> list[str]:
@@ -171,15 +222,32 @@ def _clone_args(address: RepoAddress, dest: Path, branch: str | None) -> list[st
 
 def _fetch_args(address: RepoAddress, branch: str) -> list[str]:
     # The checked URL, not the clone's configured remote: the address is the truth, whatever .git/config says.
-    return ['fetch', '--no-recurse-submodules', '--no-tags', '--prune', '--progress', '--no-write-fetch-head', '--',
-            address.url, f'+refs/heads/{branch}:refs/remotes/origin/{branch}']
+    return [
+        'fetch',
+        '--no-recurse-submodules',
+        '--no-tags',
+        '--prune',
+        '--progress',
+        '--no-write-fetch-head',
+        '--',
+        address.url,
+        f'+refs/heads/{branch}:refs/remotes/origin/{branch}',
+    ]
 
 
 class _Run:
     """The git processes of one sync: one deadline, one size cap, one private HOME with the askpass helper."""
 
-    def __init__(self, address: RepoAddress, dest: Path, settings: Settings, username: str | None,
-                 password: str | None, progress: Callable[[str, int], None] | None, endpoint: Endpoint | None):
+    def __init__(
+        self,
+        address: RepoAddress,
+        dest: Path,
+        settings: Settings,
+        username: str | None,
+        password: str | None,
+        progress: Callable[[str, int], None] | None,
+        endpoint: Endpoint | None,
+    ):
         self.address = address
         self.endpoint = endpoint
         self.guarded = not settings.git_allow_private_hosts
@@ -201,9 +269,16 @@ class _Run:
     def git(self, args: list[str], *, cwd: Path | None, what: str) -> None:
         with private_home() as (home, askpass):
             protocol = protocol_of(self.address)
-            env = git_environment(home=home, ceiling=home.parent if cwd is None else self.dest.parent,
-                               repo=None if cwd is None else self.dest, protocols=(protocol,), askpass=askpass,
-                               ssh=protocol == 'ssh', endpoint=self.endpoint, guarded=self.guarded)
+            env = git_environment(
+                home=home,
+                ceiling=home.parent if cwd is None else self.dest.parent,
+                repo=None if cwd is None else self.dest,
+                protocols=(protocol,),
+                askpass=askpass,
+                ssh=protocol == 'ssh',
+                endpoint=self.endpoint,
+                guarded=self.guarded,
+            )
             if protocol in ('http', 'https') and (self.username or self.password):
                 # A redirect to another host gets no answer: the token is only for the host the user named.
                 env[HOST_VARIABLE] = urlsplit(self.address.url).netloc
@@ -220,15 +295,23 @@ class _Run:
             # when this process dies (a killed worker's horse): git stops and removes its lock files; what a clone
             # wrote stays in <id>.partial, which the next try removes.
             # The preexec_fn takes no lock (two system calls), so threads of this process cannot deadlock it.
-            process = subprocess.Popen(['git', *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                                       preexec_fn=limits.parent_death_signal())
+            process = subprocess.Popen(
+                ['git', *args],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=limits.parent_death_signal(),
+            )
         except OSError as exc:
             raise GitError(f'{what} failed: git cannot be started ({exc.strerror}); is git installed?') from None
         # Known to the work horse's hard time limit, which kills this group along with itself.
         limits.child_groups.add(process.pid)
-        reader = threading.Thread(target=_drain, args=(process.stderr, received), daemon=True,
-                                  name=f'git-stderr-{process.pid}')
+        reader = threading.Thread(
+            target=_drain, args=(process.stderr, received), daemon=True, name=f'git-stderr-{process.pid}'
+        )
         reader.start()
         finished = False
         try:
@@ -245,8 +328,10 @@ class _Run:
                 now = time.monotonic()
                 if now >= self.deadline:
                     _kill_group(process)
-                    raise CloneTimeout(f'{what} took longer than GIT_CLONE_TIMEOUT ({self.timeout} s) and was '
-                                       f'stopped; the clone was removed.')
+                    raise CloneTimeout(
+                        f'{what} took longer than GIT_CLONE_TIMEOUT ({self.timeout} s) and was '
+                        f'stopped; the clone was removed.'
+                    )
                 if now >= next_size_check:
                     self._check_size(process, what)
                     took = time.monotonic() - now
@@ -329,8 +414,10 @@ def _classify(what: str, status: int, lines: Sequence[str], secrets: Sequence[st
     last = last_line(lines, secrets)
     text = '\n'.join(lines).lower()
     if any(marker in text for marker in _UNAUTHORIZED_MARKERS):
-        return RepositoryUnauthorized(f'{what} failed: the remote refused the credentials, or asked for some and '
-                                      f'none were given (a private or missing repository): {last}')
+        return RepositoryUnauthorized(
+            f'{what} failed: the remote refused the credentials, or asked for some and '
+            f'none were given (a private or missing repository): {last}'
+        )
     if any(marker in text for marker in _NOT_FOUND_MARKERS):
         return RepositoryNotFound(f'{what} failed: the repository or branch was not found: {last}')
     redirect = _REDIRECT.search(text)
@@ -338,5 +425,6 @@ def _classify(what: str, status: int, lines: Sequence[str], secrets: Sequence[st
         return InvalidRepositoryAddress(
             f'{what} failed: the server redirects (HTTP {redirect[1]}) to another address, and redirects are not '
             f'followed, since nothing checked where they lead. Submit the address the repository has now (was it '
-            f'renamed or moved?), or set GIT_ALLOW_PRIVATE_HOSTS=true on a private network.')
+            f'renamed or moved?), or set GIT_ALLOW_PRIVATE_HOSTS=true on a private network.'
+        )
     return GitError(f'{what} failed (git exit status {status}): {last}')

@@ -24,13 +24,25 @@ class Declaration:
     children: list[Declaration] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {'kind': self.kind, 'name': self.name, 'signature': self.signature, 'line': self.line,
-                'doc': self.doc, 'children': [child.to_dict() for child in self.children]}
+        return {
+            'kind': self.kind,
+            'name': self.name,
+            'signature': self.signature,
+            'line': self.line,
+            'doc': self.doc,
+            'children': [child.to_dict() for child in self.children],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Declaration:
-        return cls(data['kind'], data['name'], data['signature'], data['line'], data.get('doc', ''),
-                   [cls.from_dict(child) for child in data.get('children', ())])
+        return cls(
+            data['kind'],
+            data['name'],
+            data['signature'],
+            data['line'],
+            data.get('doc', ''),
+            [cls.from_dict(child) for child in data.get('children', ())],
+        )
 
 
 # A doc summary is the first paragraph of a doc comment: a blank line ends it, and so does a tag line (@param ...),
@@ -43,8 +55,8 @@ def doc_summary(text: str) -> str:
     if text.startswith('@'):
         return ''
     end = _PARAGRAPH_END.search(text, 0, 4 * MAX_DOC)
-    return shorten(' '.join(text[:end.start() if end else 4 * MAX_DOC].split()), MAX_DOC)
+    return shorten(' '.join(text[: end.start() if end else 4 * MAX_DOC].split()), MAX_DOC)
 
 
 def shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + '…'
+    return text if len(text) <= limit else text[: limit - 1] + '…'

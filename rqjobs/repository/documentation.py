@@ -16,10 +16,23 @@ MAX_COMPONENT_FILES = 60
 MAX_COMPONENT_DECLARATIONS = 300
 MAX_README_LINES = 200
 OVERVIEW_COMMITS = 5
-GETTING_STARTED = re.compile(r'install|setup|set up|getting started|quick ?start|usage|build|run|requirements',
-                             re.IGNORECASE)
-MANIFESTS = ('pyproject.toml', 'setup.py', 'setup.cfg', 'package.json', 'Cargo.toml', 'go.mod', 'pom.xml',
-             'build.gradle', 'CMakeLists.txt', 'Makefile', 'Gemfile', 'composer.json')
+GETTING_STARTED = re.compile(
+    r'install|setup|set up|getting started|quick ?start|usage|build|run|requirements', re.IGNORECASE
+)
+MANIFESTS = (
+    'pyproject.toml',
+    'setup.py',
+    'setup.cfg',
+    'package.json',
+    'Cargo.toml',
+    'go.mod',
+    'pom.xml',
+    'build.gradle',
+    'CMakeLists.txt',
+    'Makefile',
+    'Gemfile',
+    'composer.json',
+)
 
 
 @dataclass
@@ -48,20 +61,30 @@ def catalog(analysis: Analysis) -> list[Page]:
     """Return the catalog of a repository's documentation, parents before children."""
     manifests = [path for path in MANIFESTS if analysis.file(path)]
     readme = [analysis.readme_path] if analysis.readme_path else []
-    pages = [Page('overview', 'Overview', 'What the project is, its languages and layout.', None, 0,
-                  readme + manifests)]
+    pages = [
+        Page('overview', 'Overview', 'What the project is, its languages and layout.', None, 0, readme + manifests)
+    ]
     if analysis.readme:
-        pages.append(Page('getting-started', 'Getting started', 'Installing and running, from the README.', None, 1,
-                          readme))
+        pages.append(
+            Page('getting-started', 'Getting started', 'Installing and running, from the README.', None, 1, readme)
+        )
     pages.append(Page('structure', 'Project structure', 'The directory tree and the main components.', None, 2))
     if analysis.components:
         pages.append(Page('components', 'Components', 'One page per major part of the code.', None, 3))
         used = set()
         for order, component in enumerate(analysis.components):
             slug = unique_slug(component['name'], used)
-            pages.append(Page(f'components/{slug}', component['name'],
-                              f'{len(component["files"])} files, {component["lines"]} lines.', 'components', order,
-                              sorted(component['files']), component=component['path']))
+            pages.append(
+                Page(
+                    f'components/{slug}',
+                    component['name'],
+                    f'{len(component["files"])} files, {component["lines"]} lines.',
+                    'components',
+                    order,
+                    sorted(component['files']),
+                    component=component['path'],
+                )
+            )
     return pages
 
 
@@ -86,23 +109,32 @@ def overview(context: PageContext) -> str:
     summary = first_paragraph(analysis.readme)
     if summary:
         lines += [summary, '']
-    counts = (f'**Files analysed:** {len(analysis.files)} ({analysis.total_bytes:,} bytes); '
-              f'{sum(analysis.skipped.values())} skipped')
+    counts = (
+        f'**Files analysed:** {len(analysis.files)} ({analysis.total_bytes:,} bytes); '
+        f'{sum(analysis.skipped.values())} skipped'
+    )
     lines += [f'**Kind:** {analysis.classification}  ', counts, '']
     if analysis.languages:
         lines += ['## Languages', '', '| language | files | lines | share |', '|---|---:|---:|---:|']
-        lines += [f'| {cell(row["language"])} | {row["files"]} | {row["lines"]} | {row["percent"]:.1f}% |'
-                  for row in analysis.languages]
+        lines += [
+            f'| {cell(row["language"])} | {row["files"]} | {row["lines"]} | {row["percent"]:.1f}% |'
+            for row in analysis.languages
+        ]
         lines.append('')
     if analysis.components:
         lines += ['## Main components', '']
-        lines += [f'- **{cell(c["name"])}** (`{code(c["path"])}`): {len(c["files"])} files, {c["lines"]} lines'
-                  for c in analysis.components]
+        lines += [
+            f'- **{cell(c["name"])}** (`{code(c["path"])}`): {len(c["files"])} files, {c["lines"]} lines'
+            for c in analysis.components
+        ]
         lines.append('')
     if context.commits:
         lines += ['## Recent changes', '']
-        lines += [f'- `{commit["sha"][:8]}` {cell(commit["title"])} ({cell(commit["author"])}, '
-                  f'{commit["committed_at"]:%Y-%m-%d})' for commit in context.commits[:OVERVIEW_COMMITS]]
+        lines += [
+            f'- `{commit["sha"][:8]}` {cell(commit["title"])} ({cell(commit["author"])}, '
+            f'{commit["committed_at"]:%Y-%m-%d})'
+            for commit in context.commits[:OVERVIEW_COMMITS]
+        ]
         lines.append('')
     return '\n'.join(lines)
 
@@ -121,8 +153,11 @@ def structure(context: PageContext) -> str:
     lines = ['# Project structure', '', '```text', analysis.tree.rstrip(), '```', '']
     if analysis.components:
         lines += ['| component | path | files | lines | languages |', '|---|---|---:|---:|---|']
-        lines += [f'| {cell(c["name"])} | `{code(c["path"])}` | {len(c["files"])} | {c["lines"]} | '
-                  f'{cell(", ".join(c["languages"]))} |' for c in analysis.components]
+        lines += [
+            f'| {cell(c["name"])} | `{code(c["path"])}` | {len(c["files"])} | {c["lines"]} | '
+            f'{cell(", ".join(c["languages"]))} |'
+            for c in analysis.components
+        ]
         lines.append('')
     return '\n'.join(lines)
 
@@ -130,8 +165,11 @@ def structure(context: PageContext) -> str:
 def components_index(context: PageContext) -> str:
     """Return the index page of the components."""
     lines = ['# Components', '']
-    lines += [f'- **{cell(c["name"])}**: `{code(c["path"])}`, {len(c["files"])} files in '
-              f'{cell(", ".join(c["languages"]) or "no known language")}' for c in context.analysis.components]
+    lines += [
+        f'- **{cell(c["name"])}**: `{code(c["path"])}`, {len(c["files"])} files in '
+        f'{cell(", ".join(c["languages"]) or "no known language")}'
+        for c in context.analysis.components
+    ]
     return '\n'.join(lines) + '\n'
 
 
@@ -139,12 +177,15 @@ def component_page(component: dict, context: PageContext) -> str:
     """Return the page of one component: its files and their main declarations."""
     by_path = {source.path: source for source in context.analysis.files}
     files = [by_path[path] for path in sorted(component['files']) if path in by_path]
-    facts = (f'Path: `{code(component["path"])}` · {len(files)} files · {component["lines"]} lines · '
-             f'{cell(", ".join(component["languages"]) or "no known language")}')
-    lines = [f'# {component["name"]}', '', facts, '',
-             '## Files', '', '| file | language | lines |', '|---|---|---:|']
-    lines += [f'| `{code(source.path)}` | {source.language or "-"} | {source.lines} |'
-              for source in files[:MAX_COMPONENT_FILES]]
+    facts = (
+        f'Path: `{code(component["path"])}` · {len(files)} files · {component["lines"]} lines · '
+        f'{cell(", ".join(component["languages"]) or "no known language")}'
+    )
+    lines = [f'# {component["name"]}', '', facts, '', '## Files', '', '| file | language | lines |', '|---|---|---:|']
+    lines += [
+        f'| `{code(source.path)}` | {source.language or "-"} | {source.lines} |'
+        for source in files[:MAX_COMPONENT_FILES]
+    ]
     if len(files) > MAX_COMPONENT_FILES:
         lines.append(f'| … {len(files) - MAX_COMPONENT_FILES} more files | | |')
     lines.append('')
@@ -162,16 +203,19 @@ def component_page(component: dict, context: PageContext) -> str:
     return '\n'.join(lines)
 
 
-def outline_lines(source: SourceFile, declarations: list[Declaration], lines: list[str], budget: int,
-                  depth: int) -> int:
+def outline_lines(
+    source: SourceFile, declarations: list[Declaration], lines: list[str], budget: int, depth: int
+) -> int:
     """Append an outline to `lines`, at most `budget` entries; return how many were used."""
     used = 0
     for declaration in declarations:
         if used >= budget:
             break
         doc = f' — {cell(first_paragraph(declaration.doc))}' if declaration.doc else ''
-        lines.append(f'{"  " * depth}- {declaration.kind} `{code(declaration.signature or declaration.name)}` '
-                     f'(line {declaration.line}){doc}')
+        lines.append(
+            f'{"  " * depth}- {declaration.kind} `{code(declaration.signature or declaration.name)}` '
+            f'(line {declaration.line}){doc}'
+        )
         used += 1
         used += outline_lines(source, declaration.children, lines, budget - used, depth + 1)
     return used
@@ -198,7 +242,7 @@ def first_paragraph(text: str, limit: int = 600) -> str:
         if not block or block.startswith(('#', '```', '<', '![', '[![', '=', '-' * 3, '|')):
             continue
         block = ' '.join(block.split())
-        return block if len(block) <= limit else block[:limit - 1].rstrip() + '…'
+        return block if len(block) <= limit else block[: limit - 1].rstrip() + '…'
     return ''
 
 

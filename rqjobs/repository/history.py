@@ -76,13 +76,15 @@ def recent_commits(dest: Path, limit: int = 20, since: str | None = None) -> lis
         for commit in repo.iter_commits(revision, max_count=limit):
             message = commit.message if isinstance(commit.message, str) else commit.message.decode('utf-8', 'replace')
             title, _, description = message.strip().partition('\n')
-            commits.append({
-                'sha': commit.hexsha,
-                'title': title.strip(),
-                'description': description.strip(),
-                'author': commit.author.name or '',
-                'committed_at': datetime.fromtimestamp(commit.committed_date, UTC).replace(tzinfo=None),
-            })
+            commits.append(
+                {
+                    'sha': commit.hexsha,
+                    'title': title.strip(),
+                    'description': description.strip(),
+                    'author': commit.author.name or '',
+                    'committed_at': datetime.fromtimestamp(commit.committed_date, UTC).replace(tzinfo=None),
+                }
+            )
         return commits
 
 

@@ -10,7 +10,7 @@ from rqjobs.repository.results import SourceFile
 MAX_TREE_LINES = 400
 MAX_COMPONENTS = 12
 ROOT_COMPONENT = 'Top-level files'  # the name of the component made of the files at the root
-_CONTROL = {code: '?' for code in [*range(0x20), 0x7f]}
+_CONTROL = {code: '?' for code in [*range(0x20), 0x7F]}
 
 
 def path_tree(paths: Sequence[str], max_lines: int | None = None) -> str:
@@ -71,8 +71,23 @@ def _directories(root: dict) -> list[dict]:
 
 
 # Top-level directories whose subdirectories are components of their own (a src/ layout, a monorepo).
-CONTAINER_DIRECTORIES = frozenset(('src', 'lib', 'libs', 'packages', 'apps', 'crates', 'services', 'modules',
-                                   'plugins', 'cmd', 'pkg', 'internal', 'components'))
+CONTAINER_DIRECTORIES = frozenset(
+    (
+        'src',
+        'lib',
+        'libs',
+        'packages',
+        'apps',
+        'crates',
+        'services',
+        'modules',
+        'plugins',
+        'cmd',
+        'pkg',
+        'internal',
+        'components',
+    )
+)
 
 
 def find_components(files: Sequence[SourceFile]) -> list[dict]:
@@ -93,14 +108,18 @@ def find_components(files: Sequence[SourceFile]) -> list[dict]:
         for source in members:
             if source.language:
                 by_language[source.language] += source.size
-        components.append({
-            'name': ROOT_COMPONENT if key == '.' else key.rsplit('/', 1)[-1],
-            'path': key,
-            'files': sorted(source.path for source in members),
-            'languages': [language for language, _ in sorted(by_language.items(), key=lambda item: (-item[1], item[0]))],
-            'lines': sum(source.lines for source in members),
-            'bytes': sum(source.size for source in members),
-        })
+        components.append(
+            {
+                'name': ROOT_COMPONENT if key == '.' else key.rsplit('/', 1)[-1],
+                'path': key,
+                'files': sorted(source.path for source in members),
+                'languages': [
+                    language for language, _ in sorted(by_language.items(), key=lambda item: (-item[1], item[0]))
+                ],
+                'lines': sum(source.lines for source in members),
+                'bytes': sum(source.size for source in members),
+            }
+        )
     components.sort(key=lambda component: (-component['bytes'], component['path']))
     return components[:MAX_COMPONENTS]
 

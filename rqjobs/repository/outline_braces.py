@@ -25,16 +25,86 @@ class _Grammar:
 _ID = r'[A-Za-z_]\w*'
 _JS_ID = r'[A-Za-z_$][\w$]*'
 _SIG_TOKENS = re.compile(r'[(){}\[\];\n]')
-_C_KEYWORDS = frozenset((
-    'if', 'for', 'while', 'switch', 'return', 'sizeof', 'else', 'do', 'case', 'defined', 'alignof', 'decltype',
-    'static_assert', 'typedef', 'catch', 'throw', 'new', 'delete', 'goto', '__attribute__', '__declspec', 'using',
-    'alignas', 'noexcept', 'requires', 'co_return', 'co_await', 'assert', 'typeof', '_Static_assert',
-))
+_C_KEYWORDS = frozenset(
+    (
+        'if',
+        'for',
+        'while',
+        'switch',
+        'return',
+        'sizeof',
+        'else',
+        'do',
+        'case',
+        'defined',
+        'alignof',
+        'decltype',
+        'static_assert',
+        'typedef',
+        'catch',
+        'throw',
+        'new',
+        'delete',
+        'goto',
+        '__attribute__',
+        '__declspec',
+        'using',
+        'alignas',
+        'noexcept',
+        'requires',
+        'co_return',
+        'co_await',
+        'assert',
+        'typeof',
+        '_Static_assert',
+    )
+)
 _C_NAME = re.compile(r'~?[A-Za-z_][\w:~]*')
-_JS_KEYWORDS = frozenset(('if', 'for', 'while', 'switch', 'catch', 'return', 'function', 'new', 'await', 'super',
-                          'typeof', 'with', 'do', 'else', 'throw', 'delete', 'void', 'yield', 'import', 'export'))
-_JAVA_KEYWORDS = frozenset(('if', 'for', 'while', 'switch', 'catch', 'return', 'new', 'throw', 'else', 'case',
-                            'synchronized', 'super', 'this', 'try', 'do', 'assert', 'yield'))
+_JS_KEYWORDS = frozenset(
+    (
+        'if',
+        'for',
+        'while',
+        'switch',
+        'catch',
+        'return',
+        'function',
+        'new',
+        'await',
+        'super',
+        'typeof',
+        'with',
+        'do',
+        'else',
+        'throw',
+        'delete',
+        'void',
+        'yield',
+        'import',
+        'export',
+    )
+)
+_JAVA_KEYWORDS = frozenset(
+    (
+        'if',
+        'for',
+        'while',
+        'switch',
+        'catch',
+        'return',
+        'new',
+        'throw',
+        'else',
+        'case',
+        'synchronized',
+        'super',
+        'this',
+        'try',
+        'do',
+        'assert',
+        'yield',
+    )
+)
 
 
 def _go(match: re.Match, text: str, parent: Declaration | None, has_body: bool, header: bool):
@@ -64,14 +134,20 @@ def _impl_name(signature: str) -> str:
         for index, char in enumerate(rest):
             depth += (char == '<') - (char == '>')
             if depth == 0:
-                rest = rest[index + 1:].strip()
+                rest = rest[index + 1 :].strip()
                 break
     rest = rest.split(' where ', 1)[0].strip()
     return rest.split(' for ', 1)[1].strip() if ' for ' in rest else rest
 
 
-_JAVA_TYPES = {'class': 'class', 'interface': 'interface', '@interface': 'interface', 'enum': 'enum',
-               'record': 'record', 'struct': 'struct'}
+_JAVA_TYPES = {
+    'class': 'class',
+    'interface': 'interface',
+    '@interface': 'interface',
+    'enum': 'enum',
+    'record': 'record',
+    'struct': 'struct',
+}
 
 
 def _java(match: re.Match, text: str, parent: Declaration | None, has_body: bool, header: bool):
@@ -96,7 +172,7 @@ def _javascript(match: re.Match, text: str, parent: Declaration | None, has_body
     if match['iface']:
         return 'interface', match['iface'], has_body
     if match['type']:
-        following = text[match.end():match.end() + 1]
+        following = text[match.end() : match.end() + 1]
         return ('type', match['type'], False) if following in ('=', '<') else None
     if match['enum']:
         return 'enum', match['enum'], False
@@ -117,7 +193,7 @@ def _is_arrow(text: str, open_paren: int) -> bool:
         elif char in ')]}':
             depth -= 1
             if depth == 0:
-                rest = text[token.end():token.end() + 200].lstrip()
+                rest = text[token.end() : token.end() + 200].lstrip()
                 if rest.startswith(':'):  # a return type annotation comes first
                     rest = rest.split('=>', 1)[0] if '=>' in rest else ''
                     return bool(rest) and '{' not in rest and ';' not in rest
@@ -139,8 +215,8 @@ def _c(match: re.Match, text: str, parent: Declaration | None, has_body: bool, h
     if not tokens:
         return None
     if 'operator' in head:
-        name = head[head.index('operator'):].strip()
-        type_ = head[:head.index('operator')].split()
+        name = head[head.index('operator') :].strip()
+        type_ = head[: head.index('operator')].split()
     else:
         name, type_ = tokens[-1], tokens[:-1]
         if '=' in head or name in _C_KEYWORDS or not _C_NAME.fullmatch(name):
@@ -159,52 +235,97 @@ def _c(match: re.Match, text: str, parent: Declaration | None, has_body: bool, h
 
 
 _JAVA_ANNOTATIONS = r'(?:@[\w.]+(?:\([^()\n]{0,100}\))?[ \t]+)*'
-_JAVA_MODIFIERS = (r'(?:(?:public|protected|private|abstract|static|final|sealed|non-sealed|strictfp|synchronized|'
-                   r'native|default|transient|volatile|internal|partial|readonly|async|override|virtual|extern|'
-                   r'unsafe|new)[ \t]+)*')
+_JAVA_MODIFIERS = (
+    r'(?:(?:public|protected|private|abstract|static|final|sealed|non-sealed|strictfp|synchronized|'
+    r'native|default|transient|volatile|internal|partial|readonly|async|override|virtual|extern|'
+    r'unsafe|new)[ \t]+)*'
+)
 _JAVA_TYPE = r'(?P<kw>class|interface|enum|record|@interface|struct)[ \t]+(?P<name>[A-Za-z_$][\w$]*)'
-_C_TYPE = (r'(?:template[ \t]*<[^\n]{0,200}?>[ \t]*)?(?:typedef[ \t]+)?(?:(?P<kw>struct|class|union|'
-           r'enum(?:[ \t]+(?:class|struct))?|namespace)[ \t]+(?:\[\[[^\]\n]{0,100}\]\][ \t]*)?'
-           r'(?P<name>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)[ \t]*(?:final\b|:(?!:)|\{|$)|'
-           r'(?P<fhead>[A-Za-z_~][^\n;(){}]{0,300})\()')
-_RUST_ITEM = (r'(?:pub(?:[ \t]*\([^()\n]{0,80}\))?[ \t]+)?(?:(?:const|async|unsafe|default|'
-              r'extern(?:[ \t]+"[^"\n]{0,20}")?)[ \t]+)*(?:fn[ \t]+(?P<fn>' + _ID + r')|'
-              r'(?P<kw>struct|enum|union|trait|type|mod)[ \t]+(?P<name>' + _ID + r')|(?P<impl>impl)\b)')
+_C_TYPE = (
+    r'(?:template[ \t]*<[^\n]{0,200}?>[ \t]*)?(?:typedef[ \t]+)?(?:(?P<kw>struct|class|union|'
+    r'enum(?:[ \t]+(?:class|struct))?|namespace)[ \t]+(?:\[\[[^\]\n]{0,100}\]\][ \t]*)?'
+    r'(?P<name>[A-Za-z_]\w*(?:::[A-Za-z_]\w*)*)[ \t]*(?:final\b|:(?!:)|\{|$)|'
+    r'(?P<fhead>[A-Za-z_~][^\n;(){}]{0,300})\()'
+)
+_RUST_ITEM = (
+    r'(?:pub(?:[ \t]*\([^()\n]{0,80}\))?[ \t]+)?(?:(?:const|async|unsafe|default|'
+    r'extern(?:[ \t]+"[^"\n]{0,20}")?)[ \t]+)*(?:fn[ \t]+(?P<fn>' + _ID + r')|'
+    r'(?P<kw>struct|enum|union|trait|type|mod)[ \t]+(?P<name>' + _ID + r')|(?P<impl>impl)\b)'
+)
 
 _GO = _Grammar(
-    top=(r'(?:func[ \t]*(?:\((?P<recv>[^()\n]{0,200})\)[ \t]*)?(?P<func>' + _ID + r')|type[ \t]+(?P<type>' + _ID +
-         r')(?:\[[^\]\n]{0,200}\])?[ \t]+(?:=[ \t]*)?(?P<tkind>struct|interface)?)'),
+    top=(
+        r'(?:func[ \t]*(?:\((?P<recv>[^()\n]{0,200})\)[ \t]*)?(?P<func>'
+        + _ID
+        + r')|type[ \t]+(?P<type>'
+        + _ID
+        + r')(?:\[[^\]\n]{0,200}\])?[ \t]+(?:=[ \t]*)?(?P<tkind>struct|interface)?)'
+    ),
     member=r'(?P<func>' + _ID + r')[ \t]*\(',
     classify=_go,
 )
 _RUST = _Grammar(top=_RUST_ITEM, member=_RUST_ITEM, classify=_rust)
 _JAVA = _Grammar(
     top=_JAVA_ANNOTATIONS + _JAVA_MODIFIERS + _JAVA_TYPE,
-    member=(_JAVA_ANNOTATIONS + _JAVA_MODIFIERS + r'(?:' + _JAVA_TYPE + r'|(?:<[^\n]{0,100}?>[ \t]*)?'
-            r'(?:(?P<type>[\w$.?<>\[\], ]{1,120}?)[ \t]+)?(?P<method>[A-Za-z_$][\w$]*)[ \t]*\()'),
+    member=(
+        _JAVA_ANNOTATIONS + _JAVA_MODIFIERS + r'(?:' + _JAVA_TYPE + r'|(?:<[^\n]{0,100}?>[ \t]*)?'
+        r'(?:(?P<type>[\w$.?<>\[\], ]{1,120}?)[ \t]+)?(?P<method>[A-Za-z_$][\w$]*)[ \t]*\()'
+    ),
     classify=_java,
 )
 _CSHARP = _Grammar(
-    top=(_JAVA_ANNOTATIONS + r'(?:\[[^\]\n]{0,200}\][ \t]*)*' + _JAVA_MODIFIERS +
-         r'(?:' + _JAVA_TYPE + r'|namespace[ \t]+(?P<ns>[\w.]+))'),
-    member=(r'(?:\[[^\]\n]{0,200}\][ \t]*)*' + _JAVA_MODIFIERS + r'(?:' + _JAVA_TYPE + r'|namespace[ \t]+(?P<ns>[\w.]+)'
-            r'|(?:(?P<type>[\w$.?<>\[\], ]{1,120}?)[ \t]+)?(?P<method>[A-Za-z_][\w]*)[ \t]*(?:<[^\n]{0,100}?>)?\()'),
+    top=(
+        _JAVA_ANNOTATIONS
+        + r'(?:\[[^\]\n]{0,200}\][ \t]*)*'
+        + _JAVA_MODIFIERS
+        + r'(?:'
+        + _JAVA_TYPE
+        + r'|namespace[ \t]+(?P<ns>[\w.]+))'
+    ),
+    member=(
+        r'(?:\[[^\]\n]{0,200}\][ \t]*)*' + _JAVA_MODIFIERS + r'(?:' + _JAVA_TYPE + r'|namespace[ \t]+(?P<ns>[\w.]+)'
+        r'|(?:(?P<type>[\w$.?<>\[\], ]{1,120}?)[ \t]+)?(?P<method>[A-Za-z_][\w]*)[ \t]*(?:<[^\n]{0,100}?>)?\()'
+    ),
     classify=lambda match, text, parent, has_body, header: (
-        ('namespace', match['ns'], has_body) if match['ns'] else _java(match, text, parent, has_body, header)),
+        ('namespace', match['ns'], has_body) if match['ns'] else _java(match, text, parent, has_body, header)
+    ),
 )
 _JAVASCRIPT = _Grammar(
-    top=(r'(?:export[ \t]+)?(?:default[ \t]+)?(?:declare[ \t]+)?(?:(?:async[ \t]+)?function\b[ \t]*\*?[ \t]*(?P<func>' +
-         _JS_ID + r')|(?:abstract[ \t]+)?class[ \t]+(?P<cls>' + _JS_ID + r')|interface[ \t]+(?P<iface>' + _JS_ID +
-         r')|type[ \t]+(?P<type>' + _JS_ID + r')[ \t]*|(?:const[ \t]+)?enum[ \t]+(?P<enum>' + _JS_ID +
-         r')|(?:namespace|module)[ \t]+(?P<ns>[\w$.]+)[ \t]*(?=\{)|(?:const|let|var)[ \t]+(?P<const>' + _JS_ID +
-         r')[ \t]*(?::[^=\n]{0,200})?=[ \t]*(?:async\b[ \t]*)?(?P<arrow>function\b|\(|' + _JS_ID + r'[ \t]*=>))'),
-    member=(r'(?:(?:public|private|protected|static|readonly|abstract|override|async|declare|get|set|accessor)'
-            r'[ \t]+)*\*?[ \t]*(?P<method>#?' + _JS_ID + r')[ \t]*\??[ \t]*(?:<[^\n]{0,200}?>)?[ \t]*\('),
+    top=(
+        r'(?:export[ \t]+)?(?:default[ \t]+)?(?:declare[ \t]+)?(?:(?:async[ \t]+)?function\b[ \t]*\*?[ \t]*(?P<func>'
+        + _JS_ID
+        + r')|(?:abstract[ \t]+)?class[ \t]+(?P<cls>'
+        + _JS_ID
+        + r')|interface[ \t]+(?P<iface>'
+        + _JS_ID
+        + r')|type[ \t]+(?P<type>'
+        + _JS_ID
+        + r')[ \t]*|(?:const[ \t]+)?enum[ \t]+(?P<enum>'
+        + _JS_ID
+        + r')|(?:namespace|module)[ \t]+(?P<ns>[\w$.]+)[ \t]*(?=\{)|(?:const|let|var)[ \t]+(?P<const>'
+        + _JS_ID
+        + r')[ \t]*(?::[^=\n]{0,200})?=[ \t]*(?:async\b[ \t]*)?(?P<arrow>function\b|\(|'
+        + _JS_ID
+        + r'[ \t]*=>))'
+    ),
+    member=(
+        r'(?:(?:public|private|protected|static|readonly|abstract|override|async|declare|get|set|accessor)'
+        r'[ \t]+)*\*?[ \t]*(?P<method>#?' + _JS_ID + r')[ \t]*\??[ \t]*(?:<[^\n]{0,200}?>)?[ \t]*\('
+    ),
     classify=_javascript,
 )
 _C = _Grammar(top=_C_TYPE, member=_C_TYPE, classify=_c)
-GRAMMARS = {'Go': _GO, 'Rust': _RUST, 'Java': _JAVA, 'C#': _CSHARP, 'JavaScript': _JAVASCRIPT,
-             'TypeScript': _JAVASCRIPT, 'C': _C, 'C++': _C, 'Objective-C': _C}
+GRAMMARS = {
+    'Go': _GO,
+    'Rust': _RUST,
+    'Java': _JAVA,
+    'C#': _CSHARP,
+    'JavaScript': _JAVASCRIPT,
+    'TypeScript': _JAVASCRIPT,
+    'C': _C,
+    'C++': _C,
+    'Objective-C': _C,
+}
 
 
 # Lines inside a body that say nothing of the members' indentation: C++ access labels, preprocessor lines.
@@ -264,7 +385,7 @@ class BraceScanner:
     def _members(self, declaration: Declaration, indent: str, body: int, end: int) -> None:
         text = self.text
         newline = text.find('\n', body, end)
-        if newline == -1 or '}' in text[body + 1:newline]:  # a one-line body: `class A {}`
+        if newline == -1 or '}' in text[body + 1 : newline]:  # a one-line body: `class A {}`
             return
         close = text.find('\n' + indent + '}', newline, end)
         close = end if close == -1 else close
@@ -273,9 +394,9 @@ class BraceScanner:
         while position < close:  # the first non-blank line of the body gives the member indentation
             following = text.find('\n', position + 1, close)
             following = close if following == -1 else following
-            line = text[position + 1:following]
+            line = text[position + 1 : following]
             if line.strip() and not _NOT_MEMBER.match(line):
-                member_indent = line[:len(line) - len(line.lstrip(' \t'))]
+                member_indent = line[: len(line) - len(line.lstrip(' \t'))]
                 break
             position = following
         if member_indent is None or len(member_indent) <= len(indent) or not member_indent.startswith(indent):
@@ -292,7 +413,7 @@ class BraceScanner:
             cut = brace if semicolon == -1 or -1 < brace < semicolon else semicolon
             head = line if cut == -1 else line[:cut]
             if head.count('(') == head.count(')') and head.count('[') == head.count(']'):
-                if cut == -1 and text[end_of_line:end_of_line + 200].lstrip().startswith('{'):
+                if cut == -1 and text[end_of_line : end_of_line + 200].lstrip().startswith('{'):
                     return shorten(' '.join(head.split()), MAX_SIGNATURE), text.index('{', end_of_line)
                 return shorten(' '.join(head.split()), MAX_SIGNATURE), start + cut if cut == brace != -1 else -1
         stop, body, depth = min(len(text), start + 600), -1, 0
@@ -315,7 +436,7 @@ class BraceScanner:
                 break
             elif char == '\n' and depth == 0:
                 cut = token.start()
-                following = text[cut:cut + 200].lstrip()
+                following = text[cut : cut + 200].lstrip()
                 if following.startswith('{'):  # the brace on its own line (Allman style)
                     body = text.index('{', cut)
                 break
@@ -331,7 +452,7 @@ class BraceScanner:
             if end <= 0:
                 break
             start = text.rfind('\n', 0, end)
-            line = text[start + 1:end].strip()
+            line = text[start + 1 : end].strip()
             if not line:
                 break
             if line.startswith('//'):
@@ -340,7 +461,7 @@ class BraceScanner:
                 opening = text.rfind('/*', max(0, end - 20000), end)
                 if opening == -1:
                     break
-                body = text[opening + 2:text.rfind('*/', opening, end)].lstrip('*!')
+                body = text[opening + 2 : text.rfind('*/', opening, end)].lstrip('*!')
                 return doc_summary('\n'.join(part.strip().lstrip('*').strip() for part in body.splitlines()))
             elif line.startswith(('@', '#[', '[')) and not collected:
                 pass  # an annotation or attribute between the comment and the declaration

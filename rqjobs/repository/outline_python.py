@@ -91,24 +91,24 @@ def _python_skeleton(text: str) -> str | None:
         end_of_line = source.find('\n', colon)
         end_of_line = len(source) if end_of_line == -1 else end_of_line
         first, last = counter.line(start + 1), counter.line(colon)
-        out[first:last + 1] = lines[first:last + 1]
+        out[first : last + 1] = lines[first : last + 1]
         found = True
         checked = end_of_line
-        rest = source[colon + 1:end_of_line].strip()
+        rest = source[colon + 1 : end_of_line].strip()
         if rest and not rest.startswith('#'):
             continue  # a one-line body: `def f(): return 1`
         body = end_of_line  # the '\n' before the first line of the body
         while True:
             following = source.find('\n', body + 1)
             following = len(source) if following == -1 else following
-            stripped = source[body + 1:following].strip()
+            stripped = source[body + 1 : following].strip()
             if stripped and not stripped.startswith('#'):
                 break
             if following == len(source):
                 return None
             body = following
-        line = source[body + 1:following]
-        body_indent = line[:len(line) - len(line.lstrip(' \t'))]
+        line = source[body + 1 : following]
+        body_indent = line[: len(line) - len(line.lstrip(' \t'))]
         if len(body_indent) <= len(indent) or not body_indent.startswith(indent):
             return None
         index = counter.line(body + 1)
@@ -123,7 +123,7 @@ def _python_skeleton(text: str) -> str | None:
                 close = source.find('\n', close + 3)
                 close = len(source) if close == -1 else close
             last = counter.line(close - 1) if close > body + 1 else index
-            out[index:last + 1] = lines[index:last + 1]
+            out[index : last + 1] = lines[index : last + 1]
             checked = skip_until = close
         elif not (keyword == 'class' and _PY_CANDIDATE.match(source, body)):  # no member header right here
             out[index] = body_indent + 'pass'
@@ -140,9 +140,9 @@ def _python_candidates(source: str) -> list[tuple[int, str, str]]:
         position = source.find(needle)
         while position != -1:
             line_start = source.rfind('\n', 0, position)
-            prefix = source[line_start + 1:position] if position - line_start < 200 else 'x'  # not an indentation
+            prefix = source[line_start + 1 : position] if position - line_start < 200 else 'x'  # not an indentation
             if not prefix or (prefix[-1] in ' \t' and prefix.strip() in ('', 'async')):
-                found.append((line_start, prefix[:len(prefix) - len(prefix.lstrip(' \t'))], keyword))
+                found.append((line_start, prefix[: len(prefix) - len(prefix.lstrip(' \t'))], keyword))
             position = source.find(needle, position + 1)
     found.sort()
     return found
@@ -151,10 +151,16 @@ def _python_candidates(source: str) -> list[tuple[int, str, str]]:
 def _python_header_end(source: str, start: int) -> int:
     """Return the position of the colon that ends the def or class header at `start`, or -1."""
     end_of_line = source.find('\n', start)
-    line = source[start:end_of_line if end_of_line != -1 else len(source)].rstrip()
-    if (line.endswith(':') and '"' not in line and "'" not in line and '#' not in line
-            and line.count('(') == line.count(')') and line.count('[') == line.count(']')
-            and line.count('{') == line.count('}')):
+    line = source[start : end_of_line if end_of_line != -1 else len(source)].rstrip()
+    if (
+        line.endswith(':')
+        and '"' not in line
+        and "'" not in line
+        and '#' not in line
+        and line.count('(') == line.count(')')
+        and line.count('[') == line.count(']')
+        and line.count('{') == line.count('}')
+    ):
         return start + len(line) - 1  # the usual one-line header, without strings or comments
     depth, position, limit = 0, start, min(len(source), start + _PY_HEADER_LIMIT)
     while True:
@@ -219,8 +225,15 @@ def _python_body(body: list[ast.stmt], budget: list[int], *, in_class: bool) -> 
             break
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             budget[0] -= 1
-            declarations.append(Declaration('method' if in_class else 'function', node.name,
-                                            _python_signature(node), node.lineno, _python_doc(node)))
+            declarations.append(
+                Declaration(
+                    'method' if in_class else 'function',
+                    node.name,
+                    _python_signature(node),
+                    node.lineno,
+                    _python_doc(node),
+                )
+            )
         elif isinstance(node, ast.ClassDef):
             budget[0] -= 1
             declaration = Declaration('class', node.name, _python_signature(node), node.lineno, _python_doc(node))
@@ -255,9 +268,16 @@ def _expr(node: ast.AST) -> str:
         value = node.value
         if value is None or value is True or value is False or value is Ellipsis:
             return '...' if value is Ellipsis else repr(value)
-        if type(value) is int and -10**15 < value < 10**15:
+        if type(value) is int and -(10**15) < value < 10**15:
             return repr(value)
-        if type(value) is str and node.kind is None and len(value) < 200 and value.isprintable() and "'" not in value and '\\' not in value:
+        if (
+            type(value) is str
+            and node.kind is None
+            and len(value) < 200
+            and value.isprintable()
+            and "'" not in value
+            and '\\' not in value
+        ):
             return repr(value)
     elif kind is ast.Attribute and type(node.value) in (ast.Name, ast.Attribute):
         return f'{_expr(node.value)}.{node.attr}'
@@ -269,17 +289,24 @@ def _expr(node: ast.AST) -> str:
             return f'{_expr(node.value)}[{_expr(inner)}]'
     elif kind is ast.List and all(isinstance(element, _SIMPLE) for element in node.elts):
         return f'[{", ".join(_expr(element) for element in node.elts)}]'
-    elif kind is ast.BinOp and type(node.op) is ast.BitOr and all(
+    elif (
+        kind is ast.BinOp
+        and type(node.op) is ast.BitOr
+        and all(
             isinstance(side, _SIMPLE) or (type(side) is ast.BinOp and type(side.op) is ast.BitOr)
-            for side in (node.left, node.right)) and type(node.right) is not ast.BinOp:
+            for side in (node.left, node.right)
+        )
+        and type(node.right) is not ast.BinOp
+    ):
         return f'{_expr(node.left)} | {_expr(node.right)}'
     return _unparse(node)
 
 
 def _python_signature(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> str:
     if isinstance(node, ast.ClassDef):
-        bases = [_expr(base) for base in node.bases] + [f'{kw.arg}={_expr(kw.value)}' if kw.arg else
-                                                        f'**{_expr(kw.value)}' for kw in node.keywords]
+        bases = [_expr(base) for base in node.bases] + [
+            f'{kw.arg}={_expr(kw.value)}' if kw.arg else f'**{_expr(kw.value)}' for kw in node.keywords
+        ]
         return shorten(f'class {node.name}({", ".join(bases)})' if bases else f'class {node.name}', MAX_SIGNATURE)
     prefix = 'async def' if isinstance(node, ast.AsyncFunctionDef) else 'def'
     returns = f' -> {_expr(node.returns)}' if node.returns is not None else ''

@@ -20,13 +20,23 @@ class SourceFile:
     declarations: list[Declaration] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {'path': self.path, 'language': self.language, 'size': self.size, 'lines': self.lines,
-                'declarations': [declaration.to_dict() for declaration in self.declarations]}
+        return {
+            'path': self.path,
+            'language': self.language,
+            'size': self.size,
+            'lines': self.lines,
+            'declarations': [declaration.to_dict() for declaration in self.declarations],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SourceFile:
-        return cls(data['path'], data.get('language'), data['size'], data['lines'],
-                   [Declaration.from_dict(item) for item in data.get('declarations', ())])
+        return cls(
+            data['path'],
+            data.get('language'),
+            data['size'],
+            data['lines'],
+            [Declaration.from_dict(item) for item in data.get('declarations', ())],
+        )
 
 
 @dataclass
@@ -61,8 +71,10 @@ class Analysis:
             'readme': self.readme,
             'tree': self.tree,
             'classification': self.classification,
-            'components': [dict(component, files=list(component['files']), languages=list(component['languages']))
-                           for component in self.components],
+            'components': [
+                dict(component, files=list(component['files']), languages=list(component['languages']))
+                for component in self.components
+            ],
             'total_files': self.total_files,
             'total_bytes': self.total_bytes,
             'elapsed': self.elapsed,

@@ -48,9 +48,17 @@ printf '%s\\n' "$value"
 """
 
 
-def git_environment(*, home: Path, ceiling: Path, repo: Path | None, protocols: Sequence[str],
-                 askpass: Path | None = None, ssh: bool = False, endpoint: Endpoint | None = None,
-                 guarded: bool = False) -> dict[str, str]:
+def git_environment(
+    *,
+    home: Path,
+    ceiling: Path,
+    repo: Path | None,
+    protocols: Sequence[str],
+    askpass: Path | None = None,
+    ssh: bool = False,
+    endpoint: Endpoint | None = None,
+    guarded: bool = False,
+) -> dict[str, str]:
     """Return the complete environment of a git process; nothing else is inherited (no GIT_* variable)."""
     env = {
         'PATH': os.environ.get('PATH') or os.defpath,
@@ -199,10 +207,14 @@ def open_repo(dest: Path | str) -> Iterator[gitpython.Repo]:
         raise RepositoryNotFound(f'There is no git clone at {path}.') from None
     try:
         # GitPython's Repo reads GIT_WORK_TREE and GIT_COMMON_DIR from os.environ: never read another repository.
-        if (Path(repo.working_tree_dir or '/').resolve() != path.resolve()
-                or Path(repo.common_dir).resolve() != (path / '.git').resolve()):
-            raise GitError(f'The clone at {path} resolves to another repository; unset GIT_WORK_TREE and '
-                           f'GIT_COMMON_DIR in the worker environment.')
+        if (
+            Path(repo.working_tree_dir or '/').resolve() != path.resolve()
+            or Path(repo.common_dir).resolve() != (path / '.git').resolve()
+        ):
+            raise GitError(
+                f'The clone at {path} resolves to another repository; unset GIT_WORK_TREE and '
+                f'GIT_COMMON_DIR in the worker environment.'
+            )
         yield repo
     finally:
         repo.close()
@@ -220,8 +232,15 @@ def read(dest: Path | str, *args: str, binary: bool = False, timeout: float | No
     # A plain subprocess rather than GitPython's runner: importing GitPython runs `git version` in the worker's own
     # environment, and a reading command needs nothing GitPython adds.
     try:
-        result = subprocess.run(['git', *args], cwd=path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                timeout=timeout, check=False)
+        result = subprocess.run(
+            ['git', *args],
+            cwd=path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise GitError(f'git {args[0]} ran past {timeout:g} s in {dest}') from None
     if result.returncode != 0:

@@ -26,8 +26,10 @@ def clone_path(warehouse_id: str, settings: Settings | None = None) -> Path:
     """Return where the warehouse's clone lives: REPO_ROOT/<warehouse_id>."""
     settings = settings or get_settings()
     if not isinstance(warehouse_id, str) or not _WAREHOUSE_ID.fullmatch(warehouse_id):
-        raise ValueError(f'Warehouse id {str(warehouse_id)[:80]!r} must be 1 to 64 letters, digits or "-", '
-                         f'for example 3f6c2a9e-0d4b-4c1e-9a8f-2b7d5e1c0a11.')
+        raise ValueError(
+            f'Warehouse id {str(warehouse_id)[:80]!r} must be 1 to 64 letters, digits or "-", '
+            f'for example 3f6c2a9e-0d4b-4c1e-9a8f-2b7d5e1c0a11.'
+        )
     return inside_root(Path(settings.repo_root).resolve() / warehouse_id, settings)
 
 
@@ -94,8 +96,13 @@ def empty_trash(settings: Settings | None = None) -> subprocess.Popen | None:
     try:
         # Its own session: neither a cap killing a git process group nor a killed work horse takes it down. Two
         # removers working on one tree is harmless (ignore_errors), so every call hands it all there is.
-        remover = subprocess.Popen([sys.executable, '-c', _REMOVER, *entries], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        remover = subprocess.Popen(
+            [sys.executable, '-c', _REMOVER, *entries],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except OSError as exc:
         logger.warning('%s: the removal cannot be started (%s); the next removal takes it', trash, exc.strerror)
         return None

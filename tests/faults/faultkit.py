@@ -85,6 +85,7 @@ def fault_jobs(env, tmp_path: Path, monkeypatch) -> Iterator[Path]:
 
 # ---- Processes ----
 
+
 def alive(process: psutil.Process) -> bool:
     """Tell whether a process still runs (a zombie waiting to be reaped does not)."""
     try:
@@ -133,9 +134,15 @@ class Processes:
         """Start `jobs ARGS` as a user would, in a new session (so its whole group can be signalled)."""
         log = self.logs / f'{name}.log'
         with open(log, 'ab') as out:
-            process = subprocess.Popen([sys.executable, '-c', 'import cli; cli.main()', *args], cwd=ROOT,
-                                       env=env or os.environ.copy(), stdin=subprocess.DEVNULL, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, '-c', 'import cli; cli.main()', *args],
+                cwd=ROOT,
+                env=env or os.environ.copy(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.started.append((process, log))
         return process
 
@@ -184,8 +191,12 @@ class Processes:
 
 def assert_all_dead(members: list[psutil.Process], timeout: float = 5.0) -> None:
     """Fail unless every process in `members` has ended within `timeout` seconds."""
-    wait_until(lambda: not [m for m in members if alive(m)], timeout, 'processes outlived their worker',
-               details=lambda: repr([m for m in members if alive(m)]))
+    wait_until(
+        lambda: not [m for m in members if alive(m)],
+        timeout,
+        'processes outlived their worker',
+        details=lambda: repr([m for m in members if alive(m)]),
+    )
 
 
 def assert_no_git(*paths: Path, timeout: float = 5.0) -> None:
@@ -194,8 +205,12 @@ def assert_no_git(*paths: Path, timeout: float = 5.0) -> None:
     git itself ends at once; helpers it started (upload-pack, pack-objects, index-pack, remote-https) outlive it
     until their next write into a closed pipe, a moment later.
     """
-    wait_until(lambda: not git_processes(*paths), timeout, 'git processes ended',
-               details=lambda: repr([(p.pid, p.info['cmdline']) for p in git_processes(*paths)]))
+    wait_until(
+        lambda: not git_processes(*paths),
+        timeout,
+        'git processes ended',
+        details=lambda: repr([(p.pid, p.info['cmdline']) for p in git_processes(*paths)]),
+    )
 
 
 # ---- A repository whose clone takes a couple of seconds ----
@@ -218,8 +233,9 @@ def make_big_repository(path: Path, blob_mb: int = 16, blobs: int = 2, sources: 
     path.mkdir(parents=True)
     git(path, 'init', '-q')
     files: dict[str, Any] = {f'data/blob{i}.bin': os.urandom(blob_mb * 1024 * 1024) for i in range(blobs)}
-    files.update({f'src/module{i}.py': f'def function{i}():\n    """Return {i}."""\n    return {i}\n'
-                  for i in range(sources)})
+    files.update(
+        {f'src/module{i}.py': f'def function{i}():\n    """Return {i}."""\n    return {i}\n' for i in range(sources)}
+    )
     files['README.md'] = '# Big\n\nA large repository whose clone takes a while.\n'
     commit_files(path, files, 'A large repository')
     git(path, 'branch', 'copy')
@@ -227,6 +243,7 @@ def make_big_repository(path: Path, blob_mb: int = 16, blobs: int = 2, sources: 
 
 
 # ---- Holding a write lock on a table ----
+
 
 @contextlib.contextmanager
 def write_lock(db: peewee.Database, table: str) -> Iterator[Callable[[psutil.Process], bool]]:
@@ -247,8 +264,11 @@ def write_lock(db: peewee.Database, table: str) -> Iterator[Callable[[psutil.Pro
     other.connect()
     mysql = isinstance(other, peewee.MySQLDatabase)
     if mysql:
-        waiters = ("SELECT COUNT(*) FROM information_schema.processlist WHERE id != CONNECTION_ID() "
-                   "AND state LIKE 'Waiting for table%%'", ())
+        waiters = (
+            'SELECT COUNT(*) FROM information_schema.processlist WHERE id != CONNECTION_ID() '
+            "AND state LIKE 'Waiting for table%%'",
+            (),
+        )
     else:
         waiters = ('SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass', (f'"{table}"',))
     try:

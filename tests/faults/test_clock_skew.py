@@ -39,7 +39,7 @@ def hold(release: str, marker: str) -> None:
 
 # `jobs worker` with every clock rq and the project read (rq.utils.now and current_timestamp, wherever imported,
 # and rqjobs.clock.utcnow) moved by SKEW seconds, as on a host whose clock is off.
-SKEWED_JOBS = '''
+SKEWED_JOBS = """
 import datetime, sys
 import cli, rq.utils, rqjobs.clock, rqjobs.worker
 skew = float(sys.argv[1])
@@ -55,7 +55,7 @@ for module in list(sys.modules.values()):
             if callable(value) and value in shifted:
                 setattr(module, name, shifted[value])
 cli.main(args=sys.argv[2:])
-'''
+"""
 
 
 @pytest.fixture
@@ -75,9 +75,15 @@ def start_worker(processes, name: str, skew: float = 0.0) -> subprocess.Popen:
     """Start `jobs worker --burst` on the test's queue with its clocks moved by `skew` seconds."""
     log = processes.logs / f'{name}.log'
     with open(log, 'ab') as out:
-        process = subprocess.Popen([sys.executable, '-c', SKEWED_JOBS, str(skew), 'worker', '--burst', '--name', name,
-                                    QUEUE], cwd=ROOT, env=os.environ.copy(), stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, '-c', SKEWED_JOBS, str(skew), 'worker', '--burst', '--name', name, QUEUE],
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     processes.started.append((process, log))
     return process
 
@@ -121,8 +127,9 @@ def test_a_worker_10_minutes_behind_keeps_its_running_job(redis_conn, clock_jobs
     assert runs(marker) == ['started', 'done']
 
 
-def test_a_worker_10_minutes_behind_finds_the_job_of_a_dead_worker_abandoned(redis_conn, clock_jobs, processes,
-                                                                               tmp_path):
+def test_a_worker_10_minutes_behind_finds_the_job_of_a_dead_worker_abandoned(
+    redis_conn, clock_jobs, processes, tmp_path
+):
     job, marker, _ = hold_job(redis_conn, tmp_path, retry=None)
     dead = start_worker(processes, 'dead')
     wait_until(lambda: runs(marker) == ['started'], 60, 'the worker started the job', details=processes.logs_text)
@@ -151,10 +158,12 @@ def expire_heartbeats(redis_conn, *, expiries: bool = False) -> None:
             redis_conn.zadd(registry.key, {entry: 1}, xx=True)
 
 
-@pytest.mark.parametrize('interval, retried', [(0, JobStatus.QUEUED), (60, JobStatus.SCHEDULED)],
-                         ids=['queued retry', 'scheduled retry'])
-def test_a_retry_of_a_run_taken_for_abandoned_is_withdrawn_when_the_run_finishes(redis_conn, clock_jobs, processes,
-                                                                                 tmp_path, interval, retried):
+@pytest.mark.parametrize(
+    'interval, retried', [(0, JobStatus.QUEUED), (60, JobStatus.SCHEDULED)], ids=['queued retry', 'scheduled retry']
+)
+def test_a_retry_of_a_run_taken_for_abandoned_is_withdrawn_when_the_run_finishes(
+    redis_conn, clock_jobs, processes, tmp_path, interval, retried
+):
     job, marker, release = hold_job(redis_conn, tmp_path, retry=Retry(max=2, interval=interval))
     running = start_worker(processes, 'stalled')
     wait_until(lambda: runs(marker) == ['started'], 60, 'the worker started the job', details=processes.logs_text)

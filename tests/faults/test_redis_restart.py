@@ -52,12 +52,20 @@ def test_queued_jobs_survive_a_redis_crash_and_a_busy_worker_exits_1(server, fau
     queued = [queues.enqueue('nap', [0, str(short_marker)], connection=connection) for _ in range(5)]
     worker = processes.worker(FAULT_QUEUE, name='worker')
     scheduler = processes.jobs('scheduler', '--interval', '1', name='scheduler')
-    wait_until(lambda: running.get_status(refresh=True) == JobStatus.STARTED, 30, 'the long job started',
-               details=processes.logs_text)
+    wait_until(
+        lambda: running.get_status(refresh=True) == JobStatus.STARTED,
+        30,
+        'the long job started',
+        details=processes.logs_text,
+    )
     horse = wait_until(lambda: [p for p in tree(worker.pid)[1:] if os.getpgid(p.pid) == p.pid], 10, 'a work horse')
     # Past its start-up registration and in its loop (losing Redis while registering has a test of its own).
-    wait_until(lambda: connection.keys('rq:scheduler_instance:*'), 30, 'the scheduler runs its loop',
-               details=processes.logs_text)
+    wait_until(
+        lambda: connection.keys('rq:scheduler_instance:*'),
+        30,
+        'the scheduler runs its loop',
+        details=processes.logs_text,
+    )
     # A SIGKILL loses what Redis has not yet written to its append-only file, not what awaits an fsync.
     wait_until(lambda: connection.info('persistence')['aof_buffer_length'] == 0, 10, 'the pushes are in the file')
     kill_server(server)
@@ -88,13 +96,20 @@ def test_queued_jobs_survive_a_redis_crash_and_a_busy_worker_exits_1(server, fau
     # retries it once its heartbeat has expired (at least once, as every job is written to allow).
     assert running.get_status(refresh=True) == JobStatus.STARTED and running.retries_left == 3
     registry = queues.get_queue(FAULT_QUEUE, connection).started_job_registry
-    expiries = [score for member, score in connection.zrange(registry.key, 0, -1, withscores=True)
-                if member.decode().startswith(f'{running.id}:')]
+    expiries = [
+        score
+        for member, score in connection.zrange(registry.key, 0, -1, withscores=True)
+        if member.decode().startswith(f'{running.id}:')
+    ]
     assert len(expiries) == 1 and 0 < expiries[0] - time.time() <= HEARTBEAT_GRACE + JOB_MONITORING_INTERVAL
 
     restarted = processes.worker(FAULT_QUEUE, name='restarted')
-    wait_until(lambda: [job.get_status(refresh=True) for job in queued] == [JobStatus.FINISHED] * 5, 30,
-               'the queued jobs ran', details=processes.logs_text)
+    wait_until(
+        lambda: [job.get_status(refresh=True) for job in queued] == [JobStatus.FINISHED] * 5,
+        30,
+        'the queued jobs ran',
+        details=processes.logs_text,
+    )
     assert lines(short_marker) == 5
     assert restarted.poll() is None
 
@@ -107,8 +122,12 @@ def test_a_scheduler_that_loses_redis_while_registering_exits_1(server, processe
     # the registration lock, is held until the server dies under it.
     connection.execute_command('CLIENT', 'PAUSE', 60_000, 'WRITE')
     scheduler = processes.jobs('scheduler', '--interval', '1', name='scheduler')
-    wait_until(lambda: [c for c in connection.client_list() if c['cmd'] == 'set' and 'b' in c['flags']], 30,
-               'the scheduler waits to take the registration lock', details=processes.logs_text)
+    wait_until(
+        lambda: [c for c in connection.client_list() if c['cmd'] == 'set' and 'b' in c['flags']],
+        30,
+        'the scheduler waits to take the registration lock',
+        details=processes.logs_text,
+    )
     kill_server(server)
 
     assert scheduler.wait(timeout=30) == 1, processes.log(scheduler)
@@ -123,17 +142,26 @@ def test_an_idle_worker_waits_for_redis_and_goes_on(server, faults, processes, t
     connection = connections.get_redis()
     worker = processes.worker(FAULT_QUEUE, name='worker')
     # Blocked in its wait for jobs, where a worker spends its idle time (between two waits it would exit 1).
-    wait_until(lambda: any('b' in client['flags'] for client in connection.client_list()), 30,
-               'the worker waits for jobs', details=processes.logs_text)
+    wait_until(
+        lambda: any('b' in client['flags'] for client in connection.client_list()),
+        30,
+        'the worker waits for jobs',
+        details=processes.logs_text,
+    )
     kill_server(server)
-    wait_until(lambda: 'could not connect to Redis' in processes.log(worker), 30, 'the worker noticed Redis is gone',
-               details=processes.logs_text)
+    wait_until(
+        lambda: 'could not connect to Redis' in processes.log(worker),
+        30,
+        'the worker noticed Redis is gone',
+        details=processes.logs_text,
+    )
     server.ensure_running()
     marker = tmp_path / 'after.txt'
     job = queues.enqueue('nap', [0, str(marker)], connection=connection)
     # Blocked on its queues when Redis went, it retries (1, 2, 4 ... s apart) and takes the job once Redis is back.
-    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, 'the job ran',
-               details=processes.logs_text)
+    wait_until(
+        lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, 'the job ran', details=processes.logs_text
+    )
     assert lines(marker) == 1
     assert worker.poll() is None
     assert 'could not connect to Redis' in processes.log(worker)

@@ -35,8 +35,7 @@ def test_two_schedulers_enqueue_each_slot_once(redis_conn, database, env, proces
     wait_until(lambda: len(runs(redis_conn)) >= 2, 3 * EVERY, 'two runs', interval=0.2, details=processes.logs_text)
     processes.kill_group(first, signal.SIGKILL)  # the survivor carries on alone
     assert first.wait(timeout=10) == -9
-    wait_until(lambda: len(runs(redis_conn)) >= 3, 3 * EVERY, 'a third run', interval=0.2,
-               details=processes.logs_text)
+    wait_until(lambda: len(runs(redis_conn)) >= 3, 3 * EVERY, 'a third run', interval=0.2, details=processes.logs_text)
     elapsed = time.monotonic() - started
     assert second.poll() is None
 
@@ -47,6 +46,10 @@ def test_two_schedulers_enqueue_each_slot_once(redis_conn, database, env, proces
     assert [(later - earlier).total_seconds() for earlier, later in pairwise(slots)] == [EVERY] * (len(slots) - 1)
     enqueued = [job.enqueued_at for job in done]
     assert all((later - earlier).total_seconds() >= EVERY - 1 for earlier, later in pairwise(enqueued))
-    wait_until(lambda: all(job.get_status(refresh=True) == JobStatus.FINISHED for job in done), 10, 'the runs ended',
-               details=processes.logs_text)
+    wait_until(
+        lambda: all(job.get_status(refresh=True) == JobStatus.FINISHED for job in done),
+        10,
+        'the runs ended',
+        details=processes.logs_text,
+    )
     assert [entry['id'] for entry in scheduler.describe(redis_conn)['entries']] == [ENTRY]

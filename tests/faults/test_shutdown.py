@@ -22,8 +22,12 @@ def start_busy(redis_conn, processes, seconds: float, marker):
     running = queues.enqueue('nap', [seconds, str(marker)], connection=redis_conn)
     waiting = queues.enqueue('nap', [0, str(marker)], connection=redis_conn)
     worker = processes.worker(FAULT_QUEUE, name='worker')
-    wait_until(lambda: running.get_status(refresh=True) == JobStatus.STARTED, 30, 'the job started',
-               details=processes.logs_text)
+    wait_until(
+        lambda: running.get_status(refresh=True) == JobStatus.STARTED,
+        30,
+        'the job started',
+        details=processes.logs_text,
+    )
     horse = wait_until(lambda: [p for p in tree(worker.pid)[1:] if os.getpgid(p.pid) == p.pid], 10, 'a work horse')
     return worker, running, waiting, horse
 
@@ -41,8 +45,9 @@ def test_a_first_sigterm_lets_the_running_job_finish(redis_conn, faults, process
     assert 'warm shut down requested' in processes.log(worker)
 
 
-def test_a_second_sigterm_kills_the_running_job_which_is_recovered_as_abandoned(redis_conn, faults, processes,
-                                                                                tmp_path):
+def test_a_second_sigterm_kills_the_running_job_which_is_recovered_as_abandoned(
+    redis_conn, faults, processes, tmp_path
+):
     marker = tmp_path / 'ran.txt'
     worker, running, waiting, horse = start_busy(redis_conn, processes, 30, marker)
     os.kill(worker.pid, signal.SIGTERM)
@@ -56,14 +61,17 @@ def test_a_second_sigterm_kills_the_running_job_which_is_recovered_as_abandoned(
     # then retries it (it has retries left) or fails it.
     assert running.get_status(refresh=True) == JobStatus.STARTED
     registry = queues.get_queue(FAULT_QUEUE, redis_conn).started_job_registry
-    expiries = [score for member, score in redis_conn.zrange(registry.key, 0, -1, withscores=True)
-                if member.decode().startswith(f'{running.id}:')]
+    expiries = [
+        score
+        for member, score in redis_conn.zrange(registry.key, 0, -1, withscores=True)
+        if member.decode().startswith(f'{running.id}:')
+    ]
     assert len(expiries) == 1 and expiries[0] - time.time() <= HEARTBEAT_GRACE + JOB_MONITORING_INTERVAL
     assert waiting.get_status(refresh=True) == JobStatus.QUEUED
 
 
 # A worker whose finalizer runs when the signal arrives: Python prints what the handler raised and drops it.
-SWALLOWED_STOP = '''
+SWALLOWED_STOP = """
 import os, signal, sys
 from rqjobs import connections
 from rqjobs.worker import build_worker
@@ -89,13 +97,20 @@ def listening(message):
 worker.procline = listening
 worker.work(with_scheduler=False)
 print('worker stopped', flush=True)
-'''
+"""
 
 
 def test_an_idle_worker_stops_even_when_the_signal_lands_in_a_finalizer(env, redis_conn):
     began = time.monotonic()
-    done = subprocess.run([sys.executable, '-c', SWALLOWED_STOP], check=False, cwd=ROOT, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, '-c', SWALLOWED_STOP],
+        check=False,
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     output = done.stdout + done.stderr
     assert 'Exception ignored in' in output and 'StopRequested' in output  # the handler's exception was dropped
     assert done.returncode == 0 and 'worker stopped' in output, output

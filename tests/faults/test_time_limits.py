@@ -34,11 +34,20 @@ def test_soft_and_hard_limits_in_a_real_worker(redis_conn, faults, processes, tm
     parent = queues.enqueue('with_child', [str(pidfile)], timeout=TIMEOUT, connection=redis_conn)
     after = queues.enqueue('nap', [0], connection=redis_conn)
     worker = processes.worker(FAULT_QUEUE, name='worker')
-    child = psutil.Process(int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), 30, 'the child started',
-                                          details=processes.logs_text)))
+    child = psutil.Process(
+        int(
+            wait_until(
+                lambda: pidfile.exists() and pidfile.read_text(), 30, 'the child started', details=processes.logs_text
+            )
+        )
+    )
     processes.seen.append(child)
-    wait_until(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 30, 'the last job ran',
-               details=processes.logs_text)
+    wait_until(
+        lambda: after.get_status(refresh=True) == JobStatus.FINISHED,
+        30,
+        'the last job ran',
+        details=processes.logs_text,
+    )
 
     # Past the soft limit: SoftTimeLimitExceeded in the job, a permanent failure, not retried.
     assert soft.get_status(refresh=True) == JobStatus.FAILED  # not scheduled for a retry
@@ -60,8 +69,9 @@ def big_repo(tmp_path_factory):
 
 
 @pytest.mark.db
-def test_a_warehouse_past_its_soft_limit_fails_and_leaves_no_clone(redis_conn, database, local, big_repo, env,
-                                                                   processes):
+def test_a_warehouse_past_its_soft_limit_fails_and_leaves_no_clone(
+    redis_conn, database, local, big_repo, env, processes
+):
     env.setenv('JOB_TIMEOUT', '10')
     env.setenv('SOFT_TIME_LIMIT', '1')  # the clone takes longer
     settings.reset()
@@ -69,8 +79,12 @@ def test_a_warehouse_past_its_soft_limit_fails_and_leaves_no_clone(redis_conn, d
     dest = storage.clone_path(row.id)
     processes.worker('warehouse', name='worker')
     clones = wait_until(lambda: git_processes(dest), 30, 'a git clone started', details=processes.logs_text)
-    wait_until(lambda: Warehouse.get_by_id(row.id).status != WarehouseStatus.PROCESSING, 30,
-               'the warehouse left Processing', details=processes.logs_text)
+    wait_until(
+        lambda: Warehouse.get_by_id(row.id).status != WarehouseStatus.PROCESSING,
+        30,
+        'the warehouse left Processing',
+        details=processes.logs_text,
+    )
 
     failed = Warehouse.get_by_id(row.id)
     assert failed.status == WarehouseStatus.FAILED

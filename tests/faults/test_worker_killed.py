@@ -50,8 +50,14 @@ def submit(redis_conn, address: str, retry: Retry | None, branch: str | None = N
     for queue in queues.all_queues(redis_conn):
         queue.remove(job_id)
     redis_conn.delete(queues.JsonJob.key_for(job_id))
-    queues.enqueue('process_warehouse', [row.id], job_id=job_id, retry=retry, connection=redis_conn,
-                   on_failure='rqjobs.warehouse.warehouse_job_failed')
+    queues.enqueue(
+        'process_warehouse',
+        [row.id],
+        job_id=job_id,
+        retry=retry,
+        connection=redis_conn,
+        on_failure='rqjobs.warehouse.warehouse_job_failed',
+    )
     return row.id
 
 
@@ -60,8 +66,9 @@ def status_of(warehouse_id: str) -> str:
 
 
 def head(repo) -> str:
-    return subprocess.run(['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def kill_mid_clone(processes: Processes, redis_conn, warehouse_id: str, big_repo, name: str) -> None:
@@ -81,8 +88,9 @@ def kill_mid_clone(processes: Processes, redis_conn, warehouse_id: str, big_repo
     assert job.get_status() == JobStatus.STARTED
 
 
-def test_workers_killed_mid_clone_leave_nothing_running_and_no_warehouse_stuck(redis_conn, database, local, big_repo,
-                                                                               processes):
+def test_workers_killed_mid_clone_leave_nothing_running_and_no_warehouse_stuck(
+    redis_conn, database, local, big_repo, processes
+):
     # Two at once, to wait for the recovery only once: one job with retries left, one on its last try.
     retried = submit(redis_conn, str(big_repo), Retry(max=3))  # at once: 60 s between tries would only wait
     last = submit(redis_conn, str(big_repo), None, branch='copy')
@@ -91,8 +99,13 @@ def test_workers_killed_mid_clone_leave_nothing_running_and_no_warehouse_stuck(r
 
     # A process manager starts a worker again; its maintenance finds both jobs abandoned (no heartbeat for 25 s).
     processes.worker('warehouse', name='restarted')
-    wait_until(lambda: WarehouseStatus.PROCESSING not in (status_of(retried), status_of(last)), RECOVERY,
-               'the warehouses left Processing', interval=0.5, details=processes.logs_text)
+    wait_until(
+        lambda: WarehouseStatus.PROCESSING not in (status_of(retried), status_of(last)),
+        RECOVERY,
+        'the warehouses left Processing',
+        interval=0.5,
+        details=processes.logs_text,
+    )
 
     row = Warehouse.get_by_id(retried)
     assert row.status == WarehouseStatus.COMPLETED, row.error
@@ -114,8 +127,9 @@ def test_workers_killed_mid_clone_leave_nothing_running_and_no_warehouse_stuck(r
     assert not storage.partial_path(storage.clone_path(last)).exists()  # removed when the warehouse failed
 
 
-def test_a_work_horse_killed_mid_clone_on_the_last_try_fails_the_warehouse(redis_conn, database, local, big_repo,
-                                                                          processes):
+def test_a_work_horse_killed_mid_clone_on_the_last_try_fails_the_warehouse(
+    redis_conn, database, local, big_repo, processes
+):
     """The kernel's OOM killer takes the work horse only: the worker goes on, and must fail the warehouse itself."""
     warehouse_id = submit(redis_conn, str(big_repo), None)
     dest = storage.clone_path(warehouse_id)
@@ -126,8 +140,12 @@ def test_a_work_horse_killed_mid_clone_on_the_last_try_fails_the_warehouse(redis
     assert horse.pid != worker.pid and horse.ppid() == worker.pid
     horse.kill()
 
-    wait_until(lambda: status_of(warehouse_id) != WarehouseStatus.PROCESSING, 30, 'the warehouse left Processing',
-               details=processes.logs_text)
+    wait_until(
+        lambda: status_of(warehouse_id) != WarehouseStatus.PROCESSING,
+        30,
+        'the warehouse left Processing',
+        details=processes.logs_text,
+    )
     row = Warehouse.get_by_id(warehouse_id)
     assert row.status == WarehouseStatus.FAILED
     assert 'stopped before it ended' in row.error
@@ -140,8 +158,15 @@ def test_a_work_horse_killed_mid_clone_on_the_last_try_fails_the_warehouse(redis
 
 
 def access_entry(i: int) -> dict:
-    return {'resource_type': 'Repository', 'resource_id': f'owner/repo{i % 50}', 'ip_address': '203.0.113.7',
-            'path': f'/owner/repo{i % 50}/docs', 'method': 'GET', 'status_code': 200, 'response_time': 12}
+    return {
+        'resource_type': 'Repository',
+        'resource_id': f'owner/repo{i % 50}',
+        'ip_address': '203.0.113.7',
+        'path': f'/owner/repo{i % 50}/docs',
+        'method': 'GET',
+        'status_code': 200,
+        'response_time': 12,
+    }
 
 
 def test_a_worker_killed_mid_drain_stores_every_entry_exactly_once(redis_conn, database, processes, env):
@@ -151,8 +176,9 @@ def test_a_worker_killed_mid_drain_stores_every_entry_exactly_once(redis_conn, d
     assert producer.enqueue_access_logs([access_entry(i) for i in range(sent)], connection=redis_conn) == sent
     queues.enqueue('process_access_log', retry=None, connection=redis_conn)  # as the periodic plan enqueues it
     worker = processes.worker('access_log', name='killed')
-    wait_until(lambda: AccessRecord.select().count() >= 100, 60, 'the drain committed a batch',
-               details=processes.logs_text)
+    wait_until(
+        lambda: AccessRecord.select().count() >= 100, 60, 'the drain committed a batch', details=processes.logs_text
+    )
     # Stall the drain inside a batch (taken into the processing list, not committed) and kill it there.
     with write_lock(database, AccessRecord._meta.table_name):
         wait_until(lambda: redis_conn.llen(PROCESSING_KEY), 10, 'the drain took its next batch')
@@ -177,8 +203,15 @@ def test_a_worker_killed_mid_drain_stores_every_entry_exactly_once(redis_conn, d
 
 
 def visit(when: datetime, i: int) -> None:
-    AccessRecord.create(event_id=f'visit-{i}', resource_type='Repository', resource_id='owner/repo',
-                        ip_address=f'10.0.0.{i}', user_id=f'user-{i % 3}', access_time=when, created_at=when)
+    AccessRecord.create(
+        event_id=f'visit-{i}',
+        resource_type='Repository',
+        resource_id='owner/repo',
+        ip_address=f'10.0.0.{i}',
+        user_id=f'user-{i % 3}',
+        access_time=when,
+        created_at=when,
+    )
 
 
 def test_a_worker_killed_mid_statistics_leaves_one_row_and_the_rerun_corrects_it(redis_conn, database, processes):
@@ -194,8 +227,12 @@ def test_a_worker_killed_mid_statistics_leaves_one_row_and_the_rerun_corrects_it
     job = queues.enqueue('generate_statistics', [day.isoformat()], connection=redis_conn)
     with write_lock(database, DailyStatistics._meta.table_name) as waits_for_lock:
         worker = processes.worker('statistics', name='killed')
-        wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 30, 'the job started',
-                   details=processes.logs_text)
+        wait_until(
+            lambda: job.get_status(refresh=True) == JobStatus.STARTED,
+            30,
+            'the job started',
+            details=processes.logs_text,
+        )
         horse = wait_until(lambda: [p for p in tree(worker.pid)[1:] if os.getpgid(p.pid) == p.pid], 10, 'a work horse')
         # Its reads take milliseconds; then its upsert waits for the lock, where it is killed.
         wait_until(lambda: waits_for_lock(horse[0]), 30, 'the upsert waits for the lock', details=processes.logs_text)
