@@ -357,9 +357,8 @@ def run(options: argparse.Namespace) -> None:
         f'generate_statistics(day) (the job):    median {ours * 1000:8.1f} ms  of {options.rounds} rounds '
         f'{[round(t * 1000, 1) for t in job_times]}'
     )
-    print(
-        f'ratio job/raw: {ours / base:.2f}x (aim <= {AIM_RATIO:.0f}x: {"met" if ours / base <= AIM_RATIO else "MISSED"})'
-    )
+    verdict = 'met' if ours / base <= AIM_RATIO else 'MISSED'
+    print(f'ratio job/raw: {ours / base:.2f}x (aim <= {AIM_RATIO:.0f}x: {verdict})')
 
 
 if __name__ == '__main__':

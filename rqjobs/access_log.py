@@ -260,7 +260,7 @@ def _store(db: peewee.Database, rows: list[tuple], raws: list[bytes]) -> tuple[i
         # One row the database refuses must not hold the others back forever: store them one by one.
         logger.warning('access log: the database refused a batch (%s); storing it row by row', exc)
     stored, refused = 0, []
-    for row, raw in zip(rows, raws):
+    for row, raw in zip(rows, raws, strict=True):
         try:
             with db.atomic():
                 stored += _insert(db, [row])

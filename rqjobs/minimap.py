@@ -232,7 +232,10 @@ def validate_minimap(warehouse_id: str) -> dict:
 
 
 def check_tree(tree: object) -> dict:
-    """Check a mind-map tree; return `{valid, nodes, edges, depth}` or `{valid: False, error}` naming the first bad path."""
+    """Check a mind-map tree.
+
+    Return `{valid, nodes, edges, depth}`, or `{valid: False, error}` naming the first bad path.
+    """
     nodes = edges = depth = 0
     seen: set[int] = set()
     stack: list[tuple[object, str, int]] = [(tree, '', 1)]

@@ -33,7 +33,7 @@ def queue_counts(connection: redis.Redis, settings: Settings | None = None) -> l
     rows = []
     for index, queue in enumerate(all_queues):
         counts = replies[index * width : (index + 1) * width]
-        rows.append({'queue': queue.name, 'queued': counts[0], **dict(zip(REGISTRIES, counts[1:]))})
+        rows.append({'queue': queue.name, 'queued': counts[0], **dict(zip(REGISTRIES, counts[1:], strict=True))})
     return rows
 
 
@@ -176,7 +176,7 @@ def failed_jobs(
         if queue_name and queue.name != queue_name:
             continue
         job_ids = queue.failed_job_registry.get_job_ids(desc=True)[:limit]
-        for job_id, job in zip(job_ids, queues.JsonJob.fetch_many(job_ids, connection=connection)):
+        for job_id, job in zip(job_ids, queues.JsonJob.fetch_many(job_ids, connection=connection), strict=True):
             if job is None:
                 # Gone, or unreadable (forged or corrupted): listed with the reason, so that it can be deleted.
                 reason = queues.unreadable_reason(connection, job_id)

@@ -166,7 +166,7 @@ class JsonJob(Job):
                 pipe.hgetall(cls.key_for(job_id))
             hashes = pipe.execute()
         jobs: list[JsonJob | None] = []
-        for job_id, raw in zip(job_ids, hashes):
+        for job_id, raw in zip(job_ids, hashes, strict=True):
             job = None
             if raw:
                 job = cls(job_id, connection=connection)
@@ -248,7 +248,7 @@ def set_aside(
 def set_aside_unreadable(connection: redis.Redis, queue_key: str, job_ids: Sequence[str]) -> list[str]:
     """Set aside those of `job_ids` that cannot be read; return their ids."""
     unreadable = []
-    for job_id, job in zip(job_ids, JsonJob.fetch_many(job_ids, connection=connection)):
+    for job_id, job in zip(job_ids, JsonJob.fetch_many(job_ids, connection=connection), strict=True):
         reason = unreadable_reason(connection, job_id) if job is None else None
         if reason:
             set_aside(connection, queue_key, job_id, reason)
@@ -547,4 +547,4 @@ def live_job_ids(connection: redis.Redis, job_ids: Sequence[str]) -> set[str]:
             pipe.hget(JsonJob.key_for(job_id), 'status')
         statuses = pipe.execute()
     live = {b'queued', b'started', b'scheduled', b'deferred'}
-    return {job_id for job_id, status in zip(job_ids, statuses) if status in live}
+    return {job_id for job_id, status in zip(job_ids, statuses, strict=True) if status in live}

@@ -220,7 +220,8 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
 def _check_database_url(url: str) -> None:
     if not url.startswith(tuple(f'{scheme}://' for scheme in SUPPORTED_SCHEMES)):
         raise SettingsError(
-            f'DATABASE_URL={redact_url(url)!r} is not a supported database URL; for example DATABASE_URL={EXAMPLE_URLS}.'
+            f'DATABASE_URL={redact_url(url)!r} is not a supported database URL; '
+            f'for example DATABASE_URL={EXAMPLE_URLS}.'
         )
     _check_port('DATABASE_URL', url, EXAMPLE_URLS)
     if not urlsplit(url).path.strip('/'):
@@ -233,7 +234,7 @@ def _check_port(name: str, url: str, example: str) -> None:
     # Checked here because redis-py and peewee fail on first use, with a traceback, and urllib's message quotes the
     # text it took for a port, which may be part of a password.
     try:
-        urlsplit(url).port
+        _ = urlsplit(url).port  # urllib parses the port only when asked for it
     except ValueError:
         raise SettingsError(
             f'{name} has an invalid port (a number up to 65535); for example {name}={example}.'

@@ -64,7 +64,7 @@ class HeartbeatRegistry(StartedJobRegistry):
             for job_id, execution_id in (run for run in runs if len(run) == 2):
                 pipe.exists(Execution(execution_id, job_id, connection=self.connection).key)
             alive = iter(pipe.execute())
-        abandoned = {entry: 0 for entry, run in zip(entries, runs) if len(run) == 2 and not next(alive)}
+        abandoned = {entry: 0 for entry, run in zip(entries, runs, strict=True) if len(run) == 2 and not next(alive)}
         if abandoned:
             # Marked with the earliest expiry, they are the only runs rq's own clean-up then takes for abandoned.
             self.connection.zadd(self.key, abandoned, xx=True)

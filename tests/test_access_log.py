@@ -168,7 +168,7 @@ def test_sent_equals_stored_plus_dead_lettered_plus_drops(redis_conn, database, 
     assert redis_conn.llen(BUFFER_KEY) == redis_conn.llen(PROCESSING_KEY) == 0
 
     letters = [json.loads(letter) for letter in redis_conn.lrange(DEAD_KEY, 0, -1)]
-    for letter, (raw, reason) in zip(letters, HOSTILE_RAW):
+    for letter, (raw, reason) in zip(letters, HOSTILE_RAW, strict=True):
         assert reason in letter['reason'], (raw[:60], letter['reason'])
         assert letter['entry'].encode('utf-8', 'surrogateescape') == raw[: access_log.RAW_MAX]
         assert letter['at'].endswith('Z')
@@ -908,7 +908,7 @@ def test_the_percent_built_json_is_what_json_dumps_writes(monkeypatch):
         except ValueError:
             continue
         plain = json.dumps(
-            dict(zip(producer._ENTRY_KEYS, (*row[:10], row[10].isoformat(timespec='microseconds')))),
+            dict(zip(producer._ENTRY_KEYS, (*row[:10], row[10].isoformat(timespec='microseconds')), strict=True)),
             ensure_ascii=False,
             separators=(',', ':'),
         ).encode()
@@ -957,7 +957,7 @@ def test_the_drain_reads_entries_as_json_loads_does():
         if row is not None and row[0] not in seen:
             seen.add(row[0])
             expected.append((raw, (*row, NOW)))
-    assert list(zip(kept, rows)) == expected
+    assert list(zip(kept, rows, strict=True)) == expected
     assert len(kept) + len(dead) + 1 == len(raws)  # the one left over is the repeated e0
 
 

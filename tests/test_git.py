@@ -708,7 +708,7 @@ def test_fetch_runs_no_hook_even_one_inside_the_clone(local, upstream, tmp_path,
         'init.templateDir': '',
         'http.lowSpeedLimit': '1000',
     }
-    for entries, record in zip(config, started):
+    for entries, record in zip(config, started, strict=True):
         assert entries.items() >= expected.items()
         assert record.env['GIT_ALLOW_PROTOCOL'] == 'file' and record.env['GIT_LFS_SKIP_SMUDGE'] == '1'
     assert config[1]['safe.directory'] == str(dest)

@@ -17,7 +17,7 @@ def context(
     commit: str = 'Fix the parser',
     doc: str = 'Parse it.',
     readme_path: str = 'README.md',
-) -> documentation.Context:
+) -> documentation.PageContext:
     """A one-component analysis whose component, file, declaration and commit all carry `name` or the given texts."""
     path = f'src/{name}'
     source = {
@@ -42,10 +42,10 @@ def context(
         }
     )
     commits = [{'sha': 'a' * 40, 'title': commit, 'author': name, 'committed_at': datetime(2026, 1, 2)}]
-    return documentation.Context(title, analysis, commits)
+    return documentation.PageContext(title, analysis, commits)
 
 
-def rendered(ctx: documentation.Context) -> dict[str, str]:
+def rendered(ctx: documentation.PageContext) -> dict[str, str]:
     """Every page of the catalog, by its place in the catalog (component keys depend on the name)."""
     return {
         page.key.split('/')[0] + str(page.order): documentation.render(page, ctx)

@@ -77,9 +77,13 @@ def emit(data, as_json: bool, human) -> None:
 def table(rows: list[dict], columns: list[str]) -> None:
     """Print rows as a plain aligned table."""
     widths = [max([len(column)] + [len(cell(row.get(column))) for row in rows]) for column in columns]
-    click.echo('  '.join(column.upper().ljust(width) for column, width in zip(columns, widths)).rstrip())
+    click.echo('  '.join(column.upper().ljust(width) for column, width in zip(columns, widths, strict=True)).rstrip())
     for row in rows:
-        click.echo('  '.join(cell(row.get(column)).ljust(width) for column, width in zip(columns, widths)).rstrip())
+        click.echo(
+            '  '.join(
+                cell(row.get(column)).ljust(width) for column, width in zip(columns, widths, strict=True)
+            ).rstrip()
+        )
 
 
 def cell(value) -> str:

@@ -67,36 +67,9 @@ def _parse(address: str, settings: Settings, *, allow_http: bool) -> RepoAddress
         )
     # Only spaces are forgiven at the ends: a newline or tab in an address is a sign of a pasted or crafted value.
     text = address.strip(' ')
-    if not text:
-        _refuse(text, 'it is empty', settings)
-    if len(text) > MAX_ADDRESS_LENGTH:
-        _refuse(text, f'it is {len(text)} characters long, over the limit of {MAX_ADDRESS_LENGTH}', settings)
-    if text.startswith('-'):
-        _refuse(text, 'it starts with "-", which git would read as an option', settings)
-    if '::' in _BRACKETED_HOST.sub('', text, count=1):
-        _refuse(text, '"::" selects a git remote helper (such as ext:: or fd::), which can run commands', settings)
-    bad = first_unsafe_character(text)
-    if bad is not None:
-        _refuse(text, f'it contains a whitespace or control character ({_describe(bad)})', settings)
-    if '\\' in text:
-        _refuse(text, 'it contains a backslash', settings)
+    _check_text(text, settings)
     if '://' in text:
-        scheme = text.partition('://')[0].lower()
-        if scheme == 'https' or (scheme == 'http' and allow_http):
-            return _parse_http(text, scheme, settings)
-        if scheme == 'http':
-            _refuse(text, 'http:// sends credentials and code in clear text; use https://', settings)
-        if scheme == 'git':
-            _refuse(text, 'git:// is neither authenticated nor encrypted; use https://', settings)
-        if scheme == 'ssh':
-            if not settings.git_allow_ssh:
-                _refuse(text, 'ssh addresses are turned off (GIT_ALLOW_SSH=false)', settings)
-            return _parse_ssh_url(text, settings)
-        if scheme == 'file':
-            if not settings.allow_local_repositories:
-                _refuse(text, 'local repositories are turned off (ALLOW_LOCAL_REPOSITORIES=false)', settings)
-            return _parse_file_url(text, settings)
-        _refuse(text, f'the scheme {scheme[:20]}:// is not supported; only https:// is', settings)
+        return _parse_url(text, settings, allow_http=allow_http)
     if text.startswith('/'):
         if not settings.allow_local_repositories:
             _refuse(text, 'local paths are turned off (ALLOW_LOCAL_REPOSITORIES=false)', settings)
@@ -111,6 +84,42 @@ def _parse(address: str, settings: Settings, *, allow_http: bool) -> RepoAddress
     if settings.allow_local_repositories:
         _refuse(text, 'it is neither an https:// address nor an absolute local path (starting with "/")', settings)
     _refuse(text, 'it is not an https:// address', settings)
+
+
+def _check_text(text: str, settings: Settings) -> None:
+    # What refuses an address whatever its form.
+    if not text:
+        _refuse(text, 'it is empty', settings)
+    if len(text) > MAX_ADDRESS_LENGTH:
+        _refuse(text, f'it is {len(text)} characters long, over the limit of {MAX_ADDRESS_LENGTH}', settings)
+    if text.startswith('-'):
+        _refuse(text, 'it starts with "-", which git would read as an option', settings)
+    if '::' in _BRACKETED_HOST.sub('', text, count=1):
+        _refuse(text, '"::" selects a git remote helper (such as ext:: or fd::), which can run commands', settings)
+    bad = first_unsafe_character(text)
+    if bad is not None:
+        _refuse(text, f'it contains a whitespace or control character ({_describe(bad)})', settings)
+    if '\\' in text:
+        _refuse(text, 'it contains a backslash', settings)
+
+
+def _parse_url(text: str, settings: Settings, *, allow_http: bool) -> RepoAddress:
+    scheme = text.partition('://')[0].lower()
+    if scheme == 'https' or (scheme == 'http' and allow_http):
+        return _parse_http(text, scheme, settings)
+    if scheme == 'http':
+        _refuse(text, 'http:// sends credentials and code in clear text; use https://', settings)
+    if scheme == 'git':
+        _refuse(text, 'git:// is neither authenticated nor encrypted; use https://', settings)
+    if scheme == 'ssh':
+        if not settings.git_allow_ssh:
+            _refuse(text, 'ssh addresses are turned off (GIT_ALLOW_SSH=false)', settings)
+        return _parse_ssh_url(text, settings)
+    if scheme == 'file':
+        if not settings.allow_local_repositories:
+            _refuse(text, 'local repositories are turned off (ALLOW_LOCAL_REPOSITORIES=false)', settings)
+        return _parse_file_url(text, settings)
+    _refuse(text, f'the scheme {scheme[:20]}:// is not supported; only https:// is', settings)
 
 
 def _parse_http(text: str, scheme: str, settings: Settings) -> RepoAddress:

@@ -95,7 +95,7 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
     manifests: dict[str, str] = {}
     cli_files = 0
     with CheckoutReader(checkout) as reader:
-        for done, ((raw, mode), path) in enumerate(zip(entries, names), 1):
+        for done, ((raw, mode), path) in enumerate(zip(entries, names, strict=True), 1):
             if progress is not None and done % PROGRESS_EVERY == 0 and done < total:
                 progress(done, total)
             if mode == _SYMLINK_MODE:

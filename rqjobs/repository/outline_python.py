@@ -70,15 +70,7 @@ def _python_skeleton(text: str) -> str | None:
         quotes_at = start
         if double % 2 or single % 2:  # the header may be inside a string
             return None
-        while stack:
-            class_indent, member_indent = stack[-1]
-            if len(indent) < len(member_indent):
-                stack.pop()
-            elif _dedent_pattern(len(class_indent)).search(source, checked, start):
-                left.add(member_indent)  # code (or a string's text) at the class's indentation or less
-                stack.pop()
-            else:
-                break
+        _close_classes(stack, left, source, indent, checked, start)
         checked = start
         if indent != (stack[-1][1] if stack else ''):
             if indent in left:  # a def after code that left a class, or inside a string in one: ambiguous
@@ -97,16 +89,10 @@ def _python_skeleton(text: str) -> str | None:
         rest = source[colon + 1 : end_of_line].strip()
         if rest and not rest.startswith('#'):
             continue  # a one-line body: `def f(): return 1`
-        body = end_of_line  # the '\n' before the first line of the body
-        while True:
-            following = source.find('\n', body + 1)
-            following = len(source) if following == -1 else following
-            stripped = source[body + 1 : following].strip()
-            if stripped and not stripped.startswith('#'):
-                break
-            if following == len(source):
-                return None
-            body = following
+        found_body = _first_body_line(source, end_of_line)
+        if found_body is None:
+            return None
+        body, following, stripped = found_body
         line = source[body + 1 : following]
         body_indent = line[: len(line) - len(line.lstrip(' \t'))]
         if len(body_indent) <= len(indent) or not body_indent.startswith(indent):
@@ -130,6 +116,35 @@ def _python_skeleton(text: str) -> str | None:
         if keyword == 'class':
             stack.append((indent, body_indent))
     return '\n'.join(out) if found else ''
+
+
+def _close_classes(
+    stack: list[tuple[str, str]], left: set[str], source: str, indent: str, checked: int, start: int
+) -> None:
+    """Pop the open classes that a header at `indent`, or code between `checked` and `start`, has closed."""
+    while stack:
+        class_indent, member_indent = stack[-1]
+        if len(indent) < len(member_indent):
+            stack.pop()
+        elif _dedent_pattern(len(class_indent)).search(source, checked, start):
+            left.add(member_indent)  # code (or a string's text) at the class's indentation or less
+            stack.pop()
+        else:
+            break
+
+
+def _first_body_line(source: str, end_of_line: int) -> tuple[int, int, str] | None:
+    """Find the first line of a body after a header's line: (the '\n' before it, its end, its stripped text)."""
+    body = end_of_line
+    while True:
+        following = source.find('\n', body + 1)
+        following = len(source) if following == -1 else following
+        stripped = source[body + 1 : following].strip()
+        if stripped and not stripped.startswith('#'):
+            return body, following, stripped
+        if following == len(source):
+            return None  # a header with no body: not Python this outline can read
+        body = following
 
 
 def _python_candidates(source: str) -> list[tuple[int, str, str]]:
@@ -325,7 +340,7 @@ def _python_arguments(args: ast.arguments) -> str:
     parts = []
     positional = args.posonlyargs + args.args
     defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    for index, (arg, default) in enumerate(zip(positional, defaults)):
+    for index, (arg, default) in enumerate(zip(positional, defaults, strict=True)):
         parts.append(one(arg, default))
         if index == len(args.posonlyargs) - 1:
             parts.append('/')
@@ -333,7 +348,7 @@ def _python_arguments(args: ast.arguments) -> str:
         parts.append('*' + one(args.vararg))
     elif args.kwonlyargs:
         parts.append('*')
-    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
         parts.append(one(arg, default))
     if args.kwarg is not None:
         parts.append('**' + one(args.kwarg))

@@ -122,7 +122,10 @@ def git_processes(*paths: Path) -> list[psutil.Process]:
 
 
 class Processes:
-    """`jobs` processes started by a test, each in its own session with its output in a log file; all killed at the end."""
+    """`jobs` processes started by a test, each in its own session with its output in a log file.
+
+    All are killed at the end.
+    """
 
     def __init__(self, logs: Path):
         self.logs = logs
@@ -168,7 +171,10 @@ class Processes:
         return members
 
     def kill_group(self, process: subprocess.Popen, sig: int = signal.SIGKILL) -> list[psutil.Process]:
-        """Send `sig` to the process group of a started process (the worker and its scheduler); return its tree before."""
+        """Send `sig` to the process group of a started process (the worker and its scheduler).
+
+        Return the process tree as it was before.
+        """
         members = self.remember(process)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
