@@ -105,7 +105,7 @@ def render(page: Page, context: PageContext) -> str:
 def overview(context: PageContext) -> str:
     """Return the overview page: what the project is, its languages, layout and recent activity."""
     analysis = context.analysis
-    lines = [f'# {context.title}', '']
+    lines = [f'# {heading(context.title)}', '']
     summary = first_paragraph(analysis.readme)
     if summary:
         lines += [summary, '']
@@ -154,7 +154,7 @@ def structure(context: PageContext) -> str:
     if analysis.components:
         lines += ['| component | path | files | lines | languages |', '|---|---|---:|---:|---|']
         lines += [
-            f'| {cell(c["name"])} | `{code(c["path"])}` | {len(c["files"])} | {c["lines"]} | '
+            f'| {cell(c["name"])} | `{table_code(c["path"])}` | {len(c["files"])} | {c["lines"]} | '
             f'{cell(", ".join(c["languages"]))} |'
             for c in analysis.components
         ]
@@ -181,9 +181,18 @@ def component_page(component: dict, context: PageContext) -> str:
         f'Path: `{code(component["path"])}` · {len(files)} files · {component["lines"]} lines · '
         f'{cell(", ".join(component["languages"]) or "no known language")}'
     )
-    lines = [f'# {component["name"]}', '', facts, '', '## Files', '', '| file | language | lines |', '|---|---|---:|']
+    lines = [
+        f'# {heading(component["name"])}',
+        '',
+        facts,
+        '',
+        '## Files',
+        '',
+        '| file | language | lines |',
+        '|---|---|---:|',
+    ]
     lines += [
-        f'| `{code(source.path)}` | {source.language or "-"} | {source.lines} |'
+        f'| `{table_code(source.path)}` | {source.language or "-"} | {source.lines} |'
         for source in files[:MAX_COMPONENT_FILES]
     ]
     if len(files) > MAX_COMPONENT_FILES:
@@ -241,6 +250,8 @@ def first_paragraph(text: str, limit: int = 600) -> str:
         block = block.strip()
         if not block or block.startswith(('#', '```', '<', '![', '[![', '=', '-' * 3, '|')):
             continue
+        if re.fullmatch(r'[^\n]*\n *(=+|-+) *', block):  # a heading underlined with = or -
+            continue
         block = ' '.join(block.split())
         return block if len(block) <= limit else block[: limit - 1].rstrip() + '…'
     return ''
@@ -258,9 +269,19 @@ def unique_slug(name: str, used: set[str]) -> str:
 
 def cell(text: str) -> str:
     """Make text safe inside a markdown table cell or list item."""
-    return str(text).replace('\\', '\\\\').replace('|', '\\|').replace('\n', ' ')
+    return str(text).replace('\\', '\\\\').replace('|', '\\|').replace('`', '\\`').replace('\n', ' ')
 
 
 def code(text: str) -> str:
     """Make text safe inside inline code."""
     return str(text).replace('`', "'").replace('\n', ' ')
+
+
+def table_code(text: str) -> str:
+    """Make text safe inside inline code in a table cell, where even a code span's `|` would end the cell."""
+    return code(text).replace('|', '\\|')
+
+
+def heading(text: str) -> str:
+    """Make text safe as the text of a one-line heading."""
+    return ' '.join(str(text).split()).replace('\\', '\\\\').replace('`', '\\`')
