@@ -1,4 +1,4 @@
-"""`jobs`: the command line of rqjobs.
+"""`rqjobs` (also installed as `jobs`): the command line of rqjobs.
 
 The root group, what the commands share and how errors end; the commands live in `rqjobs/commands/`, one module per
 domain, imported only when one of them runs. Commands are thin: they parse, call one function of the `rqjobs` package

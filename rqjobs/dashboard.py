@@ -1,4 +1,4 @@
-"""rq-dashboard on the project's Redis, with the project's JSON jobs and four repairs for rq-dashboard 0.9.
+"""rq-dashboard on the project's Redis, with the project's JSON jobs and five repairs for rq-dashboard 0.9.
 
 - Its Workers tab loads each busy worker's current job with pickle, ignoring its JSON option, and fails; here it
   loads workers with the project's job class and serializer.
