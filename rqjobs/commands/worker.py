@@ -22,12 +22,17 @@ def worker(obj, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name
 
     obj.redis  # noqa: B018 - says which Redis, and fails fast when it is down
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    workers.run_worker(
-        connections.get_redis(obj.settings, shared=False),
-        queues,
-        burst=burst,
-        max_jobs=max_jobs,
-        name=name,
-        logging_level=level,
-        settings=obj.settings,
-    )
+    try:
+        workers.run_worker(
+            connections.get_redis(obj.settings, shared=False),
+            queues,
+            burst=burst,
+            max_jobs=max_jobs,
+            name=name,
+            logging_level=level,
+            settings=obj.settings,
+        )
+    except KeyboardInterrupt:
+        # Ctrl-C before rq installs its signal handlers (while the worker registers itself) arrives as an exception,
+        # which click would end with `Aborted!` and exit 1: it is the same requested stop as later, so exit 0.
+        click.echo('Worker stopped (Ctrl-C) before it took any job.', err=True)

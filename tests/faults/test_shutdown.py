@@ -116,3 +116,24 @@ def test_an_idle_worker_stops_even_when_the_signal_lands_in_a_finalizer(env, red
     assert done.returncode == 0 and 'worker stopped' in output, output
     # It stops before it would wait on its queues (30 s), not at the process manager's SIGKILL.
     assert time.monotonic() - began < 20
+
+
+def test_ctrl_c_while_the_worker_registers_is_a_requested_stop(redis_conn, faults, processes):
+    # Writes wait while the server is paused for them: the worker is held in its registration, before rq has
+    # installed its signal handlers, where Ctrl-C arrives as KeyboardInterrupt.
+    redis_conn.execute_command('CLIENT', 'PAUSE', 60_000, 'WRITE')
+    try:
+        worker = processes.worker(FAULT_QUEUE, name='worker')
+        wait_until(
+            lambda: [c for c in redis_conn.client_list() if 'b' in c['flags'] and c['cmd'] != 'client|list'],
+            30,
+            'the worker waits to register itself',
+            details=processes.logs_text,
+        )
+        processes.kill_group(worker, signal.SIGINT)  # what a terminal sends on Ctrl-C
+        assert worker.wait(timeout=30) == 0, processes.log(worker)
+    finally:
+        redis_conn.execute_command('CLIENT', 'UNPAUSE')
+    log = processes.log(worker)
+    assert 'Traceback' not in log and 'Aborted' not in log, log
+    assert log.splitlines()[-1] == 'Worker stopped (Ctrl-C) before it took any job.', log
