@@ -100,6 +100,7 @@ class JobsGroup(click.Group):
             exceptions.UnknownJob,
             exceptions.UnknownQueue,
             exceptions.InvalidJobArguments,
+            exceptions.InvalidJobId,
             exceptions.InvalidSubmission,
             exceptions.WarehouseNotFound,
         ) as exc:

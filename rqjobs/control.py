@@ -11,12 +11,12 @@ import redis
 from rq import Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import NoSuchJobError
-from rq.job import Job
+from rq.job import JOB_ID_PATTERN, Job
 from rq.suspension import is_suspended, resume, suspend
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from rqjobs import clock, queues, warehouse
-from rqjobs.exceptions import JobActionRefused, UnreadableJob
+from rqjobs.exceptions import InvalidJobId, JobActionRefused, UnreadableJob
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,18 @@ def parse_time(text: str) -> datetime:
     return moment
 
 
+def check_job_id(job_id: str) -> str:
+    """Return `job_id`, or raise `InvalidJobId` if rq could not take it (rq itself raises a bare ValueError)."""
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        raise InvalidJobId(
+            f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -, for example warehouse-42.'
+        )
+    return job_id
+
+
 def fetch(connection: redis.Redis, job_id: str) -> queues.JsonJob:
-    """Return a job, or raise `JobActionRefused` saying it does not exist."""
+    """Return a job, or raise `JobActionRefused` saying it does not exist (`InvalidJobId` if it cannot be one)."""
+    check_job_id(job_id)
     try:
         return queues.JsonJob.fetch(job_id, connection=connection)
     except UnreadableJob:

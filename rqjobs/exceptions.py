@@ -43,6 +43,10 @@ class WarehouseNotFound(RqjobsError):
     """Raised when a warehouse id names no warehouse, or one that was removed."""
 
 
+class InvalidJobId(RqjobsError):
+    """Raised for a job id that rq cannot take: an id holds only letters, digits, _ and -."""
+
+
 class JobActionRefused(RqjobsError):
     """Raised when an action does not fit the job's state (stopping a queued job, cancelling a finished one)."""
 

@@ -18,6 +18,7 @@ from rq.suspension import is_suspended
 import cli
 from helpers import ROOT, run_jobs_cli, wait_until
 from rqjobs import clock, control, monitor, queues, settings
+from rqjobs.exceptions import InvalidJobId
 from rqjobs.repository import storage
 
 pytestmark = pytest.mark.db
@@ -482,3 +483,12 @@ def test_commands_refuse_an_id_rq_cannot_take(redis_conn, args, job_id):
     assert result.exit_code == 2, result.output
     assert f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -' in result.stderr
     assert 'Traceback' not in result.output
+
+
+@pytest.mark.parametrize(
+    'action', [control.cancel_job, control.stop_job, control.delete_job, control.fetch], ids=lambda f: f.__name__
+)
+@pytest.mark.parametrize('job_id', ['a b', '../x', 'x:y', ''])
+def test_the_job_actions_refuse_an_id_rq_cannot_take_from_python_too(redis_conn, action, job_id):
+    with pytest.raises(InvalidJobId, match='is not a job id: an id holds only letters, digits, _ and -'):
+        action(redis_conn, job_id)

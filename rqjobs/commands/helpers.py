@@ -54,13 +54,14 @@ def job_ids_argument(name: str, **kwargs):
     """A JOB_ID argument (or several, with nargs=-1) that refuses what rq cannot take as an id, as a usage error."""
 
     def check(ctx: click.Context, param: click.Parameter, value):
-        from rq.job import JOB_ID_PATTERN
+        from rqjobs.control import check_job_id
+        from rqjobs.exceptions import InvalidJobId
 
         for job_id in value if isinstance(value, tuple) else (value,):
-            if not JOB_ID_PATTERN.fullmatch(job_id):
-                raise click.BadParameter(
-                    f'{job_id!r} is not a job id: an id holds only letters, digits, _ and -, for example warehouse-42.'
-                )
+            try:
+                check_job_id(job_id)
+            except InvalidJobId as exc:
+                raise click.BadParameter(str(exc)) from None
         return value
 
     return click.argument(name, callback=check, **kwargs)
