@@ -142,6 +142,15 @@ def ensure_schema() -> None:
     steps = MIGRATIONS
     with database.connection(schema=False) as db:
         applied = _applied(db)
+        unknown = sorted(set(applied) - {step.version for step in steps})
+        if unknown:
+            # A newer rqjobs upgraded this database: its steps usually only add, so this version goes on, but an
+            # operator with workers of two versions on one database should hear of it.
+            logger.warning(
+                'The database has schema steps this version of rqjobs does not know (%s): a newer version upgraded '
+                'it; upgrade this installation too.',
+                ', '.join(map(str, unknown)),
+            )
         pending = [step.version for step in steps if step.version not in applied]
         if not pending:
             return

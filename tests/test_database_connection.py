@@ -110,6 +110,16 @@ def test_a_schema_that_is_behind_is_upgraded_on_sqlite_and_named_elsewhere(datab
 
 
 @pytest.mark.db
+def test_a_schema_newer_than_this_version_is_said_and_used(database, caplog):
+    SchemaVersion.create(version=999, name='a step of a newer rqjobs')
+    database_module.reset()
+    result = CliRunner().invoke(cli.main, ['warehouse', 'list'])
+    assert result.exit_code == 0, result.output
+    assert 'schema steps this version of rqjobs does not know (999): a newer version upgraded it' in caplog.text
+    assert 'No warehouses' in result.stdout
+
+
+@pytest.mark.db
 @server_only()
 @pytest.mark.parametrize('command', TABLE_COMMANDS, ids=' '.join)
 def test_a_server_database_without_the_schema_names_jobs_db_upgrade(database, command):
