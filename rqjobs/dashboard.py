@@ -134,6 +134,15 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def base_url(bind: str, port: int) -> str:
+    """Return the URL a browser opens for a server on `bind`:`port` (an IPv6 address goes in brackets)."""
+    try:
+        ipv6 = ipaddress.ip_address(bind).version == 6
+    except ValueError:
+        ipv6 = False
+    return f'http://[{bind}]:{port}/' if ipv6 else f'http://{bind}:{port}/'
+
+
 def make_server(app: Flask, bind: str, port: int):
     """Return a threaded werkzeug server for `app` listening on `bind`:`port`; an OSError says why it cannot listen."""
     from werkzeug import serving

@@ -29,6 +29,7 @@ import rq_dashboard
 from helpers import ROOT, run_jobs_cli, wait_until
 from rqjobs import queues
 from rqjobs import settings as settings_module
+from rqjobs.dashboard import base_url
 
 pytestmark = pytest.mark.slow
 
@@ -439,3 +440,17 @@ def test_a_busy_port_or_an_unknown_address_ends_in_one_line(redis_conn):
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[-1].startswith('Error: Cannot listen on no-such-host.invalid:')
     assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize(
+    'bind, expected',
+    [
+        ('127.0.0.1', 'http://127.0.0.1:9399/'),
+        ('localhost', 'http://localhost:9399/'),
+        ('::1', 'http://[::1]:9399/'),
+        ('::', 'http://[::]:9399/'),
+        ('fe80::1', 'http://[fe80::1]:9399/'),
+    ],
+)
+def test_the_address_it_announces_opens_in_a_browser(bind, expected):
+    assert base_url(bind, 9399) == expected

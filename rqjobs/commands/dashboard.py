@@ -61,5 +61,7 @@ def dashboard(obj, bind: str, port: int, username: str | None, password_env: str
         raise click.ClickException(
             f'Cannot listen on {bind}:{port} ({exc.strerror or exc}); check --bind, for example --bind 127.0.0.1.'
         ) from None
-    click.echo(f'rq-dashboard on http://{bind}:{port}/' + (' (basic auth)' if username else ''), err=True)
+    click.echo(
+        f'rq-dashboard on {dashboard_module.base_url(bind, port)}' + (' (basic auth)' if username else ''), err=True
+    )
     server.serve_forever()
