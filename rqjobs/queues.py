@@ -202,17 +202,16 @@ class JsonQueue(Queue):
 
     @classmethod
     def _fetch_dequeued_job(cls, connection: redis.Redis, queue_key: str, job_id: str, *args, **kwargs):
-        # rq re-raises any error of a dequeued job's fetch and leaves the job in the intermediate queue, from where
-        # it comes back to crash the next worker too; rq also passes over a vanished job in silence. One more read
-        # tells the two apart, so that an unreadable job is failed with its reason and the worker goes on.
-        try:
-            JsonJob.fetch(job_id, connection=connection)
-        except UnreadableJob as exc:
-            set_aside(connection, queue_key, job_id, str(exc))
-            return None
-        except NoSuchJobError:
-            pass
-        return super()._fetch_dequeued_job(connection, queue_key, job_id, *args, **kwargs)
+        # rq passes over a job it cannot fetch in silence (UnreadableJob is a NoSuchJobError) and leaves it in the
+        # intermediate queue, from where it would come back to the next worker. Only then is it read once more, to
+        # tell an unreadable job from a vanished one: the former is failed with its reason and the worker goes on,
+        # and a readable job costs no extra round trip.
+        fetched = super()._fetch_dequeued_job(connection, queue_key, job_id, *args, **kwargs)
+        if fetched is None:
+            reason = unreadable_reason(connection, job_id)
+            if reason is not None:
+                set_aside(connection, queue_key, job_id, reason)
+        return fetched
 
 
 def set_aside(
