@@ -263,11 +263,16 @@ def build_worker(
 def local_path_acceptance(connection: redis.Redis, queue_name: str) -> dict[str, bool | None]:
     """Return, per live worker on `queue_name`, whether it accepts local repositories (None: it does not say)."""
     queue = queues.JsonQueue(queue_name, connection=connection)
-    found = {}
-    for worker in Worker.all(queue=queue):
-        value = connection.hget(worker.key, ALLOW_LOCAL_FIELD)
-        found[worker.name] = None if value is None else value == b'1'
-    return found
+    keys = sorted(as_text(key) for key in worker_registration.get_keys(queue=queue))
+    with connection.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hmget(key, 'birth', ALLOW_LOCAL_FIELD)
+        fields = pipe.execute()
+    return {
+        key.removeprefix(Worker.redis_worker_namespace_prefix): None if value is None else value == b'1'
+        for key, (birth, value) in zip(keys, fields, strict=True)
+        if birth is not None  # a registered worker whose hash has expired is gone
+    }
 
 
 def run_worker(
