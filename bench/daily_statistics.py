@@ -28,6 +28,8 @@ import tempfile
 import time
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import peewee
+
 import models
 from rqjobs import clock, database, migration, settings
 from rqjobs import statistics as jobs
@@ -126,7 +128,7 @@ def insert(db, table: str, columns: tuple[str, ...], rows) -> None:
     def flush() -> None:
         with db.atomic():
             cursor = db.cursor()
-            if isinstance(db, models.PostgresqlDatabase):
+            if isinstance(db, peewee.PostgresqlDatabase):
                 from psycopg2.extras import execute_values
 
                 execute_values(cursor, sql + '%s', batch, page_size=5000)
@@ -148,7 +150,7 @@ def load(db, records: int, day: dt.date, days: int) -> None:
     rng = random.Random(42)
     first = dt.datetime.combine(day - dt.timedelta(days=days - 1), dt.time.min)
     span = dt.timedelta(days=days)
-    as_text = isinstance(db, models.SqliteDatabase)
+    as_text = isinstance(db, peewee.SqliteDatabase)
     insert(db, 'access_record', ACCESS_COLUMNS, access_rows(records, first, span, as_text, rng))
 
     def stamp(index: int, count: int):
@@ -265,17 +267,17 @@ def load(db, records: int, day: dt.date, days: int) -> None:
     )
     db.execute_sql(
         'ANALYZE'
-        if not isinstance(db, models.MySQLDatabase)
+        if not isinstance(db, peewee.MySQLDatabase)
         else 'ANALYZE TABLE access_record, users, warehouse, document_file_item'
     )
 
 
 def query_plan(db, sql: str, params: list) -> str:
-    if isinstance(db, models.SqliteDatabase):
+    if isinstance(db, peewee.SqliteDatabase):
         rows = db.execute_sql('EXPLAIN QUERY PLAN ' + sql, params).fetchall()
         return '; '.join(str(row[-1]) for row in rows)
     rows = db.execute_sql('EXPLAIN ' + sql, params).fetchall()
-    if isinstance(db, models.MySQLDatabase):
+    if isinstance(db, peewee.MySQLDatabase):
         return '; '.join(f'{row[2]}: {row[3]} key={row[5]} rows={row[8]}' for row in rows)
     return '; '.join(row[0].strip() for row in rows)
 
@@ -314,7 +316,7 @@ def run(options: argparse.Namespace) -> None:
         started = time.perf_counter()
         load(db, options.records, day, options.days)
         loaded = time.perf_counter() - started
-        params = [str(start), str(end)] if isinstance(db, models.SqliteDatabase) else [start, end]
+        params = [str(start), str(end)] if isinstance(db, peewee.SqliteDatabase) else [start, end]
         statements = [sql.format(p=db.param) for sql in RAW_QUERIES]
         plan = query_plan(db, statements[0], params)
         in_day = db.execute_sql(statements[0], params).fetchone()[0]
