@@ -46,7 +46,20 @@ VARIABLES = (
     'ACCESS_LOG_BATCH_SIZE',
     'ACCESS_LOG_MAX_PER_RUN',
     'JOB_ARGS_MAX_SIZE',
+    'LLM_BASE_URL',
+    'LLM_MODEL',
+    'LLM_API_KEY',
+    'LLM_TIMEOUT',
+    'LLM_CONTEXT_TOKENS',
+    'LLM_MAX_OUTPUT_TOKENS',
+    'LLM_CONCURRENCY',
+    'LLM_LANGUAGE',
+    'LLM_CATALOG',
+    'LLM_TOKEN_BUDGET',
+    'LLM_RETRY_AFTER_MAX',
+    'LLM_RETRY_BACKOFF',
 )
+LLM_CATALOGS = ('deterministic', 'model')
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off'}
 _NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
@@ -92,6 +105,18 @@ class Settings:
     access_log_batch_size: int = 1000
     access_log_max_per_run: int = 50_000
     job_args_max_size: int = 65_536
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_timeout: float = 120.0
+    llm_context_tokens: int = 16_384
+    llm_max_output_tokens: int = 2048
+    llm_concurrency: int = 4
+    llm_language: str = 'English'
+    llm_catalog: str = 'deterministic'
+    llm_token_budget: int = 0
+    llm_retry_after_max: int = 300
+    llm_retry_backoff: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -139,7 +164,13 @@ class Settings:
             access_log_batch_size=_int(env, 'ACCESS_LOG_BATCH_SIZE', 1000, minimum=1, example='1000'),
             access_log_max_per_run=_int(env, 'ACCESS_LOG_MAX_PER_RUN', 50_000, minimum=1, example='50000'),
             job_args_max_size=_int(env, 'JOB_ARGS_MAX_SIZE', 65_536, minimum=1024, example='65536'),
+            **_llm(env),
         )
+
+    @property
+    def llm_enabled(self) -> bool:
+        """Whether a language model writes the pages (`LLM_BASE_URL` is set)."""
+        return self.llm_base_url is not None
 
     @property
     def extra_queues(self) -> tuple[str, ...]:
@@ -215,6 +246,50 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
         )
     _check_port('REDIS_URL', url, 'redis://127.0.0.1:6379/0')
     return url
+
+
+def _llm(env: Mapping[str, str]) -> dict:
+    base_url = _get(env, 'LLM_BASE_URL').rstrip('/') or None
+    model = _get(env, 'LLM_MODEL') or None
+    if base_url is not None:
+        if not base_url.startswith(('http://', 'https://')) or not urlsplit(base_url).hostname:
+            raise SettingsError(
+                f'LLM_BASE_URL={redact_url(base_url)!r} is not an http(s) URL; for example '
+                f'LLM_BASE_URL=https://api.openai.com/v1 or LLM_BASE_URL=http://127.0.0.1:11434/v1 (Ollama).'
+            )
+        _check_port('LLM_BASE_URL', base_url, 'http://127.0.0.1:11434/v1')
+        if model is None:
+            raise SettingsError(
+                'LLM_BASE_URL is set but LLM_MODEL is not: name the model the server should use, for example '
+                'LLM_MODEL=gpt-4o-mini or LLM_MODEL=qwen2.5:7b.'
+            )
+    catalog = _get(env, 'LLM_CATALOG').lower() or 'deterministic'
+    if catalog not in LLM_CATALOGS:
+        raise SettingsError(
+            f'LLM_CATALOG={catalog!r} is not one of {", ".join(LLM_CATALOGS)}; for example LLM_CATALOG=model.'
+        )
+    context_tokens = _int(env, 'LLM_CONTEXT_TOKENS', 16_384, minimum=1024, example='16384')
+    max_output = _int(env, 'LLM_MAX_OUTPUT_TOKENS', 2048, minimum=64, example='2048')
+    if max_output * 2 > context_tokens:
+        raise SettingsError(
+            f'LLM_MAX_OUTPUT_TOKENS ({max_output}) must be at most half of LLM_CONTEXT_TOKENS ({context_tokens}), '
+            f'so that a page has room for its sources; for example LLM_MAX_OUTPUT_TOKENS=2048 with '
+            f'LLM_CONTEXT_TOKENS=16384.'
+        )
+    return {
+        'llm_base_url': base_url,
+        'llm_model': model,
+        'llm_api_key': _get(env, 'LLM_API_KEY') or None,
+        'llm_timeout': _float(env, 'LLM_TIMEOUT', 120.0, minimum=1, example='120'),
+        'llm_context_tokens': context_tokens,
+        'llm_max_output_tokens': max_output,
+        'llm_concurrency': _int(env, 'LLM_CONCURRENCY', 4, minimum=1, example='4'),
+        'llm_language': ' '.join(_get(env, 'LLM_LANGUAGE').split()) or 'English',
+        'llm_catalog': catalog,
+        'llm_token_budget': _int(env, 'LLM_TOKEN_BUDGET', 0, minimum=0, example='200000'),
+        'llm_retry_after_max': _int(env, 'LLM_RETRY_AFTER_MAX', 300, minimum=1, example='300'),
+        'llm_retry_backoff': _int(env, 'LLM_RETRY_BACKOFF', 10, minimum=1, example='10'),
+    }
 
 
 def _check_database_url(url: str) -> None:
