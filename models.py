@@ -220,6 +220,8 @@ class Warehouse(TimestampedModel):
     is_recommended = BooleanField(default=False)
     stars = IntegerField(default=0)
     forks = IntegerField(default=0)
+    # Tokens its pages may spend (in and out, every try); None: LLM_TOKEN_BUDGET.
+    token_budget = IntegerField(null=True)
     is_deleted = BooleanField(default=False, index=True)
     deleted_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow, index=True)
@@ -251,6 +253,19 @@ class Document(TimestampedModel):
     deleted_at = DateTimeField(null=True)
 
 
+class PageStatus:
+    """Where a page is in its writing: the deterministic pages are Completed when stored; a model's go through the rest."""
+
+    PENDING = 'Pending'
+    WRITING = 'Writing'
+    COMPLETED = 'Completed'
+    FAILED = 'Failed'
+    SKIPPED = 'Skipped'
+    ALL = (PENDING, WRITING, COMPLETED, FAILED, SKIPPED)
+    # Still to be written: a page job is due for these.
+    OPEN = (PENDING, WRITING)
+
+
 class DocumentCatalog(TimestampedModel):
     """One entry of a document's table of contents; entries nest through `parent`."""
 
@@ -271,6 +286,17 @@ class DocumentCatalog(TimestampedModel):
     dependent_file = JSONField(null=True)
     is_deleted = BooleanField(default=False, index=True)
     deleted_at = DateTimeField(null=True)
+    # A page written by a model: its state, the request it is written from (messages and the sources they hold,
+    # never a secret), that request's digest and the digest the stored content was written from (the page is up to
+    # date when they are equal), tries, the last failure, and the tokens every try spent.
+    status = CharField(max_length=16, choices=_choices(PageStatus.ALL), default=PageStatus.COMPLETED)
+    request = JSONField(null=True)
+    request_digest = CharField(max_length=64, null=True)
+    written_digest = CharField(max_length=64, null=True)
+    tries = IntegerField(default=0)
+    error = TextField(null=True)
+    tokens_in = IntegerField(default=0)
+    tokens_out = IntegerField(default=0)
 
     class Meta:
         indexes = ((('warehouse', 'parent'), False),)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import peewee
-from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import SchemaMigrator, migrate
 
 import models
 from models import (
@@ -77,7 +77,29 @@ def _baseline(migrator: SchemaMigrator) -> None:
     models.create_tables()
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, 'baseline schema: every table and index of the models', _baseline),)
+def _page_states(migrator: SchemaMigrator) -> None:
+    # A database made by step 1 of this version already has the columns (step 1 creates the models as they are now).
+    _add_missing_columns(
+        migrator,
+        DocumentCatalog,
+        ('status', 'request', 'request_digest', 'written_digest', 'tries', 'error', 'tokens_in', 'tokens_out'),
+    )
+    _add_missing_columns(migrator, Warehouse, ('token_budget',))
+
+
+def _add_missing_columns(migrator: SchemaMigrator, model: type[peewee.Model], names: Sequence[str]) -> None:
+    table = model._meta.table_name
+    present = {column.name for column in migrator.database.get_columns(table)}
+    for name in names:
+        field = model._meta.fields[name]
+        if field.column_name not in present:
+            migrate(migrator.add_column(table, field.column_name, field))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, 'baseline schema: every table and index of the models', _baseline),
+    Migration(2, 'page states, requests and tokens of pages written by a model; token budgets', _page_states),
+)
 
 
 # ---- Schema ----

@@ -21,6 +21,10 @@ from rqjobs import credentials, migration, passwords
 from rqjobs.exceptions import MigrationError
 from rqjobs.migration import MIGRATIONS, Migration
 
+# The newest step this version has; the steps a test adds come after it.
+LATEST = max(step.version for step in MIGRATIONS)
+APPLIED = [step.version for step in MIGRATIONS]
+
 pytestmark = pytest.mark.db
 
 
@@ -41,7 +45,7 @@ def scratch_steps(calls=None):
         if calls is not None:
             calls.append('add_column')
 
-    return [*MIGRATIONS, Migration(3, 'add size', add_column), Migration(2, 'scratch table', create)]
+    return [*MIGRATIONS, Migration(LATEST + 2, 'add size', add_column), Migration(LATEST + 1, 'scratch table', create)]
 
 
 @pytest.fixture
@@ -53,18 +57,24 @@ def scratch(database):
 def test_upgrade_applies_pending_steps_in_order_once(scratch, database):
     calls = []
     applied = migration.upgrade(scratch_steps(calls))
-    assert [step['version'] for step in applied] == [2, 3]
+    assert [step['version'] for step in applied] == [LATEST + 1, LATEST + 2]
     assert 'size' in {column.name for column in database.get_columns('scratch')}
     assert migration.upgrade(scratch_steps(calls)) == []
     assert calls == ['add_column']
     status = migration.schema_status(scratch_steps())
-    assert [(s['version'], s['applied_at'] is not None) for s in status] == [(1, True), (2, True), (3, True)]
+    assert [(s['version'], s['applied_at'] is not None) for s in status] == [
+        (version, True) for version in [*APPLIED, LATEST + 1, LATEST + 2]
+    ]
 
 
 def test_status_lists_pending_steps(scratch, database):
     migration.upgrade()
     status = migration.schema_status(scratch_steps())
-    assert [(s['version'], s['applied_at'] is None) for s in status] == [(1, False), (2, True), (3, True)]
+    assert [(s['version'], s['applied_at'] is None) for s in status] == [
+        *((version, False) for version in APPLIED),
+        (LATEST + 1, True),
+        (LATEST + 2, True),
+    ]
 
 
 def test_a_failing_step_is_not_recorded(scratch, database):
@@ -73,7 +83,7 @@ def test_a_failing_step_is_not_recorded(scratch, database):
 
     with pytest.raises(MigrationError, match='Schema step 9 \\(broken\\) failed'):
         migration.upgrade([*MIGRATIONS, Migration(9, 'broken', broken)])
-    assert sorted(row.version for row in SchemaVersion.select()) == [1]
+    assert sorted(row.version for row in SchemaVersion.select()) == APPLIED
 
 
 def test_duplicate_versions_are_refused(database):
@@ -95,7 +105,7 @@ def test_two_concurrent_upgrades_apply_a_step_once(database, tmp_path):
             time.sleep(1)
             migrator.add_column('warehouse', 'extra_flag', peewee.IntegerField(default=0)).run()
 
-        print(migration.upgrade([*migration.MIGRATIONS, migration.Migration(2, 'slow', slow)]))
+        print(migration.upgrade([*migration.MIGRATIONS, migration.Migration({LATEST + 1}, 'slow', slow)]))
     """)
     processes = [
         subprocess.Popen(
@@ -107,7 +117,7 @@ def test_two_concurrent_upgrades_apply_a_step_once(database, tmp_path):
     try:
         assert [process.returncode for process in processes] == [0, 0], outputs
         assert marker.read_text() == 'applied\n'
-        assert sorted(row.version for row in SchemaVersion.select()) == [1, 2]
+        assert sorted(row.version for row in SchemaVersion.select()) == [*APPLIED, LATEST + 1]
     finally:
         SchemaMigrator.from_database(database).drop_column('warehouse', 'extra_flag').run()
 
@@ -268,13 +278,13 @@ def test_restore_into_a_database_without_the_schema_builds_it_then_loads(filled,
         seen.append(Warehouse.select().count())
 
     # A step newer than the backup runs after its rows are in, as it would have on the original database.
-    monkeypatch.setattr(migration, 'MIGRATIONS', (*MIGRATIONS, Migration(2, 'a later step', later_step)))
+    monkeypatch.setattr(migration, 'MIGRATIONS', (*MIGRATIONS, Migration(LATEST + 1, 'a later step', later_step)))
     result = CliRunner().invoke(cli.main, ['-q', 'db', 'restore', path])
     assert result.exit_code == 0, result.output
     assert 'Traceback' not in result.output
     assert seen == [1]
     assert snapshot_rows() == before
-    assert sorted(row.version for row in SchemaVersion.select()) == [1, 2]
+    assert sorted(row.version for row in SchemaVersion.select()) == [*APPLIED, LATEST + 1]
 
 
 def test_restore_refuses_a_backup_of_a_newer_schema_in_one_line(filled, database, tmp_path):
