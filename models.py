@@ -254,7 +254,7 @@ class Document(TimestampedModel):
 
 
 class PageStatus:
-    """Where a page is in its writing: the deterministic pages are Completed when stored; a model's go through the rest."""
+    """Where a page is in its writing: deterministic pages are Completed when stored, a model's go through the rest."""
 
     PENDING = 'Pending'
     WRITING = 'Writing'
