@@ -245,6 +245,8 @@ class Document(TimestampedModel):
     description = TextField(default='')
     # Where the repository is cloned on the worker's disk.
     git_path = TextField(default='')
+    # Every analysed path of the checkout the pages were planned from: a path a model cites is checked against it.
+    paths = JSONField(null=True)
     status = CharField(max_length=32, choices=_choices(WarehouseStatus.ALL), default=WarehouseStatus.PENDING)
     like_count = IntegerField(default=0)
     comment_count = IntegerField(default=0)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,17 +17,20 @@ from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus
 
 from models import Warehouse
-from rqjobs import migration, minimap, queues
+from rqjobs import migration, minimap, monitor, queues
 from rqjobs import settings as settings_module
 from rqjobs import warehouse as warehouses
 from rqjobs import worker as workers
 from rqjobs.exceptions import InvalidSubmission
+from rqjobs.pages import jobs as page_jobs
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 # What an interrupted demo can leave behind: its job waiting, or started by a worker that has gone.
 LEFTOVER_STATUSES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED)
+# Seconds between burst workers on queue `pages` while page jobs wait for a retry or their turn.
+PAGES_POLL_INTERVAL = 0.5
 
 FILES = {
     'README.md': """\
@@ -207,6 +211,9 @@ def run(
     on_step('submitted', row)
     workers.run_worker(connection, [queues.WAREHOUSE], burst=True, logging_level='WARNING', settings=settings)
     job = queues.JsonJob.fetch(warehouses.process_job_id(row.id), connection=connection)
+    if settings.llm_enabled and job.get_status() == 'finished':
+        on_step('pages', (job.return_value() or {}).get('pages_open'))
+        _write_pages(row.id, connection, settings, on_step)
     warehouse = warehouses.describe(row.id, connection)
     if warehouse['status'] != 'Completed':
         return {'warehouse': warehouse}
@@ -217,6 +224,24 @@ def run(
         'overview': warehouses.page_content(row.id, 'overview') or '',
         'minimap': minimap.stored_tree(row.id),
     }
+
+
+def _write_pages(
+    warehouse_id: str, connection: redis.Redis, settings: Settings, on_step: Callable[[str, object], None]
+) -> None:
+    """Run burst workers on queue `pages` until the warehouse's finishing job has ended."""
+    finish_id = page_jobs.finish_job_id(warehouse_id)
+    while True:
+        workers.run_worker(connection, [queues.PAGES], burst=True, logging_level='WARNING', settings=settings)
+        try:
+            job = queues.JsonJob.fetch(finish_id, connection=connection)
+        except NoSuchJobError:
+            return
+        on_step('progress', job.meta.get('progress'))
+        if job.get_status() in monitor.ENDED:
+            return
+        # Retries wait out their backoff, and rate-limited pages their turn: a burst worker returns meanwhile.
+        time.sleep(PAGES_POLL_INTERVAL)
 
 
 def build_repository(path: Path) -> Path:

@@ -85,6 +85,7 @@ def _page_states(migrator: SchemaMigrator) -> None:
         ('status', 'request', 'request_digest', 'written_digest', 'tries', 'error', 'tokens_in', 'tokens_out'),
     )
     _add_missing_columns(migrator, Warehouse, ('token_budget',))
+    _add_missing_columns(migrator, Document, ('paths',))
 
 
 def _add_missing_columns(migrator: SchemaMigrator, model: type[peewee.Model], names: Sequence[str]) -> None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from rq import Callback, Queue
+from rq import Callback, Queue, RateLimit
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, Retry, get_current_job
 from rq.utils import utcformat
@@ -45,8 +45,12 @@ STATISTICS = 'statistics'
 ACCESS_LOG = 'access_log'
 MINIMAP = 'minimap'
 MIGRATION = 'migration'
-# A worker given no queue names listens on all of them in this order: short, frequent jobs before long ones.
-QUEUES = (DEFAULT, ACCESS_LOG, STATISTICS, MINIMAP, WAREHOUSE, MIGRATION)
+# Pages written by a model: jobs that wait on the model server rather than work, with a queue of their own so
+# that operators run many page workers apart from the few that clone.
+PAGES = 'pages'
+# A worker given no queue names listens on all of them in this order: short, frequent jobs before long ones, and
+# the pages of warehouses already cloned before new clones.
+QUEUES = (DEFAULT, ACCESS_LOG, STATISTICS, MINIMAP, PAGES, WAREHOUSE, MIGRATION)
 
 # The project's job modules and the queue each one's jobs go to.
 JOB_MODULES = {
@@ -56,6 +60,7 @@ JOB_MODULES = {
     'rqjobs.minimap': MINIMAP,
     'rqjobs.statistics': STATISTICS,
     'rqjobs.migration': MIGRATION,
+    'rqjobs.pages.jobs': PAGES,
 }
 
 # Transient failures (network, a locked database) get three more tries a minute apart; `PermanentJobError`s none.
@@ -432,13 +437,15 @@ def enqueue(
     meta: Mapping[str, Any] | None = None,
     depends_on: Job | str | Sequence[Job | str] | None = None,
     on_failure: str | None = None,
+    rate_limit: RateLimit | None = None,
     settings: Settings | None = None,
 ) -> JsonJob:
     """Enqueue a registered job by name with the project's defaults; return the rq job.
 
     `at` (a UTC datetime) or `delay` schedule it for later; `retry=None` turns retries off; `depends_on` (jobs or
     job ids) holds it back until those jobs have finished; `on_failure` names a registered callback (a module's
-    `CALLBACKS`) that rq calls when the job fails, also when its worker died.
+    `CALLBACKS`) that rq calls when the job fails, also when its worker died; `rate_limit` holds the job back while
+    as many jobs with the same key as it allows are queued or running (rq's `RateLimit`, across all workers).
     """
     settings = settings or get_settings()
     spec = find_job(job, settings)
@@ -465,6 +472,8 @@ def enqueue(
         'meta': dict(meta or {}),
         'depends_on': depends_on,
     }
+    if rate_limit is not None:
+        options['rate_limit'] = rate_limit
     if on_failure is not None:
         if on_failure not in registered_callbacks(settings):
             raise InvalidJobArguments(f"{on_failure!r} is not a registered callback (a job module's CALLBACKS).")

@@ -326,6 +326,12 @@ def generate_warehouse_statistics(warehouse_id: str) -> dict:
             ),
             'views': views.scalar() or 0,
             'views_today': _count(AccessRecord.access_time, today_start, today_end, views),
+            'tokens': (
+                DocumentCatalog.select(fn.SUM(DocumentCatalog.tokens_in + DocumentCatalog.tokens_out))
+                .where(DocumentCatalog.warehouse == warehouse_id)
+                .scalar()
+                or 0
+            ),
             'commits': (
                 DocumentCommitRecord.select(fn.COUNT(SQL('*')))
                 .where(DocumentCommitRecord.warehouse == warehouse_id)
@@ -400,7 +406,53 @@ def show(date: str | None = None) -> dict:
     with database.connection():
         row = DailyStatistics.get_or_none(DailyStatistics.date == day)
         latest = {kind: _latest_snapshot(kind) for kind in (SnapshotKind.SYSTEM, SnapshotKind.ACCESS)}
-    return {'date': day.isoformat(), 'daily': _daily_row(row) if row else None, **latest}
+        tokens = token_usage()
+    return {'date': day.isoformat(), 'daily': _daily_row(row) if row else None, **latest, 'tokens': tokens}
+
+
+def token_usage(limit: int = 10) -> dict:
+    """Return the tokens pages written by a model have spent (every try): in all, per warehouse and per user."""
+    spent_in, spent_out = fn.SUM(DocumentCatalog.tokens_in), fn.SUM(DocumentCatalog.tokens_out)
+    total = (
+        DocumentCatalog.select(spent_in, spent_out, fn.COUNT(SQL('*')))
+        .where(DocumentCatalog.tries > 0)
+        .tuples()
+        .first()
+    )
+    by_warehouse = (
+        DocumentCatalog.select(
+            Warehouse.id, Warehouse.organization_name, Warehouse.name, spent_in.alias('i'), spent_out.alias('o')
+        )
+        .join(Warehouse)
+        .where(DocumentCatalog.tries > 0)
+        .group_by(Warehouse.id, Warehouse.organization_name, Warehouse.name)
+        .order_by((spent_in + spent_out).desc(), Warehouse.id)
+        .limit(limit)
+        .tuples()
+    )
+    by_user = (
+        DocumentCatalog.select(Warehouse.creator, spent_in, spent_out)
+        .join(Warehouse)
+        .where(DocumentCatalog.tries > 0)
+        .group_by(Warehouse.creator)
+        .order_by((spent_in + spent_out).desc(), Warehouse.creator)
+        .limit(limit)
+        .tuples()
+    )
+    names = {row.id: row.name for row in User.select(User.id, User.name)}
+    return {
+        'tokens_in': int(total[0] or 0),
+        'tokens_out': int(total[1] or 0),
+        'pages': int(total[2] or 0),
+        'warehouses': [
+            {'warehouse_id': i, 'repository': f'{org}/{name}', 'tokens_in': int(a or 0), 'tokens_out': int(b or 0)}
+            for i, org, name, a, b in by_warehouse
+        ],
+        'users': [
+            {'user': names.get(user, user) if user else '(none)', 'tokens_in': int(a or 0), 'tokens_out': int(b or 0)}
+            for user, a, b in by_user
+        ],
+    }
 
 
 def generate(date: str | None = None) -> dict:

@@ -28,6 +28,7 @@ from models import (
     DocumentFileItemSource,
     DocumentOverview,
     MiniMap,
+    PageStatus,
     User,
     Warehouse,
     WarehouseStatus,
@@ -42,6 +43,7 @@ from rqjobs.exceptions import (
     RepositoryUnauthorized,
     WarehouseNotFound,
 )
+from rqjobs.pages import jobs as page_jobs
 from rqjobs.repository import addresses, clone, documentation, history, storage
 from rqjobs.repository import analysis as analysis_module
 from rqjobs.settings import Settings, get_settings
@@ -228,8 +230,9 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
                 .order_by(Warehouse.created_at, Warehouse.id)
                 .tuples()
             )
+            with_open_pages = _with_open_pages([row[0] for row in rows if row[1] == WarehouseStatus.PROCESSING])
         ids = [row[0] for row in rows]
-        live = queues.live_job_ids(connection, [process_job_id(i) for i in ids] + [update_job_id(i) for i in ids])
+        live = queues.live_job_ids(connection, [job_id for i in ids for job_id in _job_ids(i)])
         in_flight: dict[Any, int] = defaultdict(int)
         for warehouse_id, status, creator in rows:
             if status == WarehouseStatus.PROCESSING or process_job_id(warehouse_id) in live:
@@ -238,7 +241,14 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
         for warehouse_id, status, creator in rows:
             if not _usable_id(warehouse_id):
                 continue
-            if process_job_id(warehouse_id) in live or update_job_id(warehouse_id) in live:
+            if any(job_id in live for job_id in _job_ids(warehouse_id)):
+                continue
+            if warehouse_id in with_open_pages:
+                # Cloned and planned already: its pages go on from those written, with no new clone.
+                logger.warning(
+                    'warehouse %s: pages open without a live job (Redis restarted?); queued again', warehouse_id
+                )
+                page_jobs.enqueue_pages(warehouse_id, connection, settings)
                 continue
             if status == WarehouseStatus.PENDING:
                 if in_flight[creator] >= settings.task_max_size_per_user:
@@ -251,6 +261,57 @@ def dispatch_pending(connection: redis.Redis, settings: Settings | None = None) 
             _enqueue_fresh(connection, 'process_warehouse', warehouse_id, process_job_id(warehouse_id), settings)
             enqueued.append(warehouse_id)
     return enqueued
+
+
+def _job_ids(warehouse_id: str) -> tuple[str, ...]:
+    # Any of these alive means the warehouse is being worked on: cloned, updated, or its pages written.
+    return process_job_id(warehouse_id), update_job_id(warehouse_id), page_jobs.finish_job_id(warehouse_id)
+
+
+def _with_open_pages(warehouse_ids: list[str]) -> set[str]:
+    """Return which of the warehouses have pages a model has still to write."""
+    if not warehouse_ids:
+        return set()
+    return {
+        row[0]
+        for row in DocumentCatalog.select(DocumentCatalog.warehouse)
+        .where(
+            DocumentCatalog.warehouse.in_(warehouse_ids),
+            DocumentCatalog.status.in_(PageStatus.OPEN),
+            DocumentCatalog.is_deleted == False,
+        )
+        .distinct()
+        .tuples()
+    }
+
+
+def resume_pages(connection: redis.Redis, settings: Settings | None = None) -> list[str]:
+    """Queue again the open pages of Completed warehouses (an update or a regeneration) whose jobs are gone."""
+    settings = settings or get_settings()
+    with database.connection(settings):
+        ids = [
+            row[0]
+            for row in Warehouse.select(Warehouse.id)
+            .where(Warehouse.status == WarehouseStatus.COMPLETED, Warehouse.is_deleted == False)
+            .where(Warehouse.id.in_(_with_open_pages_query()))
+            .tuples()
+        ]
+    live = queues.live_job_ids(connection, [job_id for i in ids for job_id in _job_ids(i)])
+    resumed = []
+    for warehouse_id in ids:
+        if _usable_id(warehouse_id) and not any(job_id in live for job_id in _job_ids(warehouse_id)):
+            logger.warning('warehouse %s: pages open without a live job; queued again', warehouse_id)
+            page_jobs.enqueue_pages(warehouse_id, connection, settings)
+            resumed.append(warehouse_id)
+    return resumed
+
+
+def _with_open_pages_query():
+    return (
+        DocumentCatalog.select(DocumentCatalog.warehouse)
+        .where(DocumentCatalog.status.in_(PageStatus.OPEN), DocumentCatalog.is_deleted == False)
+        .distinct()
+    )
 
 
 def _usable_id(warehouse_id: str) -> bool:
@@ -405,14 +466,35 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
     pages = documentation.catalog(analysis)
     structure_changed = changed is None or any(status[0] in 'ADRC' for status in changed.values())
     tree = minimap.build_tree(context.title, analysis) if structure_changed else None
+    requests = None
+    counts: dict[str, Any] = {}
+    if settings.llm_enabled:
+        pages, requests, counts = _plan_pages(warehouse, analysis, context, pages, dest, settings)
     step('document')
     queues.report_progress('store', 90)
-    counts = _store(
-        warehouse, analysis, context, pages, changed, structure_changed, tree, commits, new_version, settings
+    counts.update(
+        _store(
+            warehouse,
+            analysis,
+            context,
+            pages,
+            changed,
+            structure_changed,
+            tree,
+            commits,
+            new_version,
+            settings,
+            requests=requests,
+        )
     )
     step('store')
+    if requests is not None:
+        queued = page_jobs.enqueue_pages(warehouse.id, connections.get_redis(settings), settings, force=True)
+        counts.update(pages_queued=len(queued['queued']), finish_job=queued['finish_job'])
     queues.report_progress('done', 100)
     status = 'Completed' if full or changed is None else 'updated'
+    if requests is not None:
+        status = 'pages queued'
     return _summary(
         warehouse,
         status,
@@ -427,6 +509,28 @@ def _run_pipeline(warehouse: Warehouse, settings: Settings, started: float, *, f
     )
 
 
+def _plan_pages(
+    warehouse: Warehouse,
+    analysis,
+    context: documentation.PageContext,
+    pages: list[documentation.Page],
+    checkout,
+    settings: Settings,
+) -> tuple[list[documentation.Page], dict[str, dict], dict]:
+    """Return the catalog a model writes (proposed by it when LLM_CATALOG=model) and each page's request."""
+    connection = connections.get_redis(settings)
+    counts: dict[str, Any] = {}
+    if settings.llm_catalog == 'model':
+        pages, fallback = page_jobs.propose_catalog(analysis, pages, context.title, settings, connection)
+        counts['catalog'] = 'deterministic, the proposal was refused: ' + fallback if fallback else 'model'
+    # The changelog page summarises the recent commits whatever this run is: it changes when new commits come.
+    recent = history.recent_commits(checkout, CHANGELOG_COMMITS)
+    if recent:
+        pages = [*pages, page_jobs.changelog_page(order=len([p for p in pages if p.parent is None]))]
+    requests = page_jobs.plan(warehouse, pages, context, checkout, recent, settings, connection)
+    return pages, requests, counts
+
+
 def _store(
     warehouse: Warehouse,
     analysis,
@@ -438,11 +542,14 @@ def _store(
     commits: list[dict],
     version: str,
     settings: Settings,
+    requests: dict[str, dict] | None = None,
 ) -> dict:
     """Write the documentation in one transaction: readers see the old set or the new one, never a mix.
 
     With `changed` (an update), only pages whose sources (old or new) changed are written again, plus the pages
-    that describe the structure when files were added, removed or renamed.
+    that describe the structure when files were added, removed or renamed. With `requests` (a model writes the
+    pages), the pages are stored with their requests instead, open unless written from the same request already;
+    the page jobs write them, and the warehouse stays as it is until they have ended.
     """
     now = clock.utcnow()
     written = 0
@@ -465,6 +572,10 @@ def _store(
         for page in pages:
             row = existing.get(page.key)
             parent_id = ids.get(page.parent) if page.parent else None
+            if requests is not None:
+                ids[page.key], opened = _plan_page(warehouse.id, document.id, page, parent_id, requests[page.key], row)
+                written += opened
+                continue
             sources = set(page.sources).union(old_sources.get(page.key, ()))
             touched = (
                 changed is None
@@ -502,11 +613,17 @@ def _store(
                     for c in commits
                 ]
             ).on_conflict_ignore().execute()
-        Document.update(last_update=now, updated_at=now, status=WarehouseStatus.COMPLETED).where(
-            Document.id == document.id
-        ).execute()
+        if requests is None:
+            Document.update(last_update=now, updated_at=now, status=WarehouseStatus.COMPLETED, paths=None).where(
+                Document.id == document.id
+            ).execute()
+        else:
+            Document.update(updated_at=now, paths=[source.path for source in analysis.files]).where(
+                Document.id == document.id
+            ).execute()
         Warehouse.update(
-            status=WarehouseStatus.COMPLETED,
+            # With a model, the finishing job of the pages sets the outcome.
+            status=WarehouseStatus.COMPLETED if requests is None else warehouse.status,
             error=None,
             version=version,
             readme=analysis.readme,
@@ -515,6 +632,8 @@ def _store(
             description=documentation.first_paragraph(analysis.readme, 500) or warehouse.description,
             updated_at=now,
         ).where(Warehouse.id == warehouse.id).execute()
+    if requests is not None:
+        return {'pages': len(pages), 'pages_open': written, 'pages_removed': len(stale), 'commits': len(commits)}
     return {
         'pages': len(pages),
         'pages_written': written,
@@ -522,6 +641,39 @@ def _store(
         'commits': len(commits),
         'minimap': tree is not None,
     }
+
+
+def _plan_page(
+    warehouse_id: str,
+    document_id: str,
+    page: documentation.Page,
+    parent_id: str | None,
+    request: dict,
+    row: DocumentCatalog | None,
+) -> tuple[str, bool]:
+    """Store a page's catalog entry and the request a model writes it from; return its id and whether it is open."""
+    digest = request['digest']
+    up_to_date = row is not None and row.written_digest == digest and row.status == PageStatus.COMPLETED
+    fields = {
+        'warehouse': warehouse_id,
+        'document': document_id,
+        'parent': parent_id,
+        'name': page.title,
+        'url': page.key,
+        'description': page.description,
+        'sort_order': page.order,
+        'dependent_file': page.sources[:200],
+        'request': request,
+        'request_digest': digest,
+        'updated_at': clock.utcnow(),
+    }
+    if not up_to_date:
+        # The content already there (an update's) stays readable until the page job replaces it.
+        fields.update(status=PageStatus.PENDING, tries=0, error=None)
+    if row is None:
+        return DocumentCatalog.create(**fields, is_completed=False).id, True
+    DocumentCatalog.update(**fields).where(DocumentCatalog.id == row.id).execute()
+    return row.id, not up_to_date
 
 
 def _sources_by_page(warehouse_id: str) -> dict[str, set[str]]:
@@ -557,6 +709,11 @@ def _write_page(
         'is_completed': True,
         'dependent_file': page.sources[:200],
         'updated_at': clock.utcnow(),
+        'status': PageStatus.COMPLETED,
+        'request': None,
+        'request_digest': None,
+        'written_digest': None,
+        'error': None,
     }
     if row is None:
         catalog_id = DocumentCatalog.create(**fields).id
@@ -672,8 +829,10 @@ def warehouse_job_failed(job, connection, exc_type, exc_value, traceback) -> Non
 def schedule_warehouse_processing() -> dict:
     """Enqueue Pending warehouses (per-user limit) and Processing ones whose job is gone."""
     # Safe to run any number of times: a warehouse with a live job is never enqueued again.
-    enqueued = dispatch_pending(connections.get_redis())
-    return {'enqueued': len(enqueued), 'warehouse_ids': enqueued}
+    connection = connections.get_redis()
+    enqueued = dispatch_pending(connection)
+    resumed = resume_pages(connection)
+    return {'enqueued': len(enqueued), 'warehouse_ids': enqueued, 'pages_resumed': resumed}
 
 
 def schedule_warehouse_updates() -> dict:
@@ -744,7 +903,7 @@ def get_warehouse(warehouse_id: str) -> Warehouse:
 def reprocess(warehouse_id: str, connection: redis.Redis) -> Warehouse:
     """Set a warehouse back to Pending and queue it; refused while a job of it is queued or running."""
     get_warehouse(warehouse_id)
-    if queues.live_job_ids(connection, [process_job_id(warehouse_id), update_job_id(warehouse_id)]):
+    if queues.live_job_ids(connection, list(_job_ids(warehouse_id))):
         raise InvalidSubmission(f'Warehouse {warehouse_id} is already queued or running.')
     _set_status(warehouse_id, WarehouseStatus.PENDING, error=None)
     dispatch_pending(connection)
@@ -785,8 +944,11 @@ def describe(warehouse_id: str, connection: redis.Redis) -> dict:
         data['commits'] = DocumentCommitRecord.select().where(DocumentCommitRecord.warehouse == warehouse_id).count()
         tree = MiniMap.get_or_none(MiniMap.warehouse == warehouse_id)
         data['minimap_nodes'] = minimap.count_nodes(tree.value) if tree else 0
+        data['tokens'] = page_jobs.spent_tokens(warehouse_id)
+        data['token_budget'] = warehouse.token_budget
+    data['page_states'] = page_jobs.page_states(warehouse_id)
     data['jobs'] = []
-    for job_id in (process_job_id(warehouse_id), update_job_id(warehouse_id)):
+    for job_id in _job_ids(warehouse_id):
         try:
             job = queues.JsonJob.fetch(job_id, connection=connection)
         except NoSuchJobError:

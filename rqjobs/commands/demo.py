@@ -23,6 +23,10 @@ def demo(obj) -> None:
             click.echo(f'Repository: {value}')
         elif step == 'submitted':
             click.echo(f'Warehouse {value.id} submitted; running a worker until its job ends…')
+        elif step == 'pages':
+            click.echo(f'Cloned and planned: the model ({obj.settings.llm_model}) writes {value} pages, one job each…')
+        elif step == 'progress' and value:
+            click.echo(f'  pages {value["done"]}/{value["total"]} done, {value["failed"]} failed')
 
     obj.settings = demo_module.allow_local_repositories()
     outcome = demo_module.run(obj.redis, obj.settings, on_step)

@@ -51,6 +51,13 @@ def print_statistics(data: dict) -> None:
         )
         if access['top_resources']:
             table(access['top_resources'], ['resource_type', 'resource_id', 'views'])
+    tokens = data.get('tokens')
+    if tokens and tokens['pages']:
+        click.echo(
+            f'\nModel tokens: {tokens["tokens_in"]:,} in, {tokens["tokens_out"]:,} out, over {tokens["pages"]} pages.'
+        )
+        table(tokens['warehouses'], ['repository', 'tokens_in', 'tokens_out'])
+        table(tokens['users'], ['user', 'tokens_in', 'tokens_out'])
 
 
 @click.group('stats')

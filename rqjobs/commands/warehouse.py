@@ -131,6 +131,16 @@ def warehouse_show(obj, warehouse_id: str, as_json: bool) -> None:
         if d['catalog']:
             click.echo('catalog:')
             print_catalog(d['catalog'], depth=1)
+        written_by_model = [page for page in d['page_states'] if page['tries'] or page['status'] != 'Completed']
+        if written_by_model:
+            spent = f'{d["tokens"]:,} tokens spent' + (
+                f' of a budget of {d["token_budget"]:,}' if d['token_budget'] else ''
+            )
+            click.echo(f'pages:         {spent}')
+            for page in d['page_states']:
+                tokens = f'{page["tokens_in"]:,} in / {page["tokens_out"]:,} out' if page['tries'] else ''
+                line = f'  {page["status"]:<10} {page["page"]}  tries {page["tries"]}  {tokens}'.rstrip()
+                click.echo(line + (f'  {cell(page["error"])}' if page['error'] else ''))
 
     emit(data, as_json, human)
 
@@ -144,6 +154,29 @@ def warehouse_reprocess(obj, warehouse_id: str) -> None:
 
     row = warehouses.reprocess(warehouse_id, obj.redis)
     click.echo(f'Warehouse {row.id} is {row.status} again.')
+
+
+@warehouse.command('regenerate')
+@click.argument('warehouse_id', type=UTF8_TEXT)
+@click.option(
+    '--page', 'page', type=UTF8_TEXT, metavar='SLUG', help='Write only this page again (its url, e.g. overview).'
+)
+@click.option('--failed', is_flag=True, help='Write again only the pages that failed or were skipped.')
+@click.pass_obj
+def warehouse_regenerate(obj, warehouse_id: str, page: str | None, failed: bool) -> None:
+    """Write pages of a warehouse again with the model (all, one with --page, or the failed ones with --failed)."""
+    from rqjobs.pages import jobs as page_jobs
+
+    if page is not None and failed:
+        raise click.UsageError('Give --page SLUG or --failed, not both.')
+    result = page_jobs.regenerate(warehouse_id, obj.redis, page=page, failed=failed)
+    if not result['queued'] and not result['running']:
+        click.echo(f'Warehouse {warehouse_id} has no page to write again.')
+        return
+    click.echo(
+        f'Warehouse {warehouse_id}: {len(result["queued"])} page jobs queued; '
+        f'`rqjobs warehouse show {warehouse_id}` follows them.'
+    )
 
 
 @warehouse.command('remove')
