@@ -211,8 +211,10 @@ def enqueue_pages(
         limit = RateLimit(rate_limit_key(settings), settings.llm_concurrency)
         backoff = settings.llm_retry_backoff
         timeout = int(settings.llm_timeout + settings.llm_retry_after_max + PAGE_JOB_MARGIN)
+        for ended in queues.JsonJob.fetch_many([job_ids[key] for key in to_queue], connection=connection):
+            if ended is not None:
+                ended.delete()  # an ended job under the id makes way, giving back any rate-limit slot it held
         for key in to_queue:
-            connection.delete(queues.JsonJob.key_for(job_ids[key]))  # an ended job under the id makes way
             queues.enqueue(
                 'write_page',
                 [warehouse_id, key],
