@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 DURATION = re.compile(r'(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|m|min|h|d)?', re.IGNORECASE)
 UNITS = {None: 1, 's': 1, 'sec': 1, 'm': 60, 'min': 60, 'h': 3600, 'd': 86400}
-LIVE = ('queued', 'scheduled', 'deferred')
+# Jobs that have not started: waiting on their queue, their time, their dependencies or a rate limit's slot.
+LIVE = ('queued', 'scheduled', 'deferred', 'rate_limited')
 REGISTRIES = ('started', 'finished', 'failed', 'deferred', 'scheduled', 'canceled', 'ready')
 
 
@@ -80,7 +81,7 @@ def cancel_job(connection: redis.Redis, job_id: str) -> str:
     if status not in LIVE:
         hint = ' Use `rqjobs job stop` for a running job.' if status == 'started' else ''
         raise JobActionRefused(
-            f'Job {job_id} is {status}; only queued, scheduled or deferred jobs can be cancelled.{hint}'
+            f'Job {job_id} is {status}; only queued, scheduled, deferred or rate-limited jobs can be cancelled.{hint}'
         )
     job.cancel()
     return status

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from rq import Callback, Queue, RateLimit
 from rq.exceptions import DeserializationError, NoSuchJobError
-from rq.job import Job, Retry, get_current_job
+from rq.job import Dependency, Job, Retry, get_current_job
 from rq.utils import utcformat
 
 from rqjobs import clock
@@ -435,7 +435,7 @@ def enqueue(
     timeout: int | None = None,
     description: str | None = None,
     meta: Mapping[str, Any] | None = None,
-    depends_on: Job | str | Sequence[Job | str] | None = None,
+    depends_on: Dependency | Job | str | Sequence[Job | str] | None = None,
     on_failure: str | None = None,
     rate_limit: RateLimit | None = None,
     settings: Settings | None = None,
@@ -456,8 +456,9 @@ def enqueue(
     if job_id is not None:
         _check_job_id(job_id)
     if depends_on is not None:
+        dependencies = depends_on.dependencies if isinstance(depends_on, Dependency) else depends_on
         for dependency in (
-            depends_on if isinstance(depends_on, Sequence) and not isinstance(depends_on, str) else [depends_on]
+            dependencies if isinstance(dependencies, Sequence) and not isinstance(dependencies, str) else [dependencies]
         ):
             _check_job_id(dependency.id if isinstance(dependency, Job) else dependency)
     options = {
@@ -549,10 +550,10 @@ def retries_left() -> int:
 
 
 def live_job_ids(connection: redis.Redis, job_ids: Sequence[str]) -> set[str]:
-    """Return which of `job_ids` are queued, scheduled, deferred or running (one Redis round trip)."""
+    """Return which of `job_ids` are queued, scheduled, deferred, rate-limited or running (one Redis round trip)."""
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hget(JsonJob.key_for(job_id), 'status')
         statuses = pipe.execute()
-    live = {b'queued', b'started', b'scheduled', b'deferred'}
+    live = {b'queued', b'started', b'scheduled', b'deferred', b'rate_limited'}
     return {job_id for job_id, status in zip(job_ids, statuses, strict=True) if status in live}

@@ -33,7 +33,7 @@ from models import (
     Warehouse,
     WarehouseStatus,
 )
-from rqjobs import clock, connections, database, queues
+from rqjobs import clock, connections, database, limits, queues
 from rqjobs.exceptions import JobActionRefused, PermanentJobError, WarehouseNotFound
 from rqjobs.settings import Settings, get_settings
 
@@ -299,7 +299,9 @@ def write_page(warehouse_id: str, key: str) -> dict:
     connection = connections.get_redis(settings)
     job = get_current_job()
     limit = job.timeout if job is not None and job.timeout else settings.job_timeout
-    deadline = started + limit - PAGE_JOB_MARGIN / 2
+    # 429 waits end before the job's soft time limit, so that a page kept waiting fails as a try that a retry can
+    # redo rather than as a job that ran out of time.
+    deadline = started + limits.soft_limit_for(limit) - PAGE_JOB_MARGIN / 4
     prompt = Prompt(
         messages=request['messages'],
         sources=request.get('sources', []),
