@@ -3,12 +3,24 @@ chat-completions server, real workers, a real Redis and a real database."""
 
 from __future__ import annotations
 
+import gzip
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
 import pytest
+from chat_server import ChatServer, Reply
+from click.testing import CliRunner
 from playhouse.migrate import SchemaMigrator, migrate
 
+import cli
+import models
+from helpers import commit_files, git, redis_contents
 from models import (
     Document,
     DocumentCatalog,
+    DocumentFileItem,
     PageStatus,
     SchemaVersion,
     User,
@@ -17,7 +29,10 @@ from models import (
 )
 from rqjobs import database as database_module
 from rqjobs import migration, queues, settings
+from rqjobs import warehouse as warehouses
+from rqjobs.connections import get_redis
 from rqjobs.pages import jobs as page_jobs
+from rqjobs.worker import build_worker
 
 pytestmark = pytest.mark.db
 
@@ -104,3 +119,300 @@ def test_schema_step_2_adds_the_page_columns_to_an_older_database(database):
         warehouse = Warehouse.create(organization_name='o', name='w', address='https://h/o/w.git')
         assert Warehouse.get_by_id(warehouse.id).token_budget is None
     assert migration.upgrade() == []
+
+
+# ---- Against a real chat-completions server and real workers ----
+
+API_KEY = 'sk-test-Zq8RrY2vVx4cW9pLmN3k'
+
+
+@pytest.fixture
+def chat(env, local):
+    """A local chat-completions server, configured as the model of this test (fast retries, four in flight)."""
+    server = ChatServer()
+    server.start()
+    env.setenv('LLM_BASE_URL', server.base_url)
+    env.setenv('LLM_MODEL', 'test-model')
+    env.setenv('LLM_API_KEY', API_KEY)
+    env.setenv('LLM_RETRY_BACKOFF', '1')
+    env.setenv('LLM_TIMEOUT', '5')
+    settings.reset()
+    yield server
+    server.stop()
+
+
+def planned(redis_conn, repo, burst_worker) -> str:
+    """Submit `repo` and run its warehouse job: cloned, analysed, its pages planned and their jobs queued."""
+    row = warehouses.submit_warehouse(str(repo), connection=redis_conn)
+    burst_worker('warehouse')
+    assert Warehouse.get_by_id(row.id).status == WarehouseStatus.PROCESSING, Warehouse.get_by_id(row.id).error
+    return row.id
+
+
+def drain(redis_conn, warehouse_id: str, timeout: float = 60, max_jobs: int | None = None) -> None:
+    """Run burst workers on queue pages (retries included) until the warehouse's finishing job has ended."""
+    connection = get_redis(shared=False)
+    finish = page_jobs.finish_job_id(warehouse_id)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            worker = build_worker(connection, ['pages'])
+            worker.work(burst=True, with_scheduler=True, logging_level='WARNING', max_jobs=max_jobs)
+            if max_jobs is not None:
+                return
+            status = redis_conn.hget(queues.JsonJob.key_for(finish), 'status')
+            if status in (b'finished', b'failed'):
+                return
+            assert time.monotonic() < deadline, f'the finishing job is still {status}'
+            time.sleep(0.2)
+    finally:
+        connection.close()
+
+
+def pages_of(warehouse_id: str) -> dict[str, DocumentCatalog]:
+    return {row.url: row for row in DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id)}
+
+
+def prompt_of(row: DocumentCatalog) -> str:
+    return '\n\n'.join(message['content'] for message in row.request['messages'])
+
+
+def by_page(warehouse_id: str):
+    """Return a function telling which page of the warehouse a request is for (None for other requests)."""
+    prompts = {prompt_of(row): key for key, row in pages_of(warehouse_id).items()}
+    return lambda request: prompts.get(request.prompt)
+
+
+def requests_per_page(server, warehouse_id: str) -> Counter:
+    page = by_page(warehouse_id)
+    return Counter(page(request) for request in server.chat_requests())
+
+
+def content_of(row: DocumentCatalog) -> str | None:
+    item = DocumentFileItem.get_or_none(DocumentFileItem.catalog == row.id)
+    return item.content if item else None
+
+
+def test_a_model_writes_every_page_once_and_the_warehouse_completes(
+    redis_conn, database, chat, sample_repo, burst_worker
+):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    planned_pages = pages_of(warehouse_id)
+    assert {'overview', 'structure', 'changelog'} <= set(planned_pages)
+    assert all(row.status == PageStatus.PENDING and row.request for row in planned_pages.values())
+    drain(redis_conn, warehouse_id)
+
+    warehouse = Warehouse.get_by_id(warehouse_id)
+    assert warehouse.status == WarehouseStatus.COMPLETED and warehouse.error is None
+    pages = pages_of(warehouse_id)
+    assert all(row.status == PageStatus.COMPLETED for row in pages.values()), {k: r.error for k, r in pages.items()}
+    assert all(row.written_digest == row.request_digest and row.tries == 1 for row in pages.values())
+    counts = requests_per_page(chat, warehouse_id)
+    assert counts == Counter(dict.fromkeys(pages, 1)), 'every page is sent exactly once'
+    for row in pages.values():
+        content = content_of(row)
+        assert content and content.strip() and content.startswith('# ')
+        assert '## Sources' in content
+        assert row.tokens_in > 0 and row.tokens_out > 0
+    item = DocumentFileItem.get(DocumentFileItem.catalog == pages['structure'].id)
+    assert item.request_token == pages['structure'].tokens_in and item.metadata['model'] == 'test-model'
+    assert item.metadata['cited'], 'the page cites a file of the repository'
+    # The request holds the page's sources, read from the clone.
+    assert 'def greet' in prompt_of(pages['components/sample']) or 'Greeter' in prompt_of(pages['components/sample'])
+    finish = queues.JsonJob.fetch(page_jobs.finish_job_id(warehouse_id), connection=redis_conn)
+    assert finish.meta['progress']['done'] == finish.meta['progress']['total'] == len(pages)
+    assert finish.return_value()['status'] == WarehouseStatus.COMPLETED
+
+    shown = CliRunner().invoke(cli.main, ['warehouse', 'show', warehouse_id])
+    assert shown.exit_code == 0, shown.output
+    assert 'pages:' in shown.output and 'Completed  overview  tries 1' in shown.output
+    stats = CliRunner().invoke(cli.main, ['stats', 'show'])
+    assert stats.exit_code == 0 and 'Model tokens:' in stats.output and 'upstream/sample' in stats.output
+
+
+def test_failed_tries_are_retried_and_a_page_failing_them_all_is_failed_never_empty(
+    redis_conn, database, chat, sample_repo, burst_worker
+):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    page = by_page(warehouse_id)
+    tries = Counter()
+    unusable = [Reply.empty(), Reply.text('   \n\n  '), Reply.length()]
+
+    def script(request):
+        key = page(request)
+        tries[key] += 1
+        if key == 'structure':
+            return Reply.error(500)
+        if key == 'getting-started' and tries[key] <= len(unusable):
+            return unusable[tries[key] - 1]
+        return None
+
+    chat.script = script
+    drain(redis_conn, warehouse_id, timeout=90)
+
+    pages = pages_of(warehouse_id)
+    counts = requests_per_page(chat, warehouse_id)
+    assert counts['structure'] == 1 + page_jobs.PAGE_RETRIES, 'no more requests than tries'
+    assert pages['structure'].status == PageStatus.FAILED and 'HTTP 500' in pages['structure'].error
+    assert content_of(pages['structure']) is None, 'a failed page is not stored empty'
+    assert counts['getting-started'] == 4 and pages['getting-started'].status == PageStatus.COMPLETED
+    assert 'The page stops in the middle of' not in content_of(pages['getting-started'])
+    assert all(content_of(row) is None or content_of(row).strip() for row in pages.values())
+    warehouse = Warehouse.get_by_id(warehouse_id)
+    assert warehouse.status == WarehouseStatus.COMPLETED
+    assert 'structure' in warehouse.error and f'regenerate {warehouse_id} --failed' in warehouse.error
+
+    # Regenerating the failed pages sends only those.
+    chat.script = None
+    before = len(chat.chat_requests())
+    result = CliRunner().invoke(cli.main, ['warehouse', 'regenerate', warehouse_id, '--failed'])
+    assert result.exit_code == 0, result.output
+    drain(redis_conn, warehouse_id)
+    assert len(chat.chat_requests()) == before + 1
+    assert pages_of(warehouse_id)['structure'].status == PageStatus.COMPLETED
+    assert Warehouse.get_by_id(warehouse_id).error is None
+
+
+def test_a_429_waits_its_retry_after_without_using_up_a_try(redis_conn, database, chat, sample_repo, burst_worker):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    page = by_page(warehouse_id)
+    limited = []
+
+    def script(request):
+        if page(request) == 'overview' and not limited:
+            limited.append(time.monotonic())
+            return Reply.rate_limited(retry_after=1)
+        return None
+
+    chat.script = script
+    drain(redis_conn, warehouse_id)
+    overview = pages_of(warehouse_id)['overview']
+    assert overview.status == PageStatus.COMPLETED and overview.tries == 1
+    sent = [r.received for r in chat.chat_requests() if page(r) == 'overview']
+    assert len(sent) == 2 and sent[1] - sent[0] >= 0.95
+
+
+def test_a_refused_request_fails_the_page_at_once_with_the_providers_message(
+    redis_conn, database, chat, sample_repo, burst_worker
+):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    page = by_page(warehouse_id)
+    message = "This model's maximum context length is 8192 tokens. However, your messages resulted in 9001 tokens."
+    chat.script = lambda request: (
+        Reply.error(400, message, code='context_length_exceeded') if page(request) == 'structure' else None
+    )
+    drain(redis_conn, warehouse_id)
+    structure = pages_of(warehouse_id)['structure']
+    assert requests_per_page(chat, warehouse_id)['structure'] == 1
+    assert structure.status == PageStatus.FAILED and 'maximum context length is 8192 tokens' in structure.error
+
+
+def test_a_warehouse_whose_pages_all_fail_is_failed(redis_conn, database, chat, sample_repo, burst_worker):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    chat.script = lambda request: Reply.error(404, 'The model `test-model` does not exist')
+    drain(redis_conn, warehouse_id)
+    warehouse = Warehouse.get_by_id(warehouse_id)
+    assert warehouse.status == WarehouseStatus.FAILED
+    assert 'no page could be written' in warehouse.error and 'does not exist' in warehouse.error
+    assert len(chat.chat_requests()) == len(pages_of(warehouse_id))
+
+
+def test_a_spent_token_budget_skips_the_remaining_pages(redis_conn, database, chat, sample_repo, burst_worker, env):
+    env.setenv('LLM_TOKEN_BUDGET', '10')
+    env.setenv('LLM_CONCURRENCY', '1')
+    settings.reset()
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    drain(redis_conn, warehouse_id)
+    pages = pages_of(warehouse_id)
+    assert len(chat.chat_requests()) == 1
+    assert Counter(row.status for row in pages.values()) == {
+        PageStatus.COMPLETED: 1,
+        PageStatus.SKIPPED: len(pages) - 1,
+    }
+    warehouse = Warehouse.get_by_id(warehouse_id)
+    assert warehouse.status == WarehouseStatus.COMPLETED and 'token budget' in warehouse.error
+
+
+def test_pages_written_before_redis_lost_everything_are_not_sent_again(
+    redis_conn, database, chat, sample_repo, burst_worker
+):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    drain(redis_conn, warehouse_id, max_jobs=3)
+    written = {key for key, row in pages_of(warehouse_id).items() if row.status == PageStatus.COMPLETED}
+    assert len(written) == 3
+    redis_conn.flushall()
+    # The periodic dispatch finds the warehouse Processing with open pages and no live job: its pages go on.
+    assert warehouses.schedule_warehouse_processing()['enqueued'] == 0
+    assert redis_conn.exists(queues.JsonJob.key_for(page_jobs.finish_job_id(warehouse_id)))
+    drain(redis_conn, warehouse_id)
+    pages = pages_of(warehouse_id)
+    assert all(row.status == PageStatus.COMPLETED for row in pages.values())
+    assert requests_per_page(chat, warehouse_id) == Counter(dict.fromkeys(pages, 1))
+    # Processing the warehouse again plans the same requests: nothing is sent.
+    before = len(chat.chat_requests())
+    warehouses.reprocess(warehouse_id, redis_conn)
+    burst_worker('warehouse')
+    drain(redis_conn, warehouse_id)
+    assert len(chat.chat_requests()) == before
+    assert Warehouse.get_by_id(warehouse_id).status == WarehouseStatus.COMPLETED
+
+
+def test_an_update_sends_only_the_pages_whose_sources_changed(redis_conn, database, chat, sample_repo, burst_worker):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    drain(redis_conn, warehouse_id)
+    first = len(chat.chat_requests())
+    commit_files(
+        sample_repo, {'web/app.js': 'export function render(items) {\n  return items.join(";");\n}\n'}, 'Use ;'
+    )
+    queues.enqueue(
+        'process_warehouse_update', [warehouse_id], job_id=warehouses.update_job_id(warehouse_id), connection=redis_conn
+    )
+    burst_worker('warehouse')
+    drain(redis_conn, warehouse_id)
+    sent = Counter(by_page(warehouse_id)(request) for request in chat.chat_requests()[first:])
+    assert 'changelog' in sent and 'components/web' in sent
+    assert 'components/sample' not in sent, sent
+    assert Warehouse.get_by_id(warehouse_id).status == WarehouseStatus.COMPLETED
+    assert all(row.status == PageStatus.COMPLETED for row in pages_of(warehouse_id).values())
+
+
+def test_the_api_key_is_sent_to_the_server_and_stored_nowhere(
+    redis_conn, database, chat, sample_repo, burst_worker, caplog
+):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    page = by_page(warehouse_id)
+    # A server that quotes the key back in its error message, as some do.
+    chat.script = lambda request: (
+        Reply.error(401, f'Incorrect API key provided: {API_KEY}.') if page(request) == 'structure' else None
+    )
+    with caplog.at_level(logging.DEBUG):
+        drain(redis_conn, warehouse_id)
+    assert all(request.authorization == f'Bearer {API_KEY}' for request in chat.chat_requests())
+    structure = pages_of(warehouse_id)['structure']
+    assert structure.status == PageStatus.FAILED and 'Incorrect API key provided' in structure.error
+    assert API_KEY not in redis_contents(redis_conn).decode('utf-8', 'replace')
+    dumped = migration.backup_data()['path']
+    assert API_KEY.encode() not in gzip.decompress(Path(dumped).read_bytes())
+    for model in models.MODELS:
+        for row in model.select().dicts():
+            assert API_KEY not in repr(row), model
+    assert API_KEY not in caplog.text
+    assert API_KEY[-8:] not in caplog.text
+
+
+def test_users_take_turns_with_a_cap_of_one_request(redis_conn, database, chat, sample_repo, burst_worker, env):
+    env.setenv('LLM_CONCURRENCY', '1')
+    settings.reset()
+    first = warehouses.submit_warehouse(str(sample_repo), user_id=make_user('a').id, connection=redis_conn)
+    burst_worker('warehouse')
+    other = sample_repo.parent / 'other'
+    git(sample_repo.parent, 'clone', '-q', str(sample_repo), str(other))
+    second = warehouses.submit_warehouse(str(other), user_id=make_user('b').id, connection=redis_conn)
+    burst_worker('warehouse')
+    drain(redis_conn, first.id)
+    drain(redis_conn, second.id)
+    firsts, seconds = by_page(first.id), by_page(second.id)
+    order = ['a' if firsts(r) else 'b' if seconds(r) else '?' for r in chat.chat_requests()]
+    assert chat.max_in_flight == 1
+    # b's pages, queued after all of a's, are not all sent after them.
+    assert order.index('b') < len(order) // 2, order
