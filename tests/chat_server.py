@@ -264,7 +264,7 @@ class ChatServer:
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name='chat-server', daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,), name='chat-server', daemon=True)
         self._thread.start()
         return self
 
