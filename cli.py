@@ -31,6 +31,7 @@ COMMANDS = {
     'enqueue': ('jobs:enqueue', "Enqueue JOB (a registered job's name) with ARGS."),
     'inspect': ('jobs:inspect_group', 'What the workers are doing and have done.'),
     'job': ('jobs:job_group', 'One job: show, cancel, stop or delete it.'),
+    'llm': ('llm:llm_group', 'The language model that writes pages (LLM_BASE_URL, LLM_MODEL).'),
     'logs': ('logs:logs', 'Access logs: the Redis buffer the web side fills and `process_access_log` drains.'),
     'minimap': ('minimap:minimap_group', 'Mind maps of warehouses.'),
     'redis': ('redis:redis_group', 'The embedded Redis server (used when REDIS_URL is unset), one per data directory.'),

@@ -121,3 +121,24 @@ class UnreadableJob(PermanentJobError, NoSuchJobError):
     It is also an rq `NoSuchJobError`, so that rq's own loops (registry cleanup, schedulers, the intermediate queue)
     pass over such a job as over a vanished one instead of stopping at it.
     """
+
+
+class ModelNotConfigured(PermanentJobError):
+    """Raised when a language model is needed but `LLM_BASE_URL` and `LLM_MODEL` are not set."""
+
+
+class ModelError(RqjobsError):
+    """Raised when a request to the language model's server fails; the message is one redacted line.
+
+    `status` holds the HTTP status when the server answered one, else None.
+    """
+
+    status: int | None = None
+
+
+class ModelRejected(ModelError, PermanentJobError):
+    """Raised when the model server refuses a request (HTTP 400, 401, 403, 404, 422): sending it again cannot help."""
+
+
+class ModelUnavailable(ModelError):
+    """Raised when the model server fails, times out, cannot be reached or keeps rate limiting; a retry may help."""
