@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from email.utils import format_datetime
 
@@ -290,3 +294,30 @@ def test_llm_check_against_a_closed_port_fails_in_one_line(redis_conn, closed_po
     errors = [line for line in result.stderr.splitlines() if not line.startswith('Redis: ')]
     assert result.returncode == 1, result.stderr
     assert len(errors) == 1 and errors[0].startswith('Error: Cannot reach the model server at http://127.0.0.1:')
+
+
+@pytest.mark.slow
+def test_the_chat_server_runs_as_a_process_with_its_counters_over_http(redis_conn):
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / 'tests' / 'chat_server.py'), '--port', '0', '--delay', '0.3'],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base_url = server.stdout.readline().strip()
+        assert re.fullmatch(r'http://127\.0\.0\.1:\d+/v1', base_url), base_url
+        settings = llm_settings(base_url, LLM_CONCURRENCY=2)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: model.chat(PROMPT, settings=settings, connection=redis_conn), range(4)))
+        stats = json.loads(urllib.request.urlopen(f'{base_url[:-3]}/_stats', timeout=5).read())
+        assert all('`src/app/main.py`' in answer.content for answer in answers)
+        assert (stats['requests'], stats['max_in_flight']) == (4, 2) and len(set(stats['prompt_hashes'])) == 1
+        urllib.request.urlopen(urllib.request.Request(f'{base_url[:-3]}/_reset', method='POST'), timeout=5)
+        stats = json.loads(urllib.request.urlopen(f'{base_url[:-3]}/_stats', timeout=5).read())
+        assert (stats['requests'], stats['max_in_flight'], stats['prompt_hashes']) == (0, 0, [])
+        server.terminate()
+        assert server.wait(5) == 0
+    finally:
+        server.kill()
+        server.wait()
+        server.stdout.close()

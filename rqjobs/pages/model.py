@@ -246,10 +246,11 @@ def chat(
     use_completion_tokens = False
     waited = 0.0
     while True:
-        timeout = _timeout(settings, deadline)
         params = {'max_completion_tokens' if use_completion_tokens else 'max_tokens': limit}
+        timeout = settings.llm_timeout
         try:
             with endpoint_slot(connection, settings, deadline=deadline):
+                timeout = _timeout(settings, deadline)  # after the wait for a slot, which took some of the time
                 started = time.monotonic()
                 response = api.chat.completions.create(
                     model=settings.llm_model, messages=messages, timeout=timeout, **params
