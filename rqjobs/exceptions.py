@@ -121,3 +121,18 @@ class UnreadableJob(PermanentJobError, NoSuchJobError):
     It is also an rq `NoSuchJobError`, so that rq's own loops (registry cleanup, schedulers, the intermediate queue)
     pass over such a job as over a vanished one instead of stopping at it.
     """
+
+
+class UnusableAnswer(RqjobsError):
+    """Raised when a model's answer cannot be stored as a page: empty, an echo of the prompt, or cut off at length.
+
+    A retry asks again, and a model's next answer may well be a good one.
+    """
+
+
+class InvalidCatalog(RqjobsError):
+    """Raised when a model's proposed catalog of pages is not the JSON the project asked for; the message says why."""
+
+
+class ContextTooSmall(PermanentJobError):
+    """Raised when the model's context window, less the answer's room, cannot hold even the instructions of a prompt."""
