@@ -413,6 +413,13 @@ def test_code_blocks_and_ordinary_code_spans_are_untouched():
     assert grounded.cited == ['src/app.py'] and grounded.unknown == []
 
 
+def test_an_existing_file_is_cited_whatever_its_name_holds():
+    grounded = ground_citations('See `docs/a b.md` and [the guide](docs/a%20b.md).\n', EXISTING, link)
+    assert grounded.cited == ['docs/a b.md']
+    assert '[`docs/a b.md`](https://example.test/blob/docs/a b.md)' in grounded.markdown
+    assert '[the guide](https://example.test/blob/docs/a b.md)' in grounded.markdown
+
+
 def test_files_without_a_url_stay_code_and_a_written_sources_section_is_replaced():
     page = '# App\n\nSee `README.md`.\n\n## Sources\n\n- `README.md`\n- `src/app.py`\n'
     grounded = ground_citations(page, EXISTING, lambda path: None)
@@ -490,6 +497,13 @@ def test_a_valid_catalog_gives_pages_parents_first_with_the_overview_first():
     assert [page.key for page in pages] == ['overview', 'app', 'app/worker', 'app/guide']
     assert [(page.parent, page.order) for page in pages] == [(None, 0), (None, 1), ('app', 0), ('app', 1)]
     assert pages[2].sources == ['src/worker.py'] and pages[2].title == 'Worker'
+
+
+def test_one_fenced_catalog_among_words_is_taken():
+    text = 'Here is the catalog:\n\n```json\n' + proposal(entry('overview', ['README.md'])) + '\n```\n\nEnjoy.'
+    assert [page.key for page in parse_catalog(text, FILES)] == ['overview']
+    with pytest.raises(InvalidCatalog, match='not JSON'):
+        parse_catalog(text + '\n```json\n{}\n```', FILES)
 
 
 def test_a_catalog_without_an_overview_gets_the_deterministic_one():

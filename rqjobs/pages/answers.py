@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from rqjobs.exceptions import UnusableAnswer
 from rqjobs.pages.prompts import Prompt
@@ -115,8 +115,8 @@ def ground_citations(
 ) -> Grounded:
     """Link the repository files a page cites, flag the cited paths that do not exist, and list the sources.
 
-    A citation is an inline code span or a relative markdown link naming a path: one that exists, or one that ends
-    in a known file extension (`src/app.py`, `README.md`); other spans (`None`, `pip install x`, `a/b`, URLs) are
+    A citation is an inline code span or a relative markdown link naming a path: a file that exists, or a name that
+    ends in a known file extension (`src/app.py`, `README.md`); other spans (`None`, `pip install x`, `a/b`, URLs) are
     text. A path may carry a line (`app.py:12`, `app.py#L12`). Outside fenced code blocks, a span of a file that
     exists becomes [`path`](url) when `link(path)` gives a URL; a path that does not exist stays code, never a
     link, and its first mention is followed by " (not found in the repository)"; a relative link to it keeps only
@@ -165,7 +165,8 @@ class _Citations:
         candidate = candidate.strip().removeprefix('./')
         bare = _LINE_SUFFIX.sub('', candidate)
         for path in dict.fromkeys((candidate, bare)):
-            if _looks_like_path(path) and self.exists(path):
+            # A file that exists is cited whatever its name holds (a space, say); other text must look like a path.
+            if path and not path.startswith(('/', '../')) and '://' not in path and self.exists(path):
                 return path, True
         if not _looks_like_path(bare):
             return None, False
@@ -200,7 +201,7 @@ class _Citations:
                 if found:
                     self.cited.setdefault(path)
             return whole
-        path, found = self.resolve(target if _LINE_SUFFIX.search(target) else target.split('#', 1)[0])
+        path, found = self.resolve(unquote(target if _LINE_SUFFIX.search(target) else target.split('#', 1)[0]))
         if path is None:
             return whole
         if found:

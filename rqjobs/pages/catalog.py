@@ -16,14 +16,14 @@ MAX_SLUG = 100
 MAX_DESCRIPTION = 1000
 MAX_DEPTH = 2
 _SLUG = re.compile(r'[a-z0-9-]+')
-_JSON_FENCE = re.compile(r'^```(?:json)?[ \t]*\n(.*)\n```[ \t]*$', re.DOTALL | re.IGNORECASE)
+_JSON_FENCE = re.compile(r'^```(?:json)?[ \t]*\n(.*?)\n```[ \t]*$', re.DOTALL | re.IGNORECASE | re.MULTILINE)
 OVERVIEW = Page('overview', 'Overview', 'What the project is, its languages and layout.', None, 0)
 
 
 def parse_catalog(text: str, existing: set[str], *, max_pages: int = 40, overview: Page | None = None) -> list[Page]:
     """Return the pages of a proposed catalog, parents before children and the overview first; raise InvalidCatalog.
 
-    The answer is `{"pages": [{"title", "slug", "description", "sources", "children"}]}`, bare or in a ```json
+    The answer is `{"pages": [{"title", "slug", "description", "sources", "children"}]}`, bare or in one ```json
     fence; fields other than these are ignored. Sources not in `existing` are dropped. Without a top-level page of
     slug `overview`, `overview` (or a plain overview page) comes first.
     """
@@ -58,9 +58,10 @@ def parse_catalog(text: str, existing: set[str], *, max_pages: int = 40, overvie
 
 def _load(text: str) -> object:
     text = (text or '').strip()
-    fenced = _JSON_FENCE.match(text)
-    if fenced:
-        text = fenced.group(1)
+    fenced = _JSON_FENCE.findall(text)
+    # A model sometimes says a word around its JSON: one fenced block is taken as the answer, never a guess among two.
+    if len(fenced) == 1 and not text.startswith(('{', '[')):
+        text = fenced[0]
     try:
         return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:

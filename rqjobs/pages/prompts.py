@@ -197,6 +197,7 @@ def page_prompt(
 ) -> Prompt:
     """Return the prompt that asks a model to write one page, from its facts and source files, within budget."""
     budget = budget_tokens(context_tokens, max_output_tokens, correction)
+    title, language = ' '.join(title.split()), ' '.join(language.split())
     system = _page_system(title, language)
     about = ' '.join(page.description.split())
     fixed = (
@@ -258,7 +259,7 @@ def _page_system(title: str, language: str) -> str:
         'the page in a code fence.\n'
         '- Base every statement on the facts and files given; where they say nothing, say nothing.\n'
         '- Cite every file you draw on by its path in backticks, exactly as it heads its block, for example '
-        '`src/app.py`. Cite only files from the list given; do not invent files or paths.\n'
+        '`src/app.py`. Cite only the files shown; do not invent files or paths.\n'
         '- Quote code only in short excerpts that explain something, never whole files.'
     )
 
@@ -290,6 +291,8 @@ def _file_piece(checkout: Path, path: str, analysis: Analysis, room: _Room) -> t
     if target is None:
         logger.warning('refusing %r: not a regular file inside the checkout', path)
         return '', 'skipped'
+    if room.left < MIN_OUTLINE_TOKENS:
+        return '', 'omitted'  # without reading it: nothing of it could fit
     read = read_text(target, max(room.left * MAX_BYTES_PER_TOKEN + 16, HEAD_BYTES))
     if read is None:
         return '', 'skipped'
@@ -383,6 +386,7 @@ def changelog_prompt(
     The shas of the commits left out for room are the prompt's `omitted`.
     """
     budget = budget_tokens(context_tokens, max_output_tokens, correction)
+    title, language = ' '.join(title.split()), ' '.join(language.split())
     system = (
         f'You are a technical writer keeping the changelog of the software repository {title}. You write in '
         f'{language}, in Markdown.\n'
@@ -435,6 +439,7 @@ def catalog_prompt(
     The paths listed are the prompt's `sources`, those left out for room its `omitted`.
     """
     budget = budget_tokens(context_tokens, max_output_tokens, correction)
+    title, language = ' '.join(title.split()), ' '.join(language.split())
     system = (
         f'You plan the documentation of the software repository {title}: a catalog of its pages. Answer with JSON '
         'only, no prose and no code fence, of this form:\n'
