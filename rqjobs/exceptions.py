@@ -142,3 +142,18 @@ class ModelRejected(ModelError, PermanentJobError):
 
 class ModelUnavailable(ModelError):
     """Raised when the model server fails, times out, cannot be reached or keeps rate limiting; a retry may help."""
+
+
+class UnusableAnswer(RqjobsError):
+    """Raised when a model's answer cannot be stored as a page: empty, an echo of the prompt, or cut off at length.
+
+    A retry asks again, and a model's next answer may well be a good one.
+    """
+
+
+class InvalidCatalog(RqjobsError):
+    """Raised when a model's proposed catalog of pages is not the JSON the project asked for; the message says why."""
+
+
+class ContextTooSmall(PermanentJobError):
+    """Raised when the model's context window, less the answer's room, cannot hold even the instructions of a prompt."""
