@@ -621,9 +621,10 @@ def _store(
             Document.update(updated_at=now, paths=[source.path for source in analysis.files]).where(
                 Document.id == document.id
             ).execute()
+        # With a model, the finishing job of the pages sets the outcome: the status stays as it is.
+        outcome = {'status': WarehouseStatus.COMPLETED} if requests is None else {}
         Warehouse.update(
-            # With a model, the finishing job of the pages sets the outcome.
-            status=WarehouseStatus.COMPLETED if requests is None else warehouse.status,
+            **outcome,
             error=None,
             version=version,
             readme=analysis.readme,

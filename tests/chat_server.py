@@ -173,8 +173,12 @@ class Reply:
 
 
 def default_page(request: Request) -> str:
-    """Return a plausible markdown page that cites the first path of the prompt and echoes nothing else of it."""
-    path = cited_path(request.prompt) or 'README.md'
+    """Return a plausible markdown page that cites the first path of the prompt and echoes nothing else of it.
+
+    The path is looked for in the last message first (the user's, where the files are), then in the others.
+    """
+    contents = [_text(message.get('content')) for message in request.messages if isinstance(message, dict)]
+    path = next(filter(None, (cited_path(text) for text in reversed(contents))), None) or 'README.md'
     return (
         '# Overview\n\n'
         f'This part of the repository is built around `{path}`, which holds its entry point and the '

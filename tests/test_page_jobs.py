@@ -185,7 +185,7 @@ def by_page(warehouse_id: str):
 
 def requests_per_page(server, warehouse_id: str) -> Counter:
     page = by_page(warehouse_id)
-    return Counter(page(request) for request in server.chat_requests())
+    return Counter(page(request) for request in server.chat_requests)
 
 
 def content_of(row: DocumentCatalog) -> str | None:
@@ -264,11 +264,11 @@ def test_failed_tries_are_retried_and_a_page_failing_them_all_is_failed_never_em
 
     # Regenerating the failed pages sends only those.
     chat.script = None
-    before = len(chat.chat_requests())
+    before = len(chat.chat_requests)
     result = CliRunner().invoke(cli.main, ['warehouse', 'regenerate', warehouse_id, '--failed'])
     assert result.exit_code == 0, result.output
     drain(redis_conn, warehouse_id)
-    assert len(chat.chat_requests()) == before + 1
+    assert len(chat.chat_requests) == before + 1
     assert pages_of(warehouse_id)['structure'].status == PageStatus.COMPLETED
     assert Warehouse.get_by_id(warehouse_id).error is None
 
@@ -288,7 +288,7 @@ def test_a_429_waits_its_retry_after_without_using_up_a_try(redis_conn, database
     drain(redis_conn, warehouse_id)
     overview = pages_of(warehouse_id)['overview']
     assert overview.status == PageStatus.COMPLETED and overview.tries == 1
-    sent = [r.received for r in chat.chat_requests() if page(r) == 'overview']
+    sent = [r.received for r in chat.chat_requests if page(r) == 'overview']
     assert len(sent) == 2 and sent[1] - sent[0] >= 0.95
 
 
@@ -314,7 +314,7 @@ def test_a_warehouse_whose_pages_all_fail_is_failed(redis_conn, database, chat, 
     warehouse = Warehouse.get_by_id(warehouse_id)
     assert warehouse.status == WarehouseStatus.FAILED
     assert 'no page could be written' in warehouse.error and 'does not exist' in warehouse.error
-    assert len(chat.chat_requests()) == len(pages_of(warehouse_id))
+    assert len(chat.chat_requests) == len(pages_of(warehouse_id))
 
 
 def test_a_spent_token_budget_skips_the_remaining_pages(redis_conn, database, chat, sample_repo, burst_worker, env):
@@ -324,7 +324,7 @@ def test_a_spent_token_budget_skips_the_remaining_pages(redis_conn, database, ch
     warehouse_id = planned(redis_conn, sample_repo, burst_worker)
     drain(redis_conn, warehouse_id)
     pages = pages_of(warehouse_id)
-    assert len(chat.chat_requests()) == 1
+    assert len(chat.chat_requests) == 1
     assert Counter(row.status for row in pages.values()) == {
         PageStatus.COMPLETED: 1,
         PageStatus.SKIPPED: len(pages) - 1,
@@ -349,18 +349,18 @@ def test_pages_written_before_redis_lost_everything_are_not_sent_again(
     assert all(row.status == PageStatus.COMPLETED for row in pages.values())
     assert requests_per_page(chat, warehouse_id) == Counter(dict.fromkeys(pages, 1))
     # Processing the warehouse again plans the same requests: nothing is sent.
-    before = len(chat.chat_requests())
+    before = len(chat.chat_requests)
     warehouses.reprocess(warehouse_id, redis_conn)
     burst_worker('warehouse')
     drain(redis_conn, warehouse_id)
-    assert len(chat.chat_requests()) == before
+    assert len(chat.chat_requests) == before
     assert Warehouse.get_by_id(warehouse_id).status == WarehouseStatus.COMPLETED
 
 
 def test_an_update_sends_only_the_pages_whose_sources_changed(redis_conn, database, chat, sample_repo, burst_worker):
     warehouse_id = planned(redis_conn, sample_repo, burst_worker)
     drain(redis_conn, warehouse_id)
-    first = len(chat.chat_requests())
+    first = len(chat.chat_requests)
     commit_files(
         sample_repo, {'web/app.js': 'export function render(items) {\n  return items.join(";");\n}\n'}, 'Use ;'
     )
@@ -369,7 +369,7 @@ def test_an_update_sends_only_the_pages_whose_sources_changed(redis_conn, databa
     )
     burst_worker('warehouse')
     drain(redis_conn, warehouse_id)
-    sent = Counter(by_page(warehouse_id)(request) for request in chat.chat_requests()[first:])
+    sent = Counter(by_page(warehouse_id)(request) for request in chat.chat_requests[first:])
     assert 'changelog' in sent and 'components/web' in sent
     assert 'components/sample' not in sent, sent
     assert Warehouse.get_by_id(warehouse_id).status == WarehouseStatus.COMPLETED
@@ -387,7 +387,7 @@ def test_the_api_key_is_sent_to_the_server_and_stored_nowhere(
     )
     with caplog.at_level(logging.DEBUG):
         drain(redis_conn, warehouse_id)
-    assert all(request.authorization == f'Bearer {API_KEY}' for request in chat.chat_requests())
+    assert all(request.authorization == f'Bearer {API_KEY}' for request in chat.chat_requests)
     structure = pages_of(warehouse_id)['structure']
     assert structure.status == PageStatus.FAILED and 'Incorrect API key provided' in structure.error
     assert API_KEY not in redis_contents(redis_conn).decode('utf-8', 'replace')
@@ -412,7 +412,7 @@ def test_users_take_turns_with_a_cap_of_one_request(redis_conn, database, chat, 
     drain(redis_conn, first.id)
     drain(redis_conn, second.id)
     firsts, seconds = by_page(first.id), by_page(second.id)
-    order = ['a' if firsts(r) else 'b' if seconds(r) else '?' for r in chat.chat_requests()]
+    order = ['a' if firsts(r) else 'b' if seconds(r) else '?' for r in chat.chat_requests]
     assert chat.max_in_flight == 1
     # b's pages, queued after all of a's, are not all sent after them.
     assert order.index('b') < len(order) // 2, order
