@@ -60,18 +60,25 @@ def check_answer(content: str | None, finish_reason: str | None, prompt: Prompt)
 
 
 def unwrap(text: str) -> str:
-    """Return `text` without a ```markdown fence (or a bare one around a page that starts with a heading)."""
+    """Return `text` without a ```markdown fence (or a bare one around a page that starts with a heading).
+
+    The fence may lack its closing line (a model that forgot it): a last fence line that closes one of the page's
+    own code blocks is left to it.
+    """
     lines = text.split('\n')
     opening = _FENCE.match(lines[0])
     if len(lines) < 2 or opening is None:
         return text
     fence, info = opening.group(1), opening.group(2).strip().lower()
-    closing = lines[-1].strip()
-    if not (closing.startswith(fence[0] * len(fence)) and set(closing) == {fence[0]}):
+    if not (info in ('markdown', 'md') or (not info and lines[1].startswith('#'))):
         return text
-    inner = '\n'.join(lines[1:-1]).strip()
-    if info in ('markdown', 'md') or (not info and inner.startswith('#')):
-        return inner
+    closing = lines[-1].strip()
+    closes = closing.startswith(fence[0] * len(fence)) and set(closing) == {fence[0]}
+    inner_fences = sum(1 for line in lines[1:-1] if _FENCE.match(line))
+    if closes and inner_fences % 2 == 0:
+        return '\n'.join(lines[1:-1]).strip()
+    if (inner_fences + closes) % 2 == 0:  # the fence lines after the opening are the page's own blocks
+        return '\n'.join(lines[1:]).strip()
     return text
 
 
