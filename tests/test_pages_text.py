@@ -450,10 +450,13 @@ def test_an_existing_file_is_cited_whatever_its_name_holds():
 
 
 def test_files_without_a_url_stay_code_and_a_written_sources_section_is_replaced():
-    page = '# App\n\nSee `README.md`.\n\n## Sources\n\n- `README.md`\n- `src/app.py`\n'
+    page = (
+        '# App\n\nSee `README.md` and `lib/gone.py`.\n\n## Sources\n\n- `lib/gone.py`\n- `README.md`\n- `src/app.py`\n'
+    )
     grounded = ground_citations(page, EXISTING, lambda path: None)
-    assert grounded.cited == ['README.md', 'src/app.py']
-    assert grounded.markdown == '# App\n\nSee `README.md`.\n\n## Sources\n\n- `README.md`\n- `src/app.py`\n'
+    assert grounded.cited == ['README.md', 'src/app.py'] and grounded.unknown == ['lib/gone.py']
+    assert '`lib/gone.py` (not found in the repository).' in grounded.markdown  # flagged where it is read
+    assert grounded.markdown.endswith('.\n\n## Sources\n\n- `README.md`\n- `src/app.py`\n')
     assert grounded.markdown.count('## Sources') == 1
 
 

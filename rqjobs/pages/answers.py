@@ -130,6 +130,29 @@ def ground_citations(
     its text. A `## Sources` section listing the cited files that exist replaces any the model wrote at the end.
     """
     citations = _Citations(existing if callable(existing) else existing.__contains__, link)
+    body, written_sources = _split_sources(markdown.rstrip())
+    text = _link_lines(body, citations)
+    # The model's own list of sources still says which files it drew on; the list written here replaces it.
+    _link_lines(written_sources, citations)
+    if citations.cited:
+        entries = []
+        for path in citations.cited:
+            url = citations.url(path)
+            entries.append(f'- [`{code(path)}`]({url})' if url else f'- `{code(path)}`')
+        text += '\n\n## Sources\n\n' + '\n'.join(entries)
+    return Grounded(text + '\n', list(citations.cited), list(citations.unknown))
+
+
+def _split_sources(markdown: str) -> tuple[str, str]:
+    """Split a page into its body and a `## Sources` section at its end (empty when it has none)."""
+    headings = list(_SOURCES_HEADING.finditer(markdown))
+    if headings and not re.search(r'^#{1,2}\s', markdown[headings[-1].end() :], re.MULTILINE):
+        return markdown[: headings[-1].start()].rstrip(), markdown[headings[-1].start() :]
+    return markdown, ''
+
+
+def _link_lines(markdown: str, citations: _Citations) -> str:
+    """Return `markdown` with its citations rewritten, leaving fenced code blocks as they are."""
     out, in_code = [], None
     for line in markdown.split('\n'):
         opening = _FENCE.match(line)
@@ -140,17 +163,7 @@ def ground_citations(
             out.append(line)
         else:
             out.append(_INLINE.sub(citations.replace, line))
-    text = '\n'.join(out).rstrip()
-    heading = list(_SOURCES_HEADING.finditer(text))
-    if heading and not re.search(r'^#{1,2}\s', text[heading[-1].end() :], re.MULTILINE):
-        text = text[: heading[-1].start()].rstrip()
-    if citations.cited:
-        entries = []
-        for path in citations.cited:
-            url = citations.url(path)
-            entries.append(f'- [`{code(path)}`]({url})' if url else f'- `{code(path)}`')
-        text += '\n\n## Sources\n\n' + '\n'.join(entries)
-    return Grounded(text + '\n', list(citations.cited), list(citations.unknown))
+    return '\n'.join(out).rstrip()
 
 
 class _Citations:

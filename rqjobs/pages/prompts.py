@@ -38,7 +38,7 @@ BINARY_SNIFF = 8192
 MAX_BYTES_PER_TOKEN = 8  # the estimate never counts fewer tokens than bytes / 8 (a long run of spaces)
 PICK_PER_COMPONENT = 3
 MAX_PICKED_FILES = 24
-MAX_DESCRIPTION = 2000  # characters of a commit message's body
+MAX_DESCRIPTION = 2000  # characters of a commit message's body, or of a page's description
 MAX_OUTLINE_HEADS = 3  # declarations named beside each path of a catalog prompt
 
 # Each piece a BPE tokenizer would keep whole or split: a word with the space before it, a number, a run of
@@ -204,7 +204,7 @@ def page_prompt(
     budget = budget_tokens(context_tokens, max_output_tokens, correction)
     title, language = ' '.join(title.split()), ' '.join(language.split())
     system = _page_system(title, language)
-    about = ' '.join(page.description.split())
+    about = ' '.join(page.description.split())[:MAX_DESCRIPTION]
     fixed = (
         f'Write the page "{" ".join(page.title.split())}" of the documentation of {title}.\n'
         f'What the page covers: {about or page.title}\n\n'
