@@ -52,7 +52,8 @@ def estimate_tokens(text: str) -> int:
     ASCII words and numbers count one token per three characters (a word of up to three letters is one token, as
     BPE keeps common words whole and splits rare ones into pieces of about that size); a run of whitespace one per
     eight characters; each other ASCII character (punctuation) one; each character beyond ASCII one, and two beyond
-    the Basic Multilingual Plane (emoji), as BPE gives a CJK character at most about one token.
+    the Basic Multilingual Plane (emoji), as current vocabularies give a common CJK character at most one token
+    (older ones give rare characters two or three: the learned correction covers them).
     """
     return sum(_cost(match.group()) for match in _PIECES.finditer(text))
 
