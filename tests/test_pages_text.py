@@ -17,6 +17,7 @@ from rqjobs.pages.prompts import (
     budget_tokens,
     catalog_prompt,
     changelog_prompt,
+    cut_to_tokens,
     estimate_tokens,
     messages_tokens,
     page_prompt,
@@ -85,6 +86,29 @@ def test_estimate_grows_with_rare_words_and_long_numbers():
     assert estimate_tokens('supercalifragilistic') == 7
     assert estimate_tokens('1234567') == 3
     assert estimate_tokens(' ' * 16) == 2
+
+
+@pytest.mark.parametrize(
+    'text',
+    [
+        ENGLISH * 200,
+        PYTHON * 300,
+        CHINESE * 300,
+        '😀' * 5000,
+        ' ' * 100_000 + 'x',
+        'x' * 100_000,
+        '\n'.join(['short'] * 5000),
+    ],
+    ids=['english', 'python', 'chinese', 'emoji', 'spaces', 'one-line', 'lines'],
+)
+def test_a_cut_text_fits_its_limit(text):
+    for limit in (20, 333, 4000):
+        cut = cut_to_tokens(text, limit)
+        assert estimate_tokens(cut) <= limit
+        assert cut.endswith('… (cut)\n') and text.startswith(cut[: -len('\n… (cut)\n')])
+        if not text.startswith(' '):  # (a cut made only of spaces loses them)
+            assert estimate_tokens(cut) > limit / 2  # cut near the limit, not far below it
+    assert cut_to_tokens('short text', 100) == 'short text'
 
 
 def test_budget_leaves_room_for_the_answer_and_a_margin():
@@ -360,6 +384,11 @@ def test_a_markdown_fence_around_the_page_is_removed(tmp_path):
     inner = '# Overview\n\nThe project transforms values in steps.\n\n```python\nx = 1\n```'
     assert check_answer(f'```markdown\n{inner}\n```', 'stop', prompt) == inner + '\n'
     assert check_answer(f'```\n{inner}\n```\n', None, prompt) == inner + '\n'
+    # A wrapping fence that was never closed, around a page that ends with a code block of its own.
+    assert check_answer(f'```markdown\n{inner}', 'stop', prompt) == inner + '\n'
+    assert check_answer('```markdown\n# Overview\n\nIt transforms values.', 'stop', prompt) == (
+        '# Overview\n\nIt transforms values.\n'
+    )
     # A page that only starts and ends with code blocks keeps them.
     both = '```sh\nmake\n```\n\nBuild it, then run it:\n\n```sh\n./run\n```'
     assert check_answer(both, 'stop', prompt) == both + '\n'
@@ -421,10 +450,13 @@ def test_an_existing_file_is_cited_whatever_its_name_holds():
 
 
 def test_files_without_a_url_stay_code_and_a_written_sources_section_is_replaced():
-    page = '# App\n\nSee `README.md`.\n\n## Sources\n\n- `README.md`\n- `src/app.py`\n'
+    page = (
+        '# App\n\nSee `README.md` and `lib/gone.py`.\n\n## Sources\n\n- `lib/gone.py`\n- `README.md`\n- `src/app.py`\n'
+    )
     grounded = ground_citations(page, EXISTING, lambda path: None)
-    assert grounded.cited == ['README.md', 'src/app.py']
-    assert grounded.markdown == '# App\n\nSee `README.md`.\n\n## Sources\n\n- `README.md`\n- `src/app.py`\n'
+    assert grounded.cited == ['README.md', 'src/app.py'] and grounded.unknown == ['lib/gone.py']
+    assert '`lib/gone.py` (not found in the repository).' in grounded.markdown  # flagged where it is read
+    assert grounded.markdown.endswith('.\n\n## Sources\n\n- `README.md`\n- `src/app.py`\n')
     assert grounded.markdown.count('## Sources') == 1
 
 

@@ -60,18 +60,25 @@ def check_answer(content: str | None, finish_reason: str | None, prompt: Prompt)
 
 
 def unwrap(text: str) -> str:
-    """Return `text` without a ```markdown fence (or a bare one around a page that starts with a heading)."""
+    """Return `text` without a ```markdown fence (or a bare one around a page that starts with a heading).
+
+    The fence may lack its closing line (a model that forgot it): a last fence line that closes one of the page's
+    own code blocks is left to it.
+    """
     lines = text.split('\n')
     opening = _FENCE.match(lines[0])
     if len(lines) < 2 or opening is None:
         return text
     fence, info = opening.group(1), opening.group(2).strip().lower()
-    closing = lines[-1].strip()
-    if not (closing.startswith(fence[0] * len(fence)) and set(closing) == {fence[0]}):
+    if not (info in ('markdown', 'md') or (not info and lines[1].startswith('#'))):
         return text
-    inner = '\n'.join(lines[1:-1]).strip()
-    if info in ('markdown', 'md') or (not info and inner.startswith('#')):
-        return inner
+    closing = lines[-1].strip()
+    closes = closing.startswith(fence[0] * len(fence)) and set(closing) == {fence[0]}
+    inner_fences = sum(1 for line in lines[1:-1] if _FENCE.match(line))
+    if closes and inner_fences % 2 == 0:
+        return '\n'.join(lines[1:-1]).strip()
+    if (inner_fences + closes) % 2 == 0:  # the fence lines after the opening are the page's own blocks
+        return '\n'.join(lines[1:]).strip()
     return text
 
 
@@ -123,6 +130,29 @@ def ground_citations(
     its text. A `## Sources` section listing the cited files that exist replaces any the model wrote at the end.
     """
     citations = _Citations(existing if callable(existing) else existing.__contains__, link)
+    body, written_sources = _split_sources(markdown.rstrip())
+    text = _link_lines(body, citations)
+    # The model's own list of sources still says which files it drew on; the list written here replaces it.
+    _link_lines(written_sources, citations)
+    if citations.cited:
+        entries = []
+        for path in citations.cited:
+            url = citations.url(path)
+            entries.append(f'- [`{code(path)}`]({url})' if url else f'- `{code(path)}`')
+        text += '\n\n## Sources\n\n' + '\n'.join(entries)
+    return Grounded(text + '\n', list(citations.cited), list(citations.unknown))
+
+
+def _split_sources(markdown: str) -> tuple[str, str]:
+    """Split a page into its body and a `## Sources` section at its end (empty when it has none)."""
+    headings = list(_SOURCES_HEADING.finditer(markdown))
+    if headings and not re.search(r'^#{1,2}\s', markdown[headings[-1].end() :], re.MULTILINE):
+        return markdown[: headings[-1].start()].rstrip(), markdown[headings[-1].start() :]
+    return markdown, ''
+
+
+def _link_lines(markdown: str, citations: _Citations) -> str:
+    """Return `markdown` with its citations rewritten, leaving fenced code blocks as they are."""
     out, in_code = [], None
     for line in markdown.split('\n'):
         opening = _FENCE.match(line)
@@ -133,17 +163,7 @@ def ground_citations(
             out.append(line)
         else:
             out.append(_INLINE.sub(citations.replace, line))
-    text = '\n'.join(out).rstrip()
-    heading = list(_SOURCES_HEADING.finditer(text))
-    if heading and not re.search(r'^#{1,2}\s', text[heading[-1].end() :], re.MULTILINE):
-        text = text[: heading[-1].start()].rstrip()
-    if citations.cited:
-        entries = []
-        for path in citations.cited:
-            url = citations.url(path)
-            entries.append(f'- [`{code(path)}`]({url})' if url else f'- `{code(path)}`')
-        text += '\n\n## Sources\n\n' + '\n'.join(entries)
-    return Grounded(text + '\n', list(citations.cited), list(citations.unknown))
+    return '\n'.join(out).rstrip()
 
 
 class _Citations:

@@ -38,7 +38,7 @@ BINARY_SNIFF = 8192
 MAX_BYTES_PER_TOKEN = 8  # the estimate never counts fewer tokens than bytes / 8 (a long run of spaces)
 PICK_PER_COMPONENT = 3
 MAX_PICKED_FILES = 24
-MAX_DESCRIPTION = 2000  # characters of a commit message's body
+MAX_DESCRIPTION = 2000  # characters of a commit message's body, or of a page's description
 MAX_OUTLINE_HEADS = 3  # declarations named beside each path of a catalog prompt
 
 # Each piece a BPE tokenizer would keep whole or split: a word with the space before it, a number, a run of
@@ -52,21 +52,19 @@ def estimate_tokens(text: str) -> int:
     ASCII words and numbers count one token per three characters (a word of up to three letters is one token, as
     BPE keeps common words whole and splits rare ones into pieces of about that size); a run of whitespace one per
     eight characters; each other ASCII character (punctuation) one; each character beyond ASCII one, and two beyond
-    the Basic Multilingual Plane (emoji), as BPE gives a CJK character at most about one token.
+    the Basic Multilingual Plane (emoji), as current vocabularies give a common CJK character at most one token
+    (older ones give rare characters two or three: the learned correction covers them).
     """
-    total = 0
-    for match in _PIECES.finditer(text):
-        piece = match.group()
-        first = piece[0]
-        if first.isascii() and (first.isalnum() or (first == ' ' and len(piece) > 1 and piece[1].isalnum())):
-            total += math.ceil(len(piece.lstrip(' ')) / 3)
-        elif first.isspace():
-            total += 1 + (len(piece) - 1) // 8
-        elif first.isascii() or ord(first) <= 0xFFFF:
-            total += 1
-        else:
-            total += 2
-    return total
+    return sum(_cost(match.group()) for match in _PIECES.finditer(text))
+
+
+def _cost(piece: str) -> int:
+    first = piece[0]
+    if first.isascii() and (first.isalnum() or (first == ' ' and len(piece) > 1 and piece[1].isalnum())):
+        return math.ceil(len(piece.lstrip(' ')) / 3)
+    if first.isspace():
+        return 1 + (len(piece) - 1) // 8
+    return 1 if first.isascii() or ord(first) <= 0xFFFF else 2
 
 
 def budget_tokens(context_tokens: int, max_output_tokens: int, correction: float = 1.0) -> int:
@@ -108,23 +106,31 @@ def digest(messages: list[dict]) -> str:
 
 def cut_to_tokens(text: str, limit: int, marker: str = '\n… (cut)\n') -> str:
     """Return `text`, or its longest prefix (at a line end when one is near) plus `marker` within `limit` tokens."""
-    if estimate_tokens(text) <= limit:
+    # The estimate counts at least one token per MAX_BYTES_PER_TOKEN characters: nothing longer can fit.
+    head = text[: max(limit, 0) * MAX_BYTES_PER_TOKEN + 1]
+    if head == text and estimate_tokens(text) <= limit:
         return text
     room = limit - estimate_tokens(marker) - PIECE_SLACK
     if room <= 0:
         return ''
-    # The estimate counts at least one token per MAX_BYTES_PER_TOKEN characters: nothing longer can fit.
-    text = text[: room * MAX_BYTES_PER_TOKEN + 1]
-    good, bad = 0, len(text)
-    while bad - good > 1:
-        middle = (good + bad) // 2
-        if estimate_tokens(text[:middle]) <= room:
-            good = middle
-        else:
-            bad = middle
-    line_end = text.rfind('\n', 0, good)
-    end = line_end + 1 if line_end >= good // 2 else good
-    return text[:end].rstrip() + marker
+    # A prefix that ends between two pieces is made of the same pieces: its estimate is their running sum.
+    total, end = 0, 0
+    for match in _PIECES.finditer(head):
+        cost = _cost(match.group())
+        if total + cost > room:
+            # A long run (a minified line, a blob) is cut inside: three characters of a word or eight of
+            # whitespace to a token, as the estimate counts them.
+            piece, left = match.group(), room - total
+            if piece.strip(' ').isascii() and piece.strip(' ').isalnum():
+                end = match.start() + (len(piece) - len(piece.lstrip(' '))) + 3 * left
+            elif piece.isspace():
+                end = match.start() + 8 * left
+            break
+        total += cost
+        end = match.end()
+    line_end = head.rfind('\n', 0, end)
+    end = line_end + 1 if line_end >= end // 2 else end
+    return head[:end].rstrip() + marker
 
 
 def fence(text: str, info: str = '') -> str:
@@ -199,7 +205,7 @@ def page_prompt(
     budget = budget_tokens(context_tokens, max_output_tokens, correction)
     title, language = ' '.join(title.split()), ' '.join(language.split())
     system = _page_system(title, language)
-    about = ' '.join(page.description.split())
+    about = ' '.join(page.description.split())[:MAX_DESCRIPTION]
     fixed = (
         f'Write the page "{" ".join(page.title.split())}" of the documentation of {title}.\n'
         f'What the page covers: {about or page.title}\n\n'
