@@ -10,6 +10,7 @@ from typing import Any
 import redis
 from rq import Worker
 from rq.job import JobStatus
+from rq.rate_limit import RateLimitRegistry
 
 from rqjobs import queues
 from rqjobs.settings import Settings
@@ -35,6 +36,28 @@ def queue_counts(connection: redis.Redis, settings: Settings | None = None) -> l
         counts = replies[index * width : (index + 1) * width]
         rows.append({'queue': queue.name, 'queued': counts[0], **dict(zip(REGISTRIES, counts[1:], strict=True))})
     return rows
+
+
+def rate_limits(connection: redis.Redis) -> list[dict[str, Any]]:
+    """Return every rq rate limit in use: its key, concurrency, jobs holding a slot and jobs waiting for one."""
+    # Jobs waiting for a slot are in no queue or registry of their queue: without this they are seen nowhere.
+    keys = sorted(key.decode() for key in connection.smembers(RateLimitRegistry.rl_keys_key))
+    with connection.pipeline(transaction=False) as pipe:
+        for key in keys:
+            registry = RateLimitRegistry(key, connection)
+            pipe.hget(registry.config_key, 'concurrency')
+            pipe.zcard(registry.allowed_key)
+            pipe.zcard(registry.rate_limited_key)
+        replies = pipe.execute()
+    return [
+        {
+            'rate_limit': key,
+            'concurrency': int(replies[3 * i] or 0),
+            'running': replies[3 * i + 1],
+            'waiting': replies[3 * i + 2],
+        }
+        for i, key in enumerate(keys)
+    ]
 
 
 def worker_states(connection: redis.Redis) -> list[dict[str, Any]]:

@@ -525,7 +525,7 @@ def _plan_pages(
         counts['catalog'] = 'deterministic, the proposal was refused: ' + fallback if fallback else 'model'
     # The changelog page summarises the recent commits whatever this run is: it changes when new commits come.
     recent = history.recent_commits(checkout, CHANGELOG_COMMITS)
-    if recent:
+    if recent and not any(page.key == page_jobs.CHANGELOG_KEY for page in pages):
         pages = [*pages, page_jobs.changelog_page(order=len([p for p in pages if p.parent is None]))]
     requests = page_jobs.plan(warehouse, pages, context, checkout, recent, settings, connection)
     return pages, requests, counts

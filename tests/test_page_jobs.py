@@ -4,6 +4,7 @@ chat-completions server, real workers, a real Redis and a real database."""
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import time
 from collections import Counter
@@ -85,6 +86,11 @@ def test_users_take_turns_among_the_waiting_pages(redis_conn, database, model_co
     assert len(waiting) == 8
     # First come, first served would put b's two pages after a's six: they take turns with a's instead.
     assert max(seconds) <= 4 < max(firsts), waiting
+    status = CliRunner().invoke(cli.main, ['-q', 'status', '--json'])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)['rate_limits'] == [
+        {'rate_limit': limit_key, 'concurrency': 1, 'running': 1, 'waiting': 8}
+    ]
 
 
 def test_enqueueing_pages_twice_queues_each_page_once(redis_conn, database, model_configured):
@@ -416,3 +422,66 @@ def test_users_take_turns_with_a_cap_of_one_request(redis_conn, database, chat, 
     assert chat.max_in_flight == 1
     # b's pages, queued after all of a's, are not all sent after them.
     assert order.index('b') < len(order) // 2, order
+
+
+def catalog_request(request) -> bool:
+    return '"pages": [' in request.prompt and 'Answer with JSON' in request.prompt
+
+
+def test_a_catalog_the_model_proposes_is_used_when_valid(redis_conn, database, chat, sample_repo, burst_worker, env):
+    env.setenv('LLM_CATALOG', 'model')
+    settings.reset()
+    proposal = {
+        'pages': [
+            {'title': 'Overview', 'slug': 'overview', 'description': 'What it is.', 'sources': ['README.md']},
+            {
+                'title': 'Greeting',
+                'slug': 'greeting',
+                'description': 'How people are greeted.',
+                'sources': ['sample/core.py', 'sample/missing.py'],
+                'children': [{'title': 'Command line', 'slug': 'cli', 'sources': ['sample/cli.py']}],
+            },
+        ]
+    }
+    chat.script = lambda request: Reply.text(json.dumps(proposal)) if catalog_request(request) else None
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    assert set(pages_of(warehouse_id)) == {'overview', 'greeting', 'greeting/cli', 'changelog'}
+    assert pages_of(warehouse_id)['greeting'].dependent_file == ['sample/core.py']
+    drain(redis_conn, warehouse_id)
+    assert Warehouse.get_by_id(warehouse_id).status == WarehouseStatus.COMPLETED
+    job = queues.JsonJob.fetch(warehouses.process_job_id(warehouse_id), connection=redis_conn)
+    assert job.return_value()['catalog'] == 'model'
+
+
+def test_an_invalid_proposed_catalog_falls_back_to_the_deterministic_one(
+    redis_conn, database, chat, sample_repo, burst_worker, env
+):
+    env.setenv('LLM_CATALOG', 'model')
+    settings.reset()
+    bad = {'pages': [{'title': 'Overview', 'slug': 'Over View!', 'sources': ['README.md']}]}
+    chat.script = lambda request: Reply.text(json.dumps(bad)) if catalog_request(request) else None
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    assert {'overview', 'structure', 'components', 'changelog'} <= set(pages_of(warehouse_id))
+    job = queues.JsonJob.fetch(warehouses.process_job_id(warehouse_id), connection=redis_conn)
+    assert job.return_value()['catalog'].startswith('deterministic, the proposal was refused: ')
+    assert 'slug' in job.return_value()['catalog']
+
+
+def test_a_reply_slower_than_the_timeout_is_a_failed_try(redis_conn, database, chat, sample_repo, burst_worker, env):
+    env.setenv('LLM_TIMEOUT', '1')
+    settings.reset()
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    page = by_page(warehouse_id)
+    slow = []
+
+    def script(request):
+        if page(request) == 'overview' and not slow:
+            slow.append(request)
+            return Reply.default(delay=3)
+        return None
+
+    chat.script = script
+    drain(redis_conn, warehouse_id)
+    overview = pages_of(warehouse_id)['overview']
+    assert overview.status == PageStatus.COMPLETED and overview.tries == 2
+    assert requests_per_page(chat, warehouse_id)['overview'] == 2

@@ -460,18 +460,23 @@ def inspect_failed(obj, queue: str | None, limit: int, as_json: bool) -> None:
 @json_option('the status')
 @click.pass_obj
 def status(obj, as_json: bool) -> None:
-    """Show every queue's job counts and every worker's state."""
+    """Show every queue's job counts, the jobs waiting for a rate limit's slot and every worker's state."""
     from rqjobs import connections, monitor
 
     data = {
         'redis': connections.location(obj.settings),
         'queues': monitor.queue_counts(obj.redis, obj.settings),
         'workers': monitor.worker_states(obj.redis),
+        'rate_limits': monitor.rate_limits(obj.redis),
     }
 
     def human(data):
         table(data['queues'], ['queue', 'queued', 'started', 'finished', 'failed', 'scheduled', 'deferred'])
         click.echo()
+        if data['rate_limits']:
+            # Page jobs for a model server: `running` holds a slot (queued or started), `waiting` waits for one.
+            table(data['rate_limits'], ['rate_limit', 'concurrency', 'running', 'waiting'])
+            click.echo()
         if data['workers']:
             table(data['workers'], ['name', 'state', 'queues', 'current_job', 'last_heartbeat'])
         else:

@@ -154,9 +154,15 @@ def propose_catalog(analysis, deterministic: list, title: str, settings: Setting
         max_output_tokens=settings.llm_max_output_tokens,
         correction=model.correction(connection, settings),
     )
+    # Bounded like one page's tries: a server that keeps the proposal waiting costs the warehouse job that much.
+    deadline = time.monotonic() + settings.llm_timeout + settings.llm_retry_after_max
     try:
         answer = model.chat(
-            prompt.messages, settings=settings, max_tokens=settings.llm_max_output_tokens, connection=connection
+            prompt.messages,
+            settings=settings,
+            max_tokens=settings.llm_max_output_tokens,
+            deadline=deadline,
+            connection=connection,
         )
     except ModelError as exc:
         # The deterministic catalog is always there to fall back on: a failed proposal must not lose the warehouse.
