@@ -232,6 +232,7 @@ def test_a_model_writes_every_page_once_and_the_warehouse_completes(
     shown = CliRunner().invoke(cli.main, ['warehouse', 'show', warehouse_id])
     assert shown.exit_code == 0, shown.output
     assert 'pages:' in shown.output and 'Completed  overview  tries 1' in shown.output
+    assert f'warehouse-pages-{warehouse_id} finished pages 100% ({len(pages)}/{len(pages)} pages)' in shown.output
     stats = CliRunner().invoke(cli.main, ['stats', 'show'])
     assert stats.exit_code == 0 and 'Model tokens:' in stats.output and 'upstream/sample' in stats.output
 

@@ -124,9 +124,10 @@ def warehouse_show(obj, warehouse_id: str, as_json: bool) -> None:
             click.echo(f'{key + ":":<15}{cell(d[key])}')
         for job in d['jobs']:
             progress = job['progress'] or {}
+            done = f' ({progress["done"]}/{progress["total"]} pages)' if 'done' in progress else ''
             click.echo(
                 f'{"job:":<15}{job["id"]} {job["status"]} {progress.get("step", "")} '
-                f'{progress.get("percent", "")}{"%" if progress else ""}'.rstrip()
+                f'{progress.get("percent", "")}{"%" if progress else ""}{done}'.rstrip()
             )
         if d['catalog']:
             click.echo('catalog:')
