@@ -228,7 +228,7 @@ def test_job_show_cancel_delete(ops):
     assert invoke('job', 'cancel', job.id).exit_code == 0
     assert job.get_status() == JobStatus.CANCELED
     again = invoke('job', 'cancel', job.id)
-    assert again.exit_code == 1 and 'only queued, scheduled or deferred' in again.output
+    assert again.exit_code == 1 and 'only queued, scheduled, deferred or rate-limited' in again.output
     assert invoke('job', 'delete', job.id).exit_code == 0
     gone = invoke('job', 'show', job.id)
     assert gone.exit_code == 1 and 'No job' in gone.output
