@@ -43,7 +43,10 @@ COMMANDS = {
         ('Register the periodic plan, then run the rq-scheduler loop (one active scheduler at a time).'),
     ),
     'stats': ('stats:stats', 'Daily statistics and snapshots of the platform (the `statistics` jobs).'),
-    'status': ('jobs:status', "Show every queue's job counts and every worker's state."),
+    'status': (
+        'jobs:status',
+        "Show every queue's job counts, the jobs waiting for a rate limit's slot and every worker's state.",
+    ),
     'suspend': ('jobs:suspend_command', 'Stop all workers from taking new jobs; running jobs finish.'),
     'warehouse': ('warehouse:warehouse', 'Warehouses: git repositories documented by the warehouse jobs.'),
     'worker': ('worker:worker', 'Run an rq worker on QUEUES (default: all, in priority order).'),
