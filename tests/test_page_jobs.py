@@ -486,3 +486,22 @@ def test_a_reply_slower_than_the_timeout_is_a_failed_try(redis_conn, database, c
     overview = pages_of(warehouse_id)['overview']
     assert overview.status == PageStatus.COMPLETED and overview.tries == 2
     assert requests_per_page(chat, warehouse_id)['overview'] == 2
+
+
+def test_regenerate_rewrites_one_page_and_names_the_pages_it_does_not_know(
+    redis_conn, database, chat, sample_repo, burst_worker, env
+):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    drain(redis_conn, warehouse_id)
+    before = requests_per_page(chat, warehouse_id)
+    result = CliRunner().invoke(cli.main, ['warehouse', 'regenerate', warehouse_id, '--page', 'overview'])
+    assert result.exit_code == 0 and '1 page jobs queued' in result.output, result.output
+    drain(redis_conn, warehouse_id)
+    after = requests_per_page(chat, warehouse_id)
+    assert after - before == Counter({'overview': 1})
+    unknown = CliRunner().invoke(cli.main, ['warehouse', 'regenerate', warehouse_id, '--page', 'nope'])
+    assert unknown.exit_code == 1 and "has no page 'nope'" in unknown.output and 'overview' in unknown.output
+    env.delenv('LLM_BASE_URL')
+    settings.reset()
+    offline = CliRunner().invoke(cli.main, ['warehouse', 'regenerate', warehouse_id])
+    assert offline.exit_code == 1 and 'LLM_BASE_URL' in offline.output and 'reprocess' in offline.output
