@@ -601,7 +601,7 @@ def _store(
             DocumentCommitRecord.insert_many(
                 [
                     {
-                        'id': _record_id(warehouse.id, c['sha']),
+                        'id': database.record_id(warehouse.id, c['sha']),
                         'warehouse': warehouse.id,
                         'commit_id': c['sha'],
                         'title': c['title'],
@@ -655,7 +655,19 @@ def _plan_page(
     """Store a page's catalog entry and the request a model writes it from; return its id and whether it is open."""
     digest = request['digest']
     up_to_date = row is not None and row.written_digest == digest and row.status == PageStatus.COMPLETED
-    fields = {
+    fields = {**_entry(warehouse_id, document_id, page, parent_id), 'request': request, 'request_digest': digest}
+    if not up_to_date:
+        # The content already there (an update's) stays readable until the page job replaces it.
+        fields.update(status=PageStatus.PENDING, tries=0, error=None)
+    if row is None:
+        return DocumentCatalog.create(**fields, is_completed=False).id, True
+    DocumentCatalog.update(**fields).where(DocumentCatalog.id == row.id).execute()
+    return row.id, not up_to_date
+
+
+def _entry(warehouse_id: str, document_id: str, page: documentation.Page, parent_id: str | None) -> dict:
+    """Return the fields of a page's catalog entry that come from the catalog."""
+    return {
         'warehouse': warehouse_id,
         'document': document_id,
         'parent': parent_id,
@@ -664,17 +676,8 @@ def _plan_page(
         'description': page.description,
         'sort_order': page.order,
         'dependent_file': page.sources[:200],
-        'request': request,
-        'request_digest': digest,
         'updated_at': clock.utcnow(),
     }
-    if not up_to_date:
-        # The content already there (an update's) stays readable until the page job replaces it.
-        fields.update(status=PageStatus.PENDING, tries=0, error=None)
-    if row is None:
-        return DocumentCatalog.create(**fields, is_completed=False).id, True
-    DocumentCatalog.update(**fields).where(DocumentCatalog.id == row.id).execute()
-    return row.id, not up_to_date
 
 
 def _sources_by_page(warehouse_id: str) -> dict[str, set[str]]:
@@ -700,16 +703,8 @@ def _write_page(
     row: DocumentCatalog | None,
 ) -> str:
     fields = {
-        'warehouse': warehouse_id,
-        'document': document_id,
-        'parent': parent_id,
-        'name': page.title,
-        'url': page.key,
-        'description': page.description,
-        'sort_order': page.order,
+        **_entry(warehouse_id, document_id, page, parent_id),
         'is_completed': True,
-        'dependent_file': page.sources[:200],
-        'updated_at': clock.utcnow(),
         'status': PageStatus.COMPLETED,
         'request': None,
         'request_digest': None,
@@ -734,7 +729,7 @@ def _write_page(
         DocumentFileItemSource.insert_many(
             [
                 {
-                    'id': _record_id(item.id, path),
+                    'id': database.record_id(item.id, path),
                     'file_item': item.id,
                     'address': path,
                     'name': path.rsplit('/', 1)[-1],
@@ -744,12 +739,6 @@ def _write_page(
             ]
         ).execute()
     return catalog_id
-
-
-def _record_id(*parts: str) -> str:
-    # Deterministic ids: a replayed insert hits the same key instead of adding a twin.
-    digest = hashlib.sha256('\0'.join(parts).encode('utf-8', 'surrogatepass')).hexdigest()
-    return f'{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}'
 
 
 def _summary(

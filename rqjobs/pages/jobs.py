@@ -157,13 +157,7 @@ def propose_catalog(analysis, deterministic: list, title: str, settings: Setting
     # Bounded like one page's tries: a server that keeps the proposal waiting costs the warehouse job that much.
     deadline = time.monotonic() + settings.llm_timeout + settings.llm_retry_after_max
     try:
-        answer = model.chat(
-            prompt.messages,
-            settings=settings,
-            max_tokens=settings.llm_max_output_tokens,
-            deadline=deadline,
-            connection=connection,
-        )
+        answer = _ask(prompt, settings, deadline, connection)
     except ModelError as exc:
         # The deterministic catalog is always there to fall back on: a failed proposal must not lose the warehouse.
         logger.warning('catalog proposal failed (%s); using the deterministic catalog', exc)
@@ -317,13 +311,7 @@ def write_page(warehouse_id: str, key: str) -> dict:
         digest=digest,
     )
     try:
-        answer = model.chat(
-            prompt.messages,
-            settings=settings,
-            max_tokens=settings.llm_max_output_tokens,
-            deadline=deadline,
-            connection=connection,
-        )
+        answer = _ask(prompt, settings, deadline, connection)
         with database.connection(settings):
             _spend(row.id, answer)
         if answer.prompt_tokens and prompt.estimated_tokens:
@@ -359,6 +347,19 @@ def write_page(warehouse_id: str, key: str) -> dict:
         'cited': len(grounded.cited),
         'unknown_paths': grounded.unknown,
     }
+
+
+def _ask(prompt, settings: Settings, deadline: float, connection: redis.Redis):
+    """Send a prompt to the model server; return its `Answer`."""
+    from rqjobs.pages import model
+
+    return model.chat(
+        prompt.messages,
+        settings=settings,
+        max_tokens=settings.llm_max_output_tokens,
+        deadline=deadline,
+        connection=connection,
+    )
 
 
 def _page(warehouse_id: str, key: str) -> DocumentCatalog | None:
@@ -454,7 +455,7 @@ def _store_page(db_, row: DocumentCatalog, grounded, answer, prompt, digest: str
             DocumentFileItemSource.insert_many(
                 [
                     {
-                        'id': _record_id(item.id, path),
+                        'id': database.record_id(item.id, path),
                         'file_item': item.id,
                         'address': path,
                         'name': path.rsplit('/', 1)[-1],
@@ -471,11 +472,6 @@ def _store_page(db_, row: DocumentCatalog, grounded, answer, prompt, digest: str
             DocumentOverview.delete().where(DocumentOverview.document == row.document_id).execute()
             DocumentOverview.create(document=row.document_id, title=row.name, content=content)
     return up_to_date
-
-
-def _record_id(*parts: str) -> str:
-    digest = hashlib.sha256('\0'.join(parts).encode('utf-8', 'surrogatepass')).hexdigest()
-    return f'{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}'
 
 
 def _page_failed(catalog_id: str, warehouse_id: str, key: str, exc: BaseException, settings: Settings) -> None:
