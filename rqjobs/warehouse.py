@@ -821,7 +821,7 @@ def schedule_warehouse_processing() -> dict:
     # Safe to run any number of times: a warehouse with a live job is never enqueued again.
     connection = connections.get_redis()
     enqueued = dispatch_pending(connection)
-    resumed = resume_pages(connection)
+    resumed = resume_pages(connection) + page_jobs.unstick(connection)
     return {'enqueued': len(enqueued), 'warehouse_ids': enqueued, 'pages_resumed': resumed}
 
 

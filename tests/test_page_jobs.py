@@ -505,3 +505,31 @@ def test_regenerate_rewrites_one_page_and_names_the_pages_it_does_not_know(
     settings.reset()
     offline = CliRunner().invoke(cli.main, ['warehouse', 'regenerate', warehouse_id])
     assert offline.exit_code == 1 and 'LLM_BASE_URL' in offline.output and 'reprocess' in offline.output
+
+
+def test_a_cancelled_or_deleted_page_job_does_not_hold_its_warehouse_for_ever(
+    redis_conn, database, chat, sample_repo, burst_worker
+):
+    warehouse_id = planned(redis_conn, sample_repo, burst_worker)
+    cancelled = page_jobs.page_job_id(warehouse_id, 'structure')
+    finish = queues.JsonJob.key_for(page_jobs.finish_job_id(warehouse_id))
+    assert CliRunner().invoke(cli.main, ['job', 'cancel', cancelled]).exit_code == 0
+    drain(redis_conn, warehouse_id, max_jobs=50)
+    # rq counts a cancelled dependency as never ending: the finishing job would wait for ever.
+    assert redis_conn.hget(finish, 'status') == b'deferred'
+    assert warehouses.schedule_warehouse_processing()['pages_resumed'] == [warehouse_id]
+    drain(redis_conn, warehouse_id)
+    pages = pages_of(warehouse_id)
+    assert pages['structure'].status == PageStatus.FAILED and pages['structure'].error == 'its job was cancelled'
+    assert requests_per_page(chat, warehouse_id)['structure'] == 0
+    warehouse = Warehouse.get_by_id(warehouse_id)
+    assert warehouse.status == WarehouseStatus.COMPLETED and 'structure' in warehouse.error
+
+    # A page job deleted while it waits is lost, not meant: the periodic pass queues its page again.
+    CliRunner().invoke(cli.main, ['warehouse', 'regenerate', warehouse_id, '--failed'])
+    assert CliRunner().invoke(cli.main, ['job', 'delete', cancelled]).exit_code == 0
+    assert redis_conn.hget(finish, 'status') == b'deferred'
+    assert warehouses.schedule_warehouse_processing()['pages_resumed'] == [warehouse_id]
+    drain(redis_conn, warehouse_id)
+    assert pages_of(warehouse_id)['structure'].status == PageStatus.COMPLETED
+    assert Warehouse.get_by_id(warehouse_id).error is None

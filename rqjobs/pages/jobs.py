@@ -248,6 +248,54 @@ def enqueue_pages(
     return {'queued': to_queue, 'running': running, 'finish_job': finish_id}
 
 
+def unstick(connection: redis.Redis, settings: Settings | None = None) -> list[str]:
+    """Finish, or queue again, the pages of warehouses whose finishing job waits on page jobs that are all gone."""
+    # rq holds a job back until its dependencies have ended, and counts a cancelled one as never ending: a page job
+    # cancelled (`rqjobs job cancel`) or deleted while waiting would hold its warehouse for ever. A cancelled page
+    # is Failed, as its canceller meant; a lost one is queued again. Returns the warehouses seen to.
+    settings = settings or get_settings()
+    prefix = finish_job_id('')
+    deferred = queues.get_queue(queues.PAGES, connection, settings).deferred_job_registry.get_job_ids()
+    waiting = [job_id[len(prefix) :] for job_id in deferred if job_id.startswith(prefix)]
+    if not waiting:
+        return []
+    with database.connection(settings):
+        keys: dict[str, list[str]] = {}
+        for warehouse_id, key in (
+            DocumentCatalog.select(DocumentCatalog.warehouse, DocumentCatalog.url)
+            .where(DocumentCatalog.warehouse.in_(waiting), DocumentCatalog.is_deleted == False)
+            .tuples()
+        ):
+            keys.setdefault(warehouse_id, []).append(key)
+    stuck = []
+    for warehouse_id in waiting:
+        page_ids = {page_job_id(warehouse_id, key): key for key in keys.get(warehouse_id, ())}
+        if not queues.live_job_ids(connection, list(page_ids)):
+            cancelled = [page_ids[job_id] for job_id in page_ids if _status(connection, job_id) == 'canceled']
+            if cancelled:
+                with database.connection(settings):
+                    DocumentCatalog.update(
+                        status=PageStatus.FAILED, error='its job was cancelled', updated_at=clock.utcnow()
+                    ).where(
+                        DocumentCatalog.warehouse == warehouse_id,
+                        DocumentCatalog.url.in_(cancelled),
+                        DocumentCatalog.status.in_(PageStatus.OPEN),
+                    ).execute()
+            logger.warning(
+                'warehouse %s: its finishing job waits on page jobs that are gone; queued again', warehouse_id
+            )
+            try:
+                enqueue_pages(warehouse_id, connection, settings, force=True)
+            except WarehouseNotFound:
+                connection.delete(queues.JsonJob.key_for(finish_job_id(warehouse_id)))
+                queues.get_queue(queues.PAGES, connection, settings).deferred_job_registry.remove(
+                    finish_job_id(warehouse_id)
+                )
+                continue
+            stuck.append(warehouse_id)
+    return stuck
+
+
 def _status(connection: redis.Redis, job_id: str) -> str | None:
     status = connection.hget(queues.JsonJob.key_for(job_id), 'status')
     return status.decode() if status else None
@@ -526,7 +574,9 @@ def finish_pages(warehouse_id: str) -> dict:
         unwritten = [row for row in rows if row.status in PageStatus.OPEN]
         if unwritten:
             DocumentCatalog.update(
-                status=PageStatus.FAILED, error='its job ended without writing it', updated_at=clock.utcnow()
+                status=PageStatus.FAILED,
+                error='its job was lost before it wrote the page',
+                updated_at=clock.utcnow(),
             ).where(
                 DocumentCatalog.warehouse == warehouse_id,
                 DocumentCatalog.url.in_([row.url for row in unwritten]),
