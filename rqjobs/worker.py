@@ -29,6 +29,7 @@ from rq.registry import (
     StartedJobRegistry,
 )
 from rq.scheduler import RQScheduler
+from rq.scripts import ACQUIRE_OR_REFRESH_LOCK_SCRIPT
 from rq.utils import as_text, current_timestamp, now
 
 from rqjobs import limits, queues
@@ -46,6 +47,11 @@ MAINTENANCE_INTERVAL = 30
 # An idle worker waits on its queues for worker_ttl - 15 s before it looks at maintenance again (rq's default: 405 s);
 # this makes that wait the maintenance interval, so idle workers find abandoned jobs every 30 s too.
 WORKER_TTL = MAINTENANCE_INTERVAL + 15
+# Seconds a scheduler's lock on its queues outlives the scheduler's last renewal (every second). rq's 61 s kept a
+# SIGKILLed worker's scheduler lock long after its running job counted as abandoned, and the retry of that job,
+# scheduled, waited for the next maintenance after that: up to 90 s. Freed within 15 s, the lock is free before the
+# job counts as abandoned (25 s), so the maintenance that schedules the retry also starts a scheduler to enqueue it.
+SCHEDULER_LOCK_TTL = 15
 # A field of the worker's rq hash: whether it accepts local paths as warehouses, so that a submission can tell.
 ALLOW_LOCAL_FIELD = 'rqjobs_allow_local_repositories'
 
@@ -89,7 +95,7 @@ def clean_registries(queue, exception_handlers: list | None = None) -> None:
 
 
 class JobsScheduler(RQScheduler):
-    """rq's scheduler, which first sets aside due jobs that cannot be read."""
+    """rq's scheduler, which first sets aside due jobs that cannot be read, and whose lock outlives it briefly."""
 
     def enqueue_scheduled_jobs(self):
         # rq loads due jobs with its base job class and stops at the first unreadable one, for every queue and
@@ -100,6 +106,25 @@ class JobsScheduler(RQScheduler):
             if due:
                 queues.set_aside_unreadable(self.connection, queue.key, due)
         return super().enqueue_scheduled_jobs()
+
+    def acquire_locks(self, auto_start=False):
+        locks = super().acquire_locks(auto_start=auto_start)
+        self._shorten_locks()
+        return locks
+
+    def heartbeat(self):
+        super().heartbeat()
+        self._shorten_locks()
+
+    def _shorten_locks(self) -> None:
+        # rq takes and renews its locks for 61 s; renewed again at once, only by their owner, for SCHEDULER_LOCK_TTL.
+        if not self._acquired_locks:
+            return
+        script = self.connection.register_script(ACQUIRE_OR_REFRESH_LOCK_SCRIPT)
+        with self.connection.pipeline(transaction=False) as pipe:
+            for name in sorted(self._acquired_locks):
+                script(keys=[self.get_locking_key(name)], args=[self.name, SCHEDULER_LOCK_TTL], client=pipe)
+            pipe.execute()
 
 
 class JobsWorker(Worker):

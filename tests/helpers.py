@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: the project root, the `jobs` command line, waits, test git repositories."""
+"""Helpers shared by the tests: the project root, the `jobs` command line, waits, test git repositories, pages."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from models import DocumentCatalog, DocumentFileItem, Warehouse, WarehouseStatus
+from rqjobs import warehouse as warehouses
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,3 +135,42 @@ def redis_contents(connection) -> bytes:
             except zlib.error:
                 pass
     return b'\n'.join(chunks)
+
+
+# ---- Pages written by a model ----
+
+
+def planned(redis_conn, repo, burst_worker) -> str:
+    """Submit `repo` and run its warehouse job: cloned, analysed, its pages planned and their jobs queued."""
+    row = warehouses.submit_warehouse(str(repo), connection=redis_conn)
+    burst_worker('warehouse')
+    assert Warehouse.get_by_id(row.id).status == WarehouseStatus.PROCESSING, Warehouse.get_by_id(row.id).error
+    return row.id
+
+
+def pages_of(warehouse_id: str) -> dict[str, DocumentCatalog]:
+    """Return the pages of a warehouse by key."""
+    return {row.url: row for row in DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id)}
+
+
+def prompt_of(row: DocumentCatalog) -> str:
+    """Return the prompt of a page's request as the server sees it (its messages joined)."""
+    return '\n\n'.join(message['content'] for message in row.request['messages'])
+
+
+def by_page(warehouse_id: str):
+    """Return a function telling which page of the warehouse a request is for (None for other requests)."""
+    prompts = {prompt_of(row): key for key, row in pages_of(warehouse_id).items()}
+    return lambda request: prompts.get(request.prompt)
+
+
+def requests_per_page(server, warehouse_id: str) -> Counter:
+    """Count the chat requests the server received per page of the warehouse."""
+    page = by_page(warehouse_id)
+    return Counter(page(request) for request in server.chat_requests)
+
+
+def content_of(row: DocumentCatalog) -> str | None:
+    """Return the stored content of a page, or None when none is stored."""
+    item = DocumentFileItem.get_or_none(DocumentFileItem.catalog == row.id)
+    return item.content if item else None

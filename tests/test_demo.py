@@ -1,11 +1,13 @@
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from chat_server import ChatServer
 
 from helpers import ROOT, git, run_jobs_cli
 from rqjobs import demo, settings
@@ -39,6 +41,26 @@ def test_demo_runs_end_to_end_on_the_embedded_defaults(env, tmp_path):
         assert out.split('Completed ')[1].split(' at ')[0] == second.stdout.split('Completed ')[1].split(' at ')[0]
     finally:
         run_jobs_cli('redis', 'stop', env=environ)
+
+
+@pytest.mark.slow
+@pytest.mark.db
+def test_demo_has_its_pages_written_by_a_model(env, redis_conn, database):
+    with ChatServer() as server:
+        env.setenv('LLM_BASE_URL', server.base_url)
+        env.setenv('LLM_MODEL', 'test-model')
+        env.setenv('LLM_RETRY_BACKOFF', '1')
+        result = run_jobs_cli('demo', env=os.environ.copy())
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    planned = int(re.search(r'the model \(test-model\) writes (\d+) pages, one job each', out).group(1))
+    pages = int(re.search(r'Completed demo/inkwell at \w+ \(\w+\): \d+ files, (\d+) pages', out).group(1))
+    assert planned == pages == len(server.chat_requests) == len({r.prompt_hash for r in server.chat_requests})
+    assert all(r.model == 'test-model' for r in server.chat_requests)
+    overview = out.split('Overview (start):\n')[1].split('\nMind map:')[0]
+    # The model's page (the stand-in server's), not the deterministic one built from the README.
+    assert overview.startswith('  # Overview\n  \n  This part of the repository is built around `'), overview
+    assert 'Inkwell turns plain-text notes' not in overview
 
 
 def wait_for_reader(fifo, timeout=60.0) -> int:

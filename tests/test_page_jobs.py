@@ -17,7 +17,17 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 import cli
 import models
-from helpers import commit_files, git, redis_contents
+from helpers import (
+    by_page,
+    commit_files,
+    content_of,
+    git,
+    pages_of,
+    planned,
+    prompt_of,
+    redis_contents,
+    requests_per_page,
+)
 from models import (
     Document,
     DocumentCatalog,
@@ -147,14 +157,6 @@ def chat(env, local):
     server.stop()
 
 
-def planned(redis_conn, repo, burst_worker) -> str:
-    """Submit `repo` and run its warehouse job: cloned, analysed, its pages planned and their jobs queued."""
-    row = warehouses.submit_warehouse(str(repo), connection=redis_conn)
-    burst_worker('warehouse')
-    assert Warehouse.get_by_id(row.id).status == WarehouseStatus.PROCESSING, Warehouse.get_by_id(row.id).error
-    return row.id
-
-
 def drain(redis_conn, warehouse_id: str, timeout: float = 60, max_jobs: int | None = None) -> None:
     """Run burst workers on queue pages (retries included) until the warehouse's finishing job has ended."""
     connection = get_redis(shared=False)
@@ -173,30 +175,6 @@ def drain(redis_conn, warehouse_id: str, timeout: float = 60, max_jobs: int | No
             time.sleep(0.2)
     finally:
         connection.close()
-
-
-def pages_of(warehouse_id: str) -> dict[str, DocumentCatalog]:
-    return {row.url: row for row in DocumentCatalog.select().where(DocumentCatalog.warehouse == warehouse_id)}
-
-
-def prompt_of(row: DocumentCatalog) -> str:
-    return '\n\n'.join(message['content'] for message in row.request['messages'])
-
-
-def by_page(warehouse_id: str):
-    """Return a function telling which page of the warehouse a request is for (None for other requests)."""
-    prompts = {prompt_of(row): key for key, row in pages_of(warehouse_id).items()}
-    return lambda request: prompts.get(request.prompt)
-
-
-def requests_per_page(server, warehouse_id: str) -> Counter:
-    page = by_page(warehouse_id)
-    return Counter(page(request) for request in server.chat_requests)
-
-
-def content_of(row: DocumentCatalog) -> str | None:
-    item = DocumentFileItem.get_or_none(DocumentFileItem.catalog == row.id)
-    return item.content if item else None
 
 
 def test_a_model_writes_every_page_once_and_the_warehouse_completes(

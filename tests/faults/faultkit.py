@@ -160,9 +160,13 @@ class Processes:
                 return log.read_text(errors='replace')
         return ''
 
-    def logs_text(self) -> str:
-        """Return every log, for a failure message."""
-        return '\n'.join(f'--- {log.name}\n{log.read_text(errors="replace")[-4000:]}' for _, log in self.started)
+    def logs_text(self, tail: int | None = 4000) -> str:
+        """Return every log, the last `tail` characters of each (None: whole, to search them), for a failure message."""
+        texts = (log.read_text(errors='replace') for _, log in self.started)
+        return '\n'.join(
+            f'--- {log.name}\n{text if tail is None else text[-tail:]}'
+            for (_, log), text in zip(self.started, texts, strict=True)
+        )
 
     def remember(self, process: subprocess.Popen) -> list[psutil.Process]:
         """Record a process's tree now (its work horse and the horse's children), to check later that none survives."""
