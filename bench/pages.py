@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument('--delay', type=float, default=0.3, help='seconds the server takes to answer')
     parser.add_argument('--sizes', default='1,2,4,8', help='numbers of worker processes, comma-separated')
     parser.add_argument('--repeats', type=int, default=3, help='runs per size; medians are printed')
-    parser.add_argument('--logs', type=Path, default=None, help='directory to keep the workers\' logs in')
+    parser.add_argument('--logs', type=Path, default=None, help="directory to keep the workers' logs in")
     options = parser.parse_args()
     sizes = [int(size) for size in options.sizes.split(',')]
 
