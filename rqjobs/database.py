@@ -86,6 +86,10 @@ def open_database(url: str, connect_timeout: int | None = None) -> peewee.Databa
         params.setdefault('connect_timeout', connect_timeout)
     if issubclass(database_class, peewee.SqliteDatabase):
         params['pragmas'] = SQLITE_PRAGMAS
+        # A transaction takes the write lock when it begins, waiting for it up to busy_timeout. One that began by
+        # reading and then writes (a page stored by one of several page workers) would otherwise fail at once with
+        # "database is locked" whenever another connection wrote since its read: SQLite cannot wait there.
+        params['lock_type'] = 'IMMEDIATE'
         if params['database'] != ':memory:' and not params['database'].startswith('file:'):
             # An OSError here (a directory that cannot be made) is put in one line by database().
             Path(params['database']).parent.mkdir(parents=True, exist_ok=True)

@@ -269,6 +269,10 @@ def build_worker(
     worker_queues = [queues.get_queue(queue, connection, settings) for queue in names]
     # Import the job modules now, in the parent, so a broken JOBS_EXTRA_MODULES fails at start, not per job.
     queues.registered_jobs(settings)
+    if queues.PAGES in names and settings.llm_enabled:
+        from rqjobs.pages import model
+
+        model.warm_up(settings)
     worker = JobsWorker(
         worker_queues,
         name=name,

@@ -249,3 +249,22 @@ def test_a_database_locked_mid_command_is_one_line(database, monkeypatch):
     assert_one_line_error(
         result, 'Error: The database at sqlite:///', 'failed: database is locked', 'try the command again'
     )
+
+
+@pytest.mark.db
+def test_a_sqlite_transaction_that_reads_then_writes_holds_the_write_lock_from_its_start(database):
+    if not isinstance(database, peewee.SqliteDatabase):
+        pytest.skip('SQLite locking')
+    warehouse = Warehouse.create(organization_name='o', name='n', address='https://github.com/o/n')
+    other = sqlite3.connect(database.database, timeout=0.1, isolation_level=None)
+    update = f"UPDATE {Warehouse._meta.table_name} SET description = 'other' WHERE id = ?"
+    try:
+        with database.atomic():
+            Warehouse.get_by_id(warehouse.id)
+            # Begun deferred, the transaction would let this write through and then fail on its own write below.
+            with pytest.raises(sqlite3.OperationalError, match='database is locked'):
+                other.execute(update, (warehouse.id,))
+            Warehouse.update(description='mine').where(Warehouse.id == warehouse.id).execute()
+    finally:
+        other.close()
+    assert Warehouse.get_by_id(warehouse.id).description == 'mine'

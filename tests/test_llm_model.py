@@ -266,6 +266,29 @@ def test_importing_the_module_leaves_the_openai_client_unloaded():
     subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, timeout=60)
 
 
+@pytest.mark.parametrize(('queues', 'loaded'), [('pages', 'True True'), ('default', 'False False')])
+def test_a_worker_on_pages_loads_the_client_before_forking_its_work_horses(env, queues, loaded):
+    # What the worker has loaded, its work horses (forks) need not load for every page.
+    env.setenv('LLM_BASE_URL', 'http://127.0.0.1:9/v1')
+    env.setenv('LLM_MODEL', 'test-model')
+    code = (
+        'import sys; from rqjobs.connections import get_redis; from rqjobs.worker import build_worker; '
+        f'build_worker(get_redis(), ["{queues}"]); from rqjobs.pages import model; '
+        'print("openai.resources.chat" in sys.modules, model._tls is not None)'
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', code], cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == loaded
+
+
+def test_clients_share_one_tls_context(redis_conn):
+    settings = llm_settings('http://127.0.0.1:9/v1')
+    first, second = model.client(settings), model.client(settings)
+    assert first._client._transport._pool._ssl_context is second._client._transport._pool._ssl_context
+
+
 def test_check_returns_the_model_latency_and_tokens(redis_conn):
     with ChatServer(model='served-model') as server:
         result = model.check(llm_settings(server), redis_conn)
