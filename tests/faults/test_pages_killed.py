@@ -144,7 +144,6 @@ def test_llm_concurrency_caps_the_requests_of_all_worker_processes(
 def test_the_api_key_stays_out_of_the_workers_debug_logs_and_redis(
     redis_conn, database, chat, sample_repo, burst_worker, processes
 ):
-    page_workers(redis_conn, processes, 2, '-v')
     warehouse_id = planned(redis_conn, sample_repo, burst_worker)
     page = by_page(warehouse_id)
     retried = []
@@ -158,7 +157,9 @@ def test_the_api_key_stays_out_of_the_workers_debug_logs_and_redis(
             return Reply.error(500, f'Upstream failed for key {API_KEY}')
         return None
 
+    # The server is scripted before any page worker runs: none may be written before it quotes the key.
     chat.script = script
+    page_workers(redis_conn, processes, 2, '-v')
     wait_finished(redis_conn, warehouse_id, processes, 60)
 
     assert chat.chat_requests and all(r.authorization == f'Bearer {API_KEY}' for r in chat.chat_requests)
