@@ -12,7 +12,7 @@ from rq import Worker
 from rq.job import JobStatus
 from rq.rate_limit import RateLimitRegistry
 
-from rqjobs import queues
+from rqjobs import hosts, queues
 from rqjobs.settings import Settings
 
 REGISTRIES = ('started', 'finished', 'failed', 'scheduled', 'deferred')
@@ -83,6 +83,29 @@ def worker_states(connection: redis.Redis) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def host_states(connection: redis.Redis) -> dict[str, Any]:
+    """Return every host with live workers (their names and queues, the host's clone disk usage) and any warning."""
+    records = hosts.worker_records(connection)
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        # A worker started without the project's worker class says no host: listed apart rather than left out.
+        by_host.setdefault(record['host'] or '?', []).append(record)
+    usage = hosts.usage(connection, sorted(by_host))
+    rows = [
+        {
+            'host': host,
+            'workers': [record['name'] for record in members],
+            'queues': sorted({name for record in members for name in record['queues']}),
+            'clone_bytes': (usage[host] or {}).get('clone_bytes'),
+            'clones': (usage[host] or {}).get('clones'),
+            'measured_at': (usage[host] or {}).get('measured_at'),
+        }
+        for host, members in sorted(by_host.items())
+    ]
+    warning = hosts.shared_storage_warning(connection, records)
+    return {'hosts': rows, 'warnings': [warning] if warning else []}
 
 
 def queue_has_worker(connection: redis.Redis, queue_name: str) -> bool:
