@@ -39,6 +39,8 @@ MEASURE_LOCK_KEY = 'rqjobs:host:{host}:measure-lock'
 # How long `run_on_hosts` waits for the hosts' answers by default, and how long one chore may run.
 ANSWER_TIMEOUT = 30
 CHORE_TIMEOUT = 600
+# Warehouse ids per `remove_clones` job: some 40 bytes each, well within JOB_ARGS_MAX_SIZE's 64 KiB default.
+CHORE_IDS_MAX = 500
 ANSWER_POLL_INTERVAL = 0.2
 
 

@@ -22,8 +22,10 @@ WAIT_POLL_INTERVAL = 0.2
 
 
 def queue_counts(connection: redis.Redis, settings: Settings | None = None) -> list[dict[str, Any]]:
-    """Return, per queue, how many jobs are queued and in each rq registry (one Redis round trip)."""
-    all_queues = queues.all_queues(connection, settings)
+    """Return, per queue (the configured ones, then live hosts'), how many jobs are queued and in each rq registry."""
+    all_queues = queues.all_queues(connection, settings) + [
+        queues.get_queue(queues.host_queue(host), connection, settings) for host in hosts.live_hosts(connection)
+    ]
     with connection.pipeline(transaction=False) as pipe:
         for queue in all_queues:
             pipe.llen(queue.key)

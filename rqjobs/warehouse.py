@@ -873,9 +873,10 @@ def cleanup_failed_warehouses() -> dict:
         for warehouse in failed:
             _soft_delete(warehouse)
     logger.info('cleanup: %d failed warehouses removed', len(failed))
-    if failed:
-        # Their clones may lie on any host that ever ran one of their jobs, not only this one.
-        hosts.enqueue_on_hosts(connections.get_redis(), 'remove_clones', [[w.id for w in failed]])
+    # Their clones may lie on any host that ever ran one of their jobs, not only this one. Should this fail, the
+    # rows are gone already: `rqjobs cleanup --orphan-clones` finds their clones.
+    for chunk in chunked([w.id for w in failed], hosts.CHORE_IDS_MAX):
+        hosts.enqueue_on_hosts(connections.get_redis(), 'remove_clones', [chunk])
     return {'removed': len(failed), 'warehouse_ids': [w.id for w in failed]}
 
 

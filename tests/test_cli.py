@@ -190,6 +190,7 @@ def test_status_lists_a_live_worker_and_its_host(runner, redis_conn, env):
             ('build-example-org', ['w-test'], None)
         ]
         assert data['warnings'] == []  # one host alone shares nothing
+        assert [row['queue'] for row in data['queues']][-1] == 'host-build-example-org'
         human = invoke(runner, 'status').output
         assert 'build-example-org' in human and 'Warning' not in human
     finally:
