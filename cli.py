@@ -45,11 +45,11 @@ COMMANDS = {
     'stats': ('stats:stats', 'Daily statistics and snapshots of the platform (the `statistics` jobs).'),
     'status': (
         'jobs:status',
-        "Show every queue's job counts, the jobs waiting for a rate limit's slot and every worker's state.",
+        "Show every queue's job counts, the jobs waiting for a rate limit's slot, every worker's state and every host.",
     ),
     'suspend': ('jobs:suspend_command', 'Stop all workers from taking new jobs; running jobs finish.'),
     'warehouse': ('warehouse:warehouse', 'Warehouses: git repositories documented by the warehouse jobs.'),
-    'worker': ('worker:worker', 'Run an rq worker on QUEUES (default: all, in priority order).'),
+    'worker': ('worker:worker', "Run an rq worker on its host's queue, then QUEUES (default: all, in priority order)."),
 }
 
 

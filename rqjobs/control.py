@@ -15,7 +15,7 @@ from rq.job import JOB_ID_PATTERN, Job
 from rq.suspension import is_suspended, resume, suspend
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from rqjobs import clock, queues, warehouse
+from rqjobs import clock, hosts, queues
 from rqjobs.exceptions import InvalidJobId, JobActionRefused, UnreadableJob
 from rqjobs.settings import Settings, get_settings
 
@@ -170,6 +170,7 @@ def cleanup(
     dead_workers: bool = False,
     orphan_clones: bool = False,
     dry_run: bool = False,
+    host_timeout: float = hosts.ANSWER_TIMEOUT,
     settings: Settings | None = None,
 ) -> dict[str, list[str]]:
     """Remove what the options name, and nothing else; with `dry_run`, only list it."""
@@ -198,7 +199,25 @@ def cleanup(
     if dead_workers:
         report['dead_workers'] = _dead_workers(connection, settings, dry_run)
     if orphan_clones:
-        report['orphan_clones'] = warehouse.remove_orphan_clones(settings, dry_run=dry_run)
+        report.update(_orphan_clones(connection, settings, dry_run, host_timeout))
+    return report
+
+
+def _orphan_clones(connection: redis.Redis, settings: Settings, dry_run: bool, timeout: float) -> dict[str, list[str]]:
+    # Each host has its own clones: with live hosts, each removes its own; with none, this process removes its own.
+    if not hosts.live_hosts(connection):
+        return {'orphan_clones': hosts.orphan_clones(settings, dry_run=dry_run)}
+    outcomes = hosts.run_on_hosts(connection, 'remove_orphan_clones', [dry_run], timeout=timeout, settings=settings)
+    report: dict[str, list[str]] = {'orphan_clones': [], 'hosts': [], 'hosts_not_answering': []}
+    for host, outcome in outcomes.items():
+        if outcome['status'] == 'finished':
+            found = outcome['result']['orphan_clones']
+            report['orphan_clones'] += [f'{host}: {name}' for name in found]
+            report['hosts'].append(f'{host}: {len(found)} orphan clones')
+        elif outcome['status'] == 'failed':
+            report['hosts'].append(f'{host}: failed: {outcome["error"]}')
+        else:
+            report['hosts_not_answering'].append(f'{host}: no answer within {timeout:g} s')
     return report
 
 

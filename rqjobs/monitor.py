@@ -12,7 +12,7 @@ from rq import Worker
 from rq.job import JobStatus
 from rq.rate_limit import RateLimitRegistry
 
-from rqjobs import queues
+from rqjobs import hosts, queues
 from rqjobs.settings import Settings
 
 REGISTRIES = ('started', 'finished', 'failed', 'scheduled', 'deferred')
@@ -22,8 +22,10 @@ WAIT_POLL_INTERVAL = 0.2
 
 
 def queue_counts(connection: redis.Redis, settings: Settings | None = None) -> list[dict[str, Any]]:
-    """Return, per queue, how many jobs are queued and in each rq registry (one Redis round trip)."""
-    all_queues = queues.all_queues(connection, settings)
+    """Return, per queue (the configured ones, then live hosts'), how many jobs are queued and in each rq registry."""
+    all_queues = queues.all_queues(connection, settings) + [
+        queues.get_queue(queues.host_queue(host), connection, settings) for host in hosts.live_hosts(connection)
+    ]
     with connection.pipeline(transaction=False) as pipe:
         for queue in all_queues:
             pipe.llen(queue.key)
@@ -83,6 +85,29 @@ def worker_states(connection: redis.Redis) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def host_states(connection: redis.Redis) -> dict[str, Any]:
+    """Return every host with live workers (their names and queues, the host's clone disk usage) and any warning."""
+    records = hosts.worker_records(connection)
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        # A worker started without the project's worker class says no host: listed apart rather than left out.
+        by_host.setdefault(record['host'] or '?', []).append(record)
+    usage = hosts.usage(connection, sorted(by_host))
+    rows = [
+        {
+            'host': host,
+            'workers': [record['name'] for record in members],
+            'queues': sorted({name for record in members for name in record['queues']}),
+            'clone_bytes': (usage[host] or {}).get('clone_bytes'),
+            'clones': (usage[host] or {}).get('clones'),
+            'measured_at': (usage[host] or {}).get('measured_at'),
+        }
+        for host, members in sorted(by_host.items())
+    ]
+    warning = hosts.shared_storage_warning(connection, records)
+    return {'hosts': rows, 'warnings': [warning] if warning else []}
 
 
 def queue_has_worker(connection: redis.Redis, queue_name: str) -> bool:

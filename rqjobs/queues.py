@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,9 +53,16 @@ PAGES = 'pages'
 # the pages of warehouses already cloned before new clones.
 QUEUES = (DEFAULT, ACCESS_LOG, STATISTICS, MINIMAP, PAGES, WAREHOUSE, MIGRATION)
 
+# Each host's own queue, `host-<JOBS_HOST_NAME>`: every worker listens on its host's queue first, so that a chore
+# that concerns one host's disk (its clones) reaches that host and no other.
+HOST_QUEUE_PREFIX = 'host-'
+_HOST_NAME = re.compile(r'[a-z0-9_-]{1,63}')
+
 # The project's job modules and the queue each one's jobs go to.
 JOB_MODULES = {
     'rqjobs.system': DEFAULT,
+    # Host chores: given a host's queue each time they are enqueued (`hosts.enqueue_on_hosts`).
+    'rqjobs.hosts': DEFAULT,
     'rqjobs.access_log': ACCESS_LOG,
     'rqjobs.warehouse': WAREHOUSE,
     'rqjobs.minimap': MINIMAP,
@@ -405,11 +413,25 @@ def check_arguments(
         )
 
 
+def host_queue(host: str) -> str:
+    """Return the name of a host's own queue."""
+    return HOST_QUEUE_PREFIX + host
+
+
+def host_of_queue(name: str) -> str | None:
+    """Return the host whose own queue `name` is, or None when it is no host's queue."""
+    host = name.removeprefix(HOST_QUEUE_PREFIX)
+    return host if name.startswith(HOST_QUEUE_PREFIX) and _HOST_NAME.fullmatch(host) else None
+
+
 def get_queue(name: str, connection: redis.Redis, settings: Settings | None = None) -> JsonQueue:
-    """Return the queue called `name`, refusing names that are not configured."""
+    """Return the queue called `name`, refusing names that are neither configured nor a host's queue."""
     settings = settings or get_settings()
-    if name not in queue_names(settings):
-        raise UnknownQueue(f'Unknown queue {name!r}. Known queues: {", ".join(queue_names(settings))}.')
+    if name not in queue_names(settings) and host_of_queue(name) is None:
+        raise UnknownQueue(
+            f'Unknown queue {name!r}. Known queues: {", ".join(queue_names(settings))}, '
+            f'and host-<name> for each host (JOBS_HOST_NAME).'
+        )
     return JsonQueue(name, connection=connection, default_timeout=settings.job_timeout)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ VARIABLES = (
     'DATABASE_URL',
     'JOBS_DATA_DIR',
     'REPO_ROOT',
+    'JOBS_HOST_NAME',
     'UPDATE_INTERVAL',
     'DATABASE_CONNECT_TIMEOUT',
     'ENABLE_WAREHOUSE_COMMIT',
@@ -82,6 +84,7 @@ class Settings:
     database_url: str = ''
     database_connect_timeout: int = 5
     repo_root: Path = Path('var/repos')
+    host_name: str = 'localhost'
     backup_dir: Path = Path('var/backups')
     update_interval_days: int = 7
     enable_warehouse_commit: bool = True
@@ -141,6 +144,7 @@ class Settings:
             database_url=database_url,
             database_connect_timeout=_int(env, 'DATABASE_CONNECT_TIMEOUT', 5, minimum=1, example='5'),
             repo_root=repo_root,
+            host_name=host_name(_get(env, 'JOBS_HOST_NAME') or socket.gethostname()),
             backup_dir=backup_dir,
             update_interval_days=_int(env, 'UPDATE_INTERVAL', 7, minimum=1, example='7'),
             enable_warehouse_commit=_bool(env, 'ENABLE_WAREHOUSE_COMMIT', True),
@@ -192,6 +196,12 @@ def reset() -> None:
 def redact_url(url: str) -> str:
     """Return `url` with any password replaced by `***`, safe for logs and error messages."""
     return re.sub(r'(?<=://)([^:/@]*):[^@/]*@', r'\1:***@', url)
+
+
+def host_name(name: str) -> str:
+    """Return `name` reduced to what a queue name holds: lower-case letters, digits, `_` and `-`, at most 63."""
+    # `host-<name>` is a queue name and part of Redis keys: dots and anything odd become `-`.
+    return re.sub(r'[^a-z0-9_-]+', '-', name.strip().lower()).strip('-')[:63].strip('-') or 'localhost'
 
 
 def _get(env: Mapping[str, str], name: str) -> str:

@@ -34,7 +34,7 @@ from models import (
     WarehouseStatus,
     WarehouseType,
 )
-from rqjobs import clock, connections, credentials, database, minimap, queues
+from rqjobs import clock, connections, credentials, database, hosts, minimap, queues
 from rqjobs import worker as worker_module
 from rqjobs.exceptions import (
     InvalidRepositoryAddress,
@@ -873,6 +873,10 @@ def cleanup_failed_warehouses() -> dict:
         for warehouse in failed:
             _soft_delete(warehouse)
     logger.info('cleanup: %d failed warehouses removed', len(failed))
+    # Their clones may lie on any host that ever ran one of their jobs, not only this one. Should this fail, the
+    # rows are gone already: `rqjobs cleanup --orphan-clones` finds their clones.
+    for chunk in chunked([w.id for w in failed], hosts.CHORE_IDS_MAX):
+        hosts.enqueue_on_hosts(connections.get_redis(), 'remove_clones', [chunk])
     return {'removed': len(failed), 'warehouse_ids': [w.id for w in failed]}
 
 
@@ -909,6 +913,8 @@ def remove(warehouse_id: str, connection: redis.Redis) -> None:
             queue.remove(job_id)
     with database.connection():
         _soft_delete(warehouse)
+    # Removed here, on the host that runs the command; the hosts whose workers cloned it remove theirs.
+    hosts.enqueue_on_hosts(connection, 'remove_clones', [[warehouse_id]])
 
 
 def list_warehouses(status: str | None = None, limit: int = 100) -> list[dict]:
@@ -991,32 +997,3 @@ def page_content(warehouse_id: str, url: str) -> str | None:
             .first()
         )
     return item.content if item else None
-
-
-def remove_orphan_clones(settings: Settings | None = None, *, dry_run: bool = False) -> list[str]:
-    """Remove the clones under `REPO_ROOT` of warehouses that no longer exist; with `dry_run`, only list them."""
-    settings = settings or get_settings()
-    root = settings.repo_root
-    if not root.is_dir():
-        return []
-    # A dot never starts a warehouse id: .trash holds what is being removed, and is emptied below.
-    names = [
-        entry.name
-        for entry in root.iterdir()
-        if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith('.')
-    ]
-    # <id>.partial is a clone of <id> in progress, or one a killed worker left: the warehouse's next try removes it.
-    owners = {name: name.removesuffix(storage.PARTIAL_SUFFIX) for name in names}
-    with database.connection(settings):
-        alive = {
-            row[0]
-            for row in Warehouse.select(Warehouse.id)
-            .where(Warehouse.id.in_(sorted(set(owners.values()))), Warehouse.is_deleted == False)
-            .tuples()
-        }
-    orphans = sorted(name for name in names if owners[name] not in alive)
-    if not dry_run:
-        for name in orphans:
-            storage.remove_clone(root / name, settings)
-        storage.empty_trash(settings)  # what a killed removal left behind
-    return orphans

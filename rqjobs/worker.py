@@ -5,7 +5,10 @@
     rq worker --url "$REDIS_URL" --worker-class rqjobs.worker.JobsWorker --job-class rqjobs.queues.JsonJob \\
         --queue-class rqjobs.queues.JsonQueue --serializer rqjobs.queues.JSONSerializer --with-scheduler \\
         --job-monitoring-interval 10 --maintenance-interval 30 --worker-ttl 45 \\
-        default access_log statistics minimap warehouse migration
+        host-build-01 default access_log statistics minimap warehouse migration
+
+`rqjobs worker` adds its host's queue (`host-<JOBS_HOST_NAME>`, here `host-build-01`) before the others by itself;
+with rq's command line name it, or the host chores (rqjobs/hosts.py) do not reach this host.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from rq.scheduler import RQScheduler
 from rq.scripts import ACQUIRE_OR_REFRESH_LOCK_SCRIPT
 from rq.utils import as_text, current_timestamp, now
 
-from rqjobs import limits, queues
+from rqjobs import hosts, limits, queues
 from rqjobs.exceptions import RedisUnavailable, WorkerStopped, WorkHorseKilled
 from rqjobs.settings import Settings, get_settings
 
@@ -153,10 +156,44 @@ class JobsWorker(Worker):
 
         self.queue_class = StoppableQueue
 
+    # Hosts whose workers this worker has seen on its Redis; `None` until it first looks.
+    hosts_seen: set[str] | None = None
+    burst = False
+
+    def work(self, burst: bool = False, *args, **kwargs):
+        self.burst = burst
+        return super().work(burst, *args, **kwargs)
+
     def register_birth(self):
         super().register_birth()
         settings = self.rqjobs_settings or get_settings()
-        self.connection.hset(self.key, ALLOW_LOCAL_FIELD, int(settings.allow_local_repositories))
+        self.connection.hset(
+            self.key,
+            mapping={
+                ALLOW_LOCAL_FIELD: int(settings.allow_local_repositories),
+                hosts.HOST_FIELD: settings.host_name,
+                hosts.LOCAL_STORAGE_FIELD: hosts.local_storage(settings),
+            },
+        )
+        self.check_hosts()
+
+    def check_hosts(self) -> None:
+        """Warn when workers of a host not seen before share this Redis while this worker's storage is its own."""
+        settings = self.rqjobs_settings or get_settings()
+        records = hosts.worker_records(self.connection)
+        others = {record['host'] for record in records if record['host'] and record['host'] != settings.host_name}
+        new = others - (self.hosts_seen or set())
+        self.hosts_seen = (self.hosts_seen or set()) | others
+        if new and hosts.local_storage(settings):
+            self.log.warning(
+                'Worker %s: workers of other hosts (%s) share this Redis, but this worker on host %s uses %s: '
+                'it is not shared with them, so they see other data. Give every host the same PostgreSQL '
+                '(DATABASE_URL=postgresql://user:password@db:5432/rqjobs) and a Redis over TCP.',
+                self.name,
+                ', '.join(sorted(new)),
+                settings.host_name,
+                hosts.local_storage(settings),
+            )
 
     def request_stop(self, signum, frame):
         self.stop_requested = True
@@ -183,6 +220,18 @@ class JobsWorker(Worker):
                 queue.intermediate_queue.cleanup(self, queue)
                 queue.release_maintenance_lock()
         self.last_cleaned_at = now()
+        self.check_hosts()
+        settings = self.rqjobs_settings or get_settings()
+        # Measured by a job on this host's queue, so that counting a large REPO_ROOT holds up no dequeue; a burst
+        # worker (tests, one-off runs) leaves it to the long-running ones.
+        if not self.burst and hosts.measure_due(self.connection, settings.host_name):
+            queues.enqueue(
+                'rqjobs.hosts.measure_clones',
+                connection=self.connection,
+                queue=queues.host_queue(settings.host_name),
+                retry=None,
+                settings=settings,
+            )
 
     def handle_job_success(self, job, queue, started_job_registry, execution):
         if self.connection.zscore(started_job_registry.key, execution.composite_key) is None:
@@ -265,7 +314,8 @@ def build_worker(
 ) -> Worker:
     """Return an rq worker on `queue_names` (all queues when empty), in their order of priority."""
     settings = settings or get_settings()
-    names = list(queue_names) or list(queues.queue_names(settings))
+    # Its host's queue first: host chores are short and concern this host's disk alone.
+    names = list(dict.fromkeys([queues.host_queue(settings.host_name), *(queue_names or queues.queue_names(settings))]))
     worker_queues = [queues.get_queue(queue, connection, settings) for queue in names]
     # Import the job modules now, in the parent, so a broken JOBS_EXTRA_MODULES fails at start, not per job.
     queues.registered_jobs(settings)

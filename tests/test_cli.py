@@ -173,16 +173,26 @@ def test_enqueue_worker_status_end_to_end(redis_conn, database):
     assert 'QUEUE' in human.stdout and 'default' in human.stdout
 
 
-def test_status_lists_a_live_worker(runner, redis_conn):
+def test_status_lists_a_live_worker_and_its_host(runner, redis_conn, env):
+    from rqjobs import settings
     from rqjobs.worker import build_worker
 
+    env.setenv('JOBS_HOST_NAME', 'Build.Example.org')
+    settings.reset()
     worker = build_worker(redis_conn, ['default'], name='w-test')
     worker.register_birth()
     try:
         result = invoke(runner, 'status', '--json')
         data = json.loads(result.output[result.output.index('{') :])
         assert [w['name'] for w in data['workers']] == ['w-test']
-        assert data['workers'][0]['queues'] == ['default']
+        assert data['workers'][0]['queues'] == ['host-build-example-org', 'default']
+        assert [(h['host'], h['workers'], h['clones']) for h in data['hosts']] == [
+            ('build-example-org', ['w-test'], None)
+        ]
+        assert data['warnings'] == []  # one host alone shares nothing
+        assert [row['queue'] for row in data['queues']][-1] == 'host-build-example-org'
+        human = invoke(runner, 'status').output
+        assert 'build-example-org' in human and 'Warning' not in human
     finally:
         worker.register_death()
 

@@ -346,12 +346,14 @@ def test_running_job_shows_its_progress_and_its_busy_worker(redis_conn, report_j
                     for w in dashboard.json('/0/data/workers.json')['workers']
                     if w['current_job'] == 'idle'
                     and w['state'].lower().endswith('idle')
-                    and w['successful_job_count'] == 1
+                    # Its host's first chore (measuring its clones, on its host's queue) and the job.
+                    and w['successful_job_count'] == 2
                 ],
                 20,
                 'the worker is idle',
             )
-            assert len(workers) == 1 and workers[0]['queues'] == ['reports']
+            host_queue = queues.host_queue(settings_module.get_settings().host_name)
+            assert len(workers) == 1 and workers[0]['queues'] == [host_queue, 'reports']
     finally:
         stop(worker)
     assert worker.returncode == 0, (tmp_path / 'worker.log').read_text()

@@ -300,6 +300,13 @@ def requeue(obj, job_ids: tuple[str, ...], queue: str | None, everything: bool) 
     is_flag=True,
     help='Delete clone directories of warehouses that no longer exist, and what a stopped removal left.',
 )
+@click.option(
+    '--host-timeout',
+    type=click.FloatRange(0.1),
+    default=30,
+    show_default=True,
+    help='Seconds to wait for each live host to remove its own orphan clones; a host silent that long is named.',
+)
 @click.option('--dry-run', is_flag=True, help='List what would be removed, remove nothing.')
 @json_option('the report')
 @click.pass_obj
@@ -309,6 +316,7 @@ def cleanup(
     finished: bool,
     dead_workers: bool,
     orphan_clones: bool,
+    host_timeout: float,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -331,6 +339,7 @@ def cleanup(
         dead_workers=dead_workers,
         orphan_clones=orphan_clones,
         dry_run=dry_run,
+        host_timeout=host_timeout,
         settings=obj.settings,
     )
 
@@ -460,7 +469,7 @@ def inspect_failed(obj, queue: str | None, limit: int, as_json: bool) -> None:
 @json_option('the status')
 @click.pass_obj
 def status(obj, as_json: bool) -> None:
-    """Show every queue's job counts, the jobs waiting for a rate limit's slot and every worker's state."""
+    """Show every queue's job counts, the jobs waiting for a rate limit's slot, every worker's state and every host."""
     from rqjobs import connections, monitor
 
     data = {
@@ -468,6 +477,7 @@ def status(obj, as_json: bool) -> None:
         'queues': monitor.queue_counts(obj.redis, obj.settings),
         'workers': monitor.worker_states(obj.redis),
         'rate_limits': monitor.rate_limits(obj.redis),
+        **monitor.host_states(obj.redis),
     }
 
     def human(data):
@@ -479,7 +489,22 @@ def status(obj, as_json: bool) -> None:
             click.echo()
         if data['workers']:
             table(data['workers'], ['name', 'state', 'queues', 'current_job', 'last_heartbeat'])
+            click.echo()
+            table(
+                [
+                    {
+                        **row,
+                        'workers': len(row['workers']),
+                        'clone_disk': '?' if row['clone_bytes'] is None else f'{row["clone_bytes"] / 2**20:.1f} MB',
+                        'clones': '?' if row['clones'] is None else row['clones'],
+                    }
+                    for row in data['hosts']
+                ],
+                ['host', 'workers', 'queues', 'clones', 'clone_disk', 'measured_at'],
+            )
         else:
             click.echo('No workers. Start one with `rqjobs worker`.')
+        for warning in data['warnings']:
+            click.echo(f'Warning: {warning}')
 
     emit(data, as_json, human)

@@ -16,7 +16,7 @@ from rqjobs.commands.helpers import UTF8_TEXT
 @click.option('--name', type=UTF8_TEXT, help='Worker name (default: a unique id).')
 @click.pass_obj
 def worker(obj, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name: str | None) -> None:
-    """Run an rq worker on QUEUES (default: all, in priority order)."""
+    """Run an rq worker on its host's queue, then QUEUES (default: all, in priority order)."""
     from rqjobs import connections
     from rqjobs import worker as workers
 
