@@ -2,6 +2,7 @@ import logging
 import socket
 from datetime import timedelta
 
+import peewee
 import pytest
 
 from models import Warehouse, WarehouseStatus
@@ -83,16 +84,18 @@ def test_a_host_that_does_not_answer_is_named_and_its_chore_withdrawn(env, tmp_p
     assert redis_conn.llen('rq:queue:host-ghost') == 0
 
 
-def test_workers_of_several_hosts_on_sqlite_are_warned_once_per_new_host(
+def test_workers_of_several_hosts_on_local_storage_are_warned_once_per_new_host(
     env, tmp_path, redis_conn, database, registered, caplog
 ):
+    # The test's Redis is a unix socket, which no other host can reach; on SQLite, the database file is local too.
+    local = 'SQLite' if isinstance(database, peewee.SqliteDatabase) else 'unix-socket Redis'
     on_host(env, tmp_path, 'alpha')
     alpha = registered('alpha-worker')
     assert monitor.host_states(redis_conn)['warnings'] == []
     on_host(env, tmp_path, 'beta')
     with caplog.at_level(logging.WARNING):
         registered('beta-worker')
-    assert 'workers of other hosts (alpha) share this Redis' in caplog.text and 'SQLite' in caplog.text
+    assert 'workers of other hosts (alpha) share this Redis' in caplog.text and local in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         alpha.check_hosts()
@@ -104,4 +107,4 @@ def test_workers_of_several_hosts_on_sqlite_are_warned_once_per_new_host(
         ('beta', ['beta-worker']),
     ]
     (warning,) = states['warnings']
-    assert 'Workers of 2 hosts (alpha, beta) share this Redis' in warning and 'SQLite' in warning
+    assert 'Workers of 2 hosts (alpha, beta) share this Redis' in warning and local in warning
