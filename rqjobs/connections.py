@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -13,11 +15,16 @@ from rqjobs.embedded import EmbeddedRedis
 from rqjobs.exceptions import NotReplicated, RedisUnavailable
 from rqjobs.settings import Settings, get_settings, is_sentinel_url, parse_sentinel_url, redact_url
 
+logger = logging.getLogger(__name__)
+
 # A dropped connection is retried this many times (0.2 s, 0.4 s apart) before a command fails. A timeout is not
 # retried: redis-py retries both the connect (with its handshake) and the command, so each retried timeout would
 # add REDIS_TIMEOUT again (about nine times it in all) before a caller heard of a server that does not answer.
 RETRIES = 2
 RETRIED_ERRORS = (redis.ConnectionError,)
+# Seconds a worker or scheduler on Sentinel waits for a master to answer again after losing it (a failover takes the
+# Sentinels' down-after-milliseconds plus an election, seconds to tens of seconds) before it gives up and exits 1.
+FAILOVER_WAIT = 60.0
 # Written before each WAIT (REDIS_WAIT_REPLICAS): see `replicated`.
 WAIT_KEY = 'rqjobs:replicated'
 
@@ -171,6 +178,26 @@ def replicated(connection: redis.Redis, settings: Settings, what: str) -> None:
             f'REDIS_WAIT_REPLICAS asks for ({reason}): it may or may not survive a failover. Check the replicas '
             f'(INFO replication) and retry.'
         )
+
+
+def follows_failover(settings: Settings | None = None) -> bool:
+    """Whether the project's Redis is reached through Sentinels, so that a lost master is soon replaced."""
+    return is_sentinel_url((settings or get_settings()).redis_url)
+
+
+def await_master(connection: redis.Redis, wait: float = FAILOVER_WAIT) -> bool:
+    """Wait up to `wait` seconds for the (possibly new) master to answer; return whether it did."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            # A master that was demoted answers too, but refuses writes: only a writable one will do.
+            if connection.info('replication').get('role') == 'master':
+                return True
+        except redis.RedisError as exc:
+            logger.debug('waiting for the master: %s', exc)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
 
 
 def lost(exc: BaseException, settings: Settings | None = None) -> RedisUnavailable | None:

@@ -164,8 +164,9 @@ class Settings:
                 f'its chance to clean up before it is killed; for example SOFT_TIME_LIMIT=1500 with JOB_TIMEOUT=1800.'
             )
         redis_timeout = _float(env, 'REDIS_TIMEOUT', 5.0, minimum=0.1, example='5')
+        redis_wait_replicas = _int(env, 'REDIS_WAIT_REPLICAS', 0, minimum=0, example='1')
         redis_wait_timeout = _int(env, 'REDIS_WAIT_TIMEOUT', 1000, minimum=1, example='1000')
-        if redis_wait_timeout >= redis_timeout * 1000:
+        if redis_wait_replicas and redis_wait_timeout >= redis_timeout * 1000:
             raise SettingsError(
                 f'REDIS_WAIT_TIMEOUT ({redis_wait_timeout} ms) must be below REDIS_TIMEOUT ({redis_timeout:g} s), '
                 f'or the client gives up on the reply first; for example REDIS_WAIT_TIMEOUT=1000 with REDIS_TIMEOUT=5.'
@@ -185,7 +186,7 @@ class Settings:
             result_ttl=_int(env, 'RESULT_TTL', 3600, minimum=0, example='3600'),
             failure_ttl=_int(env, 'FAILURE_TTL', 7 * 24 * 3600, minimum=60, example='604800'),
             redis_timeout=redis_timeout,
-            redis_wait_replicas=_int(env, 'REDIS_WAIT_REPLICAS', 0, minimum=0, example='1'),
+            redis_wait_replicas=redis_wait_replicas,
             redis_wait_timeout=redis_wait_timeout,
             extra_job_modules=_extra_modules(env),
             allow_local_repositories=_bool(env, 'ALLOW_LOCAL_REPOSITORIES', False),
