@@ -355,13 +355,15 @@ def run_worker(
         # The worker also moves due scheduled jobs and retries onto their queues (rq's own scheduler, one per Redis).
         try:
             worked |= worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=True, logging_level=logging_level)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            worker.lost_redis = exc
         except redis.RedisError as exc:
-            raise RedisUnavailable(
-                f'The worker lost Redis and stopped ({exc}); it is started again once Redis is back '
-                f'(run it under a process manager that restarts it).'
-            ) from None
+            if not (
+                isinstance(exc, redis.ConnectionError | redis.TimeoutError) and connections.follows_failover(settings)
+            ):
+                raise RedisUnavailable(
+                    f'The worker lost Redis and stopped ({exc}); it is started again once Redis is back '
+                    f'(run it under a process manager that restarts it).'
+                ) from None
+            worker.lost_redis = exc
         if burst or worker.stop_requested or (max_jobs is not None and worker.jobs_executed >= max_jobs):
             return worked
         if worker.lost_redis is None or not connections.follows_failover(settings):
