@@ -219,10 +219,10 @@ def follows_failover(settings: Settings | None = None) -> bool:
     return is_sentinel_url((settings or get_settings()).redis_url)
 
 
-def await_master(connection: redis.Redis, wait: float = FAILOVER_WAIT) -> bool:
-    """Wait up to `wait` seconds for the (possibly new) master to answer; return whether it did."""
+def await_master(connection: redis.Redis, wait: float = FAILOVER_WAIT, stopped=lambda: False) -> bool:
+    """Wait up to `wait` seconds (or until `stopped()`) for the (possibly new) master to answer; whether it did."""
     deadline = time.monotonic() + wait
-    while True:
+    while not stopped():
         try:
             # A master that was demoted answers too, but refuses writes: only a writable one will do.
             if connection.info('replication').get('role') == 'master':
@@ -232,6 +232,7 @@ def await_master(connection: redis.Redis, wait: float = FAILOVER_WAIT) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.5)
+    return False
 
 
 def lost(exc: BaseException, settings: Settings | None = None) -> RedisUnavailable | None:

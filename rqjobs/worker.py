@@ -374,7 +374,12 @@ def run_worker(
                 'process manager that restarts it (systemd Restart=always, Kubernetes).'
             )
         name = worker.name
-        survive_failover(worker, connection)
+        try:
+            survive_failover(worker, connection)
+        except StopRequested:  # rq's signal handlers still stand: a SIGTERM while waiting ends the worker cleanly
+            return worked
+        if worker.stop_requested:
+            return worked
         if max_jobs is not None:
             max_jobs -= worker.jobs_executed
 
@@ -389,7 +394,9 @@ def survive_failover(worker: JobsWorker, connection: redis.Redis) -> None:
         # so that the job never runs twice at once on this host.
         with contextlib.suppress(OSError):
             os.waitpid(worker.horse_pid, 0)
-    if not connections.await_master(connection):
+    if not connections.await_master(connection, stopped=lambda: worker.stop_requested):
+        if worker.stop_requested:
+            return
         raise RedisUnavailable(
             f'The worker lost the Redis master and no new one answered within {connections.FAILOVER_WAIT:g} s; '
             f'check the Sentinels (redis-cli -p 26379 sentinel masters), then start the worker again.'
