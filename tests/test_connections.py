@@ -215,6 +215,11 @@ def test_every_client_reaches_the_master_through_a_sentinel(sentinel, env, datab
     rq_client = get_redis_from_config(connections.rq_settings())
     assert rq_client.get('probe') == b'master'
     assert dashboard.connect(connections.redis_url())[1].get('probe') == b'master'
+    response = dashboard.create_app(connections.redis_url()).test_client().get('/0/data/queues.json')
+    assert response.status_code == 200
+    assert {'name': 'default', 'count': 1} in [
+        {key: queue[key] for key in ('name', 'count')} for queue in response.get_json()['queues']
+    ]
     result = CliRunner().invoke(cli.main, ['status'])
     assert result.exit_code == 0, result.output
     assert f'redis+sentinel://127.0.0.1:{sentinel}/jobs/1' in result.output
