@@ -189,7 +189,7 @@ def no_master_message(connection: redis.Redis, url: str, exc: BaseException) -> 
 def replicated(connection: redis.Redis, settings: Settings, what: str) -> None:
     """Return once REDIS_WAIT_REPLICAS replicas hold every write made before the call; raise `NotReplicated` if not.
 
-    Off (returns at once) when REDIS_WAIT_REPLICAS is 0. `what` names the write for the error, e.g. 'job abc'.
+    Off (returns at once) when REDIS_WAIT_REPLICAS is 0. `what` names the write for the error: 'the job abc (ping)'.
     """
     if not settings.redis_wait_replicas:
         return
@@ -208,9 +208,8 @@ def replicated(connection: redis.Redis, settings: Settings, what: str) -> None:
         reason = f'{acknowledged} confirmed it within REDIS_WAIT_TIMEOUT ({settings.redis_wait_timeout} ms)'
     if acknowledged < wanted:
         raise NotReplicated(
-            f'The {what} was written to the master, but not confirmed by the {wanted} replicas that '
-            f'REDIS_WAIT_REPLICAS asks for ({reason}): it may or may not survive a failover. Check the replicas '
-            f'(INFO replication) and retry.'
+            f'Not confirmed by the {wanted} replicas that REDIS_WAIT_REPLICAS asks for ({reason}): {what} is on the '
+            f'master and may or may not survive a failover. Check the replicas (INFO replication) and retry.'
         )
 
 

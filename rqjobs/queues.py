@@ -490,7 +490,7 @@ def enqueue(
         else:
             queued = target.enqueue_call(spec.path, **options)
     # With REDIS_WAIT_REPLICAS, acknowledged only once replicas hold it, so that a failover cannot lose it.
-    connections.replicated(connection, settings, f'job {queued.id} ({spec.name})')
+    connections.replicated(connection, settings, f'the job {queued.id} ({spec.name})')
     return queued
 
 

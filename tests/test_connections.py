@@ -274,10 +274,13 @@ def test_with_wait_on_a_write_no_replica_confirms_is_not_acknowledged(env, redis
     env.setenv('REDIS_WAIT_REPLICAS', '1')
     env.setenv('REDIS_WAIT_TIMEOUT', '50')
     settings.reset()
-    with pytest.raises(NotReplicated, match='not confirmed by the 1 replicas that REDIS_WAIT_REPLICAS asks for'):
+    with pytest.raises(NotReplicated, match='Not confirmed by the 1 replicas that REDIS_WAIT_REPLICAS asks for'):
         queues.enqueue('ping', connection=redis_conn)
     # Written to the master all the same: it may or may not survive a failover.
     assert queues.get_queue('default', redis_conn).count == 1
+    result = CliRunner().invoke(cli.main, ['enqueue', 'ping'])
+    assert result.exit_code == 1 and 'Not confirmed by the 1 replicas' in result.output, result.output
+    assert 'Traceback' not in result.output
     before = producer.local_drop_count('unreplicated')
     assert producer.enqueue_access_log({'resource_type': 'Page', 'resource_id': '/about'}) is False
     assert producer.enqueue_access_logs([{'resource_type': 'Page', 'resource_id': '/a'}] * 3) == 0

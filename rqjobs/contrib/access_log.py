@@ -519,10 +519,10 @@ def _push(payloads: list[bytes], invalid: int, connection: redis.Redis | None, s
         if producer is not None:
             producer.paused_until = 0.0
         if accepted:
-            connections.replicated(connection, settings, f'{accepted} access-log entries')
+            connections.replicated(connection, settings, f'access-log entries ({accepted})')
     except NotReplicated as exc:
         # Stored on the master but not yet on enough replicas: not acknowledged, since a failover could lose it.
-        logger.warning('access log: %d entries not confirmed by the replicas: %s', accepted, exc)
+        logger.debug('access log: %d entries not acknowledged: %s', accepted, exc)
         _drop('unreplicated', accepted)
         sent -= accepted
         accepted = 0
