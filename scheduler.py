@@ -25,7 +25,7 @@ from redis.exceptions import LockNotOwnedError
 from rq.exceptions import NoSuchJobError
 from rq_scheduler import Scheduler
 
-from rqjobs import clock, monitor, queues
+from rqjobs import clock, connections, monitor, queues
 from rqjobs.exceptions import PlanLocked, RedisUnavailable, SettingsError
 from rqjobs.settings import Settings, get_settings
 
@@ -309,18 +309,37 @@ def _last_run(connection: redis.Redis, run_id: str | None) -> dict | None:
 
 
 def run(connection: redis.Redis, interval: float = POLL_INTERVAL, burst: bool = False) -> None:
-    """Register the plan, then run the scheduler loop until stopped (or, with `burst`, one pass)."""
-    try:
-        # Registering talks to Redis too: losing it there is the same outage as losing it in the loop.
-        register(connection)
-        logger.info('scheduler: polling every %s s', interval)
-        build_scheduler(connection, interval).run(burst=burst)
-    except redis.RedisError as exc:
-        # Exit 1 with one line, not a traceback: a process manager starts the scheduler again once Redis is back.
-        raise RedisUnavailable(
-            f'The scheduler lost Redis and stopped ({exc}); start it again once Redis is back '
-            f'(run it under a process manager that restarts it).'
-        ) from None
+    """Register the plan, then run the scheduler loop until stopped (or, with `burst`, one pass).
+
+    Through Sentinel, a scheduler that loses the master waits for the promoted replica and runs on there.
+    """
+    while True:
+        try:
+            # Registering talks to Redis too: losing it there is the same outage as losing it in the loop.
+            register(connection)
+            logger.info('scheduler: polling every %s s', interval)
+            build_scheduler(connection, interval).run(burst=burst)
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if burst or not connections.follows_failover():
+                _stopped(exc)
+            logger.warning('scheduler: lost the Redis master (%s); waiting for the Sentinels to name one', exc)
+            if not connections.await_master(connection):
+                raise RedisUnavailable(
+                    f'The scheduler lost the Redis master and no new one answered within '
+                    f'{connections.FAILOVER_WAIT:g} s; check the Sentinels, then start it again.'
+                ) from None
+            logger.warning('scheduler: running on with the new master')
+        except redis.RedisError as exc:
+            _stopped(exc)
+
+
+def _stopped(exc: redis.RedisError) -> None:
+    # Exit 1 with one line, not a traceback: a process manager starts the scheduler again once Redis is back.
+    raise RedisUnavailable(
+        f'The scheduler lost Redis and stopped ({exc}); start it again once Redis is back '
+        f'(run it under a process manager that restarts it).'
+    ) from None
 
 
 def tick(connection: redis.Redis) -> list[str]:

@@ -8,6 +8,7 @@
   holds markup would run it in the operator's browser, on a page that can delete and requeue jobs. Here the job
   data it serves has those texts HTML-escaped, so the page shows them as text.
 - It makes a Redis client per request with no socket timeout; here its URL carries REDIS_TIMEOUT.
+- Its Sentinel URLs drop the user name, TLS and the Sentinels' password; here it connects as the project does.
 - Its lists load jobs with rq's own queue class, and one job hash that cannot be read (forged or corrupted) fails
   the whole list; here lists leave such a job out, and its own page answers 404 with the reason.
 """
@@ -24,7 +25,7 @@ import urllib.parse
 from flask import Flask, Response, request
 from rq import Worker
 
-from rqjobs import queues
+from rqjobs import connections, queues
 from rqjobs.exceptions import SettingsError, UnreadableJob
 from rqjobs.settings import get_settings
 
@@ -77,6 +78,9 @@ def create_app(redis_url: str, username: str | None = None, password: str | None
     web.Job = DashboardJob
     # rq-dashboard lists with rq's own queue class, which stops at the first job it cannot read.
     web.Queue = DashboardQueue
+    # rq-dashboard reads Sentinel URLs with redis_sentinel_url, which drops an ACL user name, TLS and the query's
+    # sentinel_password: the project's own client takes the same URLs whole.
+    web.from_url = connect
     app.after_request(escape_job_text)
     app.register_error_handler(UnreadableJob, unreadable_job)
     web.setup_rq_connection(app)
@@ -92,6 +96,11 @@ def bounded_url(redis_url: str, timeout: float) -> str:
     given = {name for name, _ in options}
     options += [(name, f'{timeout:g}') for name in ('socket_timeout', 'socket_connect_timeout') if name not in given]
     return f'{base}?{urllib.parse.urlencode(options)}'
+
+
+def connect(url: str, sentinel_options: dict | None = None, client_options: dict | None = None) -> tuple:
+    """Return (None, client) for `url`, as redis_sentinel_url's `connect` does, through the project's own client."""
+    return None, connections.from_url(url)
 
 
 def unreadable_job(exc: UnreadableJob) -> tuple[dict, int]:

@@ -19,6 +19,10 @@ class RedisUnavailable(RqjobsError):
     """Raised when the Redis server cannot be reached or the embedded one cannot be started."""
 
 
+class NotReplicated(RedisUnavailable):
+    """Raised when fewer replicas than REDIS_WAIT_REPLICAS confirm a write in time; it may not survive a failover."""
+
+
 class UnknownJob(RqjobsError):
     """Raised when a job name is not one of the registered jobs."""
 

@@ -26,7 +26,7 @@ from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Dependency, Job, Retry, get_current_job
 from rq.utils import utcformat
 
-from rqjobs import clock
+from rqjobs import clock, connections
 from rqjobs.exceptions import (
     ForbiddenJob,
     InvalidJobArguments,
@@ -506,10 +506,14 @@ def enqueue(
         raise InvalidJobArguments('Give either a time (at) or a delay, not both.')
     with redis_full(f'job {spec.name}'):
         if delay is not None:
-            return target.enqueue_in(delay, spec.path, **_scheduled(options))
-        if at is not None:
-            return target.enqueue_at(at, spec.path, **_scheduled(options))
-        return target.enqueue_call(spec.path, **options)
+            queued = target.enqueue_in(delay, spec.path, **_scheduled(options))
+        elif at is not None:
+            queued = target.enqueue_at(at, spec.path, **_scheduled(options))
+        else:
+            queued = target.enqueue_call(spec.path, **options)
+    # With REDIS_WAIT_REPLICAS, acknowledged only once replicas hold it, so that a failover cannot lose it.
+    connections.replicated(connection, settings, f'the job {queued.id} ({spec.name})')
+    return queued
 
 
 @contextlib.contextmanager

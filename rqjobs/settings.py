@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from rqjobs.exceptions import SettingsError
 
@@ -21,6 +21,8 @@ from rqjobs.exceptions import SettingsError
 VARIABLES = (
     'REDIS_URL',
     'REDIS_TIMEOUT',
+    'REDIS_WAIT_REPLICAS',
+    'REDIS_WAIT_TIMEOUT',
     'DATABASE_URL',
     'JOBS_DATA_DIR',
     'REPO_ROOT',
@@ -66,7 +68,31 @@ _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off'}
 _NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
 _QUEUE_NAME = re.compile(r'[a-z][a-z0-9_-]{0,63}')
-_REDIS_SCHEMES = ('redis://', 'rediss://', 'unix://')
+_REDIS_SCHEMES = ('redis://', 'rediss://', 'unix://', 'redis+sentinel://', 'rediss+sentinel://')
+SENTINEL_SCHEMES = ('redis+sentinel://', 'rediss+sentinel://')
+SENTINEL_PORT = 26379
+SENTINEL_EXAMPLE = 'redis+sentinel://jobs:secret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/mymaster/0'
+# The query parameters of a Sentinel URL: rq-dashboard's (redis_sentinel_url's), and the project's own for TLS and
+# a password of the Sentinels themselves, which rq-dashboard takes from its settings instead.
+_SENTINEL_TIMEOUTS = (
+    'socket_timeout',
+    'socket_connect_timeout',
+    'sentinel_socket_timeout',
+    'sentinel_socket_connect_timeout',
+)
+_SENTINEL_OPTIONS = (
+    *_SENTINEL_TIMEOUTS,
+    'db',
+    'service',
+    'client_type',
+    'min_other_sentinels',
+    'sentinel_username',
+    'sentinel_password',
+    'ssl',
+    'ssl_cert_reqs',
+    'ssl_ca_certs',
+)
+_SSL_CERT_REQS = ('none', 'optional', 'required')
 # The database URL schemes rqjobs.database opens (peewee's playhouse.db_url names), and a good value of each.
 SUPPORTED_SCHEMES = ('sqlite', 'postgres', 'postgresql', 'mysql')
 EXAMPLE_URLS = (
@@ -94,6 +120,8 @@ class Settings:
     result_ttl: int = 3600
     failure_ttl: int = 7 * 24 * 3600
     redis_timeout: float = 5.0
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: int = 1000
     extra_job_modules: tuple[tuple[str, str], ...] = field(default=())
     allow_local_repositories: bool = False
     git_allow_ssh: bool = False
@@ -138,6 +166,14 @@ class Settings:
                 f'SOFT_TIME_LIMIT ({soft_time_limit}) must be below JOB_TIMEOUT ({job_timeout}), so that a job gets '
                 f'its chance to clean up before it is killed; for example SOFT_TIME_LIMIT=1500 with JOB_TIMEOUT=1800.'
             )
+        redis_timeout = _float(env, 'REDIS_TIMEOUT', 5.0, minimum=0.1, example='5')
+        redis_wait_replicas = _int(env, 'REDIS_WAIT_REPLICAS', 0, minimum=0, example='1')
+        redis_wait_timeout = _int(env, 'REDIS_WAIT_TIMEOUT', 1000, minimum=1, example='1000')
+        if redis_wait_replicas and redis_wait_timeout >= redis_timeout * 1000:
+            raise SettingsError(
+                f'REDIS_WAIT_TIMEOUT ({redis_wait_timeout} ms) must be below REDIS_TIMEOUT ({redis_timeout:g} s), '
+                f'or the client gives up on the reply first; for example REDIS_WAIT_TIMEOUT=1000 with REDIS_TIMEOUT=5.'
+            )
         return cls(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -153,7 +189,9 @@ class Settings:
             soft_time_limit=soft_time_limit,
             result_ttl=_int(env, 'RESULT_TTL', 3600, minimum=0, example='3600'),
             failure_ttl=_int(env, 'FAILURE_TTL', 7 * 24 * 3600, minimum=60, example='604800'),
-            redis_timeout=_float(env, 'REDIS_TIMEOUT', 5.0, minimum=0.1, example='5'),
+            redis_timeout=redis_timeout,
+            redis_wait_replicas=redis_wait_replicas,
+            redis_wait_timeout=redis_wait_timeout,
             extra_job_modules=_extra_modules(env),
             allow_local_repositories=_bool(env, 'ALLOW_LOCAL_REPOSITORIES', False),
             git_allow_ssh=_bool(env, 'GIT_ALLOW_SSH', False),
@@ -195,7 +233,129 @@ def reset() -> None:
 
 def redact_url(url: str) -> str:
     """Return `url` with any password replaced by `***`, safe for logs and error messages."""
-    return re.sub(r'(?<=://)([^:/@]*):[^@/]*@', r'\1:***@', url)
+    # The user part ends at the last @ before the path: a Sentinel URL lists several hosts after it, split by commas.
+    url = re.sub(r'(?<=://)([^:/@?#]*):[^/?#]*@', r'\1:***@', url)
+    return re.sub(r'([?&](?:sentinel_)?password=)[^&#]*', r'\1***', url)
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A `redis+sentinel://` URL taken apart: the Sentinels to ask, the master's name, and how to talk to both."""
+
+    hosts: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+    ssl_cert_reqs: str | None = None
+    ssl_ca_certs: str | None = None
+    min_other_sentinels: int = 0
+    # Seconds from the query (socket_timeout, ...), which win over REDIS_TIMEOUT as they do in a redis:// URL.
+    timeouts: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def sentinels(self) -> str:
+        """The Sentinels as `host:port, host:port`, for messages."""
+        return ', '.join(f'[{host}]:{port}' if ':' in host else f'{host}:{port}' for host, port in self.hosts)
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    """Whether `url` names a master through Sentinels (`redis+sentinel://`, `rediss+sentinel://`)."""
+    return bool(url) and url.startswith(SENTINEL_SCHEMES)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Take a Sentinel URL apart; raise `SettingsError` with an example when it is not one.
+
+    The form is rq-dashboard's, `redis+sentinel://[user:password@]host:26379,host:26379/<master>/<db>[?options]`;
+    `rediss+sentinel://` or `?ssl=true` talks TLS to the Sentinels and the master.
+    """
+
+    def bad(reason: str) -> SettingsError:
+        return SettingsError(f'REDIS_URL={redact_url(url)!r} {reason}; for example REDIS_URL={SENTINEL_EXAMPLE}.')
+
+    scheme, _, rest = url.partition('://')
+    if scheme not in ('redis+sentinel', 'rediss+sentinel'):
+        raise bad('is not a Sentinel URL')
+    rest, _, query = rest.partition('?')
+    netloc, _, path = rest.partition('/')
+    auth, _, hostlist = netloc.rpartition('@')
+    username, _, password = auth.partition(':')
+    hosts = tuple(_sentinel_host(item, bad) for item in hostlist.split(','))
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in _SENTINEL_OPTIONS:
+            raise bad(f'has an unknown option {name!r} (known: {", ".join(_SENTINEL_OPTIONS)})')
+        if name in options:
+            raise bad(f'gives {name} twice')
+        options[name] = value
+    parts = [unquote(part) for part in path.split('/')] if path else []
+    master = options.get('service') or (parts[0] if parts else '')
+    if not master or len(parts) > 2:
+        raise bad("names no master: give its name after the hosts (as in the Sentinels' `sentinel monitor`)")
+    db_text = options.get('db') or (parts[1] if len(parts) > 1 else '0')
+    if not db_text.isdigit():
+        raise bad(f'has a database {db_text!r} that is not a whole number')
+    if options.get('client_type', 'master') != 'master':
+        raise bad('asks for a replica (client_type), but jobs are written to the master: leave client_type out')
+    ssl = scheme == 'rediss+sentinel'
+    if 'ssl' in options:
+        if options['ssl'].lower() not in _TRUE | _FALSE:
+            raise bad(f'has ssl={options["ssl"]!r}, not true or false')
+        ssl = ssl or options['ssl'].lower() in _TRUE
+    if options.get('ssl_cert_reqs', 'required') not in _SSL_CERT_REQS:
+        raise bad(f'has ssl_cert_reqs={options["ssl_cert_reqs"]!r}, not one of {", ".join(_SSL_CERT_REQS)}')
+    timeouts = _sentinel_timeouts(options, bad)
+    other = options.get('min_other_sentinels', '0')
+    if not other.isdigit():
+        raise bad(f'has min_other_sentinels={other!r}, not a whole number')
+    return SentinelURL(
+        hosts=hosts,
+        master=master,
+        db=int(db_text),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        sentinel_username=options.get('sentinel_username') or None,
+        sentinel_password=options.get('sentinel_password') or None,
+        ssl=ssl,
+        ssl_cert_reqs=options.get('ssl_cert_reqs'),
+        ssl_ca_certs=options.get('ssl_ca_certs'),
+        min_other_sentinels=int(other),
+        timeouts=timeouts,
+    )
+
+
+def _sentinel_timeouts(options: Mapping[str, str], bad) -> tuple[tuple[str, float], ...]:
+    timeouts = []
+    for name in _SENTINEL_TIMEOUTS:
+        if name in options:
+            try:
+                seconds = float(options[name])
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds < float('inf'):
+                raise bad(f'has {name}={options[name]!r}, not a number of seconds above 0')
+            timeouts.append((name, seconds))
+    return tuple(timeouts)
+
+
+def _sentinel_host(item: str, bad) -> tuple[str, int]:
+    item = item.strip()
+    if item.startswith('['):  # an IPv6 address: [::1]:26379
+        host, _, port = item[1:].partition(']')
+        port = port.removeprefix(':')
+    else:
+        host, _, port = item.partition(':')
+    if not host:
+        raise bad('lists an empty Sentinel host (hosts are separated by commas)')
+    if not port:
+        return host, SENTINEL_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad('has an invalid Sentinel port (a number up to 65535)')
+    return host, int(port)
 
 
 def host_name(name: str) -> str:
@@ -252,8 +412,12 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     if not url.startswith(_REDIS_SCHEMES):
         raise SettingsError(
             f'REDIS_URL={redact_url(url)!r} is not a Redis URL; for example REDIS_URL=redis://127.0.0.1:6379/0 '
-            f'(rediss:// for TLS, unix:///path/to/redis.sock for a socket), or leave it unset for the embedded server.'
+            f'(rediss:// for TLS, unix:///path/to/redis.sock for a socket, {SENTINEL_EXAMPLE} for Sentinel), '
+            f'or leave it unset for the embedded server.'
         )
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+        return url
     _check_port('REDIS_URL', url, 'redis://127.0.0.1:6379/0')
     return url
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 
 import redis
@@ -35,7 +36,7 @@ from rq.scheduler import RQScheduler
 from rq.scripts import ACQUIRE_OR_REFRESH_LOCK_SCRIPT
 from rq.utils import as_text, current_timestamp, now
 
-from rqjobs import hosts, limits, queues
+from rqjobs import connections, hosts, limits, queues
 from rqjobs.exceptions import RedisUnavailable, WorkerStopped, WorkHorseKilled
 from rqjobs.settings import Settings, get_settings
 
@@ -137,6 +138,8 @@ class JobsWorker(Worker):
     # What ended the loop, other than an error: a stop request (SIGTERM, SIGINT) or the --max-jobs budget.
     stop_requested = False
     jobs_executed = 0
+    # The lost connection that ended the loop, if one did.
+    lost_redis: Exception | None = None
     # The settings it was built with; `rq worker --worker-class` builds it without, and it reads the environment.
     rqjobs_settings: Settings | None = None
 
@@ -163,6 +166,32 @@ class JobsWorker(Worker):
     def work(self, burst: bool = False, *args, **kwargs):
         self.burst = burst
         return super().work(burst, *args, **kwargs)
+
+    def check_for_suspension(self, *args, **kwargs):
+        with self._noting_lost_redis():
+            return super().check_for_suspension(*args, **kwargs)
+
+    def run_maintenance_tasks(self, *args, **kwargs):
+        with self._noting_lost_redis():
+            return super().run_maintenance_tasks(*args, **kwargs)
+
+    def dequeue_job_and_maintain_ttl(self, *args, **kwargs):
+        with self._noting_lost_redis():
+            return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+
+    def heartbeat(self, *args, **kwargs):
+        with self._noting_lost_redis():
+            return super().heartbeat(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _noting_lost_redis(self):
+        # rq's loop ends on any error in these calls with a log line and a normal return: the error is kept so
+        # that run_worker can tell a lost connection (survived through a failover) from a bug (exit 1).
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.lost_redis = exc
+            raise
 
     def register_birth(self):
         super().register_birth()
@@ -202,7 +231,8 @@ class JobsWorker(Worker):
 
     def execute_job(self, job, queue):
         self.jobs_executed += 1
-        return super().execute_job(job, queue)
+        with self._noting_lost_redis():
+            return super().execute_job(job, queue)
 
     def clean_registries(self):
         # rq's maintenance (Worker.clean_registries), with the project's clean-up of each queue's registries.
@@ -364,21 +394,64 @@ def run_worker(
     logging_level: str = 'INFO',
     settings: Settings | None = None,
 ) -> bool:
-    """Run a worker until it is stopped (or, with `burst`, until the queues are empty); True if it ran a job."""
-    worker = build_worker(connection, queue_names, name=name, settings=settings)
-    # The worker also moves due scheduled jobs and retries onto their queues (rq's own scheduler, one per Redis).
-    try:
-        worked = worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=True, logging_level=logging_level)
-    except redis.RedisError as exc:
+    """Run a worker until it is stopped (or, with `burst`, until the queues are empty); True if it ran a job.
+
+    Through Sentinel, a worker that loses the master waits for the promoted replica and works on; otherwise it exits.
+    """
+    settings = settings or get_settings()
+    worked = False
+    while True:
+        worker = build_worker(connection, queue_names, name=name, settings=settings)
+        # The worker also moves due scheduled jobs and retries onto their queues (rq's own scheduler, one per Redis).
+        try:
+            worked |= worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=True, logging_level=logging_level)
+        except redis.RedisError as exc:
+            if not (
+                isinstance(exc, redis.ConnectionError | redis.TimeoutError) and connections.follows_failover(settings)
+            ):
+                raise RedisUnavailable(
+                    f'The worker lost Redis and stopped ({exc}); it is started again once Redis is back '
+                    f'(run it under a process manager that restarts it).'
+                ) from None
+            worker.lost_redis = exc
+        if burst or worker.stop_requested or (max_jobs is not None and worker.jobs_executed >= max_jobs):
+            return worked
+        if worker.lost_redis is None or not connections.follows_failover(settings):
+            # rq logs the error (Redis lost while a job ran, say) and returns as if asked to stop: exit 1 instead,
+            # so that a process manager restarts the worker rather than taking it for a clean exit.
+            raise WorkerStopped(
+                'The worker stopped after an error (logged above); start it again, or run it under a '
+                'process manager that restarts it (systemd Restart=always, Kubernetes).'
+            )
+        name = worker.name
+        try:
+            survive_failover(worker, connection)
+        except StopRequested:  # rq's signal handlers still stand: a SIGTERM while waiting ends the worker cleanly
+            return worked
+        if worker.stop_requested:
+            return worked
+        if max_jobs is not None:
+            max_jobs -= worker.jobs_executed
+
+
+def survive_failover(worker: JobsWorker, connection: redis.Redis) -> None:
+    """Wait for the Sentinels' new master after `worker` lost the old one, and retire `worker` there."""
+    logger.warning(
+        'worker %s: lost the Redis master (%s); waiting for the Sentinels to name one', worker.name, worker.lost_redis
+    )
+    if worker.horse_pid:
+        # A job whose bookkeeping failed still runs in its work horse: the next worker starts once it has ended,
+        # so that the job never runs twice at once on this host.
+        with contextlib.suppress(OSError):
+            os.waitpid(worker.horse_pid, 0)
+    if not connections.await_master(connection, stopped=lambda: worker.stop_requested):
+        if worker.stop_requested:
+            return
         raise RedisUnavailable(
-            f'The worker lost Redis and stopped ({exc}); it is started again once Redis is back '
-            f'(run it under a process manager that restarts it).'
-        ) from None
-    if not (burst or worker.stop_requested or (max_jobs is not None and worker.jobs_executed >= max_jobs)):
-        # rq logs the error (Redis lost while a job ran, say) and returns as if asked to stop: exit 1 instead, so
-        # that a process manager restarts the worker rather than taking it for a clean exit.
-        raise WorkerStopped(
-            'The worker stopped after an error (logged above); start it again, or run it under a '
-            'process manager that restarts it (systemd Restart=always, Kubernetes).'
+            f'The worker lost the Redis master and no new one answered within {connections.FAILOVER_WAIT:g} s; '
+            f'check the Sentinels (redis-cli -p 26379 sentinel masters), then start the worker again.'
         )
-    return worked
+    # Its registration was replicated (or not) before the failover: marked dead, so that the name can be taken again.
+    with contextlib.suppress(redis.RedisError, ValueError):
+        worker.register_death()
+    logger.warning('worker %s: working on with the new master', worker.name)

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import run_jobs_cli
 from rqjobs.exceptions import SettingsError
-from rqjobs.settings import VARIABLES, Settings, get_settings, redact_url
+from rqjobs.settings import VARIABLES, Settings, get_settings, parse_sentinel_url, redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,3 +173,70 @@ def test_the_command_line_and_its_help_load_no_orm():
         [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, '[]\n', '')
+
+
+def test_a_sentinel_url_is_read_whole():
+    url = (
+        'redis+sentinel://jobs:p%40ss@10.0.0.1:26380,10.0.0.2,[::1]:26381/mymaster/2'
+        '?sentinel_password=s3ntinel&sentinel_username=watch&socket_timeout=2&ssl=true&ssl_cert_reqs=none'
+    )
+    assert Settings.from_env({'REDIS_URL': url}).redis_url == url
+    address = parse_sentinel_url(url)
+    assert address.hosts == (('10.0.0.1', 26380), ('10.0.0.2', 26379), ('::1', 26381))
+    assert (address.master, address.db, address.username, address.password) == ('mymaster', 2, 'jobs', 'p@ss')
+    assert (address.sentinel_username, address.sentinel_password) == ('watch', 's3ntinel')
+    assert (address.ssl, address.ssl_cert_reqs, dict(address.timeouts)) == (True, 'none', {'socket_timeout': 2.0})
+    assert 'p@ss' not in repr(address) and 's3ntinel' not in repr(address)
+    # rq-dashboard's query form of the master name and database, and TLS by scheme.
+    address = parse_sentinel_url('rediss+sentinel://h1:26379?service=jobs&db=3')
+    assert (address.master, address.db, address.ssl, address.password) == ('jobs', 3, True, None)
+
+
+@pytest.mark.parametrize(
+    'url, expected',
+    [
+        ('redis+sentinel://h1:26379,h2:26379', 'names no master'),
+        ('redis+sentinel://h1:26379,h2:26379/', 'names no master'),
+        ('redis+sentinel://h1:26379,,h2:26379/jobs', 'lists an empty Sentinel host'),
+        ('redis+sentinel://h1:2637x/jobs', 'invalid Sentinel port'),
+        ('redis+sentinel://h1:99999/jobs', 'invalid Sentinel port'),
+        ('redis+sentinel://h1/jobs/zero', "database 'zero' that is not a whole number"),
+        ('redis+sentinel://h1/jobs/0?client_type=slave', 'asks for a replica'),
+        ('redis+sentinel://h1/jobs/0?sentinel_pasword=x', "unknown option 'sentinel_pasword'"),
+        ('redis+sentinel://h1/jobs/0?ssl=maybe', "ssl='maybe', not true or false"),
+        ('redis+sentinel://h1/jobs/0?socket_timeout=0', 'not a number of seconds above 0'),
+        ('redis+sentinel://h1/jobs/0?db=1&db=2', 'gives db twice'),
+    ],
+)
+def test_a_bad_sentinel_url_says_why_with_an_example(url, expected):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({'REDIS_URL': url})
+    message = str(info.value)
+    assert expected in message
+    assert 'for example REDIS_URL=redis+sentinel://jobs:secret@10.0.0.1:26379,10.0.0.2:26379' in message
+
+
+def test_a_bad_sentinel_url_keeps_its_passwords_out_of_the_message():
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({'REDIS_URL': 'redis+sentinel://jobs:t0p@h1:26379,h2:26379/jobs/x?sentinel_password=s3c'})
+    assert 't0p' not in str(info.value) and 's3c' not in str(info.value)
+
+
+def test_redaction_covers_sentinel_urls():
+    assert (
+        redact_url('redis+sentinel://jobs:t0p@h1:26379,h2:26379/jobs/0?sentinel_password=s3c&ssl=true')
+        == 'redis+sentinel://jobs:***@h1:26379,h2:26379/jobs/0?sentinel_password=***&ssl=true'
+    )
+    assert redact_url('redis+sentinel://:a:b@c@h1,h2/jobs') == 'redis+sentinel://:***@h1,h2/jobs'
+    assert redact_url('redis+sentinel://h1:26379,h2:26379/jobs/0') == 'redis+sentinel://h1:26379,h2:26379/jobs/0'
+    assert redact_url('redis://h:6379/0?password=x') == 'redis://h:6379/0?password=***'
+
+
+def test_wait_settings():
+    assert (Settings.from_env({}).redis_wait_replicas, Settings.from_env({}).redis_wait_timeout) == (0, 1000)
+    settings = Settings.from_env({'REDIS_WAIT_REPLICAS': '2', 'REDIS_WAIT_TIMEOUT': '250'})
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout) == (2, 250)
+    with pytest.raises(SettingsError, match='REDIS_WAIT_TIMEOUT .* must be below REDIS_TIMEOUT'):
+        Settings.from_env({'REDIS_WAIT_REPLICAS': '1', 'REDIS_WAIT_TIMEOUT': '5000'})
+    with pytest.raises(SettingsError, match='REDIS_WAIT_REPLICAS=1'):
+        Settings.from_env({'REDIS_WAIT_REPLICAS': '-1'})

@@ -19,8 +19,12 @@ def redis_url(obj) -> None:
     rq info --url "$(rqjobs redis url)"
     """
     from rqjobs import connections
+    from rqjobs.settings import is_sentinel_url
 
-    click.echo(connections.redis_url(obj.settings))
+    url = connections.redis_url(obj.settings)
+    if is_sentinel_url(url):
+        click.echo('A Sentinel URL: rq takes it with -c rqjobs.rqconfig, not with --url.', err=True)
+    click.echo(url)
 
 
 @redis_group.command('stop')

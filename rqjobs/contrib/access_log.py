@@ -31,6 +31,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from rqjobs import clock, connections
+from rqjobs.exceptions import NotReplicated
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -382,7 +383,11 @@ _drops_lock = threading.Lock()
 
 
 def local_drop_count(reason: str | None = None) -> int:
-    """Return how many entries this process dropped (all, or for one reason: invalid, full, unavailable, error)."""
+    """Return how many entries this process dropped (all, or for one reason).
+
+    Reasons: invalid, full, unavailable, error, and unreplicated (stored, but not confirmed by REDIS_WAIT_REPLICAS
+    replicas in time: it may or may not survive a failover).
+    """
     with _drops_lock:
         return _drops[reason] if reason else sum(_drops.values())
 
@@ -403,10 +408,17 @@ class _Producer:
 
     def serves(self, settings: Settings) -> bool:
         """Return whether this client talks to the Redis that `settings` name."""
-        return self.settings is settings or (
-            (self.settings.redis_url, self.settings.data_dir, self.settings.redis_timeout)
-            == (settings.redis_url, settings.data_dir, settings.redis_timeout)
-        )
+        return self.settings is settings or (_client_key(self.settings) == _client_key(settings))
+
+
+def _client_key(settings: Settings) -> tuple:
+    return (
+        settings.redis_url,
+        settings.data_dir,
+        settings.redis_timeout,
+        settings.redis_wait_replicas,
+        settings.redis_wait_timeout,
+    )
 
 
 _producer: _Producer | None = None
@@ -421,10 +433,11 @@ def _producer_client(settings: Settings) -> _Producer:
     with _producer_lock:
         if _producer is None or not _producer.serves(settings):
             timeout = min(settings.redis_timeout, PRODUCER_TIMEOUT)
-            client = redis.Redis.from_url(
+            client = connections.from_url(
                 connections.redis_url(settings),
                 socket_connect_timeout=timeout,
-                socket_timeout=timeout,
+                # With REDIS_WAIT_REPLICAS, a reply may wait for the replicas for up to REDIS_WAIT_TIMEOUT.
+                socket_timeout=timeout + (settings.redis_wait_timeout / 1000 if settings.redis_wait_replicas else 0),
                 retry=Retry(NoBackoff(), 0),
             )
             _producer = _Producer(settings, client)
@@ -505,6 +518,14 @@ def _push(payloads: list[bytes], invalid: int, connection: redis.Redis | None, s
                 sent += len(chunk)
         if producer is not None:
             producer.paused_until = 0.0
+        if accepted:
+            connections.replicated(connection, settings, f'access-log entries ({accepted})')
+    except NotReplicated as exc:
+        # Stored on the master but not yet on enough replicas: not acknowledged, since a failover could lose it.
+        logger.debug('access log: %d entries not acknowledged: %s', accepted, exc)
+        _drop('unreplicated', accepted)
+        sent -= accepted
+        accepted = 0
     except redis.RedisError as exc:
         if producer is not None:
             producer.paused_until = time.monotonic() + PRODUCER_PAUSE
