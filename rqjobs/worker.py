@@ -5,7 +5,7 @@
     rq worker --url "$REDIS_URL" --worker-class rqjobs.worker.JobsWorker --job-class rqjobs.queues.JsonJob \\
         --queue-class rqjobs.queues.JsonQueue --serializer rqjobs.queues.JSONSerializer --with-scheduler \\
         --job-monitoring-interval 10 --maintenance-interval 30 --worker-ttl 45 \\
-        host-build-01 default access_log statistics minimap warehouse migration
+        host-build-01 default access_log statistics minimap pages warehouse migration
 
 `rqjobs worker` adds its host's queue (`host-<JOBS_HOST_NAME>`, here `host-build-01`) before the others by itself;
 with rq's command line name it, or the host chores (rqjobs/hosts.py) do not reach this host.
