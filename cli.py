@@ -49,7 +49,10 @@ COMMANDS = {
     ),
     'suspend': ('jobs:suspend_command', 'Stop all workers from taking new jobs; running jobs finish.'),
     'warehouse': ('warehouse:warehouse', 'Warehouses: git repositories documented by the warehouse jobs.'),
-    'worker': ('worker:worker', "Run an rq worker on its host's queue, then QUEUES (default: all, in priority order)."),
+    'worker': (
+        'worker:worker',
+        "Run an rq worker on its host's queue, then QUEUES (default: all, in priority order), or a pool of them.",
+    ),
 }
 
 

@@ -1,6 +1,7 @@
 """Workers: ordinary rq workers, set up with the project's job class, queue class and JSON serializer.
 
-`rqjobs worker` runs one. The same worker can be started with rq's own command line:
+`rqjobs worker` runs one, or with `--processes N` a pool of N (`JobsWorkerPool`). The same worker can be started
+with rq's own command line:
 
     rq worker --url "$REDIS_URL" --worker-class rqjobs.worker.JobsWorker --job-class rqjobs.queues.JsonJob \\
         --queue-class rqjobs.queues.JsonQueue --serializer rqjobs.queues.JSONSerializer --with-scheduler \\
@@ -16,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import sys
 from collections.abc import Sequence
 
 import redis
@@ -35,9 +38,10 @@ from rq.registry import (
 from rq.scheduler import RQScheduler
 from rq.scripts import ACQUIRE_OR_REFRESH_LOCK_SCRIPT
 from rq.utils import as_text, current_timestamp, now
+from rq.worker_pool import ForkProcess, WorkerPool
 
 from rqjobs import connections, hosts, limits, queues
-from rqjobs.exceptions import RedisUnavailable, WorkerStopped, WorkHorseKilled
+from rqjobs.exceptions import RedisUnavailable, RqjobsError, WorkerStopped, WorkHorseKilled
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -110,6 +114,17 @@ class JobsScheduler(RQScheduler):
             if due:
                 queues.set_aside_unreadable(self.connection, queue.key, due)
         return super().enqueue_scheduled_jobs()
+
+    def start(self):
+        self._worker_pid = os.getpid()
+        return super().start()
+
+    def work(self):
+        # rq forks the scheduler from its worker and never looks back: a worker SIGKILLed alone (or with the pool
+        # it belongs to) would leave it holding the queues' scheduler locks. It stops with its worker instead.
+        if getattr(self, '_worker_pid', None):
+            limits.die_with_parent(self._worker_pid, signal.SIGTERM)
+        return super().work()
 
     def acquire_locks(self, auto_start=False):
         locks = super().acquire_locks(auto_start=auto_start)
@@ -455,3 +470,98 @@ def survive_failover(worker: JobsWorker, connection: redis.Redis) -> None:
     with contextlib.suppress(redis.RedisError, ValueError):
         worker.register_death()
     logger.warning('worker %s: working on with the new master', worker.name)
+
+
+class JobsWorkerPool(WorkerPool):
+    """rq's worker pool, whose workers are the project's own (`build_worker`) and die with the pool."""
+
+    # rq's pool supervises well (starts N workers, replaces one that dies, passes SIGINT and SIGTERM on as a warm
+    # stop, a second one as a cold stop), but its workers take the worker class alone: built with rq's intervals,
+    # no result TTL, queues without JOB_TIMEOUT, no settings, and nothing to stop them when the pool is SIGKILLed.
+    # Each worker here is built by `run_worker`, as `rqjobs worker` builds one, in a fork of the pool.
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        queue_names: Sequence[str] = (),
+        *,
+        processes: int,
+        name: str | None = None,
+        max_jobs: int | None = None,
+        settings: Settings | None = None,
+    ):
+        settings = settings or get_settings()
+        names = [queues.get_queue(queue, connection, settings).name for queue in queue_names] or list(
+            queues.queue_names(settings)
+        )
+        super().__init__(
+            names,
+            connection,
+            num_workers=processes,
+            worker_class=JobsWorker,
+            serializer=queues.JSONSerializer,
+            job_class=queues.JsonJob,
+            queue_class=queues.JsonQueue,
+        )
+        self.settings = settings
+        self.max_jobs = max_jobs
+        # rq names pool workers by a random id, unique across hosts; --name becomes a prefix that tells them apart.
+        self.prefix = f'{name}-' if name else ''
+        # Loaded once here, before the forks, so a broken JOBS_EXTRA_MODULES stops the pool at start and every
+        # worker inherits the modules (and the model client's imports) instead of loading them again.
+        queues.registered_jobs(settings)
+        if queues.PAGES in names and settings.llm_enabled:
+            from rqjobs.pages import model
+
+            model.warm_up(settings)
+
+    def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = 'INFO'):
+        return ForkProcess(
+            target=_run_pool_worker,
+            args=(os.getpid(), self._queue_names),
+            kwargs={
+                'name': f'{self.prefix}{name}',
+                'burst': burst,
+                'max_jobs': self.max_jobs,
+                'logging_level': logging_level,
+                'settings': self.settings,
+            },
+            name=f'Worker {self.prefix}{name} (WorkerPool {self.name})',
+        )
+
+
+def _run_pool_worker(parent_pid: int, queue_names: Sequence[str], **options) -> None:
+    """Run one worker of a pool, in a fork of it, until it stops; exit 1 on an error, for the pool to replace it."""
+    from rqjobs import connections
+
+    # A pool SIGKILLed (a process manager that lost patience) takes its workers with it, as a worker takes its
+    # work horse: an orphaned worker would go on taking jobs that no one supervises.
+    limits.die_with_parent(parent_pid)
+    # A fork made after the pool installed its handlers would run the pool's on a signal (and stop its siblings)
+    # until rq installs the worker's own; until then a signal stops this worker alone.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    settings = options.pop('settings')
+    try:
+        run_worker(connections.get_redis(settings, shared=False), queue_names, settings=settings, **options)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C while the worker registered itself: a requested stop
+    except RqjobsError as exc:
+        logger.error('Worker %s: %s', options['name'], exc)
+        sys.exit(1)
+
+
+def run_pool(
+    connection: redis.Redis,
+    queue_names: Sequence[str] = (),
+    *,
+    processes: int,
+    burst: bool = False,
+    max_jobs: int | None = None,
+    name: str | None = None,
+    logging_level: str = 'INFO',
+    settings: Settings | None = None,
+) -> None:
+    """Run `processes` workers until the pool is stopped (or, with `burst`, until every worker has stopped)."""
+    pool = JobsWorkerPool(connection, queue_names, processes=processes, name=name, max_jobs=max_jobs, settings=settings)
+    pool.start(burst=burst, logging_level=logging_level)

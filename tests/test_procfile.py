@@ -82,8 +82,16 @@ def test_honcho_runs_worker_scheduler_and_dashboard_on_one_redis(redis_conn, dat
         shown = json.load(urllib.request.urlopen(f'{base}/job/{job.id}.json', timeout=2))
         assert shown['status'] == 'finished'
         assert 'rqjobs.system.ping' in shown['description'] or shown['description'] == 'ping'
-        workers = json.load(urllib.request.urlopen(f'{base}/workers.json', timeout=2))['workers']
-        assert len(workers) == 1
+        # The Procfile's worker is a pool of 4, each worker under a name of its own.
+        workers = wait_until(
+            lambda: [
+                listed for listed in [(answer(f'{base}/workers.json') or {}).get('workers', [])] if len(listed) == 4
+            ],
+            30,
+            'the pool registered 4 workers',
+            interval=0.2,
+        )
+        assert len({worker['name'] for worker in workers[0]}) == 4
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         honcho.wait(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import click
@@ -12,18 +13,28 @@ from rqjobs.commands.helpers import UTF8_TEXT
 @click.command()
 @click.argument('queues', nargs=-1)
 @click.option('--burst/--no-burst', default=False, help='Stop when the queues are empty instead of waiting.')
-@click.option('--max-jobs', type=click.IntRange(1), help='Stop after this many jobs.')
-@click.option('--name', type=UTF8_TEXT, help='Worker name (default: a unique id).')
+@click.option(
+    '--max-jobs', type=click.IntRange(1), help='Stop after this many jobs (with --processes, replace the worker).'
+)
+@click.option('--name', type=UTF8_TEXT, help='Worker name (default: a unique id; with --processes, a prefix).')
+@click.option(
+    '--processes',
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help='Run this many workers, each a process of its own, supervised by this one.',
+)
 @click.pass_obj
-def worker(obj, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name: str | None) -> None:
-    """Run an rq worker on its host's queue, then QUEUES (default: all, in priority order)."""
+def worker(obj, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name: str | None, processes: int) -> None:
+    """Run an rq worker on its host's queue, then QUEUES (default: all, in priority order), or a pool of them."""
     from rqjobs import connections
     from rqjobs import worker as workers
 
     obj.redis  # noqa: B018 - says which Redis, and fails fast when it is down
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    run = workers.run_worker if processes == 1 else functools.partial(workers.run_pool, processes=processes)
     try:
-        workers.run_worker(
+        run(
             connections.get_redis(obj.settings, shared=False),
             queues,
             burst=burst,
