@@ -9,7 +9,7 @@ from faultkit import FAULT_QUEUE, alive, assert_all_dead, tree
 from rq.job import JobStatus
 
 from helpers import wait_until
-from rqjobs import queues
+from rqjobs import monitor, queues
 from rqjobs.settings import get_settings
 from rqjobs.worker import WORKER_TTL, JobsWorker, local_path_acceptance
 
@@ -23,6 +23,14 @@ def start_pool(redis_conn, processes, count: int, *args: str):
         lambda: len(local_path_acceptance(redis_conn, FAULT_QUEUE)) == count,
         30,
         f'{count} workers registered',
+        details=processes.logs_text,
+    )
+    # A worker registers itself before rq installs its signal handlers: a signal in between ends it on the spot,
+    # with no time to leave the registry. Idle, a worker waits on its queues with its handlers in place.
+    wait_until(
+        lambda: [state['state'] for state in monitor.worker_states(redis_conn)].count('idle') >= count,
+        30,
+        f'{count} workers idle',
         details=processes.logs_text,
     )
     return pool
