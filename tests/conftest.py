@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import models
-from helpers import SAMPLE_FILES, commit_files, git, wait_until
+from helpers import API_KEY, SAMPLE_FILES, commit_files, git, wait_until
 from rqjobs import database as database_module
 from rqjobs import settings as settings_module
 from rqjobs.embedded import EmbeddedRedis
@@ -179,3 +179,20 @@ def sample_repo(tmp_path):
     git(repo, 'commit', '-q', '-m', 'Add a symlink and a submodule entry')
     git(repo, 'branch', 'feature')
     return repo
+
+
+@pytest.fixture
+def chat(env, local):
+    """A local chat-completions server, the model of this test and of the workers it starts (fast retries)."""
+    from chat_server import ChatServer
+
+    server = ChatServer()
+    server.start()
+    env.setenv('LLM_BASE_URL', server.base_url)
+    env.setenv('LLM_MODEL', 'test-model')
+    env.setenv('LLM_API_KEY', API_KEY)
+    env.setenv('LLM_RETRY_BACKOFF', '1')
+    env.setenv('LLM_TIMEOUT', '5')
+    settings_module.reset()
+    yield server
+    server.stop()

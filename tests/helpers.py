@@ -140,6 +140,9 @@ def redis_contents(connection) -> bytes:
 
 # ---- Pages written by a model ----
 
+# The model server's key in the tests: distinctive, so that finding it anywhere it must not be is certain.
+API_KEY = 'sk-test-Zq8RrY2vVx4cW9pLmN3k'
+
 
 def planned(redis_conn, repo, burst_worker) -> str:
     """Submit `repo` and run its warehouse job: cloned, analysed, its pages planned and their jobs queued."""

@@ -11,13 +11,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from chat_server import ChatServer, Reply
+from chat_server import Reply
 from click.testing import CliRunner
 from playhouse.migrate import SchemaMigrator, migrate
 
 import cli
 import models
 from helpers import (
+    API_KEY,
     by_page,
     commit_files,
     content_of,
@@ -138,23 +139,6 @@ def test_schema_step_2_adds_the_page_columns_to_an_older_database(database):
 
 
 # ---- Against a real chat-completions server and real workers ----
-
-API_KEY = 'sk-test-Zq8RrY2vVx4cW9pLmN3k'
-
-
-@pytest.fixture
-def chat(env, local):
-    """A local chat-completions server, configured as the model of this test (fast retries, four in flight)."""
-    server = ChatServer()
-    server.start()
-    env.setenv('LLM_BASE_URL', server.base_url)
-    env.setenv('LLM_MODEL', 'test-model')
-    env.setenv('LLM_API_KEY', API_KEY)
-    env.setenv('LLM_RETRY_BACKOFF', '1')
-    env.setenv('LLM_TIMEOUT', '5')
-    settings.reset()
-    yield server
-    server.stop()
 
 
 def drain(redis_conn, warehouse_id: str, timeout: float = 60, max_jobs: int | None = None) -> None:

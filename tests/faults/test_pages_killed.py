@@ -8,13 +8,13 @@ import time
 from collections import Counter
 
 import pytest
-from chat_server import ChatServer, Reply
+from chat_server import Reply
 from faultkit import Processes, assert_all_dead
 from peewee import fn
 from rq import Worker
 from rq.scheduler import RQScheduler
 
-from helpers import by_page, content_of, pages_of, planned, redis_contents, requests_per_page, wait_until
+from helpers import API_KEY, by_page, content_of, pages_of, planned, redis_contents, requests_per_page, wait_until
 from models import DocumentFileItem, PageStatus, Warehouse, WarehouseStatus
 from rqjobs import queues, settings
 from rqjobs import worker as workers
@@ -22,26 +22,10 @@ from rqjobs.pages import jobs as page_jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.db]
 
-API_KEY = 'sk-fault-Hq7TtW3xXc9bLmP2vN8rKj'
 # Abandoned-job recovery: 25 s without a heartbeat, then the next maintenance (every 30 s) of a live worker, which
 # also takes over the dead worker's scheduler lock (free after 15 s), then the retry after LLM_RETRY_BACKOFF (1 s
 # here): about 30 to 57 s after the kill.
 RECOVERY = 75
-
-
-@pytest.fixture
-def chat(env, local):
-    """A local chat-completions server, configured as the model of this test and of the workers it starts."""
-    server = ChatServer()
-    server.start()
-    env.setenv('LLM_BASE_URL', server.base_url)
-    env.setenv('LLM_MODEL', 'test-model')
-    env.setenv('LLM_API_KEY', API_KEY)
-    env.setenv('LLM_RETRY_BACKOFF', '1')
-    env.setenv('LLM_TIMEOUT', '5')
-    settings.reset()
-    yield server
-    server.stop()
 
 
 def finish_status(redis_conn, warehouse_id: str) -> str | None:
