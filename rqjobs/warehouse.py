@@ -272,17 +272,7 @@ def _with_open_pages(warehouse_ids: list[str]) -> set[str]:
     """Return which of the warehouses have pages a model has still to write."""
     if not warehouse_ids:
         return set()
-    return {
-        row[0]
-        for row in DocumentCatalog.select(DocumentCatalog.warehouse)
-        .where(
-            DocumentCatalog.warehouse.in_(warehouse_ids),
-            DocumentCatalog.status.in_(PageStatus.OPEN),
-            DocumentCatalog.is_deleted == False,
-        )
-        .distinct()
-        .tuples()
-    }
+    return {row[0] for row in _with_open_pages_query().where(DocumentCatalog.warehouse.in_(warehouse_ids)).tuples()}
 
 
 def resume_pages(connection: redis.Redis, settings: Settings | None = None) -> list[str]:
