@@ -66,7 +66,13 @@ def get_redis(settings: Settings | None = None, *, check: bool = True, shared: b
             url,
             socket_connect_timeout=settings.redis_timeout,
             socket_timeout=settings.redis_timeout,
-            health_check_interval=30,
+            # A producer's connection may sit idle behind a proxy that drops it: checked before use after 30 s.
+            # A worker's is busy every few seconds, and the check would cost each work horse's new connection a
+            # PING before its first command; a dropped connection is reconnected and retried either way (`retry`).
+            health_check_interval=30 if shared else 0,
+            # Nor does a work horse's connection announce the client library (CLIENT SETINFO, twice), whose version
+            # redis-py reads from the package metadata on every new connection.
+            **({} if shared else {'driver_info': None}),
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), RETRIES, supported_errors=RETRIED_ERRORS),
         )
         if shared:

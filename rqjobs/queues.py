@@ -81,12 +81,16 @@ PERMANENT_ERROR = 'permanent_error'
 UNREADABLE_FIELD = 'rqjobs_unreadable'
 
 
+# Built once: `json.dumps` with options builds an encoder on every call, three times per enqueue.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(',', ':'))
+
+
 class JSONSerializer:
     """Strict JSON: no pickle, no NaN or infinity, unicode kept as sent."""
 
     @staticmethod
     def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(',', ':')).encode('utf-8')
+        return _ENCODER.encode(obj).encode('utf-8')
 
     @staticmethod
     def loads(data: bytes | str) -> Any:
@@ -393,15 +397,21 @@ def _allowed(path: str | None, subject: str, *, callback: bool = False) -> Calla
     return func
 
 
+# A job's signature is read once, not on every enqueue.
+_signature = functools.cache(inspect.signature)
+
+
 def check_arguments(
     spec: JobSpec, args: Sequence[Any], kwargs: Mapping[str, Any], settings: Settings | None = None
 ) -> None:
     """Raise `InvalidJobArguments` unless the arguments fit the job's signature, survive JSON and are small."""
     settings = settings or get_settings()
     try:
-        inspect.signature(spec.func).bind(*args, **kwargs)
+        _signature(spec.func).bind(*args, **kwargs)
     except TypeError as exc:
         raise InvalidJobArguments(f'{exc}; expected {spec.signature}') from None
+    if not args and not kwargs:
+        return
     try:
         size = len(JSONSerializer.dumps([list(args), dict(kwargs)]))
     except (TypeError, ValueError) as exc:
@@ -427,12 +437,19 @@ def host_of_queue(name: str) -> str | None:
 def get_queue(name: str, connection: redis.Redis, settings: Settings | None = None) -> JsonQueue:
     """Return the queue called `name`, refusing names that are neither configured nor a host's queue."""
     settings = settings or get_settings()
+    built = connection.__dict__.setdefault('_rqjobs_queues', {})
+    key = (name, settings.job_timeout)
+    if key in built:
+        return built[key]
     if name not in queue_names(settings) and host_of_queue(name) is None:
         raise UnknownQueue(
             f'Unknown queue {name!r}. Known queues: {", ".join(queue_names(settings))}, '
             f'and host-<name> for each host (JOBS_HOST_NAME).'
         )
-    return JsonQueue(name, connection=connection, default_timeout=settings.job_timeout)
+    # One queue object per connection, name and timeout, kept on the connection so that they go with it: rq checks
+    # the serializer and sets a queue up each time one is built, and a queue keeps no state of its own.
+    queue = built[key] = JsonQueue(name, connection=connection, default_timeout=settings.job_timeout)
+    return queue
 
 
 def all_queues(connection: redis.Redis, settings: Settings | None = None) -> list[JsonQueue]:
