@@ -1,15 +1,17 @@
 """The project's enqueue and worker against plain rq's, on a no-op job: enqueue rate, drain rate, latency.
 
 Starts a private embedded Redis and a SQLite database in a temporary directory. The no-op job lives in a module
-written there (JOBS_EXTRA_MODULES, queue `default`), so both sides run the very same function. Four lanes:
+written there (JOBS_EXTRA_MODULES, on the queue `statistics`, which an --in-process worker may serve), so every
+lane runs the very same function from the same queue. Four lanes:
 
 - `rq fork`: plain rq, `Queue(serializer=JSONSerializer).enqueue_call` and `rq.Worker` (a work horse per job);
-- `rqjobs fork`: `rqjobs.queues.enqueue` and `rqjobs worker default`, as shipped;
+- `rqjobs fork`: `rqjobs.queues.enqueue` and `rqjobs worker statistics`, as shipped;
 - `rq simple`: plain rq's `SimpleWorker` (the job runs in the worker process);
-- `rqjobs simple`: `rqjobs worker --in-process default`.
+- `rqjobs simple`: `rqjobs worker --in-process statistics`.
 
 Enqueueing is timed first, in this process: blocks of `--block` enqueues through plain rq's path and the project's,
-taken in turn, `--enqueue-blocks` each; the rate is the median over the blocks. Then each round runs the lanes one after the other, in an order that turns by one each round, and for each lane:
+taken in turn, `--enqueue-blocks` each; the rate is the median over the blocks. Then each round runs the lanes one
+after the other, in an order that turns by one each round, and for each lane:
 
 1. drain: `--workers` worker processes in burst mode work through them; the rate is jobs / (last job's end − first
    job's start), from rq's job timestamps, so that the workers' start-up is not counted;
@@ -48,6 +50,8 @@ from rqjobs.embedded import EmbeddedRedis
 from rqjobs.settings import Settings
 
 JOB_MODULE = 'bench_noop'
+# A queue that an --in-process worker may serve, so that every lane runs the job from the same queue.
+QUEUE = 'statistics'
 JOB_PATH = f'{JOB_MODULE}.noop'
 NOOP_JOBS = '''
 JOBS = ('noop',)
@@ -61,7 +65,7 @@ RUN_TIMEOUT = 600
 LANES = ('rq fork', 'rqjobs fork', 'rq simple', 'rqjobs simple')
 
 # A plain rq worker, as `rq worker` runs one with the JSON serializer (and a scheduler, as the project's runs one).
-PLAIN_WORKER = '''
+PLAIN_WORKER = """
 import sys
 
 import redis
@@ -71,9 +75,9 @@ from rq.serializers import JSONSerializer
 url, kind, burst = sys.argv[1], sys.argv[2], sys.argv[3] == 'burst'
 connection = redis.Redis.from_url(url)
 worker_class = SimpleWorker if kind == 'simple' else Worker
-queue = Queue('default', connection=connection, serializer=JSONSerializer)
+queue = Queue(sys.argv[4], connection=connection, serializer=JSONSerializer)
 worker_class([queue], connection=connection, serializer=JSONSerializer).work(burst=burst, with_scheduler=True)
-'''
+"""
 
 
 def job_times(connection: redis.Redis, job_ids: list[str], *fields: str) -> list[tuple[float, ...]]:
@@ -102,7 +106,7 @@ class Lane:
         self.url = url
         self.project = name.startswith('rqjobs')
         self.simple = name.endswith('simple')
-        self.plain_queue = Queue('default', connection=connection, serializer=JSONSerializer)
+        self.plain_queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer)
         queues.registered_jobs(settings)  # the job modules are imported once per process, not timed
 
     def enqueue(self) -> str:
@@ -112,7 +116,7 @@ class Lane:
 
     def start_workers(self, count: int, burst: bool) -> list[subprocess.Popen]:
         if self.project:
-            command = [str(Path(sys.executable).with_name('rqjobs')), '-q', 'worker', 'default']
+            command = [str(Path(sys.executable).with_name('rqjobs')), '-q', 'worker', QUEUE]
             command += ['--in-process'] if self.simple else []
             command += ['--burst'] if burst else []
         else:
@@ -123,6 +127,7 @@ class Lane:
                 self.url,
                 'simple' if self.simple else 'fork',
                 'burst' if burst else 'wait',
+                QUEUE,
             ]
         return [
             subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -220,11 +225,11 @@ def main() -> None:
             'REDIS_URL': url,
             'JOBS_DATA_DIR': directory,
             'DATABASE_URL': f'sqlite:///{directory}/jobs.db',
-            'JOBS_EXTRA_MODULES': JOB_MODULE,
+            'JOBS_EXTRA_MODULES': f'{JOB_MODULE}={QUEUE}',
             'PYTHONPATH': os.pathsep.join(filter(None, [directory, str(ROOT), os.environ.get('PYTHONPATH')])),
         }
         os.environ.update({name: env[name] for name in ('REDIS_URL', 'JOBS_DATA_DIR', 'DATABASE_URL')})
-        os.environ['JOBS_EXTRA_MODULES'] = JOB_MODULE
+        os.environ['JOBS_EXTRA_MODULES'] = env['JOBS_EXTRA_MODULES']
         sys.path.insert(0, directory)
         try:
             settings = Settings.from_env()
@@ -249,7 +254,9 @@ def main() -> None:
         name: {measure: statistics.median(run[measure] for run in runs) for measure in runs[0]}
         for name, runs in results.items()
     }
-    print(f'{options.workers} workers, {options.jobs} jobs drained and {options.latency_jobs} timed one by one per lane')
+    print(
+        f'{options.workers} workers, {options.jobs} jobs drained and {options.latency_jobs} timed one by one per lane'
+    )
     print(f'medians of {options.rounds} interleaved rounds')
     print(f'{"lane":14} {"drain/s":>9} {"p50 ms":>8}')
     for name, figures in medians.items():

@@ -35,6 +35,10 @@ class UnknownQueue(RqjobsError):
     """Raised when a queue name is not one of the configured queues."""
 
 
+class UnsuitableQueue(UnknownQueue):
+    """Raised when a worker is asked for a queue whose jobs it may not run (`--in-process` on a forking queue)."""
+
+
 class PermanentJobError(RqjobsError):
     """Raised by a job when retrying it cannot help (bad input, a missing resource); it is not retried."""
 
@@ -101,6 +105,10 @@ class InvalidStatisticsDate(PermanentJobError):
 
 class SoftTimeLimitExceeded(PermanentJobError):
     """Raised inside a job that ran past its soft time limit, so it can clean up before it is killed."""
+
+
+class HardTimeLimitExceeded(PermanentJobError):
+    """Raised inside a job run in its worker's own process (`--in-process`) that reached its hard time limit."""
 
 
 class WorkerStopped(RqjobsError):

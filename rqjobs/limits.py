@@ -3,7 +3,9 @@
 At the soft limit (`SOFT_TIME_LIMIT` for a job with the default `JOB_TIMEOUT`, the same fraction of a job's own
 timeout otherwise) the job gets a catchable `SoftTimeLimitExceeded` and a chance to clean up. At the hard limit the
 work horse is killed with SIGKILL, together with every process group it started (git clones run in their own), so
-nothing is left running. Outside a work horse (a worker's own callbacks and waits) rq's usual timeouts apply.
+nothing is left running. A job run in its worker's own process (`rqjobs worker --in-process`) gets
+`HardTimeLimitExceeded` at the hard limit instead, and its worker is killed if the job still runs a little later.
+Outside a job (a worker's own callbacks and waits) rq's usual timeouts apply.
 
 A SIGKILLed worker leaves nothing running either: its work horse, and the git processes the horse started, get the
 kernel's parent-death signal when their parent dies.
@@ -22,13 +24,16 @@ from collections.abc import Callable
 
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-from rqjobs.exceptions import SoftTimeLimitExceeded
+from rqjobs.exceptions import HardTimeLimitExceeded, SoftTimeLimitExceeded
 from rqjobs.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
 # Set in the work horse right after the fork: only there may a limit kill the process.
 in_work_horse = False
+# Set by a worker that runs jobs in its own process (`rqjobs worker --in-process`): the next job's limits start
+# `watch()`, a context that keeps the job's heartbeat while it runs (`worker.JobsInProcessWorker`).
+watch: Callable[[], contextlib.AbstractContextManager] | None = None
 # Process groups a job started (git clones): killed with the work horse at the hard limit.
 child_groups: set[int] = set()
 
@@ -90,16 +95,25 @@ def kill_work_horse() -> None:
 
 
 class TimeLimits(UnixSignalDeathPenalty):
-    """rq's death penalty, with a soft limit before the hard one for jobs in a work horse."""
+    """rq's death penalty, with a soft limit before the hard one for jobs in a work horse or an in-process worker."""
 
     def __init__(self, timeout, exception=JobTimeoutException, **kwargs):
+        global watch
         super().__init__(timeout, exception, **kwargs)
-        self._limited = in_work_horse and exception is JobTimeoutException and timeout is not None and timeout > 0
+        in_process = watch is not None
+        self._limited = (in_work_horse or in_process) and exception is JobTimeoutException and bool(timeout)
+        self._limited = self._limited and timeout > 0
         self._soft_fired = False
+        # Only the job itself is watched, not the callbacks that rq later runs under limits of their own.
+        self._watch, watch = (watch, None) if self._limited and in_process else (None, watch)
+        self._watching: contextlib.AbstractContextManager | None = None
 
     def setup_death_penalty(self) -> None:
         if not self._limited:
             return super().setup_death_penalty()
+        if self._watch is not None:
+            self._watching = self._watch()
+            self._watching.__enter__()
         signal.signal(signal.SIGALRM, self._alarm)
         signal.setitimer(signal.ITIMER_REAL, soft_limit_for(self._timeout))
 
@@ -108,6 +122,11 @@ class TimeLimits(UnixSignalDeathPenalty):
             return super().cancel_death_penalty()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        if self._watching is not None:
+            watching, self._watching = self._watching, None
+            watching.__exit__(None, None, None)
+            # The next job's hard limit is its own: the groups this one started are not.
+            child_groups.clear()
 
     def _alarm(self, signum, frame) -> None:
         soft = soft_limit_for(self._timeout)
@@ -118,5 +137,14 @@ class TimeLimits(UnixSignalDeathPenalty):
                 f'time limit: the job ran past its soft limit of {soft:g} s '
                 f'(SOFT_TIME_LIMIT); it is killed at {self._timeout:g} s (JOB_TIMEOUT)'
             )
-        logger.error('job ran past its hard limit of %s s (JOB_TIMEOUT): killing the work horse', self._timeout)
-        kill_work_horse()
+        if in_work_horse:
+            logger.error('job ran past its hard limit of %s s (JOB_TIMEOUT): killing the work horse', self._timeout)
+            kill_work_horse()
+        # In the worker's own process: what the job started is killed, and the job is stopped where it stands. A job
+        # that goes on regardless (it swallowed the exception, or sits in C code) is for the watch to end.
+        for group in list(child_groups):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+        raise HardTimeLimitExceeded(
+            f'time limit: the job ran past its hard limit of {self._timeout:g} s (JOB_TIMEOUT) and was stopped'
+        )

@@ -15,10 +15,13 @@ with rq's command line name it, or the host chores (rqjobs/hosts.py) do not reac
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 import redis
@@ -38,10 +41,11 @@ from rq.registry import (
 from rq.scheduler import RQScheduler
 from rq.scripts import ACQUIRE_OR_REFRESH_LOCK_SCRIPT
 from rq.utils import as_text, current_timestamp, now
+from rq.worker import WorkerStatus
 from rq.worker_pool import ForkProcess, WorkerPool
 
 from rqjobs import connections, hosts, limits, queues
-from rqjobs.exceptions import RedisUnavailable, RqjobsError, WorkerStopped, WorkHorseKilled
+from rqjobs.exceptions import RedisUnavailable, RqjobsError, UnsuitableQueue, WorkerStopped, WorkHorseKilled
 from rqjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,12 @@ WORKER_TTL = MAINTENANCE_INTERVAL + 15
 # scheduled, waited for the next maintenance after that: up to 90 s. Freed within 15 s, the lock is free before the
 # job counts as abandoned (25 s), so the maintenance that schedules the retry also starts a scheduler to enqueue it.
 SCHEDULER_LOCK_TTL = 15
+# Queues whose jobs an --in-process worker may run: the project's own, short, and run often (the access-log drain
+# every 30 s, statistics). Clones, pages and migrations want a work horse: a crash or a leak there must not take the
+# worker, and their run time dwarfs a fork.
+IN_PROCESS_QUEUES = (queues.ACCESS_LOG, queues.STATISTICS)
+# Seconds a job run in its worker's process may go on past its hard limit before the worker is killed.
+IN_PROCESS_GRACE = 10
 # A field of the worker's rq hash: whether it accepts local paths as warehouses, so that a submission can tell.
 ALLOW_LOCAL_FIELD = 'rqjobs_allow_local_repositories'
 
@@ -351,17 +361,130 @@ class JobsWorker(Worker):
         return self.job_monitoring_interval + HEARTBEAT_GRACE
 
 
+class JobsInProcessWorker(JobsWorker):
+    """A worker that runs each job in its own process, as rq's `SimpleWorker` does: for short jobs of the project's.
+
+    A fork per job costs a no-op job about two thirds of its time; without it the limits still hold. The soft limit
+    raises `SoftTimeLimitExceeded` as in a work horse; the hard limit raises `HardTimeLimitExceeded`, which ends the
+    job without a retry; a job still running `IN_PROCESS_GRACE` seconds after that (it swallowed the exception, or
+    sits in C code) has its worker killed. While the job runs, a thread keeps its heartbeat as a forking worker's
+    loop does, so that a worker killed mid-job leaves a job found abandoned, and retried, as soon as a forking
+    worker's would be.
+    """
+
+    _heartbeats: _Heartbeats | None = None
+
+    def execute_job(self, job, queue):
+        self.jobs_executed += 1
+        if self._heartbeats is None:
+            self._heartbeats = _Heartbeats(self)
+            self._heartbeats.start()
+        with self._noting_lost_redis():
+            execution = self.prepare_execution(job)
+            # Taken up by the job's own time limits (limits.TimeLimits), which start and stop the watch around it.
+            limits.watch = functools.partial(self._heartbeats.watching, job, execution)
+            try:
+                self.perform_job(job, queue, execution)
+            finally:
+                limits.watch = None
+            self.set_state(WorkerStatus.IDLE)
+
+
+class _Heartbeats(threading.Thread):
+    """The thread that keeps the heartbeat of the job an in-process worker runs, and kills it past its hard limit."""
+
+    # One thread for the worker's life: starting one per job cost each job more than its fork saved.
+
+    def __init__(self, worker: JobsInProcessWorker):
+        super().__init__(name=f'heartbeats of {worker.name}', daemon=True)
+        self.worker = worker
+        self.changed = threading.Condition()
+        self.job = self.execution = None
+        self.deadline: float | None = None
+
+    @contextlib.contextmanager
+    def watching(self, job, execution):
+        with self.changed:
+            self.job, self.execution = job, execution
+            self.deadline = (
+                time.monotonic() + job.timeout + IN_PROCESS_GRACE if job.timeout and job.timeout > 0 else None
+            )
+            self.changed.notify()
+        try:
+            yield
+        finally:
+            # Taken only between two heartbeats: one sent after rq records the outcome would mark the job as running.
+            with self.changed:
+                self.job = self.execution = None
+                self.changed.notify()
+
+    def run(self) -> None:
+        worker = self.worker
+        with self.changed:
+            while True:
+                if self.job is None:
+                    self.changed.wait()
+                    continue
+                job, beat = self.job, time.monotonic() + worker.job_monitoring_interval
+                while self.job is job:
+                    now_ = time.monotonic()
+                    if self.deadline is not None and now_ >= self.deadline:
+                        self._kill(job)
+                    if now_ >= beat:
+                        try:
+                            worker.maintain_heartbeats(job, self.execution)
+                        except redis.RedisError as exc:
+                            worker.log.warning('Worker %s: heartbeat of job %s failed: %s', worker.name, job.id, exc)
+                        beat = now_ + worker.job_monitoring_interval
+                    until = beat if self.deadline is None else min(beat, self.deadline)
+                    self.changed.wait(max(0.0, until - time.monotonic()))
+
+    def _kill(self, job) -> None:
+        worker = self.worker
+        worker.log.error(
+            'Worker %s: job %s still runs %s s past its hard limit of %s s: killing the worker',
+            worker.name,
+            job.id,
+            IN_PROCESS_GRACE,
+            job.timeout,
+        )
+        with contextlib.suppress(redis.RedisError):
+            # As for a work horse killed at its hard limit: another try would only run as long again.
+            worker.connection.hset(job.key, 'retries_left', 0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def listened_queues(queue_names: Sequence[str], *, in_process: bool, settings: Settings) -> list[str]:
+    """Return the queues a worker listens on when asked for `queue_names`, but for its host's queue."""
+    if not in_process:
+        return list(dict.fromkeys(queue_names or queues.queue_names(settings)))
+    unsuitable = [queue for queue in queue_names if queue not in IN_PROCESS_QUEUES]
+    if unsuitable:
+        raise UnsuitableQueue(
+            f'An --in-process worker runs only the short jobs of {", ".join(IN_PROCESS_QUEUES)}, not those of '
+            f'{", ".join(unsuitable)}: run them with a forking worker (rqjobs worker {" ".join(unsuitable)}).'
+        )
+    return list(dict.fromkeys(queue_names or IN_PROCESS_QUEUES))
+
+
 def build_worker(
     connection: redis.Redis,
     queue_names: Sequence[str] = (),
     *,
     name: str | None = None,
+    in_process: bool = False,
     settings: Settings | None = None,
 ) -> Worker:
-    """Return an rq worker on `queue_names` (all queues when empty), in their order of priority."""
+    """Return an rq worker on `queue_names` (all queues when empty), in their order of priority.
+
+    With `in_process`, a `JobsInProcessWorker` on `IN_PROCESS_QUEUES` (all of them when empty), without the host's
+    queue, whose chores may take long.
+    """
     settings = settings or get_settings()
-    # Its host's queue first: host chores are short and concern this host's disk alone.
-    names = list(dict.fromkeys([queues.host_queue(settings.host_name), *(queue_names or queues.queue_names(settings))]))
+    names = listened_queues(queue_names, in_process=in_process, settings=settings)
+    if not in_process:
+        # Its host's queue first: host chores are short and concern this host's disk alone.
+        names = list(dict.fromkeys([queues.host_queue(settings.host_name), *names]))
     worker_queues = [queues.get_queue(queue, connection, settings) for queue in names]
     # Import the job modules now, in the parent, so a broken JOBS_EXTRA_MODULES fails at start, not per job, and so
     # that every work horse finds them loaded. A bigger parent forks slower, but far less than an import costs: a
@@ -374,7 +497,7 @@ def build_worker(
         from rqjobs.pages import model
 
         model.warm_up(settings)
-    worker = JobsWorker(
+    worker = (JobsInProcessWorker if in_process else JobsWorker)(
         worker_queues,
         name=name,
         connection=connection,
@@ -412,6 +535,7 @@ def run_worker(
     burst: bool = False,
     max_jobs: int | None = None,
     name: str | None = None,
+    in_process: bool = False,
     logging_level: str = 'INFO',
     settings: Settings | None = None,
 ) -> bool:
@@ -422,7 +546,7 @@ def run_worker(
     settings = settings or get_settings()
     worked = False
     while True:
-        worker = build_worker(connection, queue_names, name=name, settings=settings)
+        worker = build_worker(connection, queue_names, name=name, in_process=in_process, settings=settings)
         # The worker also moves due scheduled jobs and retries onto their queues (rq's own scheduler, one per Redis).
         try:
             worked |= worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=True, logging_level=logging_level)
@@ -494,12 +618,14 @@ class JobsWorkerPool(WorkerPool):
         processes: int,
         name: str | None = None,
         max_jobs: int | None = None,
+        in_process: bool = False,
         settings: Settings | None = None,
     ):
         settings = settings or get_settings()
-        names = [queues.get_queue(queue, connection, settings).name for queue in queue_names] or list(
-            queues.queue_names(settings)
-        )
+        names = [
+            queues.get_queue(queue, connection, settings).name
+            for queue in listened_queues(queue_names, in_process=in_process, settings=settings)
+        ]
         super().__init__(
             names,
             connection,
@@ -511,6 +637,7 @@ class JobsWorkerPool(WorkerPool):
         )
         self.settings = settings
         self.max_jobs = max_jobs
+        self.in_process = in_process
         # rq names pool workers by a random id, unique across hosts; --name becomes a prefix that tells them apart.
         self.prefix = f'{name}-' if name else ''
         # Loaded once here, before the forks, so a broken JOBS_EXTRA_MODULES stops the pool at start and every
@@ -529,6 +656,7 @@ class JobsWorkerPool(WorkerPool):
                 'name': f'{self.prefix}{name}',
                 'burst': burst,
                 'max_jobs': self.max_jobs,
+                'in_process': self.in_process,
                 'logging_level': logging_level,
                 'settings': self.settings,
             },
@@ -565,9 +693,18 @@ def run_pool(
     burst: bool = False,
     max_jobs: int | None = None,
     name: str | None = None,
+    in_process: bool = False,
     logging_level: str = 'INFO',
     settings: Settings | None = None,
 ) -> None:
     """Run `processes` workers until the pool is stopped (or, with `burst`, until every worker has stopped)."""
-    pool = JobsWorkerPool(connection, queue_names, processes=processes, name=name, max_jobs=max_jobs, settings=settings)
+    pool = JobsWorkerPool(
+        connection,
+        queue_names,
+        processes=processes,
+        name=name,
+        max_jobs=max_jobs,
+        in_process=in_process,
+        settings=settings,
+    )
     pool.start(burst=burst, logging_level=logging_level)

@@ -197,6 +197,26 @@ def test_status_lists_a_live_worker_and_its_host(runner, redis_conn, env):
         worker.register_death()
 
 
+@pytest.mark.parametrize('processes', ['1', '2'])
+def test_an_in_process_worker_refuses_queues_whose_jobs_want_a_fork(runner, redis_conn, env, processes):
+    result = invoke(runner, 'worker', '--in-process', '--processes', processes, 'statistics', 'warehouse')
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        'Error: An --in-process worker runs only the short jobs of access_log, statistics, not those of warehouse: '
+        'run them with a forking worker (rqjobs worker warehouse).'
+    )
+    assert redis_conn.scard('rq:workers') == 0
+
+
+def test_an_in_process_worker_serves_its_queues_alone(redis_conn, env):
+    from rqjobs.worker import JobsInProcessWorker, build_worker
+
+    worker = build_worker(redis_conn, (), in_process=True)
+    assert isinstance(worker, JobsInProcessWorker)
+    # Without the host's queue, whose chores (counting a host's clones) may take long.
+    assert worker.queue_names() == ['access_log', 'statistics']
+
+
 def test_embedded_redis_is_used_without_redis_url(env, tmp_path):
     env.delenv('REDIS_URL')
     environ = os.environ.copy()

@@ -24,8 +24,22 @@ from rqjobs.commands.helpers import UTF8_TEXT
     show_default=True,
     help='Run this many workers, each a process of its own, supervised by this one.',
 )
+@click.option(
+    '--in-process/--fork',
+    default=False,
+    help='Run each job in the worker process instead of a fork of it: 2-3 times the jobs per second for short '
+    'ones, on the queues access_log and statistics only (the default: both).',
+)
 @click.pass_obj
-def worker(obj, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name: str | None, processes: int) -> None:
+def worker(
+    obj,
+    queues: tuple[str, ...],
+    burst: bool,
+    max_jobs: int | None,
+    name: str | None,
+    processes: int,
+    in_process: bool,
+) -> None:
     """Run an rq worker on its host's queue, then QUEUES (default: all, in priority order), or a pool of them."""
     from rqjobs import connections
     from rqjobs import worker as workers
@@ -40,6 +54,7 @@ def worker(obj, queues: tuple[str, ...], burst: bool, max_jobs: int | None, name
             burst=burst,
             max_jobs=max_jobs,
             name=name,
+            in_process=in_process,
             logging_level=level,
             settings=obj.settings,
         )

@@ -1,5 +1,7 @@
 """Jobs past their soft and hard time limits in a real worker: a clear failure, clean-up, no orphan, no retry."""
 
+import time
+
 import psutil
 import pytest
 from faultkit import (
@@ -15,7 +17,9 @@ from helpers import wait_until
 from models import Warehouse, WarehouseStatus
 from rqjobs import queues, settings
 from rqjobs import warehouse as warehouses
+from rqjobs import worker as worker_module
 from rqjobs.repository import storage
+from rqjobs.worker import HeartbeatRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +65,71 @@ def test_soft_and_hard_limits_in_a_real_worker(redis_conn, faults, processes, tm
     assert_all_dead([child])
     assert worker.poll() is None
     assert 'ran past its hard limit of 3 s (JOB_TIMEOUT): killing the work horse' in processes.log(worker)
+
+
+def test_soft_and_hard_limits_in_an_in_process_worker(redis_conn, faults, processes, tmp_path):
+    marker, pidfile = tmp_path / 'cleaned-up', tmp_path / 'child.pid'
+    on = {'connection': redis_conn, 'queue': 'statistics'}
+    soft = queues.enqueue('nap', [30], timeout=TIMEOUT, **on)
+    stubborn = queues.enqueue('stubborn', [str(marker)], timeout=TIMEOUT, **on)
+    parent = queues.enqueue('with_child', [str(pidfile)], timeout=TIMEOUT, **on)
+    after = queues.enqueue('nap', [0], **on)
+    worker = processes.worker('statistics', '--in-process', name='worker')
+    child = psutil.Process(
+        int(
+            wait_until(
+                lambda: pidfile.exists() and pidfile.read_text(), 30, 'the child started', details=processes.logs_text
+            )
+        )
+    )
+    processes.seen.append(child)
+    wait_until(
+        lambda: after.get_status(refresh=True) == JobStatus.FINISHED,
+        30,
+        'the last job ran',
+        details=processes.logs_text,
+    )
+
+    # The same soft limit as in a work horse.
+    assert soft.get_status(refresh=True) == JobStatus.FAILED
+    assert 'SoftTimeLimitExceeded: time limit: the job ran past its soft limit of 2.5 s' in error_of(soft)
+    # At the hard limit the job is stopped where it stands, after its clean-up, and not retried; so are the
+    # process groups it started; the worker goes on.
+    assert marker.read_text() == 'cleaned up'
+    for stopped in (stubborn, parent):
+        assert stopped.get_status(refresh=True) == JobStatus.FAILED
+        assert 'HardTimeLimitExceeded: time limit: the job ran past its hard limit of 3 s' in error_of(stopped)
+    assert_all_dead([child])
+    assert worker.poll() is None
+
+
+def test_an_in_process_worker_keeps_a_long_job_alive_and_dies_with_a_deaf_one(redis_conn, faults, processes):
+    on = {'connection': redis_conn, 'queue': 'statistics'}
+    # Longer than a heartbeat lasts unrenewed (JOB_MONITORING_INTERVAL + HEARTBEAT_GRACE = 25 s).
+    long = queues.enqueue('nap', [28], timeout=60, **on)
+    deaf = queues.enqueue('deaf', [60], timeout=TIMEOUT, **on)
+    worker = processes.worker('statistics', '--in-process', name='in-process')
+    wait_until(lambda: long.get_status(refresh=True) == JobStatus.STARTED, 30, 'the long job started')
+    started = time.monotonic()
+    registry = HeartbeatRegistry('statistics', connection=redis_conn, job_class=queues.JsonJob)
+    while time.monotonic() - started < 27:
+        registry.cleanup()  # what every worker's maintenance does: the job must not count as abandoned
+        assert long.get_status(refresh=True) == JobStatus.STARTED, processes.logs_text()
+        time.sleep(3)
+    wait_until(lambda: long.get_status(refresh=True) == JobStatus.FINISHED, 30, 'the long job finished')
+
+    # A job deaf to its limits runs on past the hard limit in the worker's process: the worker is killed.
+    assert worker.wait(timeout=TIMEOUT + worker_module.IN_PROCESS_GRACE + 30) == -9
+    assert 'still runs 10 s past its hard limit of 3 s: killing the worker' in processes.log(worker)
+    # Its heartbeat expires, and a worker's maintenance fails it as abandoned, without a retry.
+    wait_until(
+        lambda: registry.cleanup() or deaf.get_status(refresh=True) == JobStatus.FAILED,
+        60,
+        'the deaf job failed as abandoned',
+        interval=1,
+    )
+    deaf.refresh()
+    assert deaf.retries_left == 0
 
 
 @pytest.fixture(scope='session')
