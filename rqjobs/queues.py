@@ -526,6 +526,12 @@ def enqueue(
             queued = target.enqueue_in(delay, spec.path, **_scheduled(options))
         elif at is not None:
             queued = target.enqueue_at(at, spec.path, **_scheduled(options))
+        elif depends_on is None and rate_limit is None:
+            # rq registers the queue and stores the job in two transactions unless it is given a pipeline: one round
+            # trip instead of two, and the job and its queue's registration land together.
+            with connection.pipeline() as pipe:
+                queued = target.enqueue_call(spec.path, pipeline=pipe, **options)
+                pipe.execute()
         else:
             queued = target.enqueue_call(spec.path, **options)
     # With REDIS_WAIT_REPLICAS, acknowledged only once replicas hold it, so that a failover cannot lose it.
