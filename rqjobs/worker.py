@@ -395,49 +395,48 @@ class _Heartbeats(threading.Thread):
 
     # One thread for the worker's life: starting one per job cost each job more than its fork saved.
 
+    POLL = 0.5  # seconds between two looks at the running job
+
     def __init__(self, worker: JobsInProcessWorker):
         super().__init__(name=f'heartbeats of {worker.name}', daemon=True)
         self.worker = worker
-        self.changed = threading.Condition()
+        self.lock = threading.Lock()
         self.job = self.execution = None
+        self.beat = 0.0
         self.deadline: float | None = None
 
     @contextlib.contextmanager
     def watching(self, job, execution):
-        with self.changed:
+        # Nothing is woken: the thread looks every POLL seconds, so a job costs two uncontended lock takes.
+        with self.lock:
             self.job, self.execution = job, execution
+            self.beat = time.monotonic() + self.worker.job_monitoring_interval
             self.deadline = (
                 time.monotonic() + job.timeout + IN_PROCESS_GRACE if job.timeout and job.timeout > 0 else None
             )
-            self.changed.notify()
         try:
             yield
         finally:
             # Taken only between two heartbeats: one sent after rq records the outcome would mark the job as running.
-            with self.changed:
+            with self.lock:
                 self.job = self.execution = None
-                self.changed.notify()
 
     def run(self) -> None:
         worker = self.worker
-        with self.changed:
-            while True:
-                if self.job is None:
-                    self.changed.wait()
+        while True:
+            time.sleep(self.POLL)
+            with self.lock:
+                job, now_ = self.job, time.monotonic()
+                if job is None:
                     continue
-                job, beat = self.job, time.monotonic() + worker.job_monitoring_interval
-                while self.job is job:
-                    now_ = time.monotonic()
-                    if self.deadline is not None and now_ >= self.deadline:
-                        self._kill(job)
-                    if now_ >= beat:
-                        try:
-                            worker.maintain_heartbeats(job, self.execution)
-                        except redis.RedisError as exc:
-                            worker.log.warning('Worker %s: heartbeat of job %s failed: %s', worker.name, job.id, exc)
-                        beat = now_ + worker.job_monitoring_interval
-                    until = beat if self.deadline is None else min(beat, self.deadline)
-                    self.changed.wait(max(0.0, until - time.monotonic()))
+                if self.deadline is not None and now_ >= self.deadline:
+                    self._kill(job)
+                if now_ >= self.beat:
+                    self.beat = now_ + worker.job_monitoring_interval
+                    try:
+                        worker.maintain_heartbeats(job, self.execution)
+                    except redis.RedisError as exc:
+                        worker.log.warning('Worker %s: heartbeat of job %s failed: %s', worker.name, job.id, exc)
 
     def _kill(self, job) -> None:
         worker = self.worker
