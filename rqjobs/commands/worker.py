@@ -27,8 +27,8 @@ from rqjobs.commands.helpers import UTF8_TEXT
 @click.option(
     '--in-process/--fork',
     default=False,
-    help='Run each job in the worker process instead of a fork of it: 2-3 times the jobs per second for short '
-    'ones, on the queues access_log and statistics only (the default: both).',
+    help='Run each job in the worker process instead of a fork of it (several times the jobs per second for '
+    'short ones), on the queues access_log and statistics only (without QUEUES: both).',
 )
 @click.pass_obj
 def worker(
