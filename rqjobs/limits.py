@@ -100,13 +100,13 @@ class TimeLimits(UnixSignalDeathPenalty):
     def __init__(self, timeout, exception=JobTimeoutException, **kwargs):
         global watch
         super().__init__(timeout, exception, **kwargs)
-        in_process = watch is not None
-        self._limited = (in_work_horse or in_process) and exception is JobTimeoutException and bool(timeout)
-        self._limited = self._limited and timeout > 0
+        in_job = in_work_horse or watch is not None
+        self._limited = in_job and exception is JobTimeoutException and timeout is not None and timeout > 0
         self._soft_fired = False
-        # Only the job itself is watched, not the callbacks that rq later runs under limits of their own.
-        self._watch, watch = (watch, None) if self._limited and in_process else (None, watch)
-        self._watching: contextlib.AbstractContextManager | None = None
+        self._watch, self._watching = None, None
+        if self._limited and watch is not None:
+            # Taken by the job's own limits: the callbacks rq runs after it get rq's usual ones.
+            self._watch, watch = watch, None
 
     def setup_death_penalty(self) -> None:
         if not self._limited:

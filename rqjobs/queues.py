@@ -438,7 +438,7 @@ def get_queue(name: str, connection: redis.Redis, settings: Settings | None = No
     """Return the queue called `name`, refusing names that are neither configured nor a host's queue."""
     settings = settings or get_settings()
     built = connection.__dict__.setdefault('_rqjobs_queues', {})
-    key = (name, settings.job_timeout)
+    key = (name, settings.job_timeout, settings.extra_job_modules)
     if key in built:
         return built[key]
     if name not in queue_names(settings) and host_of_queue(name) is None:
