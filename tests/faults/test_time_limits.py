@@ -31,13 +31,17 @@ def error_of(job) -> str:
     return job.latest_result().exc_string
 
 
-def test_soft_and_hard_limits_in_a_real_worker(redis_conn, faults, processes, tmp_path):
+@pytest.mark.parametrize('in_process', [False, True], ids=['work horse', 'in-process'])
+def test_soft_and_hard_limits_in_a_real_worker(redis_conn, faults, processes, tmp_path, in_process):
     marker, pidfile = tmp_path / 'cleaned-up', tmp_path / 'child.pid'
-    soft = queues.enqueue('nap', [30], timeout=TIMEOUT, connection=redis_conn)
-    stubborn = queues.enqueue('stubborn', [str(marker)], timeout=TIMEOUT, connection=redis_conn)
-    parent = queues.enqueue('with_child', [str(pidfile)], timeout=TIMEOUT, connection=redis_conn)
-    after = queues.enqueue('nap', [0], connection=redis_conn)
-    worker = processes.worker(FAULT_QUEUE, name='worker')
+    # An in-process worker serves the project's short queues only; the jobs are the same.
+    queue, options = ('statistics', ['--in-process']) if in_process else (FAULT_QUEUE, [])
+    on = {'connection': redis_conn, 'queue': queue}
+    soft = queues.enqueue('nap', [30], timeout=TIMEOUT, **on)
+    stubborn = queues.enqueue('stubborn', [str(marker)], timeout=TIMEOUT, **on)
+    parent = queues.enqueue('with_child', [str(pidfile)], timeout=TIMEOUT, **on)
+    after = queues.enqueue('nap', [0], **on)
+    worker = processes.worker(queue, *options, name='worker')
     child = psutil.Process(
         int(
             wait_until(
@@ -56,51 +60,21 @@ def test_soft_and_hard_limits_in_a_real_worker(redis_conn, faults, processes, tm
     # Past the soft limit: SoftTimeLimitExceeded in the job, a permanent failure, not retried.
     assert soft.get_status(refresh=True) == JobStatus.FAILED  # not scheduled for a retry
     assert 'SoftTimeLimitExceeded: time limit: the job ran past its soft limit of 2.5 s' in error_of(soft)
-    # Caught and ignored: killed at the hard limit after its clean-up, and not retried either.
-    assert marker.read_text() == 'cleaned up'
-    for killed in (stubborn, parent):
-        assert killed.get_status(refresh=True) == JobStatus.FAILED
-        assert 'Work-horse terminated unexpectedly; waitpid returned 9 (signal 9)' in error_of(killed)
-    # The process group the job started went with its work horse.
-    assert_all_dead([child])
-    assert worker.poll() is None
-    assert 'ran past its hard limit of 3 s (JOB_TIMEOUT): killing the work horse' in processes.log(worker)
-
-
-def test_soft_and_hard_limits_in_an_in_process_worker(redis_conn, faults, processes, tmp_path):
-    marker, pidfile = tmp_path / 'cleaned-up', tmp_path / 'child.pid'
-    on = {'connection': redis_conn, 'queue': 'statistics'}
-    soft = queues.enqueue('nap', [30], timeout=TIMEOUT, **on)
-    stubborn = queues.enqueue('stubborn', [str(marker)], timeout=TIMEOUT, **on)
-    parent = queues.enqueue('with_child', [str(pidfile)], timeout=TIMEOUT, **on)
-    after = queues.enqueue('nap', [0], **on)
-    worker = processes.worker('statistics', '--in-process', name='worker')
-    child = psutil.Process(
-        int(
-            wait_until(
-                lambda: pidfile.exists() and pidfile.read_text(), 30, 'the child started', details=processes.logs_text
-            )
-        )
-    )
-    processes.seen.append(child)
-    wait_until(
-        lambda: after.get_status(refresh=True) == JobStatus.FINISHED,
-        30,
-        'the last job ran',
-        details=processes.logs_text,
-    )
-
-    # The same soft limit as in a work horse.
-    assert soft.get_status(refresh=True) == JobStatus.FAILED
-    assert 'SoftTimeLimitExceeded: time limit: the job ran past its soft limit of 2.5 s' in error_of(soft)
-    # At the hard limit the job is stopped where it stands, after its clean-up, and not retried; so are the
-    # process groups it started; the worker goes on.
+    # Caught and ignored: stopped at the hard limit after its clean-up, and not retried either. A work horse is
+    # killed there; in the worker's own process the job gets HardTimeLimitExceeded and the worker goes on.
     assert marker.read_text() == 'cleaned up'
     for stopped in (stubborn, parent):
         assert stopped.get_status(refresh=True) == JobStatus.FAILED
-        assert 'HardTimeLimitExceeded: time limit: the job ran past its hard limit of 3 s' in error_of(stopped)
+        assert (
+            'HardTimeLimitExceeded: time limit: the job ran past its hard limit of 3 s'
+            if in_process
+            else 'Work-horse terminated unexpectedly; waitpid returned 9 (signal 9)'
+        ) in error_of(stopped)
+    # The process group the job started went with it.
     assert_all_dead([child])
     assert worker.poll() is None
+    if not in_process:
+        assert 'ran past its hard limit of 3 s (JOB_TIMEOUT): killing the work horse' in processes.log(worker)
 
 
 def test_an_in_process_worker_keeps_a_long_job_alive_and_dies_with_a_deaf_one(redis_conn, faults, processes):
