@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rqjobs.exceptions import GitError
-from rqjobs.repository import analysis, checkout, classification, declarations, layout
+from rqjobs.repository import analysis, checkout, classification, declarations, layout, outline_python
 from rqjobs.repository.analysis import analyse, outline
 from rqjobs.repository.classification import classify
 from rqjobs.repository.layout import find_components, path_tree
@@ -484,6 +484,34 @@ def test_python_outline_is_the_full_parse_when_in_doubt():
     assert [(d.name, names(d.children)) for d in outline('a.py', text, 'Python')] == [('A', [('method', 'f')])]
     assert outline('a.py', 'x = (', 'Python') == []
     assert outline('a.py', 'def f(:\n    pass\n', 'Python') == []
+
+
+PYTHON_HEADERS = (
+    'class A(B, metaclass=M):\n    """Doc."""\n\n    def f(self, a: int = 1, *args, **kw) -> dict[str, int]:\n'
+    '        return {}\n\n    async def g(self, a: int = 1, *args, **kw) -> dict[str, int]:\n        """G."""\n',
+    'def f(\n    a,  # the first\n    b: "x:y" = {1: (2, 3)},\n    c=lambda x: x,\n) -> list[int]:  # note\n'
+    '    pass\n\n'
+    'def g(a, b, /, *, c): return 1\n\n@decorated\ndef h(self, a: int = 1, *args, **kw) -> dict[str, int]:\n    pass\n',
+    'def f(a) \\\n        -> int:\n    pass\n\n\ndef g(a, a):\n    pass\n\n\ndef  spaced  (x=[1, 2]) :\n    pass\n',
+    'def f(a=1, b):\n    pass\n\n\ndef g(self):\n    pass\n',  # parameters that do not parse: no outline
+    'class C:\n    def f(self, a: int = 1, *args, **kw) -> dict[str, int]:\n        x = """\ndef fake(:\n"""\n',
+)
+
+
+def test_python_outline_is_the_whole_file_parse_with_parameter_lists_shared():
+    # The outline from a skeleton, parameter lists parsed once per analysis and shared between files, must be the
+    # outline of the whole file's tree: the same names, lines, docs and signatures.
+    headers = {}
+    for text in PYTHON_HEADERS + PYTHON_HEADERS:  # the second round finds every parameter list already parsed
+        module = outline_python._parse_python(text)
+        whole = [] if module is None else outline_python._python_body(module.body, [99], {}, in_class=False)
+        assert outline_python.python_outline(text, headers) == whole
+    assert outline_python.python_outline(PYTHON_HEADERS[0], headers)[0].children[1].signature == (
+        'async def g(self, a: int = 1, *args, **kw) -> dict[str, int]'
+    )
+    assert [d.line for d in outline_python.python_outline(PYTHON_HEADERS[1], headers)] == [1, 8, 11]
+    assert outline_python.python_outline(PYTHON_HEADERS[3], headers) == []
+    assert sum(rendering is not None for rendering in headers.values()) >= 5  # the shared path was taken
 
 
 def test_brace_language_outlines():

@@ -40,13 +40,18 @@ _SYMLINK_MODE = '120000'
 _GITLINK_MODE = '160000'
 
 
-def outline(path: str, text: str, language: str | None) -> list[Declaration]:
-    """Return the main declarations of a file's text; never runs or imports it, and [] when it cannot be parsed."""
+def outline(
+    path: str, text: str, language: str | None, python_headers: dict[str, tuple[str, str] | None] | None = None
+) -> list[Declaration]:
+    """Return the main declarations of a file's text; never runs or imports it, and [] when it cannot be parsed.
+
+    `python_headers` is shared by the files of one analysis: Python parameter lists already parsed, by their text.
+    """
     language = language or detect_language(path)
     if '\r' in text:  # CRLF line ends: the patterns and the skeleton expect '\n' (line numbers do not change)
         text = text.replace('\r\n', '\n')
     if language == 'Python':
-        return python_outline(text)
+        return python_outline(text, python_headers)
     grammar = GRAMMARS.get(language or '')
     if grammar is None:
         return []
@@ -171,6 +176,7 @@ def _outline_components(
         chosen += [source for source in candidates if source.language and source.size <= MAX_OUTLINE_FILE_SIZE][
             :MAX_OUTLINED_PER_COMPONENT
         ]
+    python_headers: dict[str, tuple[str, str] | None] = {}  # one analysis only: repeated runs do not share it
     with CheckoutReader(checkout) as reader:
         for source in chosen:
             data, _ = reader.read(raw_paths[source.path])
@@ -178,6 +184,6 @@ def _outline_components(
             if text is None:
                 continue  # changed under us since the first pass: keep the file, without an outline
             try:
-                source.declarations = outline(source.path, text.replace('\0', ''), source.language)
+                source.declarations = outline(source.path, text.replace('\0', ''), source.language, python_headers)
             except Exception as exc:
                 logger.warning('%s: %s has no outline, outlining failed: %r', checkout, source.path, exc)
