@@ -761,6 +761,7 @@ def test_classify_from_files_and_readme_alone():
 )
 def test_uses_cli_library(language, text, expected):
     assert classification.uses_cli_library(text, language) is expected
+    assert classification.uses_cli_library(text.encode('ascii'), language) is expected  # a plain ASCII file's bytes
 
 
 def test_components_are_ranked_and_capped():

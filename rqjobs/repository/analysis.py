@@ -113,28 +113,33 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
             if data is None:
                 skipped[reason] += 1
                 continue
-            text = decode_text(data)
-            if text is None:
-                skipped['binary'] += 1
-                continue
-            if '\0' in text:  # text stores (PostgreSQL among them) refuse NUL characters
-                text = text.replace('\0', '')
-            language = detect_language(path, has_cpp=has_cpp) or (
-                shebang_language(text) if '.' not in path.rsplit('/', 1)[-1] else None
-            )
+            if data.isascii() and b'\0' not in data:
+                text = None  # plain ASCII, most files: decoded only where its text is wanted (decode_text's result)
+            else:
+                text = decode_text(data)
+                if text is None:
+                    skipped['binary'] += 1
+                    continue
+                if '\0' in text:  # text stores (PostgreSQL among them) refuse NUL characters
+                    text = text.replace('\0', '')
+            language = detect_language(path, has_cpp=has_cpp)
+            if language is None and '.' not in path.rsplit('/', 1)[-1]:
+                language = shebang_language(data.decode('ascii') if text is None else text)
             files.append(SourceFile(path, language, len(data), count_lines(data), []))
             raw_paths[path] = raw
-            if language in CLI_NEEDLES and uses_cli_library(text, language):
+            # The classification only asks whether some file imports an argument parser: the first one settles it.
+            if not cli_files and language in CLI_NEEDLES and uses_cli_library(data if text is None else text, language):
                 cli_files += 1
             rank = _readme_rank(path)
             if rank is not None and (readme_rank is None or rank < readme_rank):
-                readme_path, readme, readme_rank = path, text[:MAX_README_SIZE], rank
+                readme_path, readme_rank = path, rank
+                readme = (data.decode('ascii') if text is None else text)[:MAX_README_SIZE]
             if (
                 '/' not in path
                 and (path.lower() in MANIFEST_NAMES or path.endswith('.gemspec'))
                 and (len(data) <= MAX_MANIFEST_SIZE)
             ):
-                manifests[path] = text
+                manifests[path] = data.decode('ascii') if text is None else text
     files.sort(key=lambda source: source.path)
     components = find_components(files)
     _outline_components(checkout, files, components, raw_paths)
