@@ -757,11 +757,23 @@ def test_classify_from_files_and_readme_alone():
         ('Kotlin', 'import com.github.ajalt.clikt.core.CliktCommand\n', True),
         ('Markdown', 'import argparse\n', False),
         (None, 'import argparse\n', False),
+        ('Python', 'import os\n\nif True:\n  \t from   typer import Typer\n', True),
+        ('Python', 'x = 1  # import argparse\nfrom os import fire\nimport docopts\n', False),
+        ('Python', 'import os, argparse\n', False),  # the pattern wants the parser first, as it always did
+        ('JavaScript', "const a = Array.from(x), b = require( 'meow')\n", False),
+        ('JavaScript', 'import yargs from  "yargs/yargs"\n', True),
+        ('JavaScript', 'const c = require(\'cac")\n', False),  # no needle: "cac" and 'cac' only
+        ('TypeScript', "import { Command } from 'commander';\n", True),
     ],
 )
 def test_uses_cli_library(language, text, expected):
     assert classification.uses_cli_library(text, language) is expected
     assert classification.uses_cli_library(text.encode('ascii'), language) is expected  # a plain ASCII file's bytes
+    # Whatever the search looks for first, the answer is: a needle in the text and the pattern anywhere in it.
+    needles = classification.CLI_NEEDLES.get(language or '', ())
+    assert expected is (
+        any(needle in text for needle in needles) and bool(classification._CLI_IMPORT[language].search(text))
+    )
 
 
 def test_components_are_ranked_and_capped():
