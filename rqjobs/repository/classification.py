@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from rqjobs.repository.results import SourceFile
@@ -260,13 +259,15 @@ def uses_cli_library(text: str | bytes, language: str | None) -> bool:
     return False
 
 
-def _is_devops(path: str, language: str | None) -> bool:
-    lower = path.lower()
-    name = lower.rsplit('/', 1)[-1]
+def _is_devops(name: str, directory: str | None, language: str | None) -> bool:
+    """Tell whether a file is deployment configuration, from its lowercased name, directory (None at the root)."""
     if language in DEVOPS_LANGUAGES or name in _DEVOPS_NAMES:
         return True
-    directories = lower.split('/')[:-1]
-    return language in _DEVOPS_DIR_LANGUAGES and any(directory in _DEVOPS_DIRS for directory in directories)
+    return (
+        language in _DEVOPS_DIR_LANGUAGES
+        and directory is not None
+        and any(part in _DEVOPS_DIRS for part in directory.split('/'))
+    )
 
 
 def _manifest_json(manifests: Mapping[str, str], name: str) -> dict:
@@ -282,28 +283,29 @@ def classification_scores(
 ) -> dict[str, float]:
     """Return the score of each class (see the table above); `manifests` maps root manifest names to their text."""
     manifests = {name.lower(): text for name, text in (manifests or {}).items()}
-    lines = Counter()
+    docs_lines = devops_lines = code_lines = 0
     paths = set()
-    directories = set()
+    parents = set()  # of the files in a directory: each directory's path is split once, not once per file
     iac = False
     for source in files:
         lower = source.path.lower()
         paths.add(lower)
-        directories.update(lower.split('/')[:-1])
-        if _is_devops(source.path, source.language):
-            lines['devops'] += source.lines
-            iac = (
-                iac
-                or source.language == 'HCL'
-                or lower.rsplit('/', 1)[-1] in _IAC_NAMES
-                or ('roles' in lower.split('/')[:-1] or 'playbooks' in lower.split('/')[:-1])
-            )
-        elif source.language in DOC_LANGUAGES:
-            lines['docs'] += source.lines
-        elif source.language is not None and source.language not in DATA_LANGUAGES:
-            lines['code'] += source.lines
-    counted = sum(lines.values()) or 1
-    docs_share, devops_share, code_share = (lines[key] / counted for key in ('docs', 'devops', 'code'))
+        parent, slash, name = lower.rpartition('/')
+        if slash:
+            parents.add(parent)
+        language = source.language
+        if _is_devops(name, parent if slash else None, language):
+            devops_lines += source.lines
+            if not iac:
+                directories = parent.split('/') if slash else ()
+                iac = language == 'HCL' or name in _IAC_NAMES or 'roles' in directories or 'playbooks' in directories
+        elif language in DOC_LANGUAGES:
+            docs_lines += source.lines
+        elif language is not None and language not in DATA_LANGUAGES:
+            code_lines += source.lines
+    directories = {directory for parent in parents for directory in parent.split('/')}
+    counted = docs_lines + devops_lines + code_lines or 1
+    docs_share, devops_share, code_share = (count / counted for count in (docs_lines, devops_lines, code_lines))
     factor = min(1.0, code_share / 0.5)
     readme_lower = (readme or '').lower()
     opening = readme_lower[:600]
