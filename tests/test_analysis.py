@@ -764,6 +764,10 @@ def test_classify_from_files_and_readme_alone():
         ('JavaScript', 'import yargs from  "yargs/yargs"\n', True),
         ('JavaScript', 'const c = require(\'cac")\n', False),  # no needle: "cac" and 'cac' only
         ('TypeScript', "import { Command } from 'commander';\n", True),
+        ('Go', 'import (\n\t"github.com/spf13/cobra"\n)\n', True),
+        ('Go', 'import "gopkg.in/alecthomas/kingpin.v2"\n', True),
+        ('Go', 'import "github.com/spf13/viper" // not cobra, nor "flag" yet\n', True),
+        ('Go', 'import "github.com/spf13/viper"\n', False),
     ],
 )
 def test_uses_cli_library(language, text, expected):

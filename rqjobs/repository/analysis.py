@@ -130,7 +130,7 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
             # The classification only asks whether some file imports an argument parser: the first one settles it.
             if not cli_files and language in CLI_NEEDLES and uses_cli_library(data if text is None else text, language):
                 cli_files += 1
-            rank = _readme_rank(path)
+            rank = _readme_rank(path) if 'readme' in path.lower() else None
             if rank is not None and (readme_rank is None or rank < readme_rank):
                 readme_path, readme_rank = path, rank
                 readme = (data.decode('ascii') if text is None else text)[:MAX_README_SIZE]

@@ -199,13 +199,14 @@ _CLI_IMPORT = {
     'Kotlin': re.compile(r'^[ \t]*import[ \t]+(?:com\.github\.ajalt\.clikt|kotlinx\.cli)\.', re.MULTILINE),
 }
 _CLI_IMPORT['TypeScript'] = _CLI_IMPORT['JavaScript']
-# Where a match starts, in the languages whose imports begin with a word of their own: at one of these words
-# (JavaScript), or at the start of a line that begins with one (Python). Finding those few words and trying the
-# pattern there reads a file two times instead of once per needle (five or six).
+# Where a match starts: at one of these words (JavaScript, Go), or at the start of a line that begins with one
+# (Python). Finding those few words and trying the pattern there reads a file two or three times instead of once per
+# needle (five or six).
 _CLI_ANCHORS = {
     'Python': (('import', 'from'), True),
     'JavaScript': (('require(', 'from'), False),
     'TypeScript': (('require(', 'from'), False),
+    'Go': (('"github.com/', '"gopkg.in/', '"flag"'), False),
 }
 # The same for the bytes of plain ASCII files: on ASCII, a bytes pattern matches where the text pattern does.
 _CLI_BYTE_NEEDLES = {language: tuple(map(str.encode, needles)) for language, needles in CLI_NEEDLES.items()}
