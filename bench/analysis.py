@@ -4,13 +4,16 @@ Generates repositories of three sizes (Python, JavaScript, Go, Rust, Java, C and
 classes and functions) in a temporary directory, then measures in the same run, on a warm page cache: the raw read
 of every tracked file (the same `git ls-files` list and the same opening method, no parsing) and `analyse()`. Prints
 medians of several rounds, the analyse/raw throughput ratio, the cost per file across sizes (linearity) and the peak
-RSS of a fresh process that only analyses.
+RSS of a fresh process that only analyses, with a digest of what that analysis found (files, outlines, components,
+tree, classification...): the repositories are the same from run to run, so a change meant to keep the analysis's
+output must keep the digests.
 Usage: python bench/analysis.py [--files N] [--rounds R] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -282,8 +285,19 @@ def child(root: Path) -> None:
     started = time.perf_counter()
     result = analysis.analyse(root)
     seconds = time.perf_counter() - started
+    found = result.to_dict()
+    found.pop('elapsed', None)
+    digest = hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()[:16]
     print(
-        json.dumps({'baseline_mb': before, 'peak_mb': high_water_mb(), 'seconds': seconds, 'files': len(result.files)})
+        json.dumps(
+            {
+                'baseline_mb': before,
+                'peak_mb': high_water_mb(),
+                'seconds': seconds,
+                'files': len(result.files),
+                'digest': digest,
+            }
+        )
     )
 
 
@@ -342,7 +356,7 @@ def main() -> None:
     print(
         f'{"files":>6} {"MB":>6} {"gen s":>6} | {"raw s":>6} {"files/s":>8} {"MB/s":>6} | {"analyse s":>9} '
         f'{"files/s":>8} {"MB/s":>6} {"ratio":>5} {"us/file":>7} | {"no-outline s":>12} {"ratio":>5} | '
-        f'{"RSS MB":>6} {"(idle)":>6}'
+        f'{"RSS MB":>6} {"(idle)":>6} | output digest'
     )
     for row in rows:
         print(
@@ -350,7 +364,8 @@ def main() -> None:
             f'{row["files"] / row["raw"]:>8.0f} {row["mb"] / row["raw"]:>6.1f} | {row["analyse"]:>9.2f} '
             f'{row["files"] / row["analyse"]:>8.0f} {row["mb"] / row["analyse"]:>6.1f} '
             f'{row["raw"] / row["analyse"]:>5.2f} {row["analyse"] / row["files"] * 1e6:>7.0f} | '
-            f'{row["bare"]:>12.2f} {row["raw"] / row["bare"]:>5.2f} | {row["peak_mb"]:>6.0f} {row["baseline_mb"]:>6.0f}'
+            f'{row["bare"]:>12.2f} {row["raw"] / row["bare"]:>5.2f} | {row["peak_mb"]:>6.0f} '
+            f'{row["baseline_mb"]:>6.0f} | {row["digest"]}'
         )
     ratio = min(row['raw'] / row['analyse'] for row in rows)
     per_file = [row['analyse'] / row['files'] for row in rows]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rqjobs.exceptions import GitError
-from rqjobs.repository import analysis, checkout, classification, declarations, layout
+from rqjobs.repository import analysis, checkout, classification, declarations, layout, outline_python
 from rqjobs.repository.analysis import analyse, outline
 from rqjobs.repository.classification import classify
 from rqjobs.repository.layout import find_components, path_tree
@@ -486,6 +486,34 @@ def test_python_outline_is_the_full_parse_when_in_doubt():
     assert outline('a.py', 'def f(:\n    pass\n', 'Python') == []
 
 
+PYTHON_HEADERS = (
+    'class A(B, metaclass=M):\n    """Doc."""\n\n    def f(self, a: int = 1, *args, **kw) -> dict[str, int]:\n'
+    '        return {}\n\n    async def g(self, a: int = 1, *args, **kw) -> dict[str, int]:\n        """G."""\n',
+    'def f(\n    a,  # the first\n    b: "x:y" = {1: (2, 3)},\n    c=lambda x: x,\n) -> list[int]:  # note\n'
+    '    pass\n\n'
+    'def g(a, b, /, *, c): return 1\n\n@decorated\ndef h(self, a: int = 1, *args, **kw) -> dict[str, int]:\n    pass\n',
+    'def f(a) \\\n        -> int:\n    pass\n\n\ndef g(a, a):\n    pass\n\n\ndef  spaced  (x=[1, 2]) :\n    pass\n',
+    'def f(a=1, b):\n    pass\n\n\ndef g(self):\n    pass\n',  # parameters that do not parse: no outline
+    'class C:\n    def f(self, a: int = 1, *args, **kw) -> dict[str, int]:\n        x = """\ndef fake(:\n"""\n',
+)
+
+
+def test_python_outline_is_the_whole_file_parse_with_parameter_lists_shared():
+    # The outline from a skeleton, parameter lists parsed once per analysis and shared between files, must be the
+    # outline of the whole file's tree: the same names, lines, docs and signatures.
+    headers = {}
+    for text in PYTHON_HEADERS + PYTHON_HEADERS:  # the second round finds every parameter list already parsed
+        module = outline_python._parse_python(text)
+        whole = [] if module is None else outline_python._python_body(module.body, [99], {}, in_class=False)
+        assert outline_python.python_outline(text, headers) == whole
+    assert outline_python.python_outline(PYTHON_HEADERS[0], headers)[0].children[1].signature == (
+        'async def g(self, a: int = 1, *args, **kw) -> dict[str, int]'
+    )
+    assert [d.line for d in outline_python.python_outline(PYTHON_HEADERS[1], headers)] == [1, 8, 11]
+    assert outline_python.python_outline(PYTHON_HEADERS[3], headers) == []
+    assert sum(rendering is not None for rendering in headers.values()) >= 5  # the shared path was taken
+
+
 def test_brace_language_outlines():
     js = outline('index.js', JAVASCRIPT, 'JavaScript')
     assert names(js) == [('function', 'parse'), ('class', 'Renderer'), ('function', 'format')]
@@ -729,10 +757,27 @@ def test_classify_from_files_and_readme_alone():
         ('Kotlin', 'import com.github.ajalt.clikt.core.CliktCommand\n', True),
         ('Markdown', 'import argparse\n', False),
         (None, 'import argparse\n', False),
+        ('Python', 'import os\n\nif True:\n  \t from   typer import Typer\n', True),
+        ('Python', 'x = 1  # import argparse\nfrom os import fire\nimport docopts\n', False),
+        ('Python', 'import os, argparse\n', False),  # the pattern wants the parser first, as it always did
+        ('JavaScript', "const a = Array.from(x), b = require( 'meow')\n", False),
+        ('JavaScript', 'import yargs from  "yargs/yargs"\n', True),
+        ('JavaScript', 'const c = require(\'cac")\n', False),  # no needle: "cac" and 'cac' only
+        ('TypeScript', "import { Command } from 'commander';\n", True),
+        ('Go', 'import (\n\t"github.com/spf13/cobra"\n)\n', True),
+        ('Go', 'import "gopkg.in/alecthomas/kingpin.v2"\n', True),
+        ('Go', 'import "github.com/spf13/viper" // not cobra, nor "flag" yet\n', True),
+        ('Go', 'import "github.com/spf13/viper"\n', False),
     ],
 )
 def test_uses_cli_library(language, text, expected):
     assert classification.uses_cli_library(text, language) is expected
+    assert classification.uses_cli_library(text.encode('ascii'), language) is expected  # a plain ASCII file's bytes
+    # Whatever the search looks for first, the answer is: a needle in the text and the pattern anywhere in it.
+    needles = classification.CLI_NEEDLES.get(language or '', ())
+    assert expected is (
+        any(needle in text for needle in needles) and bool(classification._CLI_IMPORT[language].search(text))
+    )
 
 
 def test_components_are_ranked_and_capped():

@@ -40,13 +40,18 @@ _SYMLINK_MODE = '120000'
 _GITLINK_MODE = '160000'
 
 
-def outline(path: str, text: str, language: str | None) -> list[Declaration]:
-    """Return the main declarations of a file's text; never runs or imports it, and [] when it cannot be parsed."""
+def outline(
+    path: str, text: str, language: str | None, python_headers: dict[str, tuple[str, str] | None] | None = None
+) -> list[Declaration]:
+    """Return the main declarations of a file's text; never runs or imports it, and [] when it cannot be parsed.
+
+    `python_headers` is shared by the files of one analysis: Python parameter lists already parsed, by their text.
+    """
     language = language or detect_language(path)
     if '\r' in text:  # CRLF line ends: the patterns and the skeleton expect '\n' (line numbers do not change)
         text = text.replace('\r\n', '\n')
     if language == 'Python':
-        return python_outline(text)
+        return python_outline(text, python_headers)
     grammar = GRAMMARS.get(language or '')
     if grammar is None:
         return []
@@ -108,28 +113,33 @@ def _analyse(checkout: Path, started: float, progress: Callable[[int, int], None
             if data is None:
                 skipped[reason] += 1
                 continue
-            text = decode_text(data)
-            if text is None:
-                skipped['binary'] += 1
-                continue
-            if '\0' in text:  # text stores (PostgreSQL among them) refuse NUL characters
-                text = text.replace('\0', '')
-            language = detect_language(path, has_cpp=has_cpp) or (
-                shebang_language(text) if '.' not in path.rsplit('/', 1)[-1] else None
-            )
+            if data.isascii() and b'\0' not in data:
+                text = None  # plain ASCII, most files: decoded only where its text is wanted (decode_text's result)
+            else:
+                text = decode_text(data)
+                if text is None:
+                    skipped['binary'] += 1
+                    continue
+                if '\0' in text:  # text stores (PostgreSQL among them) refuse NUL characters
+                    text = text.replace('\0', '')
+            language = detect_language(path, has_cpp=has_cpp)
+            if language is None and '.' not in path.rsplit('/', 1)[-1]:
+                language = shebang_language(data.decode('ascii') if text is None else text)
             files.append(SourceFile(path, language, len(data), count_lines(data), []))
             raw_paths[path] = raw
-            if language in CLI_NEEDLES and uses_cli_library(text, language):
+            # The classification only asks whether some file imports an argument parser: the first one settles it.
+            if not cli_files and language in CLI_NEEDLES and uses_cli_library(data if text is None else text, language):
                 cli_files += 1
-            rank = _readme_rank(path)
+            rank = _readme_rank(path) if 'readme' in path.lower() else None
             if rank is not None and (readme_rank is None or rank < readme_rank):
-                readme_path, readme, readme_rank = path, text[:MAX_README_SIZE], rank
+                readme_path, readme_rank = path, rank
+                readme = (data.decode('ascii') if text is None else text)[:MAX_README_SIZE]
             if (
                 '/' not in path
                 and (path.lower() in MANIFEST_NAMES or path.endswith('.gemspec'))
                 and (len(data) <= MAX_MANIFEST_SIZE)
             ):
-                manifests[path] = text
+                manifests[path] = data.decode('ascii') if text is None else text
     files.sort(key=lambda source: source.path)
     components = find_components(files)
     _outline_components(checkout, files, components, raw_paths)
@@ -171,6 +181,7 @@ def _outline_components(
         chosen += [source for source in candidates if source.language and source.size <= MAX_OUTLINE_FILE_SIZE][
             :MAX_OUTLINED_PER_COMPONENT
         ]
+    python_headers: dict[str, tuple[str, str] | None] = {}  # one analysis only: repeated runs do not share it
     with CheckoutReader(checkout) as reader:
         for source in chosen:
             data, _ = reader.read(raw_paths[source.path])
@@ -178,6 +189,6 @@ def _outline_components(
             if text is None:
                 continue  # changed under us since the first pass: keep the file, without an outline
             try:
-                source.declarations = outline(source.path, text.replace('\0', ''), source.language)
+                source.declarations = outline(source.path, text.replace('\0', ''), source.language, python_headers)
             except Exception as exc:
                 logger.warning('%s: %s has no outline, outlining failed: %r', checkout, source.path, exc)

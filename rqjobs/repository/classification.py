@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from rqjobs.repository.results import SourceFile
@@ -200,6 +199,24 @@ _CLI_IMPORT = {
     'Kotlin': re.compile(r'^[ \t]*import[ \t]+(?:com\.github\.ajalt\.clikt|kotlinx\.cli)\.', re.MULTILINE),
 }
 _CLI_IMPORT['TypeScript'] = _CLI_IMPORT['JavaScript']
+# Where a match starts: at one of these words (JavaScript, Go), or at the start of a line that begins with one
+# (Python). Finding those few words and trying the pattern there reads a file two or three times instead of once per
+# needle (five or six).
+_CLI_ANCHORS = {
+    'Python': (('import', 'from'), True),
+    'JavaScript': (('require(', 'from'), False),
+    'TypeScript': (('require(', 'from'), False),
+    'Go': (('"github.com/', '"gopkg.in/', '"flag"'), False),
+}
+# The same for the bytes of plain ASCII files: on ASCII, a bytes pattern matches where the text pattern does.
+_CLI_BYTE_NEEDLES = {language: tuple(map(str.encode, needles)) for language, needles in CLI_NEEDLES.items()}
+_CLI_BYTE_ANCHORS = {
+    language: (tuple(map(str.encode, words)), line) for language, (words, line) in _CLI_ANCHORS.items()
+}
+_CLI_IMPORT_BYTES = {
+    language: re.compile(pattern.pattern.encode(), pattern.flags & re.MULTILINE)
+    for language, pattern in _CLI_IMPORT.items()
+}
 MANIFEST_NAMES = frozenset(
     (
         'pyproject.toml',
@@ -219,26 +236,39 @@ MANIFEST_NAMES = frozenset(
 )
 
 
-def uses_cli_library(text: str, language: str | None) -> bool:
-    """Tell whether a source file imports a command-line argument parser of its language."""
-    # A substring test per needle (a fast search in C) is several times quicker than one regex alternation, which
-    # tries every position; the regex then confirms the rare hit.
-    needles = CLI_NEEDLES.get(language or '')
-    if not needles:
+def uses_cli_library(text: str | bytes, language: str | None) -> bool:
+    """Tell whether a source file imports a command-line argument parser of its language; bytes must be ASCII."""
+    if language not in CLI_NEEDLES:
         return False
-    for needle in needles:
-        if needle in text:
-            return _CLI_IMPORT[language].search(text) is not None
+    binary = isinstance(text, bytes)
+    pattern = (_CLI_IMPORT_BYTES if binary else _CLI_IMPORT)[language]
+    needles = (_CLI_BYTE_NEEDLES if binary else CLI_NEEDLES)[language]
+    anchors = (_CLI_BYTE_ANCHORS if binary else _CLI_ANCHORS).get(language)
+    if anchors is None:
+        # A substring test per needle (a fast search in C) is several times quicker than one regex alternation,
+        # which tries every position; the regex then confirms the rare hit.
+        return any(needle in text for needle in needles) and pattern.search(text) is not None
+    words, at_line_start = anchors
+    newline = b'\n' if binary else '\n'
+    for word in words:
+        position = text.find(word)
+        while position != -1:
+            start = text.rfind(newline, 0, position) + 1 if at_line_start else position
+            if pattern.match(text, start):
+                return any(needle in text for needle in needles)  # as strict as the needles: no `'cac"`
+            position = text.find(word, position + 1)
     return False
 
 
-def _is_devops(path: str, language: str | None) -> bool:
-    lower = path.lower()
-    name = lower.rsplit('/', 1)[-1]
+def _is_devops(name: str, directory: str | None, language: str | None) -> bool:
+    """Tell whether a file is deployment configuration, from its lowercased name, directory (None at the root)."""
     if language in DEVOPS_LANGUAGES or name in _DEVOPS_NAMES:
         return True
-    directories = lower.split('/')[:-1]
-    return language in _DEVOPS_DIR_LANGUAGES and any(directory in _DEVOPS_DIRS for directory in directories)
+    return (
+        language in _DEVOPS_DIR_LANGUAGES
+        and directory is not None
+        and any(part in _DEVOPS_DIRS for part in directory.split('/'))
+    )
 
 
 def _manifest_json(manifests: Mapping[str, str], name: str) -> dict:
@@ -254,28 +284,29 @@ def classification_scores(
 ) -> dict[str, float]:
     """Return the score of each class (see the table above); `manifests` maps root manifest names to their text."""
     manifests = {name.lower(): text for name, text in (manifests or {}).items()}
-    lines = Counter()
+    docs_lines = devops_lines = code_lines = 0
     paths = set()
-    directories = set()
+    parents = set()  # of the files in a directory: each directory's path is split once, not once per file
     iac = False
     for source in files:
         lower = source.path.lower()
         paths.add(lower)
-        directories.update(lower.split('/')[:-1])
-        if _is_devops(source.path, source.language):
-            lines['devops'] += source.lines
-            iac = (
-                iac
-                or source.language == 'HCL'
-                or lower.rsplit('/', 1)[-1] in _IAC_NAMES
-                or ('roles' in lower.split('/')[:-1] or 'playbooks' in lower.split('/')[:-1])
-            )
-        elif source.language in DOC_LANGUAGES:
-            lines['docs'] += source.lines
-        elif source.language is not None and source.language not in DATA_LANGUAGES:
-            lines['code'] += source.lines
-    counted = sum(lines.values()) or 1
-    docs_share, devops_share, code_share = (lines[key] / counted for key in ('docs', 'devops', 'code'))
+        parent, slash, name = lower.rpartition('/')
+        if slash:
+            parents.add(parent)
+        language = source.language
+        if _is_devops(name, parent if slash else None, language):
+            devops_lines += source.lines
+            if not iac:
+                directories = parent.split('/') if slash else ()
+                iac = language == 'HCL' or name in _IAC_NAMES or 'roles' in directories or 'playbooks' in directories
+        elif language in DOC_LANGUAGES:
+            docs_lines += source.lines
+        elif language is not None and language not in DATA_LANGUAGES:
+            code_lines += source.lines
+    directories = {directory for parent in parents for directory in parent.split('/')}
+    counted = docs_lines + devops_lines + code_lines or 1
+    docs_share, devops_share, code_share = (count / counted for count in (docs_lines, devops_lines, code_lines))
     factor = min(1.0, code_share / 0.5)
     readme_lower = (readme or '').lower()
     opening = readme_lower[:600]

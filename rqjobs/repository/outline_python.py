@@ -16,23 +16,34 @@ from rqjobs.repository.declarations import MAX_DECLARATIONS, MAX_SIGNATURE, Decl
 # triple quote open before a header, a def right after code that may have left its class, a skeleton that does not
 # parse) falls back to parsing the whole file. So an error inside a function body does not lose the file's outline
 # (Python 2 files keep theirs); a file whose declarations themselves do not parse yields [].
+# Building the tree's nodes costs more than parsing, and most of a skeleton's nodes are its defs' parameters and
+# annotations; yet most defs of a repository repeat a parameter list seen before (`(self)`, `(self, other)`...). So
+# the parameters and return annotation of a def (the text from its '(' to its ':') are parsed once per analysis, as
+# `def _<that text>:pass`, their rendering kept in `headers`, and the skeleton gets `def name():` on the same lines
+# instead. A parameter list parses alone exactly when it parses in place (nothing outside its own text bears on
+# it), and one that does not parse alone stays whole in the skeleton, which then decides as before.
 _PY_CANDIDATE = re.compile(r'\n([ \t]*)(?:async[ \t]+)?(def|class)[ \t]')
 _PY_TOKENS = re.compile(r'[()\[\]{}:#\n]|"""|\'\'\'|["\']')
 _PY_STRING = re.compile(r'[rRuU]?("""|\'\'\'|"|\')')
 _PY_HEADER_LIMIT = 10_000  # characters a def or class header may span
+_PY_DEF_NAME = re.compile(r'[ \t]*(async[ \t]+)?def[ \t]+\w+[ \t]*(?=\()')
+MAX_HEADERS = 20_000  # parameter lists remembered per analysis
 
 
-def python_outline(text: str) -> list[Declaration]:
+def python_outline(text: str, headers: dict[str, tuple[str, str] | None] | None = None) -> list[Declaration]:
+    """Return the outline of a Python file; `headers` remembers parameter lists across the files of an analysis."""
     text = text.removeprefix('\ufeff')
     if 'def' not in text and 'class' not in text:
         return []
-    skeleton = _python_skeleton(text)
+    signatures: dict[int, tuple[str, str]] = {}  # line of a def whose parameters left the skeleton: their rendering
+    skeleton = _python_skeleton(text, {} if headers is None else headers, signatures)
     module = _parse_python(skeleton) if skeleton is not None else None
     if module is None:
         module = _parse_python(text)
+        signatures = {}
     if module is None:
         return []
-    return _python_body(module.body, [MAX_DECLARATIONS], in_class=False)
+    return _python_body(module.body, [MAX_DECLARATIONS], signatures, in_class=False)
 
 
 def _parse_python(text: str) -> ast.Module | None:
@@ -50,7 +61,9 @@ def _dedent_pattern(width: int) -> re.Pattern:
     return re.compile(r'\n[ \t]{0,' + str(width) + r'}[^ \t\r\n#]')
 
 
-def _python_skeleton(text: str) -> str | None:
+def _python_skeleton(
+    text: str, headers: dict[str, tuple[str, str] | None], signatures: dict[int, tuple[str, str]]
+) -> str | None:
     """Return the skeleton of a Python file (see above), '' when it declares nothing, None to parse it whole."""
     source = '\n' + text
     lines = text.split('\n')
@@ -83,7 +96,10 @@ def _python_skeleton(text: str) -> str | None:
         end_of_line = source.find('\n', colon)
         end_of_line = len(source) if end_of_line == -1 else end_of_line
         first, last = counter.line(start + 1), counter.line(colon)
-        out[first : last + 1] = lines[first : last + 1]
+        header = _def_header(source, start + 1, colon, end_of_line, headers)  # None for a class
+        out[first : last + 1] = lines[first : last + 1] if header is None else header[0]
+        if header is not None:
+            signatures[first + 1] = header[1]  # by the def's line number, as the tree gives it
         found = True
         checked = end_of_line
         rest = source[colon + 1 : end_of_line].strip()
@@ -100,14 +116,9 @@ def _python_skeleton(text: str) -> str | None:
         index = counter.line(body + 1)
         string = _PY_STRING.match(stripped)
         if string:  # the docstring: copied whole
-            quote = string.group(1)
-            close = following
-            if len(quote) == 3:
-                close = source.find(quote, body + 1 + len(body_indent) + string.end())
-                if close == -1:
-                    return None
-                close = source.find('\n', close + 3)
-                close = len(source) if close == -1 else close
+            close = _docstring_end(source, body + 1 + len(body_indent) + string.end(), string.group(1), following)
+            if close < 0:
+                return None
             last = counter.line(close - 1) if close > body + 1 else index
             out[index : last + 1] = lines[index : last + 1]
             checked = skip_until = close
@@ -116,6 +127,52 @@ def _python_skeleton(text: str) -> str | None:
         if keyword == 'class':
             stack.append((indent, body_indent))
     return '\n'.join(out) if found else ''
+
+
+def _def_header(
+    source: str,
+    start: int,
+    colon: int,
+    end_of_line: int,
+    headers: dict[str, tuple[str, str] | None],
+) -> tuple[list[str], tuple[str, str]] | None:
+    """Return the skeleton lines of the def header at `start` without its parameters, and their rendering.
+
+    None keeps the header whole: its name is not followed by '(' on the same line, or its parameters do not parse.
+    """
+    name = _PY_DEF_NAME.match(source, start, colon)
+    if name is None:
+        return None
+    parameters = source[name.end() : colon]
+    if '\r' in parameters:  # a lone CR ends a line for the parser, not for the skeleton's line count
+        return None
+    key = ('async def _' if name.group(1) else 'def _') + parameters
+    if key in headers:
+        rendering = headers[key]
+    else:
+        module = _parse_python(key + ':pass')
+        node = module.body[0] if module is not None and len(module.body) == 1 else None
+        rendering = None
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            rendering = _python_arguments(node.args), f' -> {_expr(node.returns)}' if node.returns is not None else ''
+        if len(headers) < MAX_HEADERS:
+            headers[key] = rendering
+    if rendering is None:
+        return None
+    # The same lines: `def name(`, as many line ends as the parameters spanned, then `):` and the rest of the line.
+    lines = source[start : name.end()] + '(' + '\n' * parameters.count('\n') + ')' + source[colon:end_of_line]
+    return lines.split('\n'), rendering
+
+
+def _docstring_end(source: str, position: int, quote: str, following: int) -> int:
+    """Return the end of the line where a docstring opened at `position` closes (`following` for one quote), or -1."""
+    if len(quote) < 3:
+        return following
+    close = source.find(quote, position)
+    if close == -1:
+        return -1
+    close = source.find('\n', close + 3)
+    return len(source) if close == -1 else close
 
 
 def _close_classes(
@@ -233,7 +290,9 @@ class _LineCounter:
         return self.count - 1
 
 
-def _python_body(body: list[ast.stmt], budget: list[int], *, in_class: bool) -> list[Declaration]:
+def _python_body(
+    body: list[ast.stmt], budget: list[int], signatures: dict[int, tuple[str, str]], *, in_class: bool
+) -> list[Declaration]:
     declarations = []
     for node in body:
         if budget[0] <= 0:
@@ -244,7 +303,7 @@ def _python_body(body: list[ast.stmt], budget: list[int], *, in_class: bool) -> 
                 Declaration(
                     'method' if in_class else 'function',
                     node.name,
-                    _python_signature(node),
+                    _python_signature(node, signatures.get(node.lineno)),
                     node.lineno,
                     _python_doc(node),
                 )
@@ -252,7 +311,7 @@ def _python_body(body: list[ast.stmt], budget: list[int], *, in_class: bool) -> 
         elif isinstance(node, ast.ClassDef):
             budget[0] -= 1
             declaration = Declaration('class', node.name, _python_signature(node), node.lineno, _python_doc(node))
-            declaration.children = _python_body(node.body, budget, in_class=True)
+            declaration.children = _python_body(node.body, budget, signatures, in_class=True)
             declarations.append(declaration)
     return declarations
 
@@ -317,15 +376,20 @@ def _expr(node: ast.AST) -> str:
     return _unparse(node)
 
 
-def _python_signature(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> str:
+def _python_signature(
+    node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, rendered: tuple[str, str] | None = None
+) -> str:
+    """Return a declaration's signature; `rendered` holds a def's parameters and return annotation, if known."""
     if isinstance(node, ast.ClassDef):
         bases = [_expr(base) for base in node.bases] + [
             f'{kw.arg}={_expr(kw.value)}' if kw.arg else f'**{_expr(kw.value)}' for kw in node.keywords
         ]
         return shorten(f'class {node.name}({", ".join(bases)})' if bases else f'class {node.name}', MAX_SIGNATURE)
     prefix = 'async def' if isinstance(node, ast.AsyncFunctionDef) else 'def'
-    returns = f' -> {_expr(node.returns)}' if node.returns is not None else ''
-    return shorten(f'{prefix} {node.name}({_python_arguments(node.args)}){returns}', MAX_SIGNATURE)
+    if rendered is None:
+        returns = f' -> {_expr(node.returns)}' if node.returns is not None else ''
+        rendered = _python_arguments(node.args), returns
+    return shorten(f'{prefix} {node.name}({rendered[0]}){rendered[1]}', MAX_SIGNATURE)
 
 
 def _python_arguments(args: ast.arguments) -> str:
