@@ -131,7 +131,8 @@ def process_access_log() -> dict:
     result = {'status': 'done', 'stored': 0, 'duplicates': 0, 'dead_lettered': 0, 'batches': 0}
     token = uuid.uuid4().hex
     job = get_current_job()
-    soft_limit = limits.soft_limit_for(job.timeout) if job is not None and job.timeout else settings.soft_time_limit
+    timeout = job.timeout if job is not None else None
+    soft_limit = limits.soft_limit_for(timeout) if timeout and timeout > 0 else settings.soft_time_limit
     with connections.get_redis(settings) as connection:
         if not connection.set(LOCK_KEY, token, nx=True, px=LOCK_MS):
             logger.info('access log: another drain is running; nothing to do')
