@@ -11,7 +11,8 @@ call per 10 ms tick: one Python process cannot make 10,000 single calls a second
   dropped + dead-lettered + left, checked;
 - p50 and p99 of the time from send to stored: a row's `created_at` (when the drain took it) minus its
   `access_time` (the producer's clock at the send, the default when the entry names none);
-- the buffer's largest length (sampled every 0.5 s), the drain runs and the worker's time in them.
+- the buffer's largest length (sampled every 0.5 s), the drain runs, the share of the time the worker spent in them,
+  and the drain's speed in them (stored per second of run): a rate above it cannot be carried on this machine.
 
 The knee is the highest rate with nothing dropped or left and p99 <= 35 s.
 Usage: python bench/access_log_ingest.py [--seconds 60] [--rates 2000,5000,10000]
@@ -208,10 +209,11 @@ def show(result: dict) -> str:
     p50 = '-' if result['p50'] is None else f'{result["p50"]:.1f}'
     p99 = '-' if result['p99'] is None else f'{result["p99"]:.1f}'
     achieved = result['sent'] / result['send_seconds']
+    drained = f'{result["stored"] / result["busy"]:.0f}' if result['busy'] else '-'
     return (
         f'{result["rate"]:>6} {result["mode"]:<11} {result["sent"]:>8} {achieved:>8.0f} {result["stored"]:>8} '
         f'{result["dropped"]:>8} {result["left"]:>6} {p50:>6} {p99:>6} {result["largest"]:>7} {result["runs"]:>5} '
-        f'{100 * result["busy"] / result["wall"]:>5.0f}%'
+        f'{100 * result["busy"] / result["wall"]:>5.0f}% {drained:>8}'
     )
 
 
@@ -246,7 +248,7 @@ def main() -> None:
     )
     header = (
         f'{"rate":>6} {"mode":<11} {"sent":>8} {"sent/s":>8} {"stored":>8} {"dropped":>8} {"left":>6} '
-        f'{"p50 s":>6} {"p99 s":>6} {"buffer":>7} {"runs":>5} {"busy":>6}'
+        f'{"p50 s":>6} {"p99 s":>6} {"buffer":>7} {"runs":>5} {"busy":>6} {"drain/s":>8}'
     )
     print(header)
     results = []
