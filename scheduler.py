@@ -4,15 +4,20 @@ Each entry is a template job in rq-scheduler's schedule under a fixed id. When i
 enqueues a fresh run of the entry's job (id `<entry id>-<slot time>`) through the project's one enqueue path, and
 puts the template back for its next time. So:
 
-- a run that is still queued or running when the next time comes is not enqueued again (no backlog after an outage);
+- a run that is still queued or running when the next time comes is not enqueued again (no backlog after an outage),
+  nor is one whose run went on in a next run of its own (`queues.continue_job`) while that one is queued, scheduled
+  or running;
 - two schedulers never enqueue the same slot twice (rq-scheduler's lock, and the slot's deterministic run id);
 - a scheduler killed mid-loop loses no entry: the template is still due, and its slot's run id makes a retry safe;
 - `register()` never deletes a running job: runs and templates are different jobs;
-- cron entries are evaluated in UTC whatever the machine's timezone.
+- cron entries are evaluated in UTC whatever the machine's timezone;
+- an entry with an `early` check (the access-log drain, once its buffer is a quarter full) also runs between its
+  times, on the same terms: never beside a run in progress.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -41,13 +46,18 @@ MIN_INTERVAL = 5
 
 @dataclass(frozen=True)
 class Entry:
-    """One periodic entry: a fixed id, a registered job, and either an interval in seconds or a UTC cron string."""
+    """One periodic entry: a fixed id, a registered job, and either an interval in seconds or a UTC cron string.
+
+    `early` names a function `(connection) -> bool`, asked at every look at the schedule, that makes the entry due
+    before its time (a buffer filling up); it is read from this table, never from Redis.
+    """
 
     id: str
     job: str
     every: int | None = None
     cron: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    early: str | None = None
 
     @property
     def when(self) -> str:
@@ -66,7 +76,9 @@ PLAN: tuple[Entry, ...] = (
     Entry('cleanup-old-access-records', 'rqjobs.access_log.cleanup_old_access_records', cron='0 2 * * *'),
     Entry('cleanup-old-access-logs', 'rqjobs.access_log.cleanup_old_access_logs', cron='10 2 * * *'),
     Entry('generate-minimaps', 'rqjobs.minimap.generate_minimap', every=600),
-    Entry('process-access-logs', 'rqjobs.access_log.process_access_log', every=30),
+    Entry(
+        'process-access-logs', 'rqjobs.access_log.process_access_log', every=30, early='rqjobs.access_log.backlogged'
+    ),
 )
 
 
@@ -127,11 +139,27 @@ class PlanScheduler(Scheduler):
         return list(self.get_jobs(until=int(_epoch(clock.utcnow())), with_times=with_times))
 
     def enqueue_jobs(self) -> list:
-        """Enqueue every due entry once (the scheduling step the loop repeats)."""
+        """Enqueue every due entry once, and those due early (the scheduling step the loop repeats)."""
         due = self.get_jobs_to_queue(with_times=True)
         for job, slot in due:
             self.enqueue_job(job, slot=slot)
-        return [job for job, _ in due]
+        early = self._enqueue_early({job.id for job, _ in due})
+        return [job for job, _ in due] + early
+
+    def _enqueue_early(self, handled: set[str]) -> list:
+        """Run the entries whose `early` check says they are due before their time, unless a run is in progress."""
+        started = []
+        for entry in plan():
+            if entry.early is None or entry.id in handled or not _function(entry.early)(self.connection):
+                continue
+            try:
+                template = self.job_class.fetch(entry.id, connection=self.connection)
+            except NoSuchJobError:  # not registered (yet): the plan's registration adds it
+                continue
+            definition = template.meta.get(PLAN_MARK)
+            if definition and self._run(template, definition, clock.utcnow(), early=True):
+                started.append(template)
+        return started
 
     def enqueue_job(self, job, slot: datetime | None = None) -> None:
         entry = job.meta.get(PLAN_MARK)
@@ -143,10 +171,19 @@ class PlanScheduler(Scheduler):
         upcoming = next_time(entry, slot, now)
         self.connection.zadd(self.scheduled_jobs_key, {job.id: _epoch(upcoming)})
 
-    def _run(self, template, entry: dict, slot: datetime) -> None:
+    def _run(self, template, entry: dict, slot: datetime, early: bool = False) -> bool:
+        """Enqueue the entry's run of `slot` unless one is in progress; return whether it was enqueued."""
         run_id = f'{template.id}-{int(_epoch(slot))}'
         last = template.meta.get('last_run_id')
-        busy = queues.live_job_ids(self.connection, [run_id] + ([last] if last else []))
+        busy = queues.live_job_ids(self.connection, [run_id])
+        if last:
+            # A run that went on in a next run of its own (`queues.continue_job`) is still in progress through it.
+            last, live = queues.latest_run(self.connection, last)
+            template.meta['last_run_id'] = last
+            if live:
+                busy.add(last)
+        if busy and early:
+            return False  # nothing was due: the run in progress is all there is to it
         if busy:
             # The previous run is still queued or running (or this slot's run exists already): no second copy.
             logger.info(
@@ -167,8 +204,9 @@ class PlanScheduler(Scheduler):
                 meta={PLAN_MARK: template.id, 'slot': slot.isoformat(timespec='seconds') + 'Z'},
             )
             template.meta['last_run_id'] = run_id
-            logger.info('schedule %s: enqueued %s', template.id, run_id)
+            logger.info('schedule %s: enqueued %s%s', template.id, run_id, ' before its time' if early else '')
         template.save_meta()
+        return not busy
 
 
 def build_scheduler(connection: redis.Redis, interval: float = POLL_INTERVAL) -> PlanScheduler:
@@ -345,6 +383,11 @@ def _stopped(exc: redis.RedisError) -> None:
 def tick(connection: redis.Redis) -> list[str]:
     """Run one scheduling step (what the loop does every few seconds); return the ids of the due entries."""
     return [job.id for job in build_scheduler(connection).enqueue_jobs()]
+
+
+def _function(path: str):
+    module, _, name = path.rpartition('.')
+    return getattr(importlib.import_module(module), name)
 
 
 def _epoch(moment: datetime) -> float:

@@ -3,8 +3,11 @@
 The producer (`rqjobs.contrib.access_log`) appends entries to a capped Redis list. `process_access_log`, run every
 30 s, moves entries batch by batch to a processing list, inserts each batch in one transaction and removes it from
 Redis only after the commit, so a worker killed at any point loses nothing, and a replayed entry is refused by the
-unique `event_id`. Entries the database must not see go to a dead-letter list with the reason; `requeue_dead` puts
-them back after a fix. The sum holds: entries sent = rows stored + entries dead-lettered + drops counted.
+unique `event_id`. A run that stops at its budget with a backlog left enqueues the next run at once
+(`queues.continue_job`), and the plan starts a run before its time once the buffer is a quarter full (`backlogged`):
+so sustained ingest keeps up with the drain's speed, and at low traffic the plan's runs are all there is.
+Entries the database must not see go to a dead-letter list with the reason; `requeue_dead` puts them back after a
+fix. The sum holds: entries sent = rows stored + entries dead-lettered + drops counted.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from typing import Any
 import peewee
 import redis
 from redis.exceptions import NoScriptError
+from rq.job import get_current_job
 
 from models import AccessRecord
-from rqjobs import clock, connections, database
+from rqjobs import clock, connections, database, limits, queues
 from rqjobs.contrib.access_log import (
     BUFFER_KEY,
     DEAD_KEY,
@@ -54,6 +58,9 @@ DAYS_MAX = 36_500
 # Short enough that a killed drainer's lock is gone by the second next run, long enough for any one batch.
 LOCK_MS = 60_000
 CLEANUP_CHUNK = 5000
+# The plan runs the drain before its time once the buffer is this full (`backlogged`): the scheduler looks every
+# 5 s, so a jump from no traffic to 10,000 entries a second still finds room (25,000 + 5 s of it, of 100,000).
+EARLY_FILL = 0.25
 DEAD_CHUNK = 1000
 
 # Every column of a row, in the order the drain builds row tuples.
@@ -123,40 +130,61 @@ def process_access_log() -> dict:
     started = time.monotonic()
     result = {'status': 'done', 'stored': 0, 'duplicates': 0, 'dead_lettered': 0, 'batches': 0}
     token = uuid.uuid4().hex
+    job = get_current_job()
+    timeout = job.timeout if job is not None else None
+    soft_limit = limits.soft_limit_for(timeout) if timeout and timeout > 0 else settings.soft_time_limit
     with connections.get_redis(settings) as connection:
         if not connection.set(LOCK_KEY, token, nx=True, px=LOCK_MS):
             logger.info('access log: another drain is running; nothing to do')
-            return {**result, 'status': 'busy', 'remaining': _backlog(connection), 'elapsed': 0.0}
+            busy = {'status': 'busy', 'remaining': _backlog(connection), 'elapsed': 0.0, 'continued': None}
+            return {**result, **busy}
         try:
-            _drain(connection, token, settings, result)
+            # Half the soft limit: a batch takes a second or so, and the run ends well before it is stopped.
+            stopped = _drain(connection, token, settings, result, started + soft_limit / 2)
         finally:
             _run(connection, 'release', (LOCK_KEY,), (token,))
         result['remaining'] = _backlog(connection)
+        result['continued'] = None
+        if stopped in ('budget', 'time') and result['remaining'] and settings.access_log_continue:
+            # Left for the plan, the backlog would wait up to 35 s while the buffer fills: the next run starts now.
+            result['continued'] = queues.continue_job(connection, settings=settings)
     result['elapsed'] = round(time.monotonic() - started, 3)
     logger.info(
-        'access log: %d stored, %d duplicates, %d dead-lettered in %d batches, %d remaining (%.2f s)',
+        'access log: %d stored, %d duplicates, %d dead-lettered in %d batches, %d remaining (%.2f s)%s',
         result['stored'],
         result['duplicates'],
         result['dead_lettered'],
         result['batches'],
         result['remaining'],
         result['elapsed'],
+        f'; {result["continued"]} goes on' if result['continued'] else '',
     )
     return result
 
 
-def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict) -> None:
+def backlogged(connection: redis.Redis) -> bool:
+    """Return whether the buffer is full enough for the plan to run the drain before its time."""
+    settings = get_settings()
+    if not settings.access_log_continue:
+        return False
+    return connection.llen(BUFFER_KEY) >= settings.access_log_buffer_max * EARLY_FILL
+
+
+def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict, stop_at: float) -> str:
+    """Store batches until the buffer is empty, the run's budget is spent or `stop_at`; return which stopped it."""
     budget = settings.access_log_max_per_run
     try:
         with database.connection(settings) as db:
             while budget > 0:
+                if time.monotonic() >= stop_at:
+                    return 'time'
                 raws = _take(connection, token, min(settings.access_log_batch_size, budget))
                 if raws is None:
                     logger.warning('access log: the drain lock expired; stopping, the next run goes on')
                     result['status'] = 'lock lost'
-                    return
+                    return 'lock lost'
                 if not raws:
-                    return
+                    return 'empty'
                 rows, kept, dead = _parse(raws, clock.utcnow())
                 stored, refused = _store(db, rows, kept)
                 dead += refused
@@ -170,7 +198,7 @@ def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict
                     # The rows are committed; whoever holds the lock now replays the batch and finds them stored.
                     logger.warning('access log: the drain lock expired after a commit; stopping')
                     result['status'] = 'lock lost'
-                    return
+                    return 'lock lost'
                 if dead:
                     logger.warning('access log: %d entries dead-lettered, first because %s', len(dead), dead[0][1])
                 result['stored'] += stored
@@ -178,6 +206,7 @@ def _drain(connection: redis.Redis, token: str, settings: Settings, result: dict
                 result['dead_lettered'] += len(dead)
                 result['batches'] += 1
                 budget -= len(raws)
+            return 'budget'
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(
             f'Access log: {exc} The entries stay in Redis and the next run stores them.'

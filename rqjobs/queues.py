@@ -598,11 +598,68 @@ def retries_left() -> int:
     return (job.retries_left or 0) if job is not None else 0
 
 
+# Statuses of a job that is still to run or running.
+LIVE_STATUSES = frozenset((b'queued', b'started', b'scheduled', b'deferred', b'rate_limited'))
+
+
 def live_job_ids(connection: redis.Redis, job_ids: Sequence[str]) -> set[str]:
     """Return which of `job_ids` are queued, scheduled, deferred, rate-limited or running (one Redis round trip)."""
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hget(JsonJob.key_for(job_id), 'status')
         statuses = pipe.execute()
-    live = {b'queued', b'started', b'scheduled', b'deferred', b'rate_limited'}
-    return {job_id for job_id, status in zip(job_ids, statuses, strict=True) if status in live}
+    return {job_id for job_id, status in zip(job_ids, statuses, strict=True) if status in LIVE_STATUSES}
+
+
+# A field of a run's rq hash: the id of the run that went on with its work (`continue_job`).
+CONTINUED_FIELD = 'rqjobs_continued_by'
+
+
+def continue_job(connection: redis.Redis, *, settings: Settings | None = None) -> str | None:
+    """Enqueue the next run of the running job, to go on with its work; return its id (None outside a job).
+
+    The next run gets the job's name, arguments, queue and meta, no retry, and the id `<first run>-c<n>`; this run
+    names it in its hash, so that the periodic plan takes it for the entry's run in progress (`latest_run`) and
+    enqueues no second one beside it.
+    """
+    job = get_current_job()
+    if job is None:
+        return None
+    chain = str(job.meta.get('chain') or job.id)
+    link = int(job.meta.get('link') or 0) + 1
+    suffix = f'-c{link}'
+    next_id = chain[: 128 - len(suffix)] + suffix
+    meta = {key: value for key, value in job.meta.items() if key != 'progress'}
+    # Deterministic, and enqueued once: a run that goes through this twice (a replay) cannot start two chains.
+    if not connection.exists(JsonJob.key_for(next_id)):
+        enqueue(
+            job.func_name,
+            job.args,
+            job.kwargs,
+            connection=connection,
+            queue=job.origin,
+            job_id=next_id,
+            retry=None,
+            timeout=job.timeout,
+            description=job.description,
+            meta={**meta, 'chain': chain, 'link': link},
+            settings=settings,
+        )
+    connection.hset(job.key, CONTINUED_FIELD, next_id)
+    return next_id
+
+
+# Links followed at most: with the plan looking every few seconds, a chain grows by a few links between two looks.
+CHAIN_MAX = 10_000
+
+
+def latest_run(connection: redis.Redis, job_id: str) -> tuple[str, bool]:
+    """Return the last run of the chain of `continue_job` runs that `job_id` starts, and whether it is yet to end."""
+    for _ in range(CHAIN_MAX):
+        # Status and successor in one read: a run names its successor before it finishes, so a run seen finished
+        # shows any successor it has.
+        status, successor = connection.hmget(JsonJob.key_for(job_id), 'status', CONTINUED_FIELD)
+        if status in LIVE_STATUSES or successor is None:
+            return job_id, status in LIVE_STATUSES
+        job_id = successor.decode()
+    return job_id, False

@@ -49,6 +49,7 @@ VARIABLES = (
     'ACCESS_LOG_BUFFER_MAX',
     'ACCESS_LOG_BATCH_SIZE',
     'ACCESS_LOG_MAX_PER_RUN',
+    'ACCESS_LOG_CONTINUE',
     'JOB_ARGS_MAX_SIZE',
     'LLM_BASE_URL',
     'LLM_MODEL',
@@ -135,6 +136,7 @@ class Settings:
     access_log_buffer_max: int = 100_000
     access_log_batch_size: int = 1000
     access_log_max_per_run: int = 50_000
+    access_log_continue: bool = True
     job_args_max_size: int = 65_536
     llm_base_url: str | None = None
     llm_model: str | None = None
@@ -205,6 +207,7 @@ class Settings:
             access_log_buffer_max=_int(env, 'ACCESS_LOG_BUFFER_MAX', 100_000, minimum=1, example='100000'),
             access_log_batch_size=_int(env, 'ACCESS_LOG_BATCH_SIZE', 1000, minimum=1, example='1000'),
             access_log_max_per_run=_int(env, 'ACCESS_LOG_MAX_PER_RUN', 50_000, minimum=1, example='50000'),
+            access_log_continue=_bool(env, 'ACCESS_LOG_CONTINUE', True),
             job_args_max_size=_int(env, 'JOB_ARGS_MAX_SIZE', 65_536, minimum=1024, example='65536'),
             **_llm(env),
         )

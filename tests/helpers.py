@@ -31,6 +31,14 @@ def run_jobs_cli(*args: str, env: dict | None = None, timeout: float = 120) -> s
     )
 
 
+def run_worker(connection, *queue_names: str, max_jobs: int | None = None) -> bool:
+    """Run a real burst worker (a work horse per job) on `queue_names`, without rq's scheduler, for `max_jobs` jobs."""
+    from rqjobs.worker import build_worker
+
+    worker = build_worker(connection, queue_names)
+    return worker.work(burst=True, max_jobs=max_jobs, with_scheduler=False, logging_level='WARNING')
+
+
 # ---- Waiting ----
 
 

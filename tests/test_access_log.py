@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from helpers import ROOT
+from helpers import ROOT, run_worker
 from models import AccessRecord
 from rqjobs import access_log, clock, queues, settings
 from rqjobs.access_log import BUFFER_KEY, DEAD_KEY, DROPPED_KEY, LOCK_KEY, PROCESSING_KEY
@@ -322,8 +322,118 @@ def test_work_per_run_is_bounded_and_the_next_run_continues(redis_conn, database
     assert (second['stored'], second['remaining']) == (25, 10)
     third = access_log.process_access_log()
     assert (third['stored'], third['remaining']) == (10, 0)
-    assert set(third) == {'status', 'stored', 'duplicates', 'dead_lettered', 'batches', 'remaining', 'elapsed'}
+    assert set(third) == {
+        'status',
+        'stored',
+        'duplicates',
+        'dead_lettered',
+        'batches',
+        'remaining',
+        'elapsed',
+        'continued',
+    }
+    # Outside a worker there is no job to continue: the caller (here, the test) runs the next one.
+    assert first['continued'] is None
     assert stored_count() == 60
+
+
+# ---- Going on: a run that leaves a backlog continues in a next run ----
+
+
+def results_of(redis_conn):
+    """The results of every drain run that finished, by job id."""
+    ids = queues.get_queue('access_log', redis_conn).finished_job_registry.get_job_ids()
+    return {job_id: queues.JsonJob.fetch(job_id, connection=redis_conn).return_value() for job_id in ids}
+
+
+@pytest.mark.db
+def test_a_backlog_beyond_one_budget_is_drained_by_continuations_without_a_plan_tick(redis_conn, database, small):
+    small(ACCESS_LOG_MAX_PER_RUN=25, ACCESS_LOG_BATCH_SIZE=10)
+    producer.enqueue_access_logs([entry(i) for i in range(60)], connection=redis_conn)
+    queues.enqueue('process_access_log', job_id='process-access-logs-100', retry=None, connection=redis_conn)
+    assert run_worker(redis_conn, 'access_log')
+    assert stored_count() == 60 and redis_conn.llen(BUFFER_KEY) == 0
+    results = results_of(redis_conn)
+    assert {job_id: (r['stored'], r['continued']) for job_id, r in results.items()} == {
+        'process-access-logs-100': (25, 'process-access-logs-100-c1'),
+        'process-access-logs-100-c1': (25, 'process-access-logs-100-c2'),
+        'process-access-logs-100-c2': (10, None),
+    }
+    # Each run names the next in its hash: the plan finds the chain's last run from the first.
+    assert queues.latest_run(redis_conn, 'process-access-logs-100') == ('process-access-logs-100-c2', False)
+    last = queues.JsonJob.fetch('process-access-logs-100-c2', connection=redis_conn)
+    assert (last.meta['chain'], last.meta['link'], last.retries_left) == ('process-access-logs-100', 2, None)
+
+
+@pytest.mark.db
+def test_a_run_that_empties_the_buffer_ends_at_once_and_enqueues_nothing(redis_conn, database, small):
+    small(ACCESS_LOG_MAX_PER_RUN=25, ACCESS_LOG_BATCH_SIZE=10)
+    producer.enqueue_access_logs([entry(i) for i in range(25)], connection=redis_conn)
+    job = queues.enqueue('process_access_log', retry=None, connection=redis_conn)
+    started = time.monotonic()
+    assert run_worker(redis_conn, 'access_log', max_jobs=1)
+    assert time.monotonic() - started < 10
+    # The budget was spent to the last entry, and nothing was left: no next run.
+    assert job.return_value()['continued'] is None and job.return_value()['remaining'] == 0
+    assert queues.get_queue('access_log', redis_conn).count == 0
+    assert redis_conn.hget(job.key, queues.CONTINUED_FIELD) is None
+
+
+@pytest.mark.db
+def test_with_continuing_off_a_run_leaves_the_backlog_to_the_plan(redis_conn, database, small):
+    small(ACCESS_LOG_MAX_PER_RUN=25, ACCESS_LOG_BATCH_SIZE=10, ACCESS_LOG_CONTINUE='false', ACCESS_LOG_BUFFER_MAX=100)
+    producer.enqueue_access_logs([entry(i) for i in range(60)], connection=redis_conn)
+    job = queues.enqueue('process_access_log', retry=None, connection=redis_conn)
+    assert run_worker(redis_conn, 'access_log')
+    assert (job.return_value()['stored'], job.return_value()['continued']) == (25, None)
+    assert stored_count() == 25 and redis_conn.llen(BUFFER_KEY) == 35
+    assert not access_log.backlogged(redis_conn)  # a third full, past EARLY_FILL, but the plan keeps its times
+
+
+@pytest.mark.db
+def test_a_replayed_run_enqueues_its_continuation_once(redis_conn, database, small):
+    small(ACCESS_LOG_MAX_PER_RUN=10, ACCESS_LOG_BATCH_SIZE=10)
+    producer.enqueue_access_logs([entry(i) for i in range(30)], connection=redis_conn)
+    job = queues.enqueue('process_access_log', job_id='drain-1', retry=None, connection=redis_conn)
+    assert run_worker(redis_conn, 'access_log', max_jobs=1)
+    assert job.return_value()['continued'] == 'drain-1-c1'
+    # The same run once more (a replay): its next run exists already, queued once.
+    queues.get_queue('access_log', redis_conn).enqueue_job(job, at_front=True)
+    assert run_worker(redis_conn, 'access_log', max_jobs=1)
+    assert queues.get_queue('access_log', redis_conn).job_ids == ['drain-1-c1']
+
+
+@pytest.mark.db
+def test_a_run_stops_at_half_its_soft_limit_and_goes_on(redis_conn, database, small):
+    small(JOB_TIMEOUT=10, SOFT_TIME_LIMIT=1, ACCESS_LOG_BATCH_SIZE=1)
+    assert producer.enqueue_access_logs([entry(i) for i in range(20_000)], connection=redis_conn) == 20_000
+    job = queues.enqueue('process_access_log', job_id='slow-1', retry=None, connection=redis_conn)
+    assert run_worker(redis_conn, 'access_log', max_jobs=1)
+    result = job.return_value()
+    # One entry per transaction is far slower than 20,000 in half a second: the run stopped on time, not at its budget.
+    assert result['status'] == 'done' and 0 < result['stored'] < 20_000
+    assert result['elapsed'] < 0.5 + 2 and result['continued'] == 'slow-1-c1'
+    assert result['remaining'] == 20_000 - result['stored']
+
+
+@pytest.mark.db
+@pytest.mark.slow
+def test_two_workers_draining_at_once_never_take_the_same_entries(redis_conn, database, small):
+    small(ACCESS_LOG_MAX_PER_RUN=300, ACCESS_LOG_BATCH_SIZE=50)
+    sent = 6000
+    assert producer.enqueue_access_logs([entry(i) for i in range(sent)], connection=redis_conn) == sent
+    for number in range(2):
+        queues.enqueue('process_access_log', job_id=f'drain-{number}', retry=None, connection=redis_conn)
+    command = [sys.executable, '-c', 'import cli; cli.main()', '-q', 'worker', '--burst', 'access_log']
+    workers = [subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stderr=subprocess.PIPE) for _ in range(2)]
+    errors = [worker.communicate(timeout=120)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], errors
+    results = results_of(redis_conn).values()
+    assert stored_count() == sent == sum(r['stored'] for r in results)
+    assert AccessRecord.select(peewee.fn.COUNT(AccessRecord.event_id.distinct())).scalar() == sent
+    # No entry was taken twice: a second take would have found its row and counted a duplicate.
+    assert sum(r['duplicates'] for r in results) == 0
+    assert redis_conn.llen(BUFFER_KEY) == redis_conn.llen(PROCESSING_KEY) == 0
 
 
 @pytest.mark.db

@@ -12,8 +12,9 @@ from rq.job import JobStatus
 
 import cli
 import scheduler
-from helpers import ROOT
-from rqjobs import clock, queues, settings
+from helpers import ROOT, run_worker
+from rqjobs import access_log, clock, queues, settings
+from rqjobs.contrib import access_log as producer
 from rqjobs.exceptions import SettingsError
 from scheduler import Entry
 
@@ -266,6 +267,72 @@ def test_a_scheduler_killed_mid_step_loses_nothing(redis_conn, now):
     scheduler.tick(redis_conn)
     assert len(queued(redis_conn)) == 1
     assert scheduled(redis_conn)['ping-often'] == START + timedelta(seconds=60)
+
+
+DRAIN_PLAN = [entry for entry in scheduler.PLAN if entry.id == 'process-access-logs']
+
+
+def access_entries(count):
+    return [{'resource_type': 'Page', 'resource_id': f'/page{i}', 'path': f'/page{i}'} for i in range(count)]
+
+
+@pytest.mark.db
+def test_a_run_that_went_on_is_not_joined_by_a_second_one_when_its_time_comes(redis_conn, database, now, env):
+    env.setenv('ACCESS_LOG_MAX_PER_RUN', '25')
+    env.setenv('ACCESS_LOG_BATCH_SIZE', '10')
+    settings.reset()
+    assert producer.enqueue_access_logs(access_entries(60), connection=redis_conn) == 60
+    scheduler.register(redis_conn, DRAIN_PLAN)
+    now(30)
+    assert scheduler.tick(redis_conn) == ['process-access-logs']
+    (first,) = queued(redis_conn, 'access_log')
+    assert run_worker(redis_conn, 'access_log', max_jobs=1)
+    # The first run spent its budget and went on in a next run, still queued when the entry's time comes again.
+    assert queued(redis_conn, 'access_log') == [f'{first}-c1']
+    now(30)
+    assert scheduler.tick(redis_conn) == ['process-access-logs']
+    assert queued(redis_conn, 'access_log') == [f'{first}-c1']
+    template = queues.JsonJob.fetch('process-access-logs', connection=redis_conn)
+    assert template.meta['last_run_id'] == f'{first}-c1' and template.meta['last_skipped_at']
+
+    assert run_worker(redis_conn, 'access_log')
+    assert redis_conn.llen(access_log.BUFFER_KEY) == 0
+    assert queues.latest_run(redis_conn, first) == (f'{first}-c2', False)
+    # The chain has ended: the next time enqueues a fresh run.
+    now(30)
+    scheduler.tick(redis_conn)
+    slot = int((START + timedelta(seconds=90)).replace(tzinfo=UTC).timestamp())
+    assert queued(redis_conn, 'access_log') == [f'process-access-logs-{slot}']
+
+
+@pytest.mark.db
+def test_the_drain_runs_before_its_time_once_the_buffer_is_a_quarter_full(redis_conn, database, now, env):
+    env.setenv('ACCESS_LOG_BUFFER_MAX', '40')
+    settings.reset()
+    scheduler.register(redis_conn, DRAIN_PLAN)
+    producer.enqueue_access_logs(access_entries(9), connection=redis_conn)
+    now(5)
+    assert scheduler.tick(redis_conn) == [] and queued(redis_conn, 'access_log') == []
+    producer.enqueue_access_logs(access_entries(1), connection=redis_conn)
+    moment = now(5)
+    assert scheduler.tick(redis_conn) == ['process-access-logs']
+    early = f'process-access-logs-{int(moment.replace(tzinfo=UTC).timestamp())}'
+    assert queued(redis_conn, 'access_log') == [early]
+    # Its run is queued: the next looks enqueue no second one, and the entry keeps its times.
+    for _ in range(3):
+        now(5)
+        assert scheduler.tick(redis_conn) == []
+    assert queued(redis_conn, 'access_log') == [early]
+    assert scheduled(redis_conn)['process-access-logs'] == START + timedelta(seconds=30)
+    assert 'last_skipped_at' not in queues.JsonJob.fetch('process-access-logs', connection=redis_conn).meta
+    assert run_worker(redis_conn, 'access_log')
+    assert redis_conn.llen(access_log.BUFFER_KEY) == 0
+
+
+def test_early_checks_of_the_plan_are_functions_of_the_code(redis_conn):
+    checks = {entry.id: scheduler._function(entry.early) for entry in scheduler.PLAN if entry.early}
+    assert checks == {'process-access-logs': access_log.backlogged}
+    assert access_log.backlogged(redis_conn) is False
 
 
 def test_runs_go_through_a_worker(redis_conn, database, now, burst_worker):

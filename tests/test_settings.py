@@ -28,6 +28,7 @@ def test_defaults(tmp_path, monkeypatch):
     )
     assert (settings.job_timeout, settings.soft_time_limit, settings.result_ttl) == (1800, 1500, 3600)
     assert settings.extra_job_modules == ()
+    assert settings.access_log_continue is True
 
 
 def test_values_are_read(tmp_path):
@@ -43,8 +44,10 @@ def test_values_are_read(tmp_path):
             'SOFT_TIME_LIMIT': '50',
             'RESULT_TTL': '0',
             'JOBS_EXTRA_MODULES': 'myapp.reports=reports, myapp.mail',
+            'ACCESS_LOG_CONTINUE': 'off',
         }
     )
+    assert settings.access_log_continue is False
     assert settings.redis_url == 'redis://127.0.0.1:6390/2'
     assert settings.repo_root == tmp_path / 'r'
     assert settings.enable_warehouse_commit is False
@@ -63,6 +66,7 @@ def test_values_are_read(tmp_path):
         ('TASK_MAX_SIZE_PER_USER', '1.5', 'TASK_MAX_SIZE_PER_USER=5'),
         ('RESULT_TTL', '-1', 'RESULT_TTL=3600'),
         ('ENABLE_WAREHOUSE_COMMIT', 'maybe', 'ENABLE_WAREHOUSE_COMMIT=false'),
+        ('ACCESS_LOG_CONTINUE', 'later', 'ACCESS_LOG_CONTINUE=false'),
         ('REDIS_TIMEOUT', 'nan', 'REDIS_TIMEOUT=5'),
         ('REDIS_URL', 'localhost:6379', 'REDIS_URL=redis://127.0.0.1:6379/0'),
         ('DATABASE_URL', 'oracle://scott:tiger@db/x', 'DATABASE_URL=sqlite:///'),
