@@ -36,31 +36,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # The project root replaces this script's directory on the path, which holds scripts named like modules.
 sys.path[0] = str(ROOT)
 
+from bench.harness import DRAIN_ENTRY, drain_alone_env, jobs_command
 from models import AccessRecord
 from rqjobs import settings as settings_module
 from rqjobs.contrib import access_log as producer
 from rqjobs.embedded import EmbeddedRedis
 
-ENTRY = 'process-access-logs'
-OTHERS_OFF = (
-    'process-pending-warehouses',
-    'process-warehouse-updates',
-    'cleanup-failed-warehouses',
-    'generate-daily-statistics',
-    'cleanup-old-access-records',
-    'cleanup-old-access-logs',
-    'generate-minimaps',
-)
+ENTRY = DRAIN_ENTRY
 TICK = 0.01
 SAMPLE = 0.5
 # The plan's 30 s and the scheduler's 5 s look, and some slack: long enough for the last run of either mode.
 TAIL = 45
 LATENCY_MAX = 35
 MODES = (('continuing', 'true'), ('before', 'false'))
-
-
-def jobs_command(*args: str) -> list[str]:
-    return [sys.executable, '-c', 'import cli; cli.main()', *args]
 
 
 def entry(number: int) -> dict:
@@ -105,15 +93,7 @@ def backlog(connection) -> int:
 def phase(rate: int, mode: str, continuing: str, seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         server = EmbeddedRedis(Path(directory) / 'redis')
-        env = dict(
-            os.environ,
-            REDIS_URL=server.ensure_running(),
-            JOBS_DATA_DIR=directory,
-            DATABASE_URL=f'sqlite:///{directory}/bench.db',
-            JOBS_SCHEDULE='; '.join(f'{entry}=off' for entry in OTHERS_OFF),
-            ACCESS_LOG_CONTINUE=continuing,
-        )
-        env.pop('TEST_DATABASE_URL', None)
+        env = drain_alone_env(directory, server.ensure_running(), ACCESS_LOG_CONTINUE=continuing)
         try:
             subprocess.run(jobs_command('-q', 'db', 'init'), cwd=ROOT, env=env, check=True, capture_output=True)
             # This process sends through the same settings as the processes it starts.

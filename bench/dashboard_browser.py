@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The project root replaces this script's directory on the path, which holds scripts named like modules.
 sys.path[0] = str(ROOT)
 
+from bench.harness import jobs_command
 from rqjobs.embedded import EmbeddedRedis
 
 # A user's job module, added through JOBS_EXTRA_MODULES as docs/jobs.md describes; the project's own jobs never fail
@@ -56,10 +57,6 @@ REPORT_JOBS = '''
 # An argument with markup, to see whether the job page escapes text taken from a job.
 PROBE = '<i id="markup-probe">probe</i>'
 CHROMIUM_TIMEOUT = 90
-
-
-def jobs_command(*args: str) -> list[str]:
-    return [sys.executable, '-c', 'import cli; cli.main()', *args]
 
 
 def free_port() -> int:

@@ -38,16 +38,13 @@ sys.path[0] = str(ROOT)
 
 from rq import worker_registration
 
+from bench.harness import jobs_command
 from rqjobs import queues
 from rqjobs.embedded import EmbeddedRedis
 
 CAP = 8
 REGISTER_TIMEOUT = 60
 RUN_TIMEOUT = 600
-
-
-def jobs_command(*args: str) -> list[str]:
-    return [sys.executable, '-c', 'import cli; cli.main()', *args]
 
 
 def server_call(base_url: str, path: str, method: str = 'GET') -> dict:

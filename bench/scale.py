@@ -43,6 +43,7 @@ sys.path[0] = str(ROOT)
 from rq import worker_registration
 from rq.suspension import resume, suspend
 
+from bench.harness import jobs_command
 from rqjobs import queues
 from rqjobs.embedded import EmbeddedRedis
 
@@ -77,10 +78,6 @@ class SlowServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
-
-
-def jobs_command(*args: str) -> list[str]:
-    return [sys.executable, '-c', 'import cli; cli.main()', *args]
 
 
 def cores() -> tuple[int, int]:

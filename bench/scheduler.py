@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import os
 import signal
 import statistics
 import subprocess
@@ -26,23 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # The project root replaces this script's directory on the path, which holds scripts named like modules.
 sys.path[0] = str(ROOT)
 
+from bench.harness import DRAIN_ENTRY, drain_alone_env, jobs_command
 from rqjobs.embedded import EmbeddedRedis
 from rqjobs.queues import JsonJob
 
-ENTRY = 'process-access-logs'
-OTHERS_OFF = (
-    'process-pending-warehouses',
-    'process-warehouse-updates',
-    'cleanup-failed-warehouses',
-    'generate-daily-statistics',
-    'cleanup-old-access-records',
-    'cleanup-old-access-logs',
-    'generate-minimaps',
-)
-
-
-def jobs_command(*args: str) -> list[str]:
-    return [sys.executable, '-c', 'import cli; cli.main()', *args]
+ENTRY = DRAIN_ENTRY
 
 
 def main() -> None:
@@ -52,14 +39,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         server = EmbeddedRedis(Path(directory) / 'redis')
-        env = dict(
-            os.environ,
-            REDIS_URL=server.ensure_running(),
-            JOBS_DATA_DIR=directory,
-            DATABASE_URL=f'sqlite:///{directory}/bench.db',
-            JOBS_SCHEDULE='; '.join(f'{entry}=off' for entry in OTHERS_OFF),
-        )
-        env.pop('TEST_DATABASE_URL', None)
+        env = drain_alone_env(directory, server.ensure_running())
         subprocess.run(jobs_command('-q', 'db', 'init'), cwd=ROOT, env=env, check=True, capture_output=True)
         commands = {'scheduler-1': ('scheduler',), 'scheduler-2': ('scheduler',), 'worker': ('-q', 'worker')}
         with contextlib.ExitStack() as stack:
