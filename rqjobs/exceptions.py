@@ -111,6 +111,10 @@ class HardTimeLimitExceeded(PermanentJobError):
     """Raised inside a job run in its worker's own process (`--in-process`) that reached its hard time limit."""
 
 
+class JobStoppedOnRequest(PermanentJobError):
+    """Raised inside a job run in its worker's own process (`--in-process`) that `rqjobs job stop` stopped."""
+
+
 class WorkerStopped(RqjobsError):
     """Raised when a worker's loop ends on an error (Redis lost mid-job, say) rather than on request."""
 

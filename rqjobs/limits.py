@@ -20,11 +20,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-from rqjobs.exceptions import HardTimeLimitExceeded, SoftTimeLimitExceeded
+from rqjobs.exceptions import HardTimeLimitExceeded, JobStoppedOnRequest, SoftTimeLimitExceeded
 from rqjobs.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ in_work_horse = False
 watch: Callable[[], contextlib.AbstractContextManager] | None = None
 # Process groups a job started (git clones): killed with the work horse at the hard limit.
 child_groups: set[int] = set()
+# Set by `request_stop`: the job in this process's main thread is to stop at its next Python step.
+_stop_requested = False
 
 
 def soft_limit_for(timeout: float) -> float:
@@ -86,6 +89,22 @@ def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     return functools.partial(die_with_parent, os.getpid(), sig)
 
 
+def request_stop() -> None:
+    """Stop the job that runs under its limits in this process's main thread (an in-process worker's).
+
+    Only while that job's limits stand (`TimeLimits`), whose handler turns the signal into `JobStoppedOnRequest`.
+    """
+    global _stop_requested
+    _stop_requested = True
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+
+
+def disarm() -> None:
+    """Cancel any limit still set in this process: its timer and its handler."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 def kill_work_horse() -> None:
     """Kill the process groups the job started, then the work horse's own group (the horse itself)."""
     for group in list(child_groups):
@@ -104,31 +123,44 @@ class TimeLimits(UnixSignalDeathPenalty):
         self._limited = in_job and exception is JobTimeoutException and timeout is not None and timeout > 0
         self._soft_fired = False
         self._watch, self._watching = None, None
+        # Whether a stop request may still stop the job: not once its limits are being taken down.
+        self._stoppable = False
         if self._limited and watch is not None:
             # Taken by the job's own limits: the callbacks rq runs after it get rq's usual ones.
             self._watch, watch = watch, None
 
     def setup_death_penalty(self) -> None:
+        global _stop_requested
         if not self._limited:
             return super().setup_death_penalty()
+        _stop_requested = False
+        # The handler first: a stop request may come as soon as the job is watched.
+        signal.signal(signal.SIGALRM, self._alarm)
         if self._watch is not None:
+            self._stoppable = True
             self._watching = self._watch()
             self._watching.__enter__()
-        signal.signal(signal.SIGALRM, self._alarm)
         signal.setitimer(signal.ITIMER_REAL, soft_limit_for(self._timeout))
 
     def cancel_death_penalty(self) -> None:
         if not self._limited:
             return super().cancel_death_penalty()
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        self._stoppable = False
         if self._watching is not None:
+            # First, so that no stop request (sent only while the job is watched) finds the handler gone.
             watching, self._watching = self._watching, None
             watching.__exit__(None, None, None)
             # The next job's hard limit is its own: the groups this one started are not.
             child_groups.clear()
+        disarm()
 
     def _alarm(self, signum, frame) -> None:
+        global _stop_requested
+        if _stop_requested:
+            _stop_requested = False
+            if self._stoppable:
+                raise JobStoppedOnRequest('stopped on request (rqjobs job stop)')
+            return  # the job has ended meanwhile
         soft = soft_limit_for(self._timeout)
         if not self._soft_fired:
             self._soft_fired = True

@@ -374,6 +374,12 @@ class JobsInProcessWorker(JobsWorker):
 
     _heartbeats: _Heartbeats | None = None
 
+    def kill_horse(self, sig=None):
+        # There is no horse: rq's Worker would kill this process's own group (a pool's workers share it). The job
+        # is stopped where it stands instead (`rqjobs job stop`); rq marks it Stopped.
+        if self._heartbeats is None or not self._heartbeats.stop_job():
+            self.log.warning('Worker %s: no job running to stop', self.name)
+
     def execute_job(self, job, queue):
         self.jobs_executed += 1
         if self._heartbeats is None:
@@ -387,6 +393,10 @@ class JobsInProcessWorker(JobsWorker):
                 self.perform_job(job, queue, execution)
             finally:
                 limits.watch = None
+                # A stop request that lands as the job ends can cut its limits' own clean-up short: none of them
+                # outlives the job.
+                self._heartbeats.release()
+                limits.disarm()
             self.set_state(WorkerStatus.IDLE)
 
 
@@ -420,6 +430,19 @@ class _Heartbeats(threading.Thread):
             # Taken only between two heartbeats: one sent after rq records the outcome would mark the job as running.
             with self.lock:
                 self.job = self.execution = None
+
+    def release(self) -> None:
+        """Stop watching the job, if it is still watched."""
+        with self.lock:
+            self.job = self.execution = None
+
+    def stop_job(self) -> bool:
+        """Stop the job being watched, if there is one; return whether there was."""
+        with self.lock:  # the job cannot end, and its limits' handler go, while it is asked to stop
+            if self.job is None:
+                return False
+            limits.request_stop()
+            return True
 
     def run(self) -> None:
         worker = self.worker

@@ -106,6 +106,25 @@ def test_an_in_process_worker_keeps_a_long_job_alive_and_dies_with_a_deaf_one(re
     assert deaf.retries_left == 0
 
 
+def test_job_stop_stops_an_in_process_job_and_the_worker_goes_on(redis_conn, faults, processes):
+    on = {'connection': redis_conn, 'queue': 'statistics'}
+    napping = queues.enqueue('nap', [60], timeout=120, **on)
+    worker = processes.worker('statistics', '--in-process', name='in-process')
+    wait_until(lambda: napping.get_status(refresh=True) == JobStatus.STARTED, 30, 'the job started')
+    stop = processes.jobs('job', 'stop', napping.id, name='stop')
+    assert stop.wait(timeout=30) == 0, processes.log(stop)
+    wait_until(
+        lambda: napping.get_status(refresh=True) == JobStatus.STOPPED,
+        10,
+        'the job stopped',
+        details=processes.logs_text,
+    )
+    # Stopped where it stood, not by killing the process it ran in: the worker takes the next job.
+    after = queues.enqueue('nap', [0], **on)
+    wait_until(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 30, 'the next job ran')
+    assert worker.poll() is None
+
+
 @pytest.fixture(scope='session')
 def big_repo(tmp_path_factory):
     return big_repository(tmp_path_factory)
