@@ -8,6 +8,7 @@ and so must the git processes the horse started, in their own sessions.
 import os
 import subprocess
 from datetime import datetime, time, timedelta
+from time import sleep
 
 import peewee
 import pytest
@@ -179,9 +180,21 @@ def test_a_worker_killed_mid_drain_stores_every_entry_exactly_once(redis_conn, d
     wait_until(
         lambda: AccessRecord.select().count() >= 100, 60, 'the drain committed a batch', details=processes.logs_text
     )
-    # Stall the drain inside a batch (taken into the processing list, not committed) and kill it there.
+
+    # Stall the drain inside a batch (taken into the processing list, not committed) and kill it there. A batch seen
+    # in the processing list may be one committed just before the lock, about to be acknowledged: the drain is held
+    # once its processing list and buffer stand still, which they never do for long while it runs.
+    def held_in_a_batch() -> bool:
+        def state():
+            with redis_conn.pipeline(transaction=True) as pipe:
+                return tuple(pipe.llen(PROCESSING_KEY).lindex(PROCESSING_KEY, 0).llen(BUFFER_KEY).execute())
+
+        before = state()
+        sleep(1)
+        return before[0] > 0 and state() == before
+
     with write_lock(database, AccessRecord._meta.table_name):
-        wait_until(lambda: redis_conn.llen(PROCESSING_KEY), 10, 'the drain took its next batch')
+        wait_until(held_in_a_batch, 30, 'the drain was held inside its next batch')
         members = processes.kill_group(worker)
         assert worker.wait(timeout=10) == -9
     assert_all_dead(members)
